@@ -1,0 +1,204 @@
+"""Configuration, read once from the environment into one immutable object.
+
+Only this module reads the environment. A missing or malformed variable raises
+:class:`~service.errors.ConfigurationError` naming it; secrets never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from service.errors import ConfigurationError
+
+T = TypeVar("T")
+
+WebhookSignature = Literal["enforce", "log", "off"]
+LogFormat = Literal["json", "console"]
+
+
+class Secret:
+    """A string that keeps itself out of logs, reprs and tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    vts_auth_id: str
+    vts_auth_token: Secret
+    public_base_url: str
+    api_keys: tuple[Secret, ...]
+    vts_base_url: str = "https://api.vtscom.net"
+    webhook_signature: WebhookSignature = "enforce"
+    recordings_dir: Path = Path("recordings")
+    log_format: LogFormat = "json"
+    log_level: str = "INFO"
+    port: int = 8000
+    vts_rate_limit: int = 300
+    vts_rate_window: float = 5.0
+    vts_timeout: float = 10.0
+    vts_connect_timeout: float = 3.0
+    phone_default_region: str | None = None
+    max_body_bytes: int = 64 * 1024
+    idempotency_ttl: int = 24 * 3600
+    create_max_retries: int = 20
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable; raise ConfigurationError naming the first bad one."""
+        env = _Env(os.environ if environ is None else environ)
+        return cls(
+            redis_url=env.required("REDIS_URL", _redis_url),
+            vts_auth_id=env.required("VTS_AUTH_ID", _nonempty),
+            vts_auth_token=Secret(env.required("VTS_AUTH_TOKEN", _nonempty)),
+            public_base_url=env.required("PUBLIC_BASE_URL", _http_url).rstrip("/"),
+            api_keys=env.required("API_KEYS", _api_keys),
+            vts_base_url=env.optional("VTS_BASE_URL", _http_url, cls.vts_base_url).rstrip("/"),
+            webhook_signature=env.optional("WEBHOOK_SIGNATURE", _signature_mode, "enforce"),
+            recordings_dir=env.optional("RECORDINGS_DIR", Path, cls.recordings_dir),
+            log_format=env.optional("LOG_FORMAT", _log_format, _default_log_format()),
+            log_level=env.optional("LOG_LEVEL", _log_level, cls.log_level),
+            port=env.optional("PORT", _port, cls.port),
+            vts_rate_limit=env.optional("VTS_RATE_LIMIT", _positive_int, cls.vts_rate_limit),
+            vts_rate_window=env.optional("VTS_RATE_WINDOW", _positive_float, cls.vts_rate_window),
+            vts_timeout=env.optional("VTS_TIMEOUT", _positive_float, cls.vts_timeout),
+            vts_connect_timeout=env.optional(
+                "VTS_CONNECT_TIMEOUT", _positive_float, cls.vts_connect_timeout
+            ),
+            phone_default_region=env.optional("PHONE_DEFAULT_REGION", _region, None),
+            create_max_retries=env.optional(
+                "VTS_CREATE_MAX_RETRIES", _positive_int, cls.create_max_retries
+            ),
+        )
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def required(self, name: str, parse: Callable[[str], T]) -> T:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            raise ConfigurationError(name, "is required but not set")
+        return self._parse(name, raw, parse)
+
+    def optional(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._environ.get(name, "").strip()
+        return self._parse(name, raw, parse) if raw else default
+
+    @staticmethod
+    def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise ConfigurationError(name, str(exc)) from None
+
+
+def _nonempty(raw: str) -> str:
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return raw
+
+
+def _api_keys(raw: str) -> tuple[Secret, ...]:
+    keys = [key.strip() for key in raw.split(",") if key.strip()]
+    if not keys:
+        raise ValueError("must list at least one key")
+    if any(len(key) < 16 for key in keys):
+        raise ValueError("every key must be at least 16 characters long")
+    return tuple(Secret(key) for key in keys)
+
+
+def _signature_mode(raw: str) -> WebhookSignature:
+    if raw not in ("enforce", "log", "off"):
+        raise ValueError("must be enforce, log or off")
+    return raw  # type: ignore[return-value]
+
+
+def _log_format(raw: str) -> LogFormat:
+    if raw not in ("json", "console"):
+        raise ValueError("must be json or console")
+    return raw  # type: ignore[return-value]
+
+
+def _default_log_format() -> LogFormat:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _port(raw: str) -> int:
+    port = _int(raw)
+    if not 0 < port < 65536:
+        raise ValueError("must be a TCP port, 1 to 65535")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    value = _int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _region(raw: str) -> str:
+    if len(raw) != 2 or not raw.isalpha():
+        raise ValueError("must be a two-letter region code such as US or GB")
+    return raw.upper()
