@@ -47,7 +47,9 @@ def normalise(value: str, default_region: str | None = None) -> str:
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidNumber("not a phone number; use E.164, e.g. +14155552671") from exc
+        raise InvalidNumber(
+            "not a phone number; write it in E.164 form: +, country code, number"
+        ) from exc
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidNumber("not a valid phone number for its country")
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))

@@ -202,3 +202,8 @@ def _region(raw: str) -> str:
     if len(raw) != 2 or not raw.isalpha():
         raise ValueError("must be a two-letter region code such as US or GB")
     return raw.upper()
+
+
+def environment() -> dict[str, str]:
+    """A copy of the process environment, for commands that start other processes."""
+    return dict(os.environ)

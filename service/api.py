@@ -1,0 +1,228 @@
+"""The HTTP API for apps: ``/v1/sessions``."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service import messages
+from service.models import LIVE, Session, Status, now
+from service.problems import FieldError, Problem
+from service.settings import Settings
+from service.store import AsyncStore, InvalidCursor, timeline_entry
+from service.validation import fingerprint, parse_create, parse_update
+from service.watcher import SessionWatcher
+
+log = structlog.get_logger(__name__)
+
+MAX_WAIT = 30
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_SESSION_ID = re.compile(r"^ses_[0-9a-f]{32}$")
+
+
+def _store(request: Request) -> AsyncStore:
+    store: AsyncStore = request.app.state.store
+    return store
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _json_body(request: Request) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise Problem(415, "send the body as JSON with 'Content-Type: application/json'")
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "the body is not valid JSON", slug="malformed-json") from exc
+
+
+def _wait_seconds(request: Request) -> int:
+    match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+    return min(int(match.group(1)), MAX_WAIT) if match else 0
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise Problem(
+            400,
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            errors=[FieldError("Idempotency-Key", "invalid")],
+        )
+    return key
+
+
+def _session_id(request: Request) -> str:
+    session_id: str = request.path_params["session_id"]
+    if not _SESSION_ID.match(session_id):
+        raise Problem(404, "no session with this id")
+    return session_id
+
+
+async def _existing(request: Request) -> Session:
+    session = await _store(request).get_session(_session_id(request))
+    if session is None:
+        raise Problem(404, "no session with this id")
+    return session
+
+
+def _location(session: Session) -> dict[str, str]:
+    return {"location": f"/v1/sessions/{session.id}"}
+
+
+def _new_session(fields: dict[str, Any]) -> Session:
+    moment = now()
+    return Session(
+        id="ses_" + secrets.token_hex(16),
+        status=Status.PENDING,
+        first_party=fields["first_party"],
+        second_party=fields["second_party"],
+        created_at=moment,
+        updated_at=moment,
+        options={k: v for k, v in fields.items() if k not in _NOT_OPTIONS},
+        metadata=fields.get("metadata") or {},
+        callback_url=fields.get("callback_url"),
+        request_id=structlog.contextvars.get_contextvars().get("request_id"),
+    )
+
+
+_NOT_OPTIONS = frozenset({"first_party", "second_party", "metadata", "callback_url"})
+
+
+async def create_session(request: Request) -> Response:
+    settings = _settings(request)
+    wait = _wait_seconds(request)
+    key = _idempotency_key(request)
+    fields = parse_create(await _json_body(request), settings.phone_default_region)
+    session = _new_session(fields)
+    message = messages.build(messages.CREATE_SESSION, session.id, request_id=session.request_id)
+    idempotency = (request.state.api_key_id, key, fingerprint(fields)) if key else None
+    outcome = await _store(request).create_session(
+        session, message, idempotency=idempotency, idempotency_ttl=settings.idempotency_ttl
+    )
+    if outcome.result == "conflict":
+        raise Problem(
+            409,
+            "this Idempotency-Key was used with a different request body",
+            slug="idempotency-key-reused",
+        )
+    headers = {"idempotent-replayed": "true"} if outcome.result == "replay" else {}
+    structlog.contextvars.bind_contextvars(session_id=outcome.session_id)
+    if outcome.result == "created":
+        log.info("session_requested")
+    return await _answer(request, outcome.session_id, wait, headers)
+
+
+async def _answer(
+    request: Request,
+    session_id: str,
+    wait: int,
+    headers: dict[str, str],
+    status: int | None = None,
+) -> Response:
+    """The session as it is now (or once it leaves ``pending``, within ``wait`` seconds).
+
+    Unless ``status`` is given: 202 while pending, 201 once live, 200 once failed.
+    """
+    if wait:
+        watcher: SessionWatcher = request.app.state.watcher
+        found = await watcher.wait_for(
+            session_id, lambda s: s.status is not Status.PENDING, float(wait)
+        )
+    else:
+        found = await _store(request).get_session(session_id)
+    if found is None:
+        raise Problem(503, "the session could not be read back; retry with the same key")
+    if status is None:
+        status = 202 if found.status is Status.PENDING else 201 if found.status in LIVE else 200
+    return JSONResponse(found.to_resource(), status_code=status, headers=_location(found) | headers)
+
+
+async def get_session(request: Request) -> Response:
+    session = await _existing(request)
+    return JSONResponse(session.to_resource())
+
+
+async def list_sessions(request: Request) -> Response:
+    params = request.query_params
+    errors = [FieldError(k, "unknown parameter") for k in params if k not in _LIST_PARAMS]
+    status = params.get("status")
+    if status is not None and status not in Status.__members__.values():
+        errors.append(FieldError("status", f"must be one of {', '.join(Status)}"))
+    limit_raw = params.get("limit", "20")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 100:
+        errors.append(FieldError("limit", "must be a whole number from 1 to 100"))
+    if errors:
+        raise Problem(422, "the query has invalid parameters", errors=errors)
+    try:
+        page = await _store(request).list_sessions(
+            status=Status(status) if status else None,
+            limit=int(limit_raw),
+            cursor=params.get("cursor"),
+        )
+    except InvalidCursor as exc:
+        raise Problem(422, str(exc), errors=[FieldError("cursor", "invalid")]) from exc
+    return JSONResponse(
+        {"data": [s.to_resource() for s in page.sessions], "next_cursor": page.next_cursor}
+    )
+
+
+_LIST_PARAMS = frozenset({"status", "limit", "cursor"})
+
+
+async def update_session(request: Request) -> Response:
+    session_id = _session_id(request)
+    changes = parse_update(await _json_body(request))
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    message = messages.build(messages.UPDATE_SESSION, session_id, changes, request_id=request_id)
+    entry = timeline_entry("update_requested", changes=sorted(changes), request_id=request_id)
+    allowed = [Status.PENDING, *LIVE]
+    result, current = await _store(request).enqueue_if_status(session_id, allowed, message, entry)
+    if result == "missing":
+        raise Problem(404, "no session with this id")
+    if result == "skipped":
+        raise Problem(409, f"the session is {current} and can no longer be changed")
+    return await _answer(request, session_id, 0, {}, status=202)
+
+
+async def delete_session(request: Request) -> Response:
+    session_id = _session_id(request)
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    message = messages.build(messages.EXPIRE_SESSION, session_id, request_id=request_id)
+    entry = timeline_entry("end_requested", request_id=request_id)
+    allowed = [Status.PENDING, *LIVE]
+    result, _ = await _store(request).enqueue_if_status(session_id, allowed, message, entry)
+    if result == "missing":
+        raise Problem(404, "no session with this id")
+    # Ending a session that has already ended is not an error: the outcome is the same.
+    return await _answer(request, session_id, 0, {}, status=202)
+
+
+async def session_events(request: Request) -> Response:
+    session = await _existing(request)
+    events = await _store(request).timeline(session.id)
+    return JSONResponse({"session_id": session.id, "data": events})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/sessions", create_session, methods=["POST"]),
+        Route("/v1/sessions", list_sessions, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", update_session, methods=["PATCH"]),
+        Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+        Route("/v1/sessions/{session_id}/events", session_events, methods=["GET"]),
+    ]

@@ -1,0 +1,98 @@
+"""The ``masking`` command: ``web``, ``worker``, ``sandbox`` and ``dev``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from service.errors import ConfigurationError
+from service.settings import Settings
+
+# Shorter than the usual 30 s grace period of orchestrators, so that a worker finishes or
+# requeues its messages before it is killed.
+WORKER_SHUTDOWN_TIMEOUT_MS = 25_000
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigurationError as exc:
+        sys.stderr.write(f"configuration error: {exc}\n")
+        raise SystemExit(2) from None
+
+
+def web(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service import logs
+    from service.app import create_app
+
+    settings = _settings()
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+        server_header=False,
+    )
+
+
+def worker(args: argparse.Namespace) -> None:
+    from dramatiq import cli as dramatiq_cli
+
+    from service import logs
+
+    settings = _settings()
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    argv = [
+        "workers.boot:setup",
+        "workers.actors",
+        "--processes", str(args.processes),
+        "--threads", str(args.threads),
+        "--worker-shutdown-timeout", str(WORKER_SHUTDOWN_TIMEOUT_MS),
+        "--skip-logging",
+    ]  # fmt: skip
+    parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
+    raise SystemExit(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
+
+
+def sandbox(args: argparse.Namespace) -> None:
+    from service.vts import sandbox as vts_sandbox
+
+    vts_sandbox.main(args.rest)
+
+
+def dev(args: argparse.Namespace) -> None:
+    from service import devserver
+
+    raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="masking", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("web", help="the HTTP front (uvicorn)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.set_defaults(run=web)
+
+    p = commands.add_parser("worker", help="the dramatiq workers")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.set_defaults(run=worker)
+
+    p = commands.add_parser("sandbox", help="the VTS sandbox (see masking sandbox -- --help)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=sandbox)
+
+    p = commands.add_parser("dev", help="everything, for development: Redis, sandbox, web, worker")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--sandbox-port", type=int, default=8025)
+    p.set_defaults(run=dev)
+
+    args = parser.parse_args(argv)
+    args.run(args)

@@ -1,0 +1,57 @@
+"""The message contract between the web and the workers.
+
+The web enqueues by actor name through this module; the workers declare actors with the
+same names and queues (a test checks both sides agree). Messages carry ids, never phone
+numbers: an actor reads what it needs from the store. The request id rides in the message
+options so that every worker log line can be tied to the HTTP request that caused it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import dramatiq
+
+SESSIONS_QUEUE = "sessions"
+EVENTS_QUEUE = "events"
+RECORDINGS_QUEUE = "recordings"
+
+
+@dataclass(frozen=True)
+class ActorRoute:
+    actor_name: str
+    queue_name: str
+
+
+CREATE_SESSION = ActorRoute("create_session", SESSIONS_QUEUE)
+UPDATE_SESSION = ActorRoute("update_session", SESSIONS_QUEUE)
+EXPIRE_SESSION = ActorRoute("expire_session", SESSIONS_QUEUE)
+
+ROUTES = (CREATE_SESSION, UPDATE_SESSION, EXPIRE_SESSION)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message encoded in dramatiq's wire format, ready for the store to enqueue."""
+
+    queue_name: str
+    message_id: str
+    redis_message_id: str
+    payload: bytes
+
+
+def build(route: ActorRoute, *args: Any, request_id: str | None = None, **kwargs: Any) -> Outgoing:
+    redis_message_id = str(uuid4())
+    options: dict[str, Any] = {"redis_message_id": redis_message_id}
+    if request_id is not None:
+        options["request_id"] = request_id
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=route.queue_name,
+        actor_name=route.actor_name,
+        args=args,
+        kwargs=kwargs,
+        options=options,
+    )
+    return Outgoing(route.queue_name, message.message_id, redis_message_id, message.encode())

@@ -1,0 +1,148 @@
+"""Pure ASGI middleware: request context and canonical log line, body size limit, API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+import uuid
+from collections.abc import Sequence
+
+import structlog
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.problems import Problem
+from service.settings import Secret
+
+log = structlog.get_logger("service.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestContext:
+    """Binds ``request_id`` for everything logged during a request, echoes it in
+    ``X-Request-ID``, and writes one ``http_request`` line when the request ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            log.info(
+                "http_request",
+                method=scope["method"],
+                route=getattr(route, "path", scope["path"]),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.clear_contextvars()
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuses bodies over ``limit`` bytes with 413: at once when ``Content-Length`` says so,
+    otherwise as soon as the streamed body passes the limit (never reading it whole)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = Problem(413, f"request bodies are limited to {self.limit} bytes")
+        # Tell the client we will not read the rest, so it stops sending.
+        problem.headers["connection"] = "close"
+        await problem.response()(scope, receive, send)
+
+
+class BearerAuth:
+    """Requires ``Authorization: Bearer <key>`` with one of the configured keys on every
+    path under ``prefix``. Puts a digest of the key in ``scope['state']['api_key_id']``."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[Secret], prefix: str = "/v1/") -> None:
+        self.app = app
+        self.prefix = prefix
+        self._keys = [key.reveal().encode() for key in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        key = self._presented(Headers(scope=scope).get("authorization", ""))
+        if key is None:
+            problem = Problem(
+                401,
+                "send a valid API key as 'Authorization: Bearer <key>'",
+                headers={"www-authenticate": 'Bearer realm="masking"'},
+            )
+            await problem.response()(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key_id"] = hashlib.sha256(key).hexdigest()[:16]
+        await self.app(scope, receive, send)
+
+    def _presented(self, header: str) -> bytes | None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        presented = token.strip().encode()
+        # Compare with every key, so the time taken says nothing about which one matched.
+        matches = [hmac.compare_digest(presented, key) for key in self._keys]
+        return presented if any(matches) else None

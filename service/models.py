@@ -1,0 +1,164 @@
+"""The session as this service knows it, and how it is written to and read from Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from service.phones import mask
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    IN_PROGRESS = "in_progress"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+LIVE = frozenset({Status.ACTIVE, Status.IN_PROGRESS})
+FINAL = frozenset({Status.EXPIRED, Status.FAILED})
+
+# VTS's optional create fields that apps may set; the subset they may change later.
+CREATE_OPTIONS = (
+    "record",
+    "record_file_format",
+    "session_expiry",
+    "call_time_limit",
+    "ring_timeout",
+    "initiate_call_to_first_party",
+    "first_party_play_url",
+    "second_party_play_url",
+)
+UPDATE_OPTIONS = tuple(o for o in CREATE_OPTIONS if o != "initiate_call_to_first_party")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _moment(raw: str | None) -> datetime | None:
+    return datetime.fromisoformat(raw) if raw else None
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    status: Status
+    first_party: str
+    second_party: str
+    created_at: datetime
+    updated_at: datetime
+    options: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
+    request_id: str | None = None
+    vts_session_uuid: str | None = None
+    virtual_number: str | None = None
+    expires_at: datetime | None = None
+    last_interaction_at: datetime | None = None
+    interaction_count: int = 0
+    call_count: int = 0
+    billed_duration: int = 0
+    call_amount: Decimal = Decimal("0")
+    error_code: str | None = None
+    error_message: str | None = None
+    create_started_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(id={self.id!r}, status={self.status.value!r}, "
+            f"first_party={mask(self.first_party)!r}, second_party={mask(self.second_party)!r})"
+        )
+
+    def to_fields(self) -> dict[str, str]:
+        """The Redis hash of this session (every value a string; unset values left out)."""
+        raw: dict[str, str | None] = {
+            "id": self.id,
+            "status": self.status.value,
+            "first_party": self.first_party,
+            "second_party": self.second_party,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "options": json.dumps(dict(self.options), separators=(",", ":")),
+            "metadata": json.dumps(dict(self.metadata), separators=(",", ":")),
+            "callback_url": self.callback_url,
+            "request_id": self.request_id,
+            "vts_session_uuid": self.vts_session_uuid,
+            "virtual_number": self.virtual_number,
+            "expires_at": iso(self.expires_at),
+            "last_interaction_at": iso(self.last_interaction_at),
+            "interaction_count": str(self.interaction_count),
+            "call_count": str(self.call_count),
+            "billed_duration": str(self.billed_duration),
+            "call_amount": str(self.call_amount),
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "create_started_at": iso(self.create_started_at),
+        }
+        return {k: v for k, v in raw.items() if v is not None}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> Session:
+        return cls(
+            id=fields["id"],
+            status=Status(fields["status"]),
+            first_party=fields["first_party"],
+            second_party=fields["second_party"],
+            created_at=datetime.fromisoformat(fields["created_at"]),
+            updated_at=datetime.fromisoformat(fields["updated_at"]),
+            options=json.loads(fields.get("options") or "{}"),
+            metadata=json.loads(fields.get("metadata") or "{}"),
+            callback_url=fields.get("callback_url"),
+            request_id=fields.get("request_id"),
+            vts_session_uuid=fields.get("vts_session_uuid"),
+            virtual_number=fields.get("virtual_number"),
+            expires_at=_moment(fields.get("expires_at")),
+            last_interaction_at=_moment(fields.get("last_interaction_at")),
+            interaction_count=int(fields.get("interaction_count", 0)),
+            call_count=int(fields.get("call_count", 0)),
+            billed_duration=int(fields.get("billed_duration", 0)),
+            call_amount=Decimal(fields.get("call_amount", "0")),
+            error_code=fields.get("error_code"),
+            error_message=fields.get("error_message"),
+            create_started_at=_moment(fields.get("create_started_at")),
+        )
+
+    def to_resource(self) -> dict[str, Any]:
+        """The session as the HTTP API shows it."""
+        error = (
+            {"code": self.error_code, "message": self.error_message} if self.error_code else None
+        )
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "vts_session_uuid": self.vts_session_uuid,
+            "virtual_number": self.virtual_number,
+            "first_party": self.first_party,
+            "second_party": self.second_party,
+            **{name: self.options.get(name) for name in CREATE_OPTIONS},
+            "callback_url": self.callback_url,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "expires_at": iso(self.expires_at),
+            "last_interaction_at": iso(self.last_interaction_at),
+            "interaction_count": self.interaction_count,
+            "call_count": self.call_count,
+            "billed_duration": self.billed_duration,
+            "call_amount": str(self.call_amount),
+            "recordings": [],
+            "error": error,
+            "metadata": dict(self.metadata),
+        }
+
+    def with_changes(self, **changes: Any) -> Session:
+        return replace(self, **changes)

@@ -1,0 +1,367 @@
+"""The Redis store: the only code that knows key names.
+
+Everything that changes several keys together does it in one Lua script, so a crash can
+never leave a session without its index entry, or an accepted request without its queued
+message. ``AsyncStore`` serves the web (redis.asyncio); ``Store`` serves the workers.
+Both use clients with ``decode_responses=False`` so they can share dramatiq's connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from service.messages import Outgoing
+from service.models import Session, Status, iso, now
+
+PREFIX = "masking:"
+# dramatiq's Redis broker keeps queue ``q`` as a list ``dramatiq:q`` of message ids and a
+# hash ``dramatiq:q.msgs`` of id -> message; enqueueing is those two writes.
+DRAMATIQ_NAMESPACE = "dramatiq"
+CHANNEL = PREFIX + "session-changes"
+TIMELINE_LIMIT = 1000
+
+
+class Keys:
+    @staticmethod
+    def session(session_id: str) -> str:
+        return f"{PREFIX}session:{session_id}"
+
+    @staticmethod
+    def timeline(session_id: str) -> str:
+        return f"{PREFIX}session:{session_id}:events"
+
+    @staticmethod
+    def index(status: Status | None = None) -> str:
+        return f"{PREFIX}sessions" if status is None else f"{PREFIX}sessions:status:{status}"
+
+    @staticmethod
+    def idempotency(scope: str, key: str) -> str:
+        digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+        return f"{PREFIX}idempotency:{digest}"
+
+    @staticmethod
+    def vts_session(session_uuid: str) -> str:
+        return f"{PREFIX}vts-session:{session_uuid}"
+
+    @staticmethod
+    def session_lock(session_id: str) -> str:
+        return f"{PREFIX}lock:session:{session_id}"
+
+    @staticmethod
+    def vts_rate_limit(auth_id: str) -> str:
+        return f"{PREFIX}rate-limit:vts:{auth_id}"
+
+    @staticmethod
+    def queue(queue_name: str) -> str:
+        return f"{DRAMATIQ_NAMESPACE}:{queue_name}"
+
+    @staticmethod
+    def queue_messages(queue_name: str) -> str:
+        return f"{DRAMATIQ_NAMESPACE}:{queue_name}.msgs"
+
+
+# KEYS: idempotency, session, index, status index, timeline, queue, queue messages
+# ARGV: use idempotency (0/1), fingerprint, session id, index member, ttl,
+#       redis message id, payload, timeline entry, field, value, ...
+_CREATE = """
+if ARGV[1] == '1' then
+  local found = redis.call('HMGET', KEYS[1], 'fingerprint', 'session_id')
+  if found[1] then
+    if found[1] == ARGV[2] then return {'replay', found[2]} end
+    return {'conflict', found[2]}
+  end
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'session_id', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
+redis.call('HSET', KEYS[2], 'index_member', ARGV[4], unpack(ARGV, 9))
+redis.call('ZADD', KEYS[3], 0, ARGV[4])
+redis.call('ZADD', KEYS[4], 0, ARGV[4])
+redis.call('RPUSH', KEYS[5], ARGV[8])
+redis.call('HSET', KEYS[7], ARGV[6], ARGV[7])
+redis.call('RPUSH', KEYS[6], ARGV[6])
+return {'created', ARGV[3]}
+"""
+
+# KEYS: session, timeline
+# ARGV: status index prefix, new status, allowed current statuses (space separated),
+#       timeline entry or '', channel, session id, timeline limit, field, value, ...
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {'missing', ''} end
+if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. current .. ' ', 1, true) then
+  return {'skipped', current}
+end
+local member = redis.call('HGET', KEYS[1], 'index_member')
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if ARGV[2] ~= '' and ARGV[2] ~= current then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2])
+  redis.call('ZREM', ARGV[1] .. current, member)
+  redis.call('ZADD', ARGV[1] .. ARGV[2], 0, member)
+end
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[7]), -1)
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {'ok', current}
+"""
+
+# KEYS: session, timeline, queue, queue messages
+# ARGV: allowed statuses (space separated), timeline entry, redis message id, payload
+_ENQUEUE_IF = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {'missing', ''} end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. current .. ' ', 1, true) then
+  return {'skipped', current}
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return {'enqueued', current}
+"""
+
+# KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: vts session claim. ARGV: session id. Returns the owner.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return ARGV[1] end
+return redis.call('GET', KEYS[1])
+"""
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    """``result`` is ``created``, ``replay`` (same key, same body) or ``conflict``."""
+
+    result: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Page:
+    sessions: list[Session]
+    next_cursor: str | None
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def timeline_entry(kind: str, **detail: Any) -> str:
+    return json.dumps({"at": iso(now()), "type": kind, **detail}, separators=(",", ":"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(raw: Mapping[bytes | str, bytes | str]) -> Session | None:
+    return Session.from_fields({_text(k): _text(v) for k, v in raw.items()}) if raw else None
+
+
+def _flatten(fields: Mapping[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
+def index_member(session: Session) -> str:
+    millis = int(session.created_at.timestamp() * 1000)
+    return f"{millis:013d}:{session.id}"
+
+
+def encode_cursor(member: str) -> str:
+    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not one this service gave out") from exc
+    millis, _, session_id = member.partition(":")
+    if not (millis.isdigit() and session_id):
+        raise InvalidCursor("cursor is not one this service gave out")
+    return member
+
+
+def _statuses(allowed: Sequence[Status]) -> str:
+    return " ".join(status.value for status in allowed)
+
+
+class AsyncStore:
+    """The web's view of the store."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._create = client.register_script(_CREATE)
+        self._enqueue_if = client.register_script(_ENQUEUE_IF)
+
+    async def create_session(
+        self,
+        session: Session,
+        message: Outgoing,
+        *,
+        idempotency: tuple[str, str, str] | None,
+        idempotency_ttl: int,
+    ) -> CreateOutcome:
+        """Store a new session and queue its creation, atomically.
+
+        ``idempotency`` is (scope, key, fingerprint of the request). When the key is known,
+        nothing is written and the outcome names the existing session.
+        """
+        scope, key, fingerprint = idempotency or ("", "", "")
+        member = index_member(session)
+        entry = timeline_entry("requested", request_id=session.request_id)
+        result = await self._create(
+            keys=[
+                Keys.idempotency(scope, key),
+                Keys.session(session.id),
+                Keys.index(),
+                Keys.index(session.status),
+                Keys.timeline(session.id),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+            ],
+            args=[
+                "1" if idempotency else "0",
+                fingerprint,
+                session.id,
+                member,
+                idempotency_ttl,
+                message.redis_message_id,
+                message.payload,
+                entry,
+                *_flatten(session.to_fields()),
+            ],
+        )
+        return CreateOutcome(_text(result[0]), _text(result[1]))
+
+    async def get_session(self, session_id: str) -> Session | None:
+        return _decode(await self.client.hgetall(Keys.session(session_id)))
+
+    async def list_sessions(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
+        start = "(" + decode_cursor(cursor) if cursor else "+"
+        members = await self.client.zrevrangebylex(
+            Keys.index(status), start, "-", start=0, num=limit + 1
+        )
+        page = [_text(m) for m in members[:limit]]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in page:
+                pipe.hgetall(Keys.session(member.partition(":")[2]))
+            rows = await pipe.execute()
+        sessions = [s for s in map(_decode, rows) if s is not None]
+        more = len(members) > limit
+        return Page(sessions, encode_cursor(page[-1]) if more and page else None)
+
+    async def enqueue_if_status(
+        self, session_id: str, allowed: Sequence[Status], message: Outgoing, entry: str
+    ) -> tuple[str, Status | None]:
+        """Queue ``message`` if the session's status is one of ``allowed``.
+
+        Returns (``enqueued`` | ``skipped`` | ``missing``, the status it had).
+        """
+        result, current = await self._enqueue_if(
+            keys=[
+                Keys.session(session_id),
+                Keys.timeline(session_id),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+            ],
+            args=[_statuses(allowed), entry, message.redis_message_id, message.payload],
+        )
+        status = _text(current)
+        return _text(result), Status(status) if status else None
+
+    async def timeline(self, session_id: str) -> list[dict[str, Any]]:
+        raw = await self.client.lrange(Keys.timeline(session_id), 0, -1)
+        return [json.loads(item) for item in raw]
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+
+class Store:
+    """The workers' view of the store."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._transition = client.register_script(_TRANSITION)
+        self._claim = client.register_script(_CLAIM)
+        self._unlock = client.register_script(_UNLOCK)
+
+    def get_session(self, session_id: str) -> Session | None:
+        return _decode(self.client.hgetall(Keys.session(session_id)))
+
+    def transition(
+        self,
+        session_id: str,
+        to: Status | None,
+        *,
+        allowed: Sequence[Status],
+        fields: Mapping[str, str] | None = None,
+        entry: str | None = None,
+    ) -> tuple[str, Status | None]:
+        """Move the session to ``to`` (None: keep) and set ``fields``, if its status is allowed.
+
+        Idempotent: a session already moved on is ``skipped`` and left untouched.
+        Returns (``ok`` | ``skipped`` | ``missing``, the status it had).
+        """
+        changes = {**(fields or {}), "updated_at": iso(now()) or ""}
+        result, current = self._transition(
+            keys=[Keys.session(session_id), Keys.timeline(session_id)],
+            args=[
+                Keys.index() + ":status:",
+                to.value if to else "",
+                _statuses(allowed),
+                entry or "",
+                CHANNEL,
+                session_id,
+                TIMELINE_LIMIT,
+                *_flatten(changes),
+            ],
+        )
+        status = _text(current)
+        return _text(result), Status(status) if status else None
+
+    def note_create_started(self, session_id: str, moment: datetime) -> datetime | None:
+        """Remember when the first create attempt began.
+
+        Returns None for the first attempt, else when the first attempt began.
+        """
+        key = Keys.session(session_id)
+        if self.client.hsetnx(key, "create_started_at", iso(moment) or ""):
+            return None
+        stored = self.client.hget(key, "create_started_at")
+        return datetime.fromisoformat(_text(stored)) if stored else moment
+
+    def claim_vts_session(self, session_uuid: str, session_id: str) -> str:
+        """Tie a VTS session to ours; return the session that owns it (first claim wins)."""
+        owner = self._claim(keys=[Keys.vts_session(session_uuid)], args=[session_id])
+        return _text(owner)
+
+    def lock_session(self, session_id: str, token: str, ttl_ms: int) -> bool:
+        """Take the session's work lock, so one VTS call at a time acts on it."""
+        return bool(self.client.set(Keys.session_lock(session_id), token, nx=True, px=ttl_ms))
+
+    def unlock_session(self, session_id: str, token: str) -> None:
+        self._unlock(keys=[Keys.session_lock(session_id)], args=[token])
+
+    def add_timeline(self, session_id: str, entry: str) -> None:
+        key = Keys.timeline(session_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, entry)
+            pipe.ltrim(key, -TIMELINE_LIMIT, -1)
+            pipe.execute()

@@ -1,0 +1,158 @@
+"""Validation of app requests: clear per-field errors, values normalised (numbers to E.164).
+
+Our own bounds, since VTS documents none: session_expiry 60..86400 s, call_time_limit
+60..14400 s, ring_timeout 5..120 s, URLs up to 2048 characters, metadata up to 2 KiB of JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from service.models import CREATE_OPTIONS, UPDATE_OPTIONS
+from service.phones import InvalidNumber, normalise
+from service.problems import FieldError, Problem
+
+MAX_URL = 2048
+MAX_METADATA = 2048
+INT_BOUNDS = {
+    "session_expiry": (60, 86400),
+    "call_time_limit": (60, 14400),
+    "ring_timeout": (5, 120),
+}
+
+Checker = Callable[[Any], Any]
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _int_in(name: str) -> Checker:
+    low, high = INT_BOUNDS[name]
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid("must be a whole number of seconds")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low} and {high} seconds")
+        return value
+
+    return check
+
+
+def _format(value: Any) -> str:
+    if value not in ("mp3", "wav"):
+        raise _Invalid("must be mp3 or wav")
+    return str(value)
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        raise _Invalid(f"must be an http(s) URL of at most {MAX_URL} characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid("must be an absolute http:// or https:// URL")
+    return value
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid("must be a JSON object")
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA:
+        raise _Invalid(f"must be at most {MAX_METADATA} bytes of JSON")
+    return value
+
+
+OPTION_CHECKERS: dict[str, Checker] = {
+    "record": _bool,
+    "record_file_format": _format,
+    "session_expiry": _int_in("session_expiry"),
+    "call_time_limit": _int_in("call_time_limit"),
+    "ring_timeout": _int_in("ring_timeout"),
+    "initiate_call_to_first_party": _bool,
+    "first_party_play_url": _url,
+    "second_party_play_url": _url,
+}
+assert set(OPTION_CHECKERS) == set(CREATE_OPTIONS)
+
+
+def _object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise Problem(422, "the request body must be a JSON object")
+    return body
+
+
+def _check(
+    body: Mapping[str, Any], checkers: Mapping[str, Checker], errors: list[FieldError]
+) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for name, value in body.items():
+        checker = checkers.get(name)
+        if checker is None:
+            errors.append(FieldError(name, "unknown field"))
+            continue
+        if value is None:
+            continue
+        try:
+            clean[name] = checker(value)
+        except _Invalid as exc:
+            errors.append(FieldError(name, str(exc)))
+    return clean
+
+
+def _party(name: str, value: Any, region: str | None, errors: list[FieldError]) -> str | None:
+    if value is None:
+        errors.append(FieldError(name, "is required"))
+        return None
+    if not isinstance(value, str) or len(value) > 32:
+        errors.append(FieldError(name, "must be a phone number string in E.164 form"))
+        return None
+    try:
+        return normalise(value, region)
+    except InvalidNumber as exc:
+        errors.append(FieldError(name, str(exc)))
+        return None
+
+
+def parse_create(body: Any, default_region: str | None = None) -> dict[str, Any]:
+    """Validate a create request; return its normalised fields or raise Problem(422)."""
+    body = _object(body)
+    errors: list[FieldError] = []
+    others = {k: v for k, v in body.items() if k not in ("first_party", "second_party")}
+    checkers = {**OPTION_CHECKERS, "callback_url": _url, "metadata": _metadata}
+    clean = _check(others, checkers, errors)
+    first = _party("first_party", body.get("first_party"), default_region, errors)
+    second = _party("second_party", body.get("second_party"), default_region, errors)
+    if first is not None and first == second:
+        errors.append(FieldError("second_party", "must differ from first_party"))
+    if errors:
+        raise Problem(422, "the request has invalid fields", errors=errors)
+    return {"first_party": first, "second_party": second, **clean}
+
+
+def parse_update(body: Any) -> dict[str, Any]:
+    """Validate a change request (a non-empty subset of the changeable options)."""
+    body = _object(body)
+    errors: list[FieldError] = []
+    clean = _check(body, {k: OPTION_CHECKERS[k] for k in UPDATE_OPTIONS}, errors)
+    if errors:
+        raise Problem(422, "the request has invalid fields", errors=errors)
+    if not clean:
+        raise Problem(422, f"give at least one of: {', '.join(UPDATE_OPTIONS)}")
+    return clean
+
+
+def fingerprint(request: Mapping[str, Any]) -> str:
+    """A digest of a normalised request, to tell a retry from a different request."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,121 @@
+"""A sliding-window limit on VTS requests, shared by every process through Redis.
+
+VTS allows ``limit`` requests per ``window`` seconds per account, counted when they reach
+it. We cannot know when that is, only that it falls between our admission and our
+completion; so a slot is held from admission until completion + ``window``. Any
+``window``-long stretch of VTS's clock then sees at most ``limit`` requests, whatever the
+network jitter. While in flight a slot's score is admission + ``max_in_flight``, so a
+holder that dies mid-request frees its slot ``max_in_flight + window`` after admission,
+and a live one never loses it early (requests time out long before ``max_in_flight``).
+
+All times are Redis server time, so the workers' clocks do not matter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import structlog
+from redis import Redis, RedisError
+
+from service.errors import StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+# KEYS[1]: the sorted set of slots, scored in microseconds of Redis time.
+# ARGV: limit, window (us), max_in_flight (us), member. Returns 0 when admitted, else the
+# microseconds until the earliest slot frees (at least the window if all are in flight).
+# Scores go to Redis as numbers (17 significant digits); Lua's own tostring keeps only 14,
+# hence string.format for the exclusive bound.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit, window, in_flight = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - window))
+if redis.call('ZCARD', KEYS[1]) < limit then
+    redis.call('ZADD', KEYS[1], now + in_flight, ARGV[4])
+    redis.call('PEXPIRE', KEYS[1], math.ceil((in_flight + window) / 1000) + 1000)
+    return 0
+end
+local earliest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+if earliest > now then
+    return window
+end
+return math.max(1, earliest + window - now)
+"""
+
+# Marks a slot complete now; XX, so a slot that already expired is not brought back.
+_RELEASE = """
+local t = redis.call('TIME')
+return redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+"""
+
+
+class RateLimiter:
+    """Admit at most ``limit`` VTS requests per ``window`` seconds across all processes.
+
+    ``waits`` counts the times a caller had to sleep; ``on_wait`` (if given) is called with
+    each sleep's length in seconds, e.g. to feed a metric. Redis errors surface as
+    :class:`~service.errors.StoreUnavailable` on admission (without the limiter we do not
+    call VTS); on release they are only logged.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        key: str,
+        *,
+        limit: int = 300,
+        window: float = 5.0,
+        max_in_flight: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
+        if limit < 1 or window <= 0 or max_in_flight <= 0:
+            raise ValueError("limit, window and max_in_flight must be positive")
+        self._redis = redis
+        self._key = key
+        self._args = (limit, round(window * 1_000_000), round(max_in_flight * 1_000_000))
+        self._sleep = sleep
+        self._on_wait = on_wait
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._release = redis.register_script(_RELEASE)
+        self._lock = threading.Lock()
+        self.waits = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Block (sleeping) until a slot is free; hold it for the block, plus the window."""
+        member = uuid.uuid4().hex
+        self._take(member)
+        try:
+            yield
+        finally:
+            self._give_back(member)
+
+    def _take(self, member: str) -> None:
+        while True:
+            try:
+                wait_us = int(self._acquire(keys=[self._key], args=[*self._args, member]))
+            except RedisError as exc:
+                raise StoreUnavailable("the VTS rate limiter's Redis is unavailable") from exc
+            if wait_us == 0:
+                return
+            seconds = wait_us / 1_000_000
+            with self._lock:
+                self.waits += 1
+            if self._on_wait is not None:
+                self._on_wait(seconds)
+            self._sleep(seconds)
+
+    def _give_back(self, member: str) -> None:
+        try:
+            self._release(keys=[self._key], args=[member])
+        except RedisError as exc:
+            # Not raised: the request is done, and failing it now could make the caller
+            # repeat it. The slot frees itself after max_in_flight + window: slower, safe.
+            log.warning("vts_rate_slot_not_released", error=type(exc).__name__)

@@ -1,0 +1,221 @@
+"""What the sandbox does to API traffic besides answering it: rate limit, faults, counts.
+
+Rate limit: a sliding window of request arrival times for the account. Every
+authenticated API request counts, refused ones included, so a client that keeps
+hammering stays limited, as with VTS. Over ``limit`` arrivals within ``window`` seconds the
+answer is 429 with ``Retry-After``: the whole seconds until a request would fit again.
+
+Faults (``PUT /_sandbox/faults`` replaces them all; absent keys take their defaults):
+
+- ``error_rate``: the fraction of requests answered ``error_status`` (default 503)
+  before anything is done;
+- ``rate_429``: the fraction answered 429 whatever the real rate;
+- ``error_paths``: the actions (create, get, list, update, expire) that ``error_rate``
+  and ``rate_429`` apply to; default all;
+- ``retry_after``: the ``Retry-After`` of every 429 in whole seconds; ``null`` omits the
+  header; ``"auto"`` (the default) computes it for the rate limit and says 1 for
+  injected 429s;
+- ``latency_ms``: added before every API request is handled;
+- ``stall_after_create``: seconds a create waits, once its session exists, before it
+  answers (the wait ends early if the client hangs up: VTS has acted either way);
+  ``stall_rate``: the fraction of creates that stall (default 1);
+- ``seed``: seeds the random draws (default 0), so a run of faults can be replayed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeVar
+
+ACTIONS = ("create", "get", "list", "update", "expire")
+
+Fault = Literal["rate_429", "error"]
+RetryAfter = int | Literal["auto"] | None
+T = TypeVar("T")
+
+
+class InvalidFaults(ValueError):
+    """The fault settings are malformed; the message names the setting."""
+
+
+def _number(value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"must be a number from {low} to {high}")
+    return float(value)
+
+
+def _fraction(value: object) -> float:
+    return _number(value, 0, 1)
+
+
+def _duration(value: object) -> float:
+    return _number(value, 0, 3600)
+
+
+def _latency(value: object) -> float:
+    return _number(value, 0, 60_000)
+
+
+def _whole(value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"must be a whole number from {low} to {high}")
+    return value
+
+
+def _status(value: object) -> int:
+    return _whole(value, 400, 599)
+
+
+def _seed(value: object) -> int:
+    return _whole(value, 0, 2**63)
+
+
+def _actions(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not set(value) <= set(ACTIONS):
+        raise ValueError(f"must be a list of actions among {', '.join(ACTIONS)}")
+    return tuple(str(action) for action in value)
+
+
+def _retry_after(value: object) -> RetryAfter:
+    if value is None:
+        return None
+    if value == "auto":
+        return "auto"
+    return _whole(value, 0, 86400)
+
+
+@dataclass(frozen=True)
+class Faults:
+    error_rate: float = 0.0
+    error_status: int = 503
+    error_paths: tuple[str, ...] = ACTIONS
+    rate_429: float = 0.0
+    retry_after: RetryAfter = "auto"
+    latency_ms: float = 0.0
+    stall_after_create: float = 0.0
+    stall_rate: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, body: object) -> Faults:
+        """Faults from a JSON body; raises :class:`InvalidFaults`."""
+        if not isinstance(body, dict):
+            raise InvalidFaults("faults must be a JSON object")
+        unknown = sorted(str(name) for name in body if name not in cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidFaults(f"unknown settings: {', '.join(unknown)}")
+        return cls(
+            error_rate=_setting(body, "error_rate", _fraction),
+            error_status=_setting(body, "error_status", _status),
+            error_paths=_setting(body, "error_paths", _actions),
+            rate_429=_setting(body, "rate_429", _fraction),
+            retry_after=_setting(body, "retry_after", _retry_after),
+            latency_ms=_setting(body, "latency_ms", _latency),
+            stall_after_create=_setting(body, "stall_after_create", _duration),
+            stall_rate=_setting(body, "stall_rate", _fraction),
+            seed=_setting(body, "seed", _seed),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _setting(body: Mapping[str, object], name: str, rule: Callable[[object], T]) -> T:
+    try:
+        return rule(body.get(name, getattr(_DEFAULTS, name)))
+    except ValueError as exc:
+        raise InvalidFaults(f"{name} {exc}") from None
+
+
+_DEFAULTS = Faults()
+
+
+@dataclass
+class Stats:
+    """Counts since the last reset; ``answered`` and ``injected`` are per action."""
+
+    received: Counter[str] = field(default_factory=Counter)
+    answered: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    injected: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    rate_limited: int = 0
+    max_in_window: int = 0
+    sessions_created: int = 0
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "received": dict(self.received),
+            "answered": {action: dict(codes) for action, codes in self.answered.items()},
+            "injected": {action: dict(kinds) for action, kinds in self.injected.items()},
+            "rate_limited": self.rate_limited,
+            "max_in_window": self.max_in_window,
+            "sessions_created": self.sessions_created,
+        }
+
+
+class Traffic:
+    """The rate limit, the fault settings with their random draws, and the counts."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._arrivals: deque[float] = deque()
+        self.reset()
+
+    def reset(self) -> None:
+        self._arrivals.clear()
+        self.stats = Stats()
+        self.configure(Faults())
+
+    def configure(self, faults: Faults) -> None:
+        self.faults = faults
+        self._random = random.Random(faults.seed)
+
+    def admit(self) -> float | None:
+        """Count an arrival: None if it is within the limit, else seconds until one would be."""
+        now = self._clock()
+        while self._arrivals and self._arrivals[0] <= now - self._window:
+            self._arrivals.popleft()
+        self._arrivals.append(now)
+        self.stats.max_in_window = max(self.stats.max_in_window, len(self._arrivals))
+        if len(self._arrivals) <= self._limit:
+            return None
+        self.stats.rate_limited += 1
+        # A new arrival fits once all but limit - 1 of those now in the window have left it.
+        return self._arrivals[-self._limit] + self._window - now
+
+    def inject(self, action: str) -> Fault | None:
+        """Draw the fault, if any, that this request of ``action`` suffers."""
+        if action not in self.faults.error_paths:
+            return None
+        fault: Fault | None = None
+        if self._chance(self.faults.rate_429):
+            fault = "rate_429"
+        elif self._chance(self.faults.error_rate):
+            fault = "error"
+        if fault:
+            self.stats.injected[action][fault] += 1
+        return fault
+
+    def stall(self) -> float:
+        """Seconds this create should hold its answer (0 for none)."""
+        seconds = self.faults.stall_after_create
+        if seconds <= 0 or not self._chance(self.faults.stall_rate):
+            return 0.0
+        self.stats.injected["create"]["stall"] += 1
+        return seconds
+
+    def retry_after(self, wait: float) -> dict[str, str]:
+        """The ``Retry-After`` header for a 429 whose honest wait is ``wait`` seconds."""
+        setting = self.faults.retry_after
+        if setting is None:
+            return {}
+        seconds = max(1, math.ceil(wait)) if setting == "auto" else setting
+        return {"Retry-After": str(seconds)}
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0 and self._random.random() < rate

@@ -1,0 +1,178 @@
+"""Fixtures: a real Redis, the VTS sandbox on loopback, the web app on loopback, a real
+dramatiq worker. Redis is ``REDIS_URL`` (its database 15, flushed) when set, else a private
+redis-server started for the run. With CI=true, no Redis is a failure, never a skip."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import httpx2
+import pytest
+import redis
+
+from service.embedded_redis import EmbeddedRedis
+from service.settings import Secret, Settings
+from service.vts.sandbox import SandboxConfig, create_sandbox_app
+from tests.servers import serve
+
+API_KEY = "test-key-" + "0" * 16
+AUTH_ID = "MATESTACCOUNT000001"
+AUTH_TOKEN = "sandbox-token-for-tests"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("REDIS_URL")
+    if given:
+        url = given.rsplit("/", 1)[0] + "/15" if given.startswith("redis") else given + "?db=15"
+        redis.Redis.from_url(url).ping()
+        yield url
+        return
+    try:
+        server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    except RuntimeError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no Redis for the tests: {exc}")
+        pytest.skip(f"no Redis for the tests: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(request: pytest.FixtureRequest) -> None:
+    if "redis_url" in request.fixturenames:
+        client = request.getfixturevalue("redis_client")
+        client.flushdb()
+
+
+def wait_until(
+    condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def sandbox_with(**options: Any) -> SandboxConfig:
+    return SandboxConfig(auth_id=AUTH_ID, auth_token=AUTH_TOKEN, **options)
+
+
+@pytest.fixture
+def sandbox_config(request: pytest.FixtureRequest) -> SandboxConfig:
+    """The default sandbox; a test may pass another with ``indirect`` parametrisation."""
+    config: SandboxConfig | None = getattr(request, "param", None)
+    return config or sandbox_with()
+
+
+@pytest.fixture
+def sandbox_url(sandbox_config: SandboxConfig) -> Iterator[str]:
+    with serve(create_sandbox_app(sandbox_config)) as url:
+        yield url
+
+
+@pytest.fixture
+def sandbox(sandbox_url: str) -> Iterator[httpx2.Client]:
+    """A client for the sandbox's control API."""
+    with httpx2.Client(base_url=sandbox_url, auth=(AUTH_ID, AUTH_TOKEN), timeout=10) as client:
+        yield client
+
+
+def make_settings(redis_url: str, vts_base_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "vts_base_url": vts_base_url,
+        "vts_auth_id": AUTH_ID,
+        "vts_auth_token": Secret(AUTH_TOKEN),
+        "public_base_url": "http://127.0.0.1:9",
+        "api_keys": (Secret(API_KEY),),
+        "log_format": "json",
+        "vts_timeout": 2.0,
+        "vts_connect_timeout": 1.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(redis_url: str, sandbox_url: str) -> Settings:
+    return make_settings(redis_url, sandbox_url)
+
+
+@pytest.fixture
+def web_url(settings: Settings) -> Iterator[str]:
+    from service.app import create_app
+
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+def api(web_url: str) -> Iterator[httpx2.Client]:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx2.Client(base_url=web_url, headers=headers, timeout=40) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def broker(redis_url: str) -> dramatiq.Broker:
+    """The session's broker; the actors bind to it once, on first import."""
+    from workers.broker import create_broker
+
+    broker = create_broker(redis.Redis.from_url(redis_url))
+    dramatiq.set_broker(broker)
+    import workers.actors  # noqa: F401  (declares the actors on this broker)
+
+    return broker
+
+
+@pytest.fixture
+def worker(
+    broker: dramatiq.Broker, settings: Settings, redis_client: redis.Redis
+) -> Iterator[dramatiq.Worker]:
+    """A real dramatiq worker (threads in this process) with resources for ``settings``."""
+    from workers import boot
+
+    resources = boot.build(settings, redis_client)
+    boot.install(resources)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=50)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        # Each Worker adds its own middleware to the broker; this broker outlives it.
+        broker.middleware[:] = [
+            m for m in broker.middleware if type(m).__name__ != "_WorkerMiddleware"
+        ]
+        resources.sessions.vts.close()
+
+
+def new_numbers() -> tuple[str, str]:
+    """Two valid, distinct US numbers (in 415-2xx-xxxx, which phonenumbers accepts)."""
+    a, b = secrets.randbelow(10**6), secrets.randbelow(10**6)
+    return f"+1415{2000000 + a:07d}", f"+1415{3000000 + b:07d}"
+
+
+def data_dir() -> Path:
+    return Path(__file__).parent / "data"

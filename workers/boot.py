@@ -1,0 +1,80 @@
+"""Worker process start-up: ``dramatiq workers.boot:setup workers.actors``.
+
+dramatiq calls ``setup`` in every worker process before importing the actor modules, so
+the broker is set before the actors bind to it, and each process builds its own clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from service import logs
+from service.settings import Settings
+from service.store import Keys, Store
+from service.vts.client import VtsClient
+from service.vts.ratelimit import RateLimiter
+from workers import sessions
+from workers.broker import create_broker
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    sessions: sessions.Context
+
+
+_resources: Resources | None = None
+
+
+def resources() -> Resources:
+    """This process's resources; set by ``setup`` before any actor runs."""
+    if _resources is None:
+        raise RuntimeError("worker resources used before workers.boot.setup() ran")
+    return _resources
+
+
+def install(built: Resources) -> None:
+    """Make ``built`` this process's resources (``setup`` does it; tests do it too)."""
+    global _resources  # noqa: PLW0603  (one per process, by dramatiq's design)
+    _resources = built
+
+
+def build(settings: Settings, client: redis.Redis) -> Resources:
+    """The clients the actors use, sharing ``client`` (which must not decode responses)."""
+    limiter = RateLimiter(
+        client,
+        Keys.vts_rate_limit(settings.vts_auth_id),
+        limit=settings.vts_rate_limit,
+        window=settings.vts_rate_window,
+    )
+    vts = VtsClient(
+        base_url=settings.vts_base_url,
+        auth_id=settings.vts_auth_id,
+        auth_token=settings.vts_auth_token.reveal(),
+        limiter=limiter,
+        timeout=settings.vts_timeout,
+        connect_timeout=settings.vts_connect_timeout,
+    )
+    context = sessions.Context(
+        store=Store(client),
+        vts=vts,
+        public_base_url=settings.public_base_url,
+        clock=lambda: datetime.now(UTC),
+    )
+    return Resources(settings, context)
+
+
+def setup() -> RedisBroker:
+    """The dramatiq entry point: settings, logging, clients, broker."""
+    settings = Settings.from_env()
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    broker = create_broker(client)
+    install(build(settings, client))
+    dramatiq.set_broker(broker)
+    return broker

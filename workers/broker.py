@@ -1,0 +1,106 @@
+"""The dramatiq broker on Redis, with every middleware named explicitly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import dramatiq
+import redis
+import structlog
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from service.phones import mask_text
+from service.store import DRAMATIQ_NAMESPACE
+
+log = structlog.get_logger(__name__)
+
+# Above dramatiq's 10 minutes of patience nothing good happens: our actors make one or two
+# HTTP calls with their own timeouts.
+TIME_LIMIT_MS = 5 * 60_000
+
+
+class LogContext(Middleware):
+    """Binds the correlation ids for every log line of a message, and logs its outcome.
+
+    The request id comes from the message options, set by the web when it enqueued.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            message_id=message.message_id,
+            actor=message.actor_name,
+            request_id=message.options.get("request_id"),
+            session_id=message.args[0] if message.args else None,
+        )
+        self._local.started = time.monotonic()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        duration_ms = round((time.monotonic() - self._local.started) * 1000, 1)
+        outcome = "ok" if exception is None else type(exception).__name__
+        log.info(
+            "message_processed",
+            outcome=outcome,
+            retries=message.options.get("retries", 0),
+            duration_ms=duration_ms,
+        )
+        structlog.contextvars.clear_contextvars()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+
+
+class MaskTracebacks(Middleware):
+    """Masks phone numbers in the traceback the Retries middleware stores in the message.
+
+    Our exceptions never carry numbers, but a library's might; the traceback travels back
+    to Redis and into the dead-letter queue.
+    """
+
+    def before_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        traceback = message.options.get("traceback")
+        if isinstance(traceback, str):
+            message.options["traceback"] = mask_text(traceback)
+
+
+def create_broker(client: redis.Redis) -> RedisBroker:
+    """A broker sharing ``client`` (which must not decode responses)."""
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(max_retries=20, min_backoff=500, max_backoff=60_000),
+        CurrentMessage(),
+        LogContext(),
+        MaskTracebacks(),
+    ]
+    return RedisBroker(  # type: ignore[no-untyped-call]
+        client=client, namespace=DRAMATIQ_NAMESPACE, middleware=middleware
+    )

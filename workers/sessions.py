@@ -1,0 +1,226 @@
+"""Session work at VTS: create, update, expire. Plain functions; the actors call them.
+
+Every function is idempotent: it reads the session's state first, takes the session's
+lock so only one VTS call at a time acts on a session, and does nothing when the work is
+already done. Retryable failures are raised (the actor's retry policy handles them);
+rejections are recorded on the session.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from service.errors import ServiceError, VtsNotFound, VtsOutcomeUnknown, VtsRejected
+from service.models import FINAL, LIVE, Session, Status, iso
+from service.phones import mask_text
+from service.store import Store, timeline_entry
+from service.vts.client import VtsClient
+from service.vts.models import VtsSession
+
+log = structlog.get_logger(__name__)
+
+LOCK_TTL_MS = 120_000
+# How far before our first attempt a VTS session may have been stamped and still be the
+# one that attempt created (clock skew between us and VTS, queueing at VTS).
+LOOKUP_SLACK = timedelta(seconds=60)
+
+
+class SessionBusy(ServiceError):
+    """Another worker is acting on this session right now; try again shortly."""
+
+
+class SessionNotReady(ServiceError):
+    """The session has no VTS session yet (its create is still running); try again."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What session work needs: the store, the VTS client, where VTS calls us back, a clock."""
+
+    store: Store
+    vts: VtsClient
+    public_base_url: str
+    clock: Callable[[], datetime]
+
+
+@contextmanager
+def _locked(ctx: Context, session_id: str) -> Iterator[None]:
+    token = uuid.uuid4().hex
+    if not ctx.store.lock_session(session_id, token, LOCK_TTL_MS):
+        raise SessionBusy("another worker holds this session")
+    try:
+        yield
+    finally:
+        ctx.store.unlock_session(session_id, token)
+
+
+def create(ctx: Context, session_id: str) -> None:
+    """Create the session at VTS, exactly once per session.
+
+    A previous attempt whose outcome is unknown is resolved first by looking the session
+    up at VTS (same parties, created since that attempt began) and adopting it.
+    Raises VtsUnavailable (retry) or SessionBusy (retry).
+    """
+    session = ctx.store.get_session(session_id)
+    if session is None or session.status is not Status.PENDING:
+        return
+    with _locked(ctx, session_id):
+        first_attempt = ctx.store.note_create_started(session_id, ctx.clock())
+        if first_attempt is not None and _adopt_existing(ctx, session, first_attempt):
+            return
+        try:
+            created = ctx.vts.create_session(vts_create_params(session, ctx.public_base_url))
+        except VtsOutcomeUnknown:
+            log.warning("vts_create_outcome_unknown")
+            raise
+        except VtsRejected as exc:
+            fail(ctx.store, session_id, "vts_rejected", exc.reason)
+            return
+        _activate(ctx, session, created, adopted=False)
+
+
+def _adopt_existing(ctx: Context, session: Session, since: datetime) -> bool:
+    candidates = ctx.vts.list_sessions(
+        first_party=session.first_party,
+        second_party=session.second_party,
+        created_since=since - LOOKUP_SLACK,
+    )
+    for candidate in sorted(candidates, key=_created_or_min):
+        if ctx.store.claim_vts_session(candidate.session_uuid, session.id) == session.id:
+            _activate(ctx, session, candidate, adopted=True)
+            return True
+    log.info("vts_session_lookup_found_none", candidates=len(candidates))
+    return False
+
+
+def _created_or_min(candidate: VtsSession) -> datetime:
+    return candidate.created_time or datetime.min.replace(tzinfo=UTC)
+
+
+def _activate(ctx: Context, session: Session, created: VtsSession, *, adopted: bool) -> None:
+    owner = ctx.store.claim_vts_session(created.session_uuid, session.id)
+    if owner != session.id:
+        log.error("vts_session_claimed_by_another", other_session_id=owner)
+    expires_at = created.expiry_time or _expiry(ctx, session)
+    fields = {
+        "vts_session_uuid": created.session_uuid,
+        "virtual_number": created.virtual_number or "",
+        "expires_at": iso(expires_at) or "",
+    }
+    entry = timeline_entry("created", vts_session_uuid=created.session_uuid, adopted=adopted)
+    result, _ = ctx.store.transition(
+        session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields, entry=entry
+    )
+    structlog.contextvars.bind_contextvars(vts_session_uuid=created.session_uuid)
+    log.info("session_created", adopted=adopted, result=result)
+
+
+def _expiry(ctx: Context, session: Session) -> datetime:
+    seconds = int(session.options.get("session_expiry") or 3600)
+    return ctx.clock() + timedelta(seconds=seconds)
+
+
+def fail(store: Store, session_id: str, code: str, message: str) -> None:
+    """Mark a pending session failed with a reason safe to show (numbers masked)."""
+    reason = mask_text(message)[:500]
+    entry = timeline_entry("failed", code=code, message=reason)
+    store.transition(
+        session_id,
+        Status.FAILED,
+        allowed=[Status.PENDING],
+        fields={"error_code": code, "error_message": reason},
+        entry=entry,
+    )
+    log.warning("session_failed", code=code, reason=reason)
+
+
+def update(ctx: Context, session_id: str, changes: Mapping[str, Any]) -> None:
+    """Apply option changes at VTS, then to our copy. Raises SessionNotReady while pending."""
+    session = _live_session(ctx, session_id)
+    if session is None or session.vts_session_uuid is None:
+        return
+    with _locked(ctx, session_id):
+        try:
+            updated = ctx.vts.update_session(session.vts_session_uuid, changes)
+        except VtsNotFound:
+            _mark_expired(ctx, session_id, reason="vts_unknown_session")
+            return
+        except VtsRejected as exc:
+            ctx.store.add_timeline(
+                session_id, timeline_entry("update_rejected", message=mask_text(exc.reason))
+            )
+            log.warning("session_update_rejected", reason=mask_text(exc.reason))
+            return
+        options = {**session.options, **changes}
+        fields = {"options": _json(options)}
+        if "session_expiry" in changes:
+            expiry = updated.expiry_time if updated else None
+            fields["expires_at"] = (
+                iso(expiry or _expiry(ctx, session.with_changes(options=options))) or ""
+            )
+        ctx.store.transition(
+            session_id,
+            None,
+            allowed=list(LIVE),
+            fields=fields,
+            entry=timeline_entry("updated", changes=sorted(changes)),
+        )
+        log.info("session_updated", changes=sorted(changes))
+
+
+def expire(ctx: Context, session_id: str) -> None:
+    """End the session at VTS now. Raises SessionNotReady while the create is running."""
+    session = _live_session(ctx, session_id)
+    if session is None or session.vts_session_uuid is None:
+        return
+    with _locked(ctx, session_id):
+        try:
+            ctx.vts.expire_session(session.vts_session_uuid)
+        except VtsNotFound:
+            log.info("vts_session_already_gone")
+        _mark_expired(ctx, session_id, reason="ended_by_app")
+
+
+def _live_session(ctx: Context, session_id: str) -> Session | None:
+    session = ctx.store.get_session(session_id)
+    if session is None or session.status in FINAL:
+        return None
+    if session.status is Status.PENDING:
+        raise SessionNotReady("the session is still being created")
+    return session
+
+
+def _mark_expired(ctx: Context, session_id: str, *, reason: str) -> None:
+    ctx.store.transition(
+        session_id,
+        Status.EXPIRED,
+        allowed=list(LIVE),
+        entry=timeline_entry("expired", reason=reason),
+    )
+    log.info("session_expired", reason=reason)
+
+
+def vts_create_params(session: Session, public_base_url: str) -> dict[str, Any]:
+    """VTS's create body: the parties, the app's options, and our own callback URLs."""
+    options = {k: v for k, v in session.options.items() if v is not None}
+    return {
+        "first_party": session.first_party,
+        "second_party": session.second_party,
+        **options,
+        "callback_url": f"{public_base_url}/webhooks/vts/session",
+        "callback_method": "POST",
+        "recording_callback_url": f"{public_base_url}/webhooks/vts/recording",
+        "recording_callback_method": "POST",
+    }
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), separators=(",", ":"))
