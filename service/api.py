@@ -123,6 +123,9 @@ async def create_session(request: Request) -> Response:
     structlog.contextvars.bind_contextvars(session_id=outcome.session_id)
     if outcome.result == "created":
         log.info("session_requested")
+        if not wait:
+            # Answer with what was just stored: no second round trip on the hot path.
+            return JSONResponse(session.to_resource(), status_code=202, headers=_location(session))
     return await _answer(request, outcome.session_id, wait, headers)
 
 

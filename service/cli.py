@@ -1,4 +1,4 @@
-"""The ``masking`` command: ``web``, ``worker``, ``sandbox`` and ``dev``."""
+"""The ``masking`` command: ``web``, ``worker``, ``sandbox``, ``dev`` and ``logs``."""
 
 from __future__ import annotations
 
@@ -72,7 +72,13 @@ def dev(args: argparse.Namespace) -> None:
     raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def logs(args: argparse.Namespace) -> None:
+    from service import logtail
+
+    raise SystemExit(logtail.main(args.rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masking", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -85,14 +91,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=8)
     p.set_defaults(run=worker)
 
-    p = commands.add_parser("sandbox", help="the VTS sandbox (see masking sandbox -- --help)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=sandbox)
-
     p = commands.add_parser("dev", help="everything, for development: Redis, sandbox, web, worker")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--sandbox-port", type=int, default=8025)
     p.set_defaults(run=dev)
 
-    args = parser.parse_args(argv)
+    # These two forward their arguments, --help included, to their own parsers.
+    p = commands.add_parser("sandbox", add_help=False, help="the VTS sandbox (masking sandbox -h)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=sandbox)
+
+    p = commands.add_parser("logs", add_help=False, help="filter JSON log lines (masking logs -h)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=logs)
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; forwarding commands get every argument after their name in ``rest``."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if not hasattr(args, "rest"):
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return args
+    # REMAINDER only starts at the first positional, so leading options come back as
+    # unknown, in order, before it; a "--" separator is accepted for compatibility.
+    rest = [*unknown, *args.rest]
+    args.rest = rest[1:] if rest[:1] == ["--"] else rest
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
     args.run(args)

@@ -72,7 +72,6 @@ class Session:
     call_amount: Decimal = Decimal("0")
     error_code: str | None = None
     error_message: str | None = None
-    create_started_at: datetime | None = None
 
     def __repr__(self) -> str:
         return (
@@ -103,7 +102,6 @@ class Session:
             "call_amount": str(self.call_amount),
             "error_code": self.error_code,
             "error_message": self.error_message,
-            "create_started_at": iso(self.create_started_at),
         }
         return {k: v for k, v in raw.items() if v is not None}
 
@@ -130,7 +128,6 @@ class Session:
             call_amount=Decimal(fields.get("call_amount", "0")),
             error_code=fields.get("error_code"),
             error_message=fields.get("error_message"),
-            create_started_at=_moment(fields.get("create_started_at")),
         )
 
     def to_resource(self) -> dict[str, Any]:

@@ -336,16 +336,21 @@ class Store:
         status = _text(current)
         return _text(result), Status(status) if status else None
 
-    def note_create_started(self, session_id: str, moment: datetime) -> datetime | None:
-        """Remember when the first create attempt began.
+    def open_create_attempt(self, session_id: str, moment: datetime) -> datetime | None:
+        """Note that a create request is about to be sent.
 
-        Returns None for the first attempt, else when the first attempt began.
+        Returns None when no earlier attempt may have reached VTS, else when the first such
+        attempt began: VTS may then hold a session we have not heard of.
         """
         key = Keys.session(session_id)
-        if self.client.hsetnx(key, "create_started_at", iso(moment) or ""):
+        if self.client.hsetnx(key, "create_uncertain_since", iso(moment) or ""):
             return None
-        stored = self.client.hget(key, "create_started_at")
+        stored = self.client.hget(key, "create_uncertain_since")
         return datetime.fromisoformat(_text(stored)) if stored else moment
+
+    def close_create_attempt(self, session_id: str) -> None:
+        """The last attempt certainly created nothing at VTS."""
+        self.client.hdel(Keys.session(session_id), "create_uncertain_since")
 
     def claim_vts_session(self, session_uuid: str, session_id: str) -> str:
         """Tie a VTS session to ours; return the session that owns it (first claim wins)."""

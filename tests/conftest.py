@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +17,10 @@ import httpx2
 import pytest
 import redis
 
+from service import logs
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Secret, Settings
-from service.vts.sandbox import SandboxConfig, create_sandbox_app
+from service.vts.sandbox import SandboxConfig, create_sandbox_app, number_range
 from tests.servers import serve
 
 API_KEY = "test-key-" + "0" * 16
@@ -75,6 +77,7 @@ def wait_until(
 
 
 def sandbox_with(**options: Any) -> SandboxConfig:
+    options.setdefault("number_pool", number_range(1000))
     return SandboxConfig(auth_id=AUTH_ID, auth_token=AUTH_TOKEN, **options)
 
 
@@ -176,3 +179,21 @@ def new_numbers() -> tuple[str, str]:
 
 def data_dir() -> Path:
     return Path(__file__).parent / "data"
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now, so pytest captures each test's lines."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _structured_logs() -> None:
+    logs.configure(fmt="json", level="INFO", stream=_CurrentStderr())  # type: ignore[arg-type]

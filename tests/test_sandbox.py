@@ -369,6 +369,7 @@ def test_injected_errors_come_before_anything_is_done(client: httpx2.Client) -> 
     stats = client.get("/_sandbox/stats").json()
     assert stats["sessions_created"] == 0
     assert stats["injected"] == {"create": {"error": 1}}
+    assert stats["faults"] == {"error": 1}
     assert stats["answered"] == {"create": {"502": 1}}
 
 

@@ -17,7 +17,7 @@ MAX_RETRIES = 20
 
 _TRANSIENT = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady, dramatiq.Retry)
 MIN_BACKOFF_MS = 500
-MAX_BACKOFF_MS = 30_000
+MAX_BACKOFF_MS = 15_000
 
 
 def _retryable(retries: int, exc: BaseException) -> bool:

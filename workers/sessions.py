@@ -18,7 +18,13 @@ from typing import Any
 
 import structlog
 
-from service.errors import ServiceError, VtsNotFound, VtsOutcomeUnknown, VtsRejected
+from service.errors import (
+    ServiceError,
+    VtsNotFound,
+    VtsOutcomeUnknown,
+    VtsRejected,
+    VtsUnavailable,
+)
 from service.models import FINAL, LIVE, Session, Status, iso
 from service.phones import mask_text
 from service.store import Store, timeline_entry
@@ -31,6 +37,11 @@ LOCK_TTL_MS = 120_000
 # How far before our first attempt a VTS session may have been stamped and still be the
 # one that attempt created (clock skew between us and VTS, queueing at VTS).
 LOOKUP_SLACK = timedelta(seconds=60)
+
+
+# Answers after which VTS has certainly not created anything: refused before sending
+# (None), rate limited, or unavailable. A 500, 502 or 504 may come after the work was done.
+_NOT_ACTED_ON = frozenset({None, 429, 503})
 
 
 class SessionBusy(ServiceError):
@@ -65,21 +76,26 @@ def _locked(ctx: Context, session_id: str) -> Iterator[None]:
 def create(ctx: Context, session_id: str) -> None:
     """Create the session at VTS, exactly once per session.
 
-    A previous attempt whose outcome is unknown is resolved first by looking the session
-    up at VTS (same parties, created since that attempt began) and adopting it.
+    An earlier attempt whose outcome is unknown (sent, but no answer; or the worker died)
+    is resolved first by looking the session up at VTS (same parties, created since that
+    attempt began) and adopting it.
     Raises VtsUnavailable (retry) or SessionBusy (retry).
     """
     session = ctx.store.get_session(session_id)
     if session is None or session.status is not Status.PENDING:
         return
     with _locked(ctx, session_id):
-        first_attempt = ctx.store.note_create_started(session_id, ctx.clock())
-        if first_attempt is not None and _adopt_existing(ctx, session, first_attempt):
+        uncertain_since = ctx.store.open_create_attempt(session_id, ctx.clock())
+        if uncertain_since is not None and _adopt_existing(ctx, session, uncertain_since):
             return
         try:
             created = ctx.vts.create_session(vts_create_params(session, ctx.public_base_url))
         except VtsOutcomeUnknown:
             log.warning("vts_create_outcome_unknown")
+            raise
+        except VtsUnavailable as exc:
+            if exc.status in _NOT_ACTED_ON:
+                ctx.store.close_create_attempt(session_id)
             raise
         except VtsRejected as exc:
             fail(ctx.store, session_id, "vts_rejected", exc.reason)

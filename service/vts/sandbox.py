@@ -177,7 +177,7 @@ class _Sandbox:
     def routes(self) -> list[Route]:
         api: list[tuple[str, str, str, Handler]] = [
             ("", "POST", "create", self.create),
-            ("", "GET", "list", self.list),
+            ("", "GET", "list", self.list_sessions),
             ("/{session_uuid}", "GET", "get", self.get),
             ("/{session_uuid}", "POST", "update", self.update),
             ("/{session_uuid}", "DELETE", "expire", self.expire),
@@ -253,7 +253,7 @@ class _Sandbox:
         session = self.book.get(request.path_params["session_uuid"])
         return JSONResponse(session_body(self.config.dialect, api_id, session, self.clock()))
 
-    async def list(self, request: Request, api_id: str) -> Response:
+    async def list_sessions(self, request: Request, api_id: str) -> Response:
         query = parse_query(request.query_params)
         found, total = self.book.search(query)
         after, before = query.offset + query.limit, max(0, query.offset - query.limit)

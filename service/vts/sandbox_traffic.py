@@ -136,7 +136,10 @@ _DEFAULTS = Faults()
 
 @dataclass
 class Stats:
-    """Counts since the last reset; ``answered`` and ``injected`` are per action."""
+    """Counts since the last reset; ``answered`` and ``injected`` are per action.
+
+    ``faults`` totals ``injected`` over the actions, by kind (error, rate_429, stall).
+    """
 
     received: Counter[str] = field(default_factory=Counter)
     answered: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
@@ -150,6 +153,7 @@ class Stats:
             "received": dict(self.received),
             "answered": {action: dict(codes) for action, codes in self.answered.items()},
             "injected": {action: dict(kinds) for action, kinds in self.injected.items()},
+            "faults": dict(sum(self.injected.values(), Counter[str]())),  # totals per kind
             "rate_limited": self.rate_limited,
             "max_in_window": self.max_in_window,
             "sessions_created": self.sessions_created,
