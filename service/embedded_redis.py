@@ -35,8 +35,9 @@ class EmbeddedRedis:
     """``with EmbeddedRedis(directory) as server: server.url``."""
 
     def __init__(self, directory: Path, *, persist: bool = False) -> None:
-        self.directory = directory
-        self.socket = directory / "redis.sock"
+        # Absolute: redis-server changes into --dir before it opens its files.
+        self.directory = directory.resolve()
+        self.socket = self.directory / "redis.sock"
         self.persist = persist
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -84,6 +84,9 @@ def configure(*, fmt: str = "json", level: str = "INFO", stream: TextIO | None =
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "dramatiq"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # One line per request at INFO, with full URLs: the VTS client logs its own.
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             *_shared_processors(),

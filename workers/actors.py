@@ -12,9 +12,6 @@ from service.errors import VtsUnavailable
 from workers import sessions
 from workers.boot import resources
 
-MAX_RETRIES = 20
-
-
 _TRANSIENT = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady, dramatiq.Retry)
 MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 15_000
@@ -22,7 +19,7 @@ MAX_BACKOFF_MS = 15_000
 
 def _retryable(retries: int, exc: BaseException) -> bool:
     """Retry what may pass (VTS unavailable, session busy); never a bug or a rejection."""
-    return isinstance(exc, _TRANSIENT) and retries < MAX_RETRIES
+    return isinstance(exc, _TRANSIENT) and retries < resources().settings.create_max_retries
 
 
 def _run(work: Callable[..., None], *args: Any) -> None:

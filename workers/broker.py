@@ -88,6 +88,20 @@ class MaskTracebacks(Middleware):
             message.options["traceback"] = mask_text(traceback)
 
 
+class PromptRedisBroker(RedisBroker):
+    """dramatiq's Redis broker, polling an idle queue at least every ``max_poll_ms``.
+
+    The stock consumer backs off up to the worker timeout (1 s, not settable from the
+    CLI) when a queue is empty, so the first message after a quiet spell could wait that
+    long; apps waiting on ``Prefer: wait`` and callbacks want far less.
+    """
+
+    max_poll_ms = 100
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+        return super().consume(queue_name, prefetch, min(timeout, self.max_poll_ms))
+
+
 def create_broker(client: redis.Redis) -> RedisBroker:
     """A broker sharing ``client`` (which must not decode responses)."""
     middleware = [
@@ -101,6 +115,6 @@ def create_broker(client: redis.Redis) -> RedisBroker:
         LogContext(),
         MaskTracebacks(),
     ]
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    return PromptRedisBroker(  # type: ignore[no-untyped-call]
         client=client, namespace=DRAMATIQ_NAMESPACE, middleware=middleware
     )
