@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import api, logs, openapi
+from service import api, logs, openapi, webhooks
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
         *api.routes(),
+        *webhooks.routes(),
     ]
     return Starlette(
         routes=routes,

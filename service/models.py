@@ -38,6 +38,20 @@ CREATE_OPTIONS = (
 UPDATE_OPTIONS = tuple(o for o in CREATE_OPTIONS if o != "initiate_call_to_first_party")
 
 
+# Money is kept in Redis as whole billionths, so a Lua script can add it exactly.
+NANOS = Decimal(10) ** 9
+
+
+def to_nanos(amount: Decimal) -> int:
+    return int((amount * NANOS).to_integral_value())
+
+
+def from_nanos(nanos: int) -> Decimal:
+    """The exact amount, without trailing zeros (and never in exponent form)."""
+    text = f"{Decimal(nanos).scaleb(-9):f}"
+    return Decimal(text.rstrip("0").rstrip(".") if "." in text else text)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -48,6 +62,16 @@ def iso(moment: datetime | None) -> str | None:
 
 def _moment(raw: str | None) -> datetime | None:
     return datetime.fromisoformat(raw) if raw else None
+
+
+# Counters are what the applied events add up to, plus the adjustment the last
+# reconciliation with VTS made (``adjust_<name>``): events never overwrite VTS's word and
+# reconciliation never loses an event that is applied after it.
+COUNTERS = ("interaction_count", "call_count", "billed_duration", "call_amount_nanos")
+
+
+def _counter(fields: Mapping[str, str], name: str) -> int:
+    return int(fields.get(name, 0)) + int(fields.get(f"adjust_{name}", 0))
 
 
 @dataclass(frozen=True)
@@ -99,7 +123,7 @@ class Session:
             "interaction_count": str(self.interaction_count),
             "call_count": str(self.call_count),
             "billed_duration": str(self.billed_duration),
-            "call_amount": str(self.call_amount),
+            "call_amount_nanos": str(to_nanos(self.call_amount)),
             "error_code": self.error_code,
             "error_message": self.error_message,
         }
@@ -122,10 +146,10 @@ class Session:
             virtual_number=fields.get("virtual_number"),
             expires_at=_moment(fields.get("expires_at")),
             last_interaction_at=_moment(fields.get("last_interaction_at")),
-            interaction_count=int(fields.get("interaction_count", 0)),
-            call_count=int(fields.get("call_count", 0)),
-            billed_duration=int(fields.get("billed_duration", 0)),
-            call_amount=Decimal(fields.get("call_amount", "0")),
+            interaction_count=_counter(fields, "interaction_count"),
+            call_count=_counter(fields, "call_count"),
+            billed_duration=_counter(fields, "billed_duration"),
+            call_amount=from_nanos(_counter(fields, "call_amount_nanos")),
             error_code=fields.get("error_code"),
             error_message=fields.get("error_message"),
         )

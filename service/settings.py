@@ -66,6 +66,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     idempotency_ttl: int = 24 * 3600
     create_max_retries: int = 20
+    reconcile_interval: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -92,6 +93,9 @@ class Settings:
             phone_default_region=env.optional("PHONE_DEFAULT_REGION", _region, None),
             create_max_retries=env.optional(
                 "VTS_CREATE_MAX_RETRIES", _positive_int, cls.create_max_retries
+            ),
+            reconcile_interval=env.optional(
+                "RECONCILE_INTERVAL", _positive_float, cls.reconcile_interval
             ),
         )
 

@@ -20,6 +20,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from service.batching import GroupCommit
+from service.events import Event
 from service.messages import Outgoing
 from service.models import Session, Status, iso, now
 
@@ -29,6 +31,9 @@ PREFIX = "masking:"
 DRAMATIQ_NAMESPACE = "dramatiq"
 CHANNEL = PREFIX + "session-changes"
 TIMELINE_LIMIT = 1000
+# How long raw callbacks (and the nonces that came with them) are kept: for replays,
+# duplicate detection and audits.
+WEBHOOK_RETENTION_SECONDS = 7 * 24 * 3600
 
 
 class Keys:
@@ -60,6 +65,46 @@ class Keys:
     @staticmethod
     def vts_rate_limit(auth_id: str) -> str:
         return f"{PREFIX}rate-limit:vts:{auth_id}"
+
+    @staticmethod
+    def webhook(event_id: str) -> str:
+        return f"{PREFIX}webhook:{event_id}"
+
+    @staticmethod
+    def webhooks() -> str:
+        return f"{PREFIX}webhooks"
+
+    @staticmethod
+    def nonce(nonce: str) -> str:
+        return f"{PREFIX}nonce:{nonce}"
+
+    @staticmethod
+    def webhook_stats() -> str:
+        return f"{PREFIX}stats:webhooks"
+
+    @staticmethod
+    def applied(session_id: str) -> str:
+        return f"{PREFIX}session:{session_id}:applied"
+
+    @staticmethod
+    def orphan_events() -> str:
+        return f"{PREFIX}orphan-events"
+
+    @staticmethod
+    def event_stats() -> str:
+        return f"{PREFIX}stats:events"
+
+    @staticmethod
+    def reconcile_stats() -> str:
+        return f"{PREFIX}stats:reconcile"
+
+    @staticmethod
+    def schedule() -> str:
+        return f"{PREFIX}schedule"
+
+    @staticmethod
+    def scheduler_leader() -> str:
+        return f"{PREFIX}scheduler-leader"
 
     @staticmethod
     def queue(queue_name: str) -> str:
@@ -130,6 +175,134 @@ redis.call('RPUSH', KEYS[3], ARGV[3])
 return {'enqueued', current}
 """
 
+# KEYS: nonce ('' when none), event, queue, queue messages, event index, stats
+# ARGV: event id, retention (s), received (ms), redis message id, payload, field, value, ...
+_INGEST = """
+if KEYS[1] ~= '' then
+  local seen = redis.call('GET', KEYS[1])
+  if seen and seen ~= ARGV[1] then
+    redis.call('HINCRBY', KEYS[6], 'replayed', 1)
+    return 'replayed'
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HINCRBY', KEYS[6], 'duplicate', 1)
+  return 'duplicate'
+end
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[6], 'accepted', 1)
+return 'accepted'
+"""
+
+# Applies one VTS session event, exactly once (the effect and its marker in one script).
+# KEYS: session, applied set, timeline, event stats
+# ARGV: 1 marker, 2 previous marker ('' none), 3 force (0/1), 4 role, 5 party,
+#       6 billed seconds, 7 amount nanos, 8 event time (iso), 9 timeline entry,
+#       10 channel, 11 session id, 12 status index prefix, 13 new virtual number,
+#       14 updated_at
+# Roles: leg (a leg's progress), leg_end, leg_end_complete (the family without a parties
+# event), parties_hangup, timeout, number, other.
+_APPLY_EVENT = """
+local s, applied = KEYS[1], KEYS[2]
+if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then return 'duplicate' end
+local status = redis.call('HGET', s, 'status')
+if not status then return 'missing' end
+if ARGV[3] ~= '1' and ARGV[2] ~= '' and redis.call('SISMEMBER', applied, ARGV[2]) == 0 then
+  return 'hold'
+end
+redis.call('SADD', applied, ARGV[1])
+local role, party = ARGV[4], ARGV[5]
+local live = status == 'active' or status == 'in_progress'
+local new_status = status
+if role == 'leg' then
+  redis.call('HSET', s, 'call_open_' .. party, '1')
+  if live then new_status = 'in_progress' end
+elseif role == 'answer' then
+  redis.call('HSET', s, 'call_open_' .. party, '1', 'call_answered_' .. party, '1')
+  if live then new_status = 'in_progress' end
+elseif role == 'leg_end' or role == 'leg_end_complete' then
+  redis.call('HINCRBY', s, 'call_count', 1)
+  redis.call('HINCRBY', s, 'billed_duration', ARGV[6])
+  redis.call('HINCRBY', s, 'call_amount_nanos', ARGV[7])
+  redis.call('HSET', s, 'call_open_' .. party, '0', 'last_interaction_at', ARGV[8])
+  local open = redis.call('HMGET', s, 'call_open_first', 'call_open_second')
+  if open[1] ~= '1' and open[2] ~= '1' then
+    if role == 'leg_end_complete' then
+      local answered = redis.call('HMGET', s, 'call_answered_first', 'call_answered_second')
+      if answered[1] == '1' and answered[2] == '1' then
+        redis.call('HINCRBY', s, 'interaction_count', 1)
+      end
+    end
+    redis.call('HDEL', s, 'call_answered_first', 'call_answered_second')
+    if status == 'in_progress' then new_status = 'active' end
+  end
+elseif role == 'call' then
+  if live then new_status = 'in_progress' end
+elseif role == 'parties_hangup' then
+  redis.call('HINCRBY', s, 'interaction_count', 1)
+  redis.call('HSET', s, 'last_interaction_at', ARGV[8])
+  if status == 'in_progress' then new_status = 'active' end
+elseif role == 'timeout' then
+  if live then new_status = 'expired' end
+elseif role == 'number' then
+  if ARGV[13] ~= '' then redis.call('HSET', s, 'virtual_number', ARGV[13]) end
+else
+  redis.call('HINCRBY', KEYS[4], 'unknown', 1)
+end
+if new_status ~= status then
+  local member = redis.call('HGET', s, 'index_member')
+  redis.call('HSET', s, 'status', new_status)
+  redis.call('ZREM', ARGV[12] .. status, member)
+  redis.call('ZADD', ARGV[12] .. new_status, 0, member)
+end
+redis.call('HSET', s, 'updated_at', ARGV[14])
+redis.call('RPUSH', KEYS[3], ARGV[9])
+redis.call('LTRIM', KEYS[3], -1000, -1)
+redis.call('HINCRBY', KEYS[4], 'applied', 1)
+redis.call('PUBLISH', ARGV[10], ARGV[11])
+return 'applied:' .. status .. ':' .. new_status
+"""
+
+# KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases
+# them: an entry comes due again after the lease unless its task reschedules or removes
+# it, so a scheduler that dies after taking entries loses none.
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, entry in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], entry)
+end
+return due
+"""
+
+# KEYS: leader. ARGV: token, ttl (ms). Take or keep the lead; true if we hold it.
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+
+# Sets each counter's adjustment so that counter + adjustment equals VTS's total.
+# KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
+# Returns the shown values before, in the same order.
+_RECONCILE = """
+local before = {}
+for i = 1, #ARGV, 2 do
+  local name = ARGV[i]
+  local counted = tonumber(redis.call('HGET', KEYS[1], name) or '0')
+  local adjust = tonumber(redis.call('HGET', KEYS[1], 'adjust_' .. name) or '0')
+  -- %.0f, not tostring: Lua would write large numbers in exponent form.
+  before[#before + 1] = string.format('%.0f', counted + adjust)
+  redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', tonumber(ARGV[i + 1]) - counted))
+end
+return before
+"""
+
 # KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -149,6 +322,22 @@ class CreateOutcome:
 
     result: str
     session_id: str
+
+
+@dataclass(frozen=True)
+class EventChange:
+    """What one VTS event does to a session; see the _APPLY_EVENT script for roles."""
+
+    marker: str
+    previous_marker: str | None
+    force: bool
+    role: str
+    party: str
+    billed: int
+    amount_nanos: int
+    at: str
+    entry: str
+    virtual_number: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +397,42 @@ class AsyncStore:
         self.client = client
         self._create = client.register_script(_CREATE)
         self._enqueue_if = client.register_script(_ENQUEUE_IF)
+        self._ingest = client.register_script(_INGEST)
+        self._group = GroupCommit(client)
+
+    async def ingest_webhook(
+        self, event: Event, message: Outgoing, *, nonce: str | None, received_ms: int
+    ) -> str:
+        """Make a VTS callback durable and queue its processing, in one shared round trip.
+
+        Returns ``accepted``, ``duplicate`` (this event is already stored: nothing done) or
+        ``replayed`` (the nonce came with another event before: nothing done).
+        """
+        fields = {
+            "kind": event.kind,
+            "params": json.dumps(dict(event.params), separators=(",", ":")),
+            "received_ms": str(received_ms),
+        }
+        result = await self._group.call(
+            self._ingest,
+            keys=[
+                Keys.nonce(nonce) if nonce else "",
+                Keys.webhook(event.id),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+                Keys.webhooks(),
+                Keys.webhook_stats(),
+            ],
+            args=[
+                event.id,
+                WEBHOOK_RETENTION_SECONDS,
+                received_ms,
+                message.redis_message_id,
+                message.payload,
+                *_flatten(fields),
+            ],
+        )
+        return _text(result)
 
     async def create_session(
         self,
@@ -301,6 +526,10 @@ class Store:
         self._transition = client.register_script(_TRANSITION)
         self._claim = client.register_script(_CLAIM)
         self._unlock = client.register_script(_UNLOCK)
+        self._apply = client.register_script(_APPLY_EVENT)
+        self._take_due = client.register_script(_TAKE_DUE)
+        self._lead = client.register_script(_LEAD)
+        self._reconcile = client.register_script(_RECONCILE)
 
     def get_session(self, session_id: str) -> Session | None:
         return _decode(self.client.hgetall(Keys.session(session_id)))
@@ -370,3 +599,90 @@ class Store:
             pipe.rpush(key, entry)
             pipe.ltrim(key, -TIMELINE_LIMIT, -1)
             pipe.execute()
+
+    def webhook(self, event_id: str) -> tuple[str, dict[str, str], int] | None:
+        """A stored callback: (kind, params, received at in ms), or None once expired."""
+        raw = self.client.hgetall(Keys.webhook(event_id))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return fields["kind"], json.loads(fields["params"]), int(fields["received_ms"])
+
+    def session_for_vts(self, session_uuid: str) -> str | None:
+        owner = self.client.get(Keys.vts_session(session_uuid))
+        return _text(owner) if owner else None
+
+    def apply_event(self, session_id: str, change: EventChange) -> str:
+        """Apply one event's effect exactly once.
+
+        Returns ``duplicate``, ``missing``, ``hold`` (the previous event of the session
+        has not been applied and ``change.force`` is false) or ``applied:<from>:<to>``.
+        """
+        result = self._apply(
+            keys=[
+                Keys.session(session_id),
+                Keys.applied(session_id),
+                Keys.timeline(session_id),
+                Keys.event_stats(),
+            ],
+            args=[
+                change.marker,
+                change.previous_marker or "",
+                "1" if change.force else "0",
+                change.role,
+                change.party,
+                change.billed,
+                change.amount_nanos,
+                change.at,
+                change.entry,
+                CHANNEL,
+                session_id,
+                Keys.index() + ":status:",
+                change.virtual_number or "",
+                iso(now()) or "",
+            ],
+        )
+        return _text(result)
+
+    def keep_orphan(self, event_id: str, received_ms: int) -> None:
+        """Set aside an event for a session we never created (kept, counted, not lost)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(Keys.orphan_events(), {event_id: received_ms})
+            pipe.hincrby(Keys.event_stats(), "orphaned", 1)
+            pipe.execute()
+
+    def schedule(self, task: str, session_id: str, due: datetime) -> None:
+        """Run ``task`` for the session at ``due`` (one entry per task and session)."""
+        self.client.zadd(Keys.schedule(), {f"{task}:{session_id}": int(due.timestamp() * 1000)})
+
+    def unschedule(self, task: str, session_id: str) -> None:
+        self.client.zrem(Keys.schedule(), f"{task}:{session_id}")
+
+    def take_due(
+        self, moment: datetime, limit: int = 100, lease_ms: int = 60_000
+    ) -> list[tuple[str, str]]:
+        """The (task, session id) pairs due at ``moment``, leased for ``lease_ms``."""
+        due = self._take_due(
+            keys=[Keys.schedule()], args=[int(moment.timestamp() * 1000), limit, lease_ms]
+        )
+        pairs = (_text(entry).partition(":") for entry in due)
+        return [(task, session_id) for task, _, session_id in pairs]
+
+    def lead(self, token: str, ttl_ms: int) -> bool:
+        """Take or keep the scheduler's lead; only one process holds it at a time."""
+        return bool(self._lead(keys=[Keys.scheduler_leader()], args=[token, ttl_ms]))
+
+    def reconcile(self, session_id: str, truth: Mapping[str, int]) -> dict[str, int]:
+        """Make the session's counters show ``truth`` (VTS's totals); return what they
+        showed before. Events applied later still add to them."""
+        args = [item for name in truth for item in (name, truth[name])]
+        before = self._reconcile(keys=[Keys.session(session_id)], args=args)
+        self.client.publish(CHANNEL, session_id)
+        return {name: int(_text(value)) for name, value in zip(truth, before, strict=True)}
+
+    def mark_once(self, key: str, marker: str) -> bool:
+        """Add ``marker`` to the set ``key``; False if it was already there."""
+        return bool(self.client.sadd(key, marker))
+
+    def count(self, stats: str, field: str, amount: int = 1) -> None:
+        self.client.hincrby(stats, field, amount)

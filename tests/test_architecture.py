@@ -61,9 +61,17 @@ def test_every_route_of_the_contract_has_an_actor(broker: dramatiq.Broker) -> No
         assert actor.queue_name == route.queue_name
 
 
+def test_every_scheduler_task_has_an_actor(broker: dramatiq.Broker) -> None:
+    """Each kind of timer the scheduler fires has its actor."""
+    from workers.scheduler import TASK_ACTORS
+
+    for actor_name in TASK_ACTORS.values():
+        broker.get_actor(actor_name)
+
+
 def test_every_actor_is_in_the_contract_or_internal(broker: dramatiq.Broker) -> None:
     """The workers declare no actor the contract does not know, besides their own helpers."""
-    internal = {"create_session_exhausted"}
+    internal = {"create_session_exhausted", "reconcile_session", "expire_if_due"}
     declared = set(broker.get_declared_actors())
     assert declared - internal == {route.actor_name for route in messages.ROUTES}
 

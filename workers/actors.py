@@ -6,14 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+import redis
 
 from service import messages
 from service.errors import VtsUnavailable
-from workers import sessions
+from workers import events, reconcile, recordings, sessions
 from workers.boot import resources
 
 _TRANSIENT = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady, dramatiq.Retry)
 MIN_BACKOFF_MS = 500
+# How soon an event that must wait (for its session, or the event before it) is tried again.
+EVENT_WAIT_MS = 200
 MAX_BACKOFF_MS = 15_000
 
 
@@ -53,6 +56,55 @@ def create_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]
         "create_failed",
         "the session could not be created at VTS after repeated attempts; try again later",
     )
+
+
+def _retryable_event(retries: int, exc: BaseException) -> bool:
+    """Events wait as long as apply() says (it bounds the wait); Redis hiccups pass."""
+    return isinstance(exc, dramatiq.Retry | redis.RedisError) and retries < 10_000
+
+
+@dramatiq.actor(
+    actor_name=messages.APPLY_EVENT.actor_name,
+    queue_name=messages.APPLY_EVENT.queue_name,
+    retry_when=_retryable_event,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+)
+def apply_event(event_id: str) -> None:
+    try:
+        events.apply(resources().events, event_id)
+    except events.EventNotReady as exc:
+        raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
+
+
+@dramatiq.actor(
+    actor_name=messages.APPLY_RECORDING_EVENT.actor_name,
+    queue_name=messages.APPLY_RECORDING_EVENT.queue_name,
+    retry_when=_retryable_event,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+)
+def apply_recording_event(event_id: str) -> None:
+    try:
+        recordings.note(resources().events, event_id)
+    except events.EventNotReady as exc:
+        raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
+
+
+@dramatiq.actor(
+    actor_name="reconcile_session",
+    queue_name=messages.SESSIONS_QUEUE,
+    retry_when=_retryable,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+)
+def reconcile_session(session_id: str) -> None:
+    _run(reconcile.reconcile, session_id)
+
+
+@dramatiq.actor(actor_name="expire_if_due", queue_name=messages.SESSIONS_QUEUE)
+def expire_if_due(session_id: str) -> None:
+    reconcile.expire_if_due(resources().sessions, session_id)
 
 
 @dramatiq.actor(

@@ -7,7 +7,7 @@ the broker is set before the actors bind to it, and each process builds its own 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import redis
@@ -18,7 +18,7 @@ from service.settings import Settings
 from service.store import Keys, Store
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
-from workers import sessions
+from workers import events, sessions
 from workers.broker import create_broker
 
 
@@ -26,6 +26,7 @@ from workers.broker import create_broker
 class Resources:
     settings: Settings
     sessions: sessions.Context
+    events: events.Context
 
 
 _resources: Resources | None = None
@@ -60,13 +61,19 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         timeout=settings.vts_timeout,
         connect_timeout=settings.vts_connect_timeout,
     )
+    store = Store(client)
     context = sessions.Context(
-        store=Store(client),
+        store=store,
         vts=vts,
         public_base_url=settings.public_base_url,
-        clock=lambda: datetime.now(UTC),
+        clock=_now,
+        reconcile_every=timedelta(seconds=settings.reconcile_interval),
     )
-    return Resources(settings, context)
+    return Resources(settings, context, events.Context(store=store, clock=_now))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def setup() -> RedisBroker:
@@ -74,7 +81,7 @@ def setup() -> RedisBroker:
     settings = Settings.from_env()
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    broker = create_broker(client)
     install(build(settings, client))
+    broker = create_broker(client)
     dramatiq.set_broker(broker)
     return broker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -23,7 +24,8 @@ from dramatiq.middleware import (
 )
 
 from service.phones import mask_text
-from service.store import DRAMATIQ_NAMESPACE
+from service.store import DRAMATIQ_NAMESPACE, Store
+from workers.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +106,7 @@ class PromptRedisBroker(RedisBroker):
 
 def create_broker(client: redis.Redis) -> RedisBroker:
     """A broker sharing ``client`` (which must not decode responses)."""
+    store = Store(client)
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=TIME_LIMIT_MS),
@@ -114,6 +117,7 @@ def create_broker(client: redis.Redis) -> RedisBroker:
         CurrentMessage(),
         LogContext(),
         MaskTracebacks(),
+        Scheduler(lambda: store, clock=lambda: datetime.now(UTC)),
     ]
     return PromptRedisBroker(  # type: ignore[no-untyped-call]
         client=client, namespace=DRAMATIQ_NAMESPACE, middleware=middleware

@@ -34,6 +34,8 @@ from service.vts.models import VtsSession
 log = structlog.get_logger(__name__)
 
 LOCK_TTL_MS = 120_000
+# After a session's expiry time, how long VTS has to tell us before we expire it ourselves.
+EXPIRY_GRACE = timedelta(seconds=5)
 # How far before our first attempt a VTS session may have been stamped and still be the
 # one that attempt created (clock skew between us and VTS, queueing at VTS).
 LOOKUP_SLACK = timedelta(seconds=60)
@@ -60,6 +62,7 @@ class Context:
     vts: VtsClient
     public_base_url: str
     clock: Callable[[], datetime]
+    reconcile_every: timedelta = timedelta(minutes=5)
 
 
 @contextmanager
@@ -137,6 +140,9 @@ def _activate(ctx: Context, session: Session, created: VtsSession, *, adopted: b
     )
     structlog.contextvars.bind_contextvars(vts_session_uuid=created.session_uuid)
     log.info("session_created", adopted=adopted, result=result)
+    if result == "ok":
+        ctx.store.schedule("expire", session.id, expires_at + EXPIRY_GRACE)
+        ctx.store.schedule("reconcile", session.id, ctx.clock() + ctx.reconcile_every)
 
 
 def _expiry(ctx: Context, session: Session) -> datetime:
@@ -203,6 +209,7 @@ def expire(ctx: Context, session_id: str) -> None:
         except VtsNotFound:
             log.info("vts_session_already_gone")
         _mark_expired(ctx, session_id, reason="ended_by_app")
+        ctx.store.schedule("reconcile", session_id, ctx.clock() + EXPIRY_GRACE)
 
 
 def _live_session(ctx: Context, session_id: str) -> Session | None:

@@ -20,7 +20,10 @@ create (``POST``, 201), get (``GET /{uuid}``), list (``GET``), update (``POST /{
 
 Control API for tests, under ``/_sandbox/`` with the same auth, neither rate-limited nor
 counted: ``GET``/``PUT``/``DELETE /faults``, ``GET /stats``, ``GET /sessions`` (every
-session, full numbers) and ``POST /reset`` (sessions, stats and faults).
+session, full numbers), ``POST /reset`` (sessions, stats, faults, events and deliveries),
+and the simulated calls of :mod:`service.vts.sandbox_calls`: ``POST
+/sessions/{uuid}/calls``, ``GET /sessions/{uuid}/events``, ``GET /deliveries`` and ``POST
+/drain``. Session events are signed with :mod:`service.vts.signatures`.
 
 Run it with ``python -m service.vts.sandbox --auth-id ID --auth-token TOKEN``.
 """
@@ -35,9 +38,10 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from decimal import Decimal
 from urllib.parse import urlencode
 
 import uvicorn
@@ -48,6 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.phones import InvalidNumber, normalise
+from service.vts.sandbox_calls import Billing, CallSettings, EventFamily, Switchboard
 from service.vts.sandbox_dialects import (
     Dialect,
     change_body,
@@ -89,12 +94,18 @@ class SandboxConfig:
     number_pool: tuple[str, ...] = field(default_factory=lambda: number_range(50))
     rate_limit: int = 300
     rate_window: float = 5.0
+    event_family: EventFamily = "hangup"
+    billing_increment: int = 60
+    rate_per_minute: Decimal = Decimal("0.0085")
+    callback_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not (self.auth_id and self.auth_token):
             raise ValueError("auth_id and auth_token must not be empty")
         if not self.number_pool or self.rate_limit < 1 or self.rate_window <= 0:
             raise ValueError("the pool, rate_limit and rate_window must all be positive")
+        if self.billing_increment < 1 or self.callback_timeout <= 0 or self.rate_per_minute < 0:
+            raise ValueError("billing_increment and callback_timeout must be positive")
         for index, number in enumerate(self.number_pool):
             with suppress(InvalidNumber):
                 if normalise(number) == number:
@@ -105,7 +116,17 @@ class SandboxConfig:
 def create_sandbox_app(config: SandboxConfig, clock: Callable[[], float] = time.time) -> Starlette:
     """A fresh sandbox; ``clock`` gives epoch seconds (tests pass one they can move)."""
     sandbox = _Sandbox(config, clock)
-    return Starlette(routes=sandbox.routes(), exception_handlers={HTTPException: _http_error})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await sandbox.calls.courier.close()
+
+    return Starlette(
+        routes=sandbox.routes(),
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
 
 
 def _error(
@@ -173,6 +194,11 @@ class _Sandbox:
         self.clock = clock
         self.book = SessionBook(config.number_pool, clock)
         self.traffic = Traffic(config.rate_limit, config.rate_window, clock)
+        billing = Billing(config.billing_increment, config.rate_per_minute)
+        settings = CallSettings(
+            config.auth_id, config.auth_token, config.event_family, billing, config.callback_timeout
+        )
+        self.calls = Switchboard(self.book, self.traffic, settings)
 
     def routes(self) -> list[Route]:
         api: list[tuple[str, str, str, Handler]] = [
@@ -189,6 +215,10 @@ class _Sandbox:
             ("/stats", "GET", self.stats),
             ("/sessions", "GET", self.sessions),
             ("/reset", "POST", self.reset),
+            ("/sessions/{session_uuid}/calls", "POST", self.calls.simulate),
+            ("/sessions/{session_uuid}/events", "GET", self.calls.session_events),
+            ("/deliveries", "GET", self.calls.deliveries),
+            ("/drain", "POST", self.calls.drain),
         ]
         return [
             *(
@@ -311,6 +341,7 @@ class _Sandbox:
     async def reset(self, request: Request) -> Response:
         self.book.clear()
         self.traffic.reset()
+        await self.calls.clear()
         return Response(status_code=204)
 
 
@@ -324,6 +355,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool-size", type=int, default=50, help=f"1 to {MAX_POOL}")
     parser.add_argument("--rate-limit", type=int, default=300, help="requests per window")
     parser.add_argument("--rate-window", type=float, default=5.0, help="seconds")
+    parser.add_argument(
+        "--event-family", choices=["hangup", "complete"], default="hangup", help="session events"
+    )
+    parser.add_argument(
+        "--billing-increment", type=int, default=60, help="seconds a leg is billed by"
+    )
     return parser
 
 
@@ -339,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
             number_pool=number_range(args.pool_size),
             rate_limit=args.rate_limit,
             rate_window=args.rate_window,
+            event_family=args.event_family,
+            billing_increment=args.billing_increment,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -13,12 +13,16 @@ value a string: ``"false"``, ``"3600"``, ``"null"``, money with at least three d
 first update, and ``interaction`` a string of JSON, ``"{}"`` when there is none (as on the
 VTS create page). VTS does not document a bare list; the sandbox answers ``{"api_id",
 "meta", "objects"}`` with the meta values stringly too.
+
+``interaction`` records (one per simulated call, see :mod:`service.vts.sandbox_calls`)
+follow their dialect: real JSON types and envelope timestamps in ``envelope`` (``null``
+where unset), every value a string inside the JSON string in ``bare``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
@@ -57,22 +61,36 @@ def _fields(session: Session, now: float) -> dict[str, object]:
     }
 
 
-def _envelope_value(name: str, value: object) -> object:
+def _records(
+    records: Sequence[dict[str, object]], convert: Callable[[object], object]
+) -> list[dict[str, object]]:
+    """The interaction records with every value converted for a dialect."""
+    return [{name: convert(value) for name, value in record.items()} for record in records]
+
+
+def _envelope_scalar(value: object) -> object:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S.%f +0000 UTC")
     if isinstance(value, Decimal):
         # JSON has one number type. repr(float) is the shortest text that reads back as
         # the same float, so amounts of up to 15 digits reach the client as written.
         return float(value)
+    return value
+
+
+def _envelope_value(name: str, value: object) -> object:
     if name in _PHONES:
         return str(value).removeprefix("+")
-    return "" if value is None and name != "interaction" else value
+    return "" if value is None else _envelope_scalar(value)
 
 
 def envelope_session(session: Session, now: float) -> dict[str, object]:
     fields = _fields(session, now)
     fields["modified_time"] = fields["modified_time"] or fields["created_time"]
-    return {name: _envelope_value(name, value) for name, value in fields.items()}
+    body = {name: _envelope_value(name, value) for name, value in fields.items()}
+    interaction = session.interaction
+    body["interaction"] = None if interaction is None else _records(interaction, _envelope_scalar)
+    return body
 
 
 def money(amount: Decimal) -> str:
@@ -97,7 +115,7 @@ def _bare_value(value: object) -> str:
 
 def bare_session(session: Session, now: float) -> dict[str, str]:
     fields = _fields(session, now)
-    fields["interaction"] = session.interaction or {}
+    fields["interaction"] = _records(session.interaction or [], _bare_value) or {}
     return {name: _bare_value(value) for name, value in fields.items()}
 
 
@@ -142,9 +160,15 @@ def page_body(
 def internal_session(session: Session, now: float) -> dict[str, object]:
     """The sandbox's own view for tests: E.164 numbers, ISO 8601 times, money as strings."""
     fields = _fields(session, now)
-    for name, value in fields.items():
-        if isinstance(value, datetime):
-            fields[name] = value.isoformat()
-        elif isinstance(value, Decimal):
-            fields[name] = money(value)
+    fields = {name: _internal_value(value) for name, value in fields.items()}
+    if session.interaction is not None:
+        fields["interaction"] = _records(session.interaction, _internal_value)
     return fields
+
+
+def _internal_value(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return money(value)
+    return value

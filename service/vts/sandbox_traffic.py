@@ -19,7 +19,16 @@ Faults (``PUT /_sandbox/faults`` replaces them all; absent keys take their defau
 - ``stall_after_create``: seconds a create waits, once its session exists, before it
   answers (the wait ends early if the client hangs up: VTS has acted either way);
   ``stall_rate``: the fraction of creates that stall (default 1);
-- ``seed``: seeds the random draws (default 0), so a run of faults can be replayed.
+- ``callback_drop_rate``: the fraction of session events never delivered (recorded as
+  dropped);
+- ``callback_reorder_rate``: the chance that each adjacent pair of a call's events is
+  swapped in delivery order (a swapped pair is not swapped again);
+- ``callback_duplicate_rate``: the fraction of delivered events sent a second time, after
+  the rest of their call's events;
+- ``callback_delay_ms``: a wait before each callback delivery;
+- ``seed``: seeds the random draws (default 0), so a run of faults can be replayed. API
+  faults and callback faults draw from separate generators, both seeded with it, so
+  that API traffic does not change which callbacks are dropped.
 """
 
 from __future__ import annotations
@@ -98,6 +107,10 @@ class Faults:
     latency_ms: float = 0.0
     stall_after_create: float = 0.0
     stall_rate: float = 1.0
+    callback_duplicate_rate: float = 0.0
+    callback_reorder_rate: float = 0.0
+    callback_delay_ms: float = 0.0
+    callback_drop_rate: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -117,6 +130,10 @@ class Faults:
             latency_ms=_setting(body, "latency_ms", _latency),
             stall_after_create=_setting(body, "stall_after_create", _duration),
             stall_rate=_setting(body, "stall_rate", _fraction),
+            callback_duplicate_rate=_setting(body, "callback_duplicate_rate", _fraction),
+            callback_reorder_rate=_setting(body, "callback_reorder_rate", _fraction),
+            callback_delay_ms=_setting(body, "callback_delay_ms", _latency),
+            callback_drop_rate=_setting(body, "callback_drop_rate", _fraction),
             seed=_setting(body, "seed", _seed),
         )
 
@@ -139,6 +156,9 @@ class Stats:
     """Counts since the last reset; ``answered`` and ``injected`` are per action.
 
     ``faults`` totals ``injected`` over the actions, by kind (error, rate_429, stall).
+    ``callbacks`` counts session events and their deliveries: events, attempts,
+    delivered (any HTTP answer), failed (no answer after the last attempt), retried,
+    dropped, duplicated and reordered (pairs).
     """
 
     received: Counter[str] = field(default_factory=Counter)
@@ -147,6 +167,7 @@ class Stats:
     rate_limited: int = 0
     max_in_window: int = 0
     sessions_created: int = 0
+    callbacks: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -157,6 +178,7 @@ class Stats:
             "rate_limited": self.rate_limited,
             "max_in_window": self.max_in_window,
             "sessions_created": self.sessions_created,
+            "callbacks": dict(self.callbacks),
         }
 
 
@@ -178,6 +200,7 @@ class Traffic:
     def configure(self, faults: Faults) -> None:
         self.faults = faults
         self._random = random.Random(faults.seed)
+        self._callback_random = random.Random(faults.seed)
 
     def admit(self) -> float | None:
         """Count an arrival: None if it is within the limit, else seconds until one would be."""
@@ -223,3 +246,35 @@ class Traffic:
 
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._random.random() < rate
+
+    def plan_callbacks(self, count: int) -> CallbackPlan:
+        """Which of ``count`` events (by index) to drop, and the order to send the rest in."""
+        faults = self.faults
+        dropped = [i for i in range(count) if self._callback_chance(faults.callback_drop_rate)]
+        kept = [i for i in range(count) if i not in dropped]
+        order = self._swap_pairs(kept, faults.callback_reorder_rate)
+        again = [i for i in kept if self._callback_chance(faults.callback_duplicate_rate)]
+        self.stats.callbacks.update(dropped=len(dropped), duplicated=len(again))
+        sends = [(i, False) for i in order] + [(i, True) for i in again]
+        return CallbackPlan(tuple(dropped), tuple(sends))
+
+    def _swap_pairs(self, indices: list[int], rate: float) -> list[int]:
+        order, i = list(indices), 0
+        while i < len(order) - 1:
+            if self._callback_chance(rate):
+                order[i], order[i + 1] = order[i + 1], order[i]
+                self.stats.callbacks["reordered"] += 1
+                i += 1  # a swapped event stays swapped: it does not travel further
+            i += 1
+        return order
+
+    def _callback_chance(self, rate: float) -> bool:
+        return rate > 0 and self._callback_random.random() < rate
+
+
+@dataclass(frozen=True)
+class CallbackPlan:
+    """Event indices never to deliver, and (index, is_duplicate) pairs in delivery order."""
+
+    dropped: tuple[int, ...]
+    sends: tuple[tuple[int, bool], ...]

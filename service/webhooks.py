@@ -1,0 +1,125 @@
+"""The routes VTS calls back: ``/webhooks/vts/session`` and ``/webhooks/vts/recording``.
+
+Each request is parsed (query string, form or JSON), its V3 signature checked against the
+public URL we gave VTS, and its event made durable in Redis with its processing queued,
+in one round trip shared with concurrent requests; only then is it answered 200. The web
+does nothing else with it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import parse_qsl
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from service import messages
+from service.events import InvalidEvent, Kind, check
+from service.problems import Problem
+from service.settings import Settings
+from service.store import AsyncStore
+from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, verify_v3
+
+log = structlog.get_logger(__name__)
+
+_ROUTE_OF: dict[Kind, messages.ActorRoute] = {
+    "session": messages.APPLY_EVENT,
+    "recording": messages.APPLY_RECORDING_EVENT,
+}
+
+
+def _first_header(request: Request, names: tuple[str, ...]) -> str:
+    return next((request.headers[n] for n in names if n in request.headers), "")
+
+
+async def _body_params(request: Request) -> dict[str, str]:
+    raw = await request.body()
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json":
+        return _json_params(raw)
+    if media in ("application/x-www-form-urlencoded", ""):
+        try:
+            text = raw.decode()
+            return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text)))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Problem(400, "the form body cannot be read", slug="malformed-body") from exc
+    raise Problem(415, "send callbacks form-encoded or as JSON")
+
+
+def _json_params(raw: bytes) -> dict[str, str]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "the body is not valid JSON", slug="malformed-body") from exc
+    if not isinstance(body, dict):
+        raise Problem(400, "the body must be a JSON object of fields")
+    params: dict[str, str] = {}
+    for name, value in body.items():
+        if isinstance(value, dict | list) or value is None:
+            raise Problem(400, f"{name[:64]}: must be a string or a number")
+        params[name] = value if isinstance(value, str) else json.dumps(value)
+    return params
+
+
+def _verify(request: Request, settings: Settings, params: dict[str, str]) -> bool:
+    """Whether the V3 signature is right for the URL VTS was given (never the Host header)."""
+    base = settings.public_base_url + request.url.path
+    query = request.url.query
+    if request.method == "GET":
+        url, signed = base, params
+    else:
+        url, signed = (f"{base}?{query}" if query else base), params
+    return verify_v3(
+        url,
+        signed,
+        _first_header(request, NONCE_HEADERS),
+        _first_header(request, SIGNATURE_HEADERS),
+        settings.vts_auth_token.reveal(),
+        request.method,
+    )
+
+
+async def _ingest(request: Request, kind: Kind) -> Response:
+    settings: Settings = request.app.state.settings
+    if request.method == "GET":
+        params = dict(parse_qsl(request.url.query, keep_blank_values=True))
+    else:
+        params = await _body_params(request)
+    if settings.webhook_signature != "off" and not _verify(request, settings, params):
+        log.warning("webhook_signature_invalid", kind=kind, mode=settings.webhook_signature)
+        if settings.webhook_signature == "enforce":
+            raise Problem(401, "missing or invalid X-VTS-Signature-V3")
+    try:
+        event = check(kind, params)
+    except InvalidEvent as exc:
+        raise Problem(400, str(exc), slug="invalid-event") from None
+    store: AsyncStore = request.app.state.store
+    message = messages.build(_ROUTE_OF[kind], event.id)
+    nonce = _first_header(request, NONCE_HEADERS) or None
+    result = await store.ingest_webhook(
+        event, message, nonce=nonce, received_ms=int(time.time() * 1000)
+    )
+    if result == "replayed":
+        log.warning("webhook_nonce_replayed", kind=kind)
+        raise Problem(401, "this nonce was already used for another callback")
+    return PlainTextResponse("OK")
+
+
+async def session_events(request: Request) -> Response:
+    return await _ingest(request, "session")
+
+
+async def recording_events(request: Request) -> Response:
+    return await _ingest(request, "recording")
+
+
+def routes() -> list[Route]:
+    methods = ["GET", "POST"]
+    return [
+        Route("/webhooks/vts/session", session_events, methods=methods),
+        Route("/webhooks/vts/recording", recording_events, methods=methods),
+    ]

@@ -1,0 +1,164 @@
+"""Applying VTS session events: exactly once, in ``SequenceNumber`` order per session.
+
+An event waits (is retried) while the create that will tell us its session has not
+finished, and while the session's previous event has not been applied; both waits are
+bounded, after which an unknown session's event is kept aside and an out-of-order event
+is applied anyway (reconciliation settles what was missed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from service import events
+from service.errors import ServiceError
+from service.events import Event
+from service.models import iso, to_nanos
+from service.phones import InvalidNumber, normalise
+from service.store import EventChange, Store, timeline_entry
+
+log = structlog.get_logger(__name__)
+
+# How long an event may wait for its session's create to finish, or for the event before
+# it; longer than a create takes under retries, far shorter than a call.
+ORPHAN_AFTER = timedelta(seconds=120)
+HOLD_AT_MOST = timedelta(seconds=10)
+RECONCILE_AFTER_CALL = timedelta(seconds=15)
+RECONCILE_AFTER_END = timedelta(seconds=5)
+
+
+class EventNotReady(ServiceError):
+    """The event must wait (its session is not known yet, or an earlier event is missing)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    store: Store
+    clock: Callable[[], datetime]
+
+
+def apply(ctx: Context, event_id: str) -> None:
+    """Apply the stored callback ``event_id``. Raises EventNotReady while it must wait."""
+    stored = ctx.store.webhook(event_id)
+    if stored is None:
+        log.warning("event_expired_before_applied", event_id=event_id)
+        return
+    _, params, received_ms = stored
+    event = Event("session", params)
+    age = ctx.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
+    structlog.contextvars.bind_contextvars(
+        vts_session_uuid=event.session_uuid, vts_event=event.name, sequence=event.sequence
+    )
+    session_id = ctx.store.session_for_vts(event.session_uuid)
+    if session_id is None:
+        if age < ORPHAN_AFTER:
+            raise EventNotReady("the session of this event is not known yet")
+        ctx.store.keep_orphan(event_id, received_ms)
+        log.warning("event_orphaned", event_id=event_id)
+        return
+    structlog.contextvars.bind_contextvars(session_id=session_id)
+    result = ctx.store.apply_event(session_id, change(event, force=age >= HOLD_AT_MOST))
+    if result == "hold":
+        raise EventNotReady("an earlier event of this session has not arrived yet")
+    _after(ctx, session_id, event, result)
+
+
+def _after(ctx: Context, session_id: str, event: Event, result: str) -> None:
+    if not result.startswith("applied"):
+        log.info("event_skipped", result=result)
+        return
+    _, before, after = result.split(":")
+    log.info("event_applied", status_before=before, status_after=after)
+    if after == "expired" and before != "expired":
+        ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_END)
+    elif event.name in events.LEG_ENDS or event.name == events.PARTIES_HANGUP:
+        ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_CALL)
+
+
+def _party(name: str) -> str:
+    if "FirstParty" in name:
+        return "first"
+    return "second" if "SecondParty" in name else ""
+
+
+def _role(name: str) -> str:
+    if name in events.COMPLETE_FAMILY_ENDS:
+        return "leg_end_complete"
+    if name in events.LEG_ENDS:
+        return "leg_end"
+    if name in ("SessionFirstPartyAnswer", "SessionSecondPartyAnswer"):
+        return "answer"
+    if name == events.PARTIES_HANGUP:
+        return "parties_hangup"
+    if name == events.TIMEOUT:
+        return "timeout"
+    if name == events.NUMBER_REPLACED:
+        return "number"
+    if name == "SessionVirtualNumberAnswer":
+        return "call"
+    return "leg" if name in events.CALL_EVENTS else "other"
+
+
+def change(event: Event, *, force: bool) -> EventChange:
+    """What ``event`` does, in the terms of the store's apply script."""
+    role = _role(event.name)
+    ends_leg = role.startswith("leg_end")
+    sequence = event.sequence
+    return EventChange(
+        marker=f"seq:{sequence}" if sequence is not None else f"id:{event.id}",
+        previous_marker=f"seq:{sequence - 1}" if sequence and sequence > 1 else None,
+        force=force,
+        role=role,
+        party=_party(event.name),
+        billed=event.integer("BilledDuration") if ends_leg else 0,
+        amount_nanos=to_nanos(event.decimal("Amount")) if ends_leg else 0,
+        at=_event_time(event),
+        entry=_timeline(event),
+        virtual_number=_virtual_number(event) if role == "number" else None,
+    )
+
+
+def _event_time(event: Event) -> str:
+    raw = event.params.get("EventTimestamp", "").strip()
+    try:
+        moment = datetime.fromisoformat(raw).replace(tzinfo=UTC)
+    except ValueError:
+        moment = datetime.now(UTC)
+    return iso(moment) or ""
+
+
+def _virtual_number(event: Event) -> str | None:
+    try:
+        return normalise(event.params.get("VirtualNumber", ""))
+    except InvalidNumber:
+        log.warning("event_virtual_number_unreadable")
+        return None
+
+
+_TIMELINE_FIELDS = {
+    "Duration": "duration",
+    "BilledDuration": "billed_duration",
+    "Amount": "amount",
+    "HangupCause": "hangup_cause",
+    "HangupCauseCode": "hangup_cause_code",
+}
+
+
+def _timeline(event: Event) -> str:
+    """The event as the timeline shows it: normalised fields, never a phone number."""
+    details = {
+        name: event.params[field]
+        for field, name in _TIMELINE_FIELDS.items()
+        if field in event.params
+    }
+    return timeline_entry(
+        "vts_event",
+        name=event.name,
+        sequence=event.sequence,
+        event_time=_event_time(event),
+        **details,
+    )

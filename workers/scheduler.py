@@ -1,0 +1,67 @@
+"""Long timers (expiry, periodic reconciliation) live in a Redis sorted set, not in
+dramatiq's delayed messages (which can be duplicated and are held in worker memory).
+
+Every worker process runs a ``Scheduler`` thread; one of them at a time holds the lead
+(a Redis key with a short TTL, renewed while alive) and turns due entries into messages.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import dramatiq
+import redis
+import structlog
+from dramatiq.middleware import Middleware
+
+from service.store import Store
+
+log = structlog.get_logger(__name__)
+
+TICK_SECONDS = 0.5
+LEAD_TTL_MS = 5_000
+# The actor that runs each kind of timer.
+TASK_ACTORS = {"reconcile": "reconcile_session", "expire": "expire_if_due"}
+
+
+class Scheduler(Middleware):
+    """Starts the scheduler thread when a worker process boots, stops it at shutdown."""
+
+    def __init__(self, store: Callable[[], Store], clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._clock = clock
+        self._stop = threading.Event()
+        self._token = uuid.uuid4().hex
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(broker,), daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self, broker: dramatiq.Broker) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.tick(broker)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("scheduler_tick_failed", error=type(exc).__name__)
+
+    def tick(self, broker: dramatiq.Broker) -> int:
+        """If this process leads, enqueue what is due; return how many."""
+        store = self._store()
+        if not store.lead(self._token, LEAD_TTL_MS):
+            return 0
+        due = store.take_due(self._clock())
+        for task, session_id in due:
+            actor = broker.get_actor(TASK_ACTORS[task])
+            actor.send(session_id)
+        return len(due)
