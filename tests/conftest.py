@@ -21,7 +21,7 @@ from service import logs
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Secret, Settings
 from service.vts.sandbox import SandboxConfig, create_sandbox_app, number_range
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 API_KEY = "test-key-" + "0" * 16
 AUTH_ID = "MATESTACCOUNT000001"
@@ -118,15 +118,20 @@ def make_settings(redis_url: str, vts_base_url: str, **overrides: Any) -> Settin
 
 
 @pytest.fixture
-def settings(redis_url: str, sandbox_url: str) -> Settings:
-    return make_settings(redis_url, sandbox_url)
+def web_port() -> int:
+    return free_port()
 
 
 @pytest.fixture
-def web_url(settings: Settings) -> Iterator[str]:
+def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
+    return make_settings(redis_url, sandbox_url, public_base_url=f"http://127.0.0.1:{web_port}")
+
+
+@pytest.fixture
+def web_url(settings: Settings, web_port: int) -> Iterator[str]:
     from service.app import create_app
 
-    with serve(create_app(settings)) as url:
+    with serve(create_app(settings), port=web_port) as url:
         yield url
 
 

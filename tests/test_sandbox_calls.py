@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.vts.dialects import parse_session
 from service.vts.sandbox import SandboxConfig, create_sandbox_app, main
 from service.vts.signatures import new_nonce, verify_v3
 from tests.servers import free_port, serve
@@ -35,6 +36,7 @@ class Received:
     query: dict[str, str]
     headers: dict[str, str]
     form: dict[str, str]
+    raw_query: str
 
     @property
     def event(self) -> dict[str, str]:
@@ -65,6 +67,7 @@ class Receiver:
                 dict(request.query_params),
                 dict(request.headers),
                 {name: str(value) for name, value in form.items()},
+                request.url.query,
             )
         )
         if self.stall_first and len(self.requests) == 1:
@@ -392,21 +395,11 @@ def test_callbacks_are_signed_against_the_callback_url(
             for r in receiver.requests
         )
     else:
-        # A receiver may also verify a GET against its whole URL, with no separate parameters.
-        whole = (
-            receiver.url
-            + "/hooks/session/?"
-            + httpx2.QueryParams(receiver.requests[0].query).__str__()
-        )
+        # A GET also verifies against the whole URL it arrived on, with no separate fields.
         first = receiver.requests[0]
-        assert verify_v3(
-            whole,
-            {},
-            first.headers["x-vts-signature-v3-nonce"],
-            first.headers["x-vts-signature-v3"],
-            AUTH[1],
-            "GET",
-        )
+        whole = f"{receiver.url}{first.path}?{first.raw_query}"
+        nonce, signature = (first.headers[f"x-vts-signature-v3{s}"] for s in ("-nonce", ""))
+        assert verify_v3(whole, {}, nonce, signature, AUTH[1], "GET")
 
 
 @pytest.mark.parametrize("dialect", ["envelope", "bare"])
@@ -422,6 +415,12 @@ def test_interaction_record_in_both_dialects(
     body = client.get(f"{BASE}/{uuid}").json()
     session = body if dialect == "bare" else body["response"]
     records = json.loads(session["interaction"]) if dialect == "bare" else session["interaction"]
+    read = parse_session(body).interactions
+    assert read is not None
+    assert [(r.first_party_call_uuid, r.call_billed_duration) for r in read] == [
+        (events[0]["CallUUID"], 240),
+        (events[-1]["CallUUID"], 0),  # VTS gave up on the second party at once
+    ]
     bridged, missed = records
     first_uuid = events[0]["CallUUID"]
     assert bridged["first_party_resource_url"].endswith(f"/v1/Account/{AUTH[0]}/Call/{first_uuid}/")

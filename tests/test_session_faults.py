@@ -58,8 +58,10 @@ def test_30_percent_503s_create_every_session_exactly_once(
 
 
 @pytest.fixture
-def settings(redis_url: str, sandbox_url: str) -> Settings:
-    return make_settings(redis_url, sandbox_url, vts_timeout=0.5)
+def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
+    return make_settings(
+        redis_url, sandbox_url, vts_timeout=0.5, public_base_url=f"http://127.0.0.1:{web_port}"
+    )
 
 
 def test_create_that_stalls_past_the_timeout_is_adopted_not_repeated(

@@ -1,0 +1,265 @@
+"""Callback ingestion: signatures, durability before 200, duplicates, hostile input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx2
+import pytest
+import redis
+
+from service.settings import Settings
+from service.store import Keys
+from service.vts.signatures import new_nonce, v3_signature
+from tests.conftest import AUTH_TOKEN, make_settings
+from tests.servers import serve
+
+SESSION = "/webhooks/vts/session"
+RECORDING = "/webhooks/vts/recording"
+
+
+def _event(**extra: str) -> dict[str, str]:
+    return {
+        "EventName": "SessionFirstPartyHangup",
+        "EventTimestamp": "2026-11-27 10:00:00",
+        "SessionUUID": "0b0e7a4e-5c1d-4d5e-9f1a-2b3c4d5e6f70",
+        "FirstParty": "14155552671",
+        "SecondParty": "14155552672",
+        "VirtualNumber": "14152000000",
+        "Duration": "42",
+        "BilledDuration": "60",
+        "Amount": "0.00850",
+        "SequenceNumber": "4",
+        **extra,
+    }
+
+
+class Caller:
+    """Calls our webhook routes the way VTS does, signed or not."""
+
+    def __init__(self, base_url: str, public_base_url: str) -> None:
+        self.client = httpx2.Client(base_url=base_url, timeout=10)
+        self.public = public_base_url
+
+    def post(
+        self, path: str, params: dict[str, str], *, token: str = AUTH_TOKEN, **kw: Any
+    ) -> httpx2.Response:
+        nonce = kw.pop("nonce", None) or new_nonce()
+        query = kw.pop("query", "")
+        url = self.public + path + (f"?{query}" if query else "")
+        headers = {
+            kw.pop("signature_header", "X-VTS-Signature-V3"): v3_signature(
+                url, params, nonce, token, "POST"
+            ),
+            kw.pop("nonce_header", "X-VTS-Signature-V3-Nonce"): nonce,
+            **kw.pop("headers", {}),
+        }
+        target = path + (f"?{query}" if query else "")
+        if kw.pop("as_json", False):
+            return self.client.post(target, json=params, headers=headers)
+        return self.client.post(target, data=params, headers=headers)
+
+    def get(self, path: str, params: dict[str, str]) -> httpx2.Response:
+        nonce = new_nonce()
+        signature = v3_signature(self.public + path, params, nonce, AUTH_TOKEN, "GET")
+        headers = {"X-VTS-Signature-V3": signature, "X-VTS-Signature-V3-Nonce": nonce}
+        return self.client.get(f"{path}?{urlencode(params)}", headers=headers)
+
+
+@pytest.fixture
+def caller(web_url: str, settings: Settings) -> Iterator[Caller]:
+    caller = Caller(web_url, settings.public_base_url)
+    yield caller
+    caller.client.close()
+
+
+def _stored(client: redis.Redis) -> int:
+    return int(client.zcard(Keys.webhooks()))
+
+
+def _queued(client: redis.Redis, queue: str = "events") -> int:
+    return int(client.llen(Keys.queue(queue)))
+
+
+def test_signed_form_post_is_stored_and_queued(caller: Caller, redis_client: redis.Redis) -> None:
+    """A signed form POST is made durable and queued, then answered 200."""
+    response = caller.post(SESSION, _event())
+    assert response.status_code == 200, response.text
+    assert (_stored(redis_client), _queued(redis_client)) == (1, 1)
+
+
+def test_json_body_and_get_query_are_accepted(caller: Caller, redis_client: redis.Redis) -> None:
+    """JSON bodies and GET query strings carry events too."""
+    assert caller.post(SESSION, _event(SequenceNumber="5"), as_json=True).status_code == 200
+    assert caller.get(SESSION, _event(SequenceNumber="6")).status_code == 200
+    assert _queued(redis_client) == 2
+
+
+def test_recording_events_go_to_their_own_queue(caller: Caller, redis_client: redis.Redis) -> None:
+    """Recording callbacks are queued on the recordings queue."""
+    params = {
+        "EventName": "SessionRecordingCompleted",
+        "SessionUUID": "abc-1",
+        "RecordingUUID": "r1",
+    }
+    assert caller.post(RECORDING, params).status_code == 200
+    assert (_queued(redis_client, "recordings"), _queued(redis_client)) == (1, 0)
+
+
+def test_plivo_header_spelling_and_url_query_are_verified(caller: Caller) -> None:
+    """X-Plivo- headers work, and a query on our URL is part of what is signed."""
+    response = caller.post(
+        SESSION,
+        _event(),
+        query="tenant=a",
+        signature_header="X-Plivo-Signature-V3",
+        nonce_header="X-Plivo-Signature-V3-Nonce",
+    )
+    assert response.status_code == 200
+
+
+def test_duplicate_delivery_is_200_and_changes_nothing(
+    caller: Caller, redis_client: redis.Redis
+) -> None:
+    """The same event delivered twice (new nonce) is stored and queued once."""
+    assert caller.post(SESSION, _event()).status_code == 200
+    assert caller.post(SESSION, _event()).status_code == 200
+    assert (_stored(redis_client), _queued(redis_client)) == (1, 1)
+    assert redis_client.hget(Keys.webhook_stats(), "duplicate") == b"1"
+
+
+def test_replayed_nonce_with_another_event_is_401(
+    caller: Caller, redis_client: redis.Redis
+) -> None:
+    """A nonce already used for another callback is refused."""
+    assert caller.post(SESSION, _event(), nonce="11112222333344445555").status_code == 200
+    response = caller.post(SESSION, _event(SequenceNumber="9"), nonce="11112222333344445555")
+    assert response.status_code == 401
+    assert _queued(redis_client) == 1
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["token", "value", "added", "url", "missing"],
+)
+def test_bad_or_missing_signature_is_401_and_stores_nothing(
+    caller: Caller, redis_client: redis.Redis, tamper: str
+) -> None:
+    """Any change to what was signed, or no signature, is 401; nothing is kept."""
+    params = _event()
+    if tamper == "token":
+        response = caller.post(SESSION, params, token="another-token")
+    elif tamper in ("value", "added", "url"):
+        nonce = new_nonce()
+        url = caller.public + SESSION + "?x=1"
+        signature = v3_signature(url, params, nonce, AUTH_TOKEN, "POST")
+        sent = {**params, "Amount": "9.99"} if tamper == "value" else dict(params)
+        if tamper == "added":
+            sent["X"] = "1"
+        response = caller.client.post(
+            SESSION + ("?x=2" if tamper == "url" else "?x=1"),
+            data=sent,
+            headers={"X-VTS-Signature-V3": signature, "X-VTS-Signature-V3-Nonce": nonce},
+        )
+    else:
+        response = caller.client.post(SESSION, data=params)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert (_stored(redis_client), _queued(redis_client)) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"SessionUUID": "abc"},
+        {"EventName": "SessionFirstPartyHangup"},
+        {"EventName": "", "SessionUUID": "abc"},
+        _event(SessionUUID="' OR 1=1 --"),
+        _event(EventName="<script>alert(1)</script>"),
+        _event(EventName="redis.call('FLUSHALL')"),
+        _event(SessionUUID="../../etc/passwd"),
+        _event(SequenceNumber="-1"),
+        _event(SequenceNumber="1e9"),
+        _event(BilledDuration="sixty"),
+        _event(Amount="NaN"),
+        _event(Amount="1; DROP TABLE"),
+        _event(Duration="9" * 40),
+        _event(HangupCause="x" * 5000),
+        _event(**{"Bad Field": "1"}),
+        _event(**{f"F{i}": "1" for i in range(80)}),
+        _event(SessionUUID="a\x00b"),
+    ],
+)
+def test_hostile_or_incomplete_events_are_400_and_store_nothing(
+    caller: Caller, redis_client: redis.Redis, params: dict[str, str]
+) -> None:
+    """Signed but malformed events are refused with 400; nothing is stored or queued."""
+    response = caller.post(SESSION, params)
+    assert response.status_code == 400, response.text
+    assert (_stored(redis_client), _queued(redis_client)) == (0, 0)
+    assert "4155552671" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b"\xff\xfe\x00garbage", "application/x-www-form-urlencoded", 400),
+        (b"{not json", "application/json", 400),
+        (b"[1,2]", "application/json", 400),
+        (b'{"EventName": {"a": 1}, "SessionUUID": "x"}', "application/json", 400),
+        (b"\x89PNG\r\n\x1a\n", "image/png", 415),
+    ],
+)
+def test_garbage_bodies_are_refused(
+    caller: Caller, redis_client: redis.Redis, content: bytes, content_type: str, status: int
+) -> None:
+    """Binary garbage, broken JSON and other media types never reach Redis."""
+    response = caller.client.post(SESSION, content=content, headers={"content-type": content_type})
+    assert response.status_code in (status, 401)
+    assert (_stored(redis_client), _queued(redis_client)) == (0, 0)
+
+
+def test_huge_body_is_413(caller: Caller, redis_client: redis.Redis) -> None:
+    """A body over 64 KiB is refused before it is read."""
+    response = caller.client.post(
+        SESSION,
+        content=b"a=" + b"x" * 70_000,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 413
+    assert _stored(redis_client) == 0
+
+
+def test_unknown_event_names_are_kept(caller: Caller, redis_client: redis.Redis) -> None:
+    """A well-formed event with a name we do not know is stored and queued (and counted)."""
+    assert caller.post(SESSION, _event(EventName="SessionSomethingNew")).status_code == 200
+    assert _queued(redis_client) == 1
+
+
+@pytest.mark.parametrize("mode", ["log", "off"])
+def test_signature_modes_log_and_off_accept_unsigned(
+    redis_url: str, redis_client: redis.Redis, mode: str
+) -> None:
+    """In log and off modes an unsigned callback is accepted."""
+    from service.app import create_app
+
+    settings = make_settings(redis_url, "http://127.0.0.1:1", webhook_signature=mode)
+    with serve(create_app(settings)) as url:
+        response = httpx2.post(url + SESSION, data=_event())
+    assert response.status_code == 200
+    assert _queued(redis_client) == 1
+
+
+def test_redis_unavailable_is_503(redis_client: redis.Redis) -> None:
+    """When Redis cannot take the event the answer is 503, so VTS retries."""
+    from service.app import create_app
+
+    settings = make_settings("redis://127.0.0.1:1/0", "http://127.0.0.1:1", webhook_signature="off")
+    with serve(create_app(settings)) as url:
+        response = httpx2.post(url + SESSION, data=_event(), timeout=10)
+        assert response.status_code == 503
+        assert httpx2.get(url + "/readyz").status_code == 503
+    assert json.loads(response.text)["status"] == 503
