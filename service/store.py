@@ -298,7 +298,8 @@ for i = 1, #ARGV, 2 do
   local adjust = tonumber(redis.call('HGET', KEYS[1], 'adjust_' .. name) or '0')
   -- %.0f, not tostring: Lua would write large numbers in exponent form.
   before[#before + 1] = string.format('%.0f', counted + adjust)
-  redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', tonumber(ARGV[i + 1]) - counted))
+  local wanted = tonumber(ARGV[i + 1])
+  redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', wanted - counted))
 end
 return before
 """
