@@ -1,0 +1,227 @@
+"""Applying VTS events to a session: exactly once, in order, whatever the delivery does."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import redis
+import redis.asyncio
+
+from service import messages
+from service.events import Event, check
+from service.models import Session, Status, now
+from service.store import AsyncStore, Keys, Store
+from workers import events
+
+UUID = "5f0c3f6e-1111-4222-8333-944455556666"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ctx(store: Store, clock: Clock) -> events.Context:
+    return events.Context(store=store, clock=clock)
+
+
+@pytest.fixture
+def session_id(store: Store, redis_url: str) -> Iterator[str]:
+    """An active session tied to VTS session ``UUID``."""
+    moment = now()
+    session = Session(
+        id="ses_" + "a" * 32,
+        status=Status.PENDING,
+        first_party="+14155552671",
+        second_party="+14155552672",
+        created_at=moment,
+        updated_at=moment,
+    )
+    _run(_create(redis_url, session))
+    store.claim_vts_session(UUID, session.id)
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
+    yield session.id
+
+
+async def _create(redis_url: str, session: Session) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    message = messages.build(messages.CREATE_SESSION, session.id)
+    await AsyncStore(client).create_session(session, message, idempotency=None, idempotency_ttl=1)
+    await client.aclose()
+
+
+def _run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _ingest(redis_url: str, event: Event) -> str:
+    async def go() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        message = messages.build(messages.APPLY_EVENT, event.id)
+        await AsyncStore(client).ingest_webhook(
+            event, message, nonce=None, received_ms=int(datetime.now(UTC).timestamp() * 1000)
+        )
+        await client.aclose()
+
+    _run(go())
+    return event.id
+
+
+def _call(first_seq: int, family: str, billed: int = 60) -> list[dict[str, str]]:
+    """One bridged call's events, as the sandbox's families send them."""
+    leg_end = {"BilledDuration": str(billed), "Duration": "42", "Amount": "0.00850"}
+    if family == "hangup":
+        names = [
+            ("SessionFirstPartyAnswer", {}),
+            ("SessionSecondPartyRing", {}),
+            ("SessionSecondPartyAnswer", {}),
+            ("SessionFirstPartyHangup", leg_end),
+            ("SessionSecondPartyHangup", leg_end),
+            ("SessionPartiesHangup", {"Duration": "42"}),
+        ]
+    else:
+        names = [
+            ("SessionFirstPartyInitiated", {}),
+            ("SessionFirstPartyAnswer", {}),
+            ("SessionSecondPartyInitiated", {}),
+            ("SessionSecondPartyRing", {}),
+            ("SessionSecondPartyAnswer", {}),
+            ("SessionFirstPartyComplete", leg_end),
+            ("SessionSecondPartyComplete", leg_end),
+        ]
+    return [
+        {"EventName": name, "SessionUUID": UUID, "SequenceNumber": str(first_seq + i), **extra}
+        for i, (name, extra) in enumerate(names)
+    ]
+
+
+def _apply_all(ctx: events.Context, ids: list[str], clock: Clock) -> None:
+    """Apply in the given order, retrying held events as the actor would."""
+    pending = list(ids)
+    for _ in range(100):
+        waiting = []
+        for event_id in pending:
+            try:
+                events.apply(ctx, event_id)
+            except events.EventNotReady:
+                waiting.append(event_id)
+        if not waiting:
+            return
+        pending = waiting
+    raise AssertionError("events still held")
+
+
+@pytest.mark.parametrize("family", ["hangup", "complete"])
+def test_shuffled_duplicated_events_count_exactly(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock, family: str
+) -> None:
+    """Three calls' events, shuffled and each delivered twice, count exactly once."""
+    size = len(_call(1, family))
+    params = [p for call in range(3) for p in _call(1 + call * size, family)]
+    ids = [_ingest(redis_url, check("session", p)) for p in params]
+    deliveries = ids + ids
+    random.Random(4).shuffle(deliveries)
+    _apply_all(ctx, deliveries, clock)
+    session = store.get_session(session_id)
+    assert session is not None
+    assert (session.call_count, session.billed_duration) == (6, 360)
+    assert session.call_amount == Decimal("0.051")
+    assert session.interaction_count == 3
+    assert session.status is Status.ACTIVE
+
+
+def test_a_live_call_shows_in_progress(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+) -> None:
+    """The session is in_progress while a call is live, active after it."""
+    call = _call(1, "hangup")
+    _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[:3]], clock)
+    assert store.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
+    _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[3:]], clock)
+    assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
+
+
+def test_a_later_event_waits_for_the_earlier_one_then_goes_on(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+) -> None:
+    """An event whose predecessor is missing waits, but only for a bounded time."""
+    call = _call(1, "hangup")
+    third = _ingest(redis_url, check("session", call[2]))
+    with pytest.raises(events.EventNotReady):
+        events.apply(ctx, third)
+    clock.moment += events.HOLD_AT_MOST + timedelta(seconds=1)
+    events.apply(ctx, third)
+    assert store.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
+
+
+def test_event_before_the_session_is_known_waits_then_is_kept_aside(
+    ctx: events.Context, redis_client: redis.Redis, redis_url: str, clock: Clock
+) -> None:
+    """An event for an unknown session waits for its create, then is set aside, not lost."""
+    event_id = _ingest(redis_url, check("session", {**_call(1, "hangup")[0], "SessionUUID": "x-1"}))
+    with pytest.raises(events.EventNotReady):
+        events.apply(ctx, event_id)
+    clock.moment += events.ORPHAN_AFTER + timedelta(seconds=1)
+    events.apply(ctx, event_id)
+    assert redis_client.zscore(Keys.orphan_events(), event_id) is not None
+    assert redis_client.hget(Keys.event_stats(), "orphaned") == b"1"
+
+
+def test_timeout_expires_and_number_replaced_updates(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+) -> None:
+    """SessionVirtualNumberReplaced changes the number; SessionTimeout expires."""
+    replaced = {"EventName": "SessionVirtualNumberReplaced", "SessionUUID": UUID,
+                "SequenceNumber": "1", "VirtualNumber": "14152000099"}  # fmt: skip
+    timeout = {"EventName": "SessionTimeout", "SessionUUID": UUID, "SequenceNumber": "2"}
+    ids = [_ingest(redis_url, check("session", p)) for p in (replaced, timeout)]
+    _apply_all(ctx, ids, clock)
+    session = store.get_session(session_id)
+    assert session is not None
+    assert session.virtual_number == "+14152000099"
+    assert session.status is Status.EXPIRED
+
+
+def test_unknown_events_are_counted_without_effect(
+    ctx: events.Context, store: Store, session_id: str, redis_client: redis.Redis, redis_url: str,
+    clock: Clock,
+) -> None:  # fmt: skip
+    """An event name we do not know changes no counter, but is counted and on the timeline."""
+    params = {"EventName": "SessionSomethingNew", "SessionUUID": UUID, "SequenceNumber": "1"}
+    _apply_all(ctx, [_ingest(redis_url, check("session", params))], clock)
+    session = store.get_session(session_id)
+    assert session is not None and session.call_count == 0
+    assert redis_client.hget(Keys.event_stats(), "unknown") == b"1"
+
+
+def test_reconciliation_sets_vts_totals_and_later_events_still_add(
+    store: Store, session_id: str
+) -> None:
+    """Reconciling makes counters equal VTS's; an event applied afterwards still counts."""
+    before = store.reconcile(session_id, {"call_count": 4, "billed_duration": 240,
+                                          "call_amount_nanos": 34_000_000,
+                                          "interaction_count": 2})  # fmt: skip
+    assert before["call_count"] == 0
+    session = store.get_session(session_id)
+    assert session is not None
+    assert (session.call_count, session.billed_duration) == (4, 240)
+    assert session.call_amount == Decimal("0.034")
