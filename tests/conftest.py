@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import httpx2
@@ -28,11 +29,19 @@ AUTH_ID = "MATESTACCOUNT000001"
 AUTH_TOKEN = "sandbox-token-for-tests"
 
 
+def _database_15(url: str) -> str:
+    """The same server, database 15: the tests flush it, so never the app's own."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return url.split("?", maxsplit=1)[0] + "?db=15"
+    return urlunsplit(parts._replace(path="/15"))
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     given = os.environ.get("REDIS_URL")
     if given:
-        url = given.rsplit("/", 1)[0] + "/15" if given.startswith("redis") else given + "?db=15"
+        url = _database_15(given)
         redis.Redis.from_url(url).ping()
         yield url
         return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -45,7 +44,7 @@ def ctx(store: Store, clock: Clock) -> events.Context:
 
 
 @pytest.fixture
-def session_id(store: Store, redis_url: str) -> Iterator[str]:
+def session_id(store: Store, redis_url: str) -> str:
     """An active session tied to VTS session ``UUID``."""
     moment = now()
     session = Session(
@@ -59,7 +58,7 @@ def session_id(store: Store, redis_url: str) -> Iterator[str]:
     _run(_create(redis_url, session))
     store.claim_vts_session(UUID, session.id)
     store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
-    yield session.id
+    return session.id
 
 
 async def _create(redis_url: str, session: Session) -> None:
@@ -209,7 +208,8 @@ def test_unknown_events_are_counted_without_effect(
     params = {"EventName": "SessionSomethingNew", "SessionUUID": UUID, "SequenceNumber": "1"}
     _apply_all(ctx, [_ingest(redis_url, check("session", params))], clock)
     session = store.get_session(session_id)
-    assert session is not None and session.call_count == 0
+    assert session is not None
+    assert session.call_count == 0
     assert redis_client.hget(Keys.event_stats(), "unknown") == b"1"
 
 
