@@ -4,106 +4,37 @@ processes print contains a phone number in full."""
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx2
 import pytest
 
 from service.vts.sandbox import create_sandbox_app
-from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, new_numbers, sandbox_with, wait_until
-from tests.servers import free_port, serve
+from tests.conftest import new_numbers, sandbox_with, wait_until
+from tests.servers import serve
+from tests.system import System
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class System:
-    api: httpx2.Client
-    sandbox: httpx2.Client
-    logs: list[Path]
-    numbers: list[str]
-
-    def output(self) -> str:
-        return "".join(path.read_text(errors="replace") for path in self.logs)
-
-
-def _procfile() -> dict[str, list[str]]:
-    lines = (ROOT / "Procfile").read_text().splitlines()
-    entries = (line.partition(": ") for line in lines)
-    return {name: shlex.split(command) for name, _, command in entries}
-
-
-def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    # The console script lives next to the interpreter running the tests.
-    executable = Path(sys.executable).parent / command[0]
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [str(executable), *command[1:]], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 @pytest.fixture(scope="module")
 def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    directory = tmp_path_factory.mktemp("processes")
-    port = free_port()
     with serve(create_sandbox_app(sandbox_with())) as sandbox_url:
-        env = {
-            **os.environ,
-            "REDIS_URL": redis_url,
-            "VTS_BASE_URL": sandbox_url,
-            "VTS_AUTH_ID": AUTH_ID,
-            "VTS_AUTH_TOKEN": AUTH_TOKEN,
-            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-            "API_KEYS": API_KEY,
-            "PORT": str(port),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-        }
-        logs = [directory / "web.log", directory / "worker.log"]
-        procs = [
-            _start(_procfile()[name], env, log)
-            for name, log in zip(["web", "worker"], logs, strict=True)
-        ]
-        api = httpx2.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {API_KEY}"},
-            timeout=40,
-        )
-        sandbox = httpx2.Client(base_url=sandbox_url, auth=(AUTH_ID, AUTH_TOKEN), timeout=10)
+        system = System(redis_url, sandbox_url, tmp_path_factory.mktemp("processes")).start()
         try:
-            wait_until(lambda: _ready(api), timeout=30, interval=0.1)
-            yield System(api, sandbox, logs, [])
+            yield system
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(40)
-            api.close()
-            sandbox.close()
-
-
-def _ready(api: httpx2.Client) -> bool:
-    try:
-        return api.get("/readyz").status_code == 200
-    except httpx2.TransportError:
-        return False
+            system.stop()
 
 
 def _create(system: System, wait: int = 0) -> httpx2.Response:
     first, second = new_numbers()
+    if not wait:
+        return system.create(first, second)
     system.numbers += [first, second]
-    headers = {"Prefer": f"wait={wait}"} if wait else {}
     body = {"first_party": first, "second_party": second}
-    return system.api.post("/v1/sessions", json=body, headers=headers)
+    return system.api.post("/v1/sessions", json=body, headers={"Prefer": f"wait={wait}"})
 
 
 def test_procfile_processes_create_a_session(system: System) -> None:

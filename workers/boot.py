@@ -80,7 +80,10 @@ def setup() -> RedisBroker:
     """The dramatiq entry point: settings, logging, clients, broker."""
     settings = Settings.from_env()
     logs.configure(fmt=settings.log_format, level=settings.log_level)
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    # Timeouts, so that a Redis that stops answering is an error to retry, not a hang.
+    client = redis.Redis.from_url(
+        settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
+    )
     install(build(settings, client))
     broker = create_broker(client)
     dramatiq.set_broker(broker)

@@ -32,6 +32,9 @@ log = structlog.get_logger(__name__)
 # Above dramatiq's 10 minutes of patience nothing good happens: our actors make one or two
 # HTTP calls with their own timeouts.
 TIME_LIMIT_MS = 5 * 60_000
+# A worker process heartbeats on every broker call (at least every 100 ms: see
+# PromptRedisBroker), so 15 s of silence means it is gone and its messages can go back.
+HEARTBEAT_TIMEOUT_MS = 15_000
 
 
 class LogContext(Middleware):
@@ -103,6 +106,28 @@ class PromptRedisBroker(RedisBroker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         return super().consume(queue_name, prefetch, min(timeout, self.max_poll_ms))
 
+    def recover_abandoned(self) -> None:
+        """Put back on their queues, now, the messages held by workers whose heartbeat has
+        stopped (a SIGKILLed process). dramatiq does this only on a random 0.1% of broker
+        calls, so on a quiet queue it might never happen."""
+        dispatch = self.scripts["dispatch"]
+        for queue_name in self.get_declared_queues() | self.get_declared_delay_queues():
+            # "ack" of an id nobody holds does nothing; the "1" runs the maintenance.
+            dispatch(
+                args=[
+                    "ack",
+                    int(time.time() * 1000),
+                    queue_name,
+                    self.broker_id,
+                    self.heartbeat_timeout,
+                    self.dead_message_ttl,
+                    1,
+                    self._max_unpack_size(),  # type: ignore[no-untyped-call]
+                    "-",
+                ],
+                keys=[self.namespace],
+            )
+
 
 def create_broker(client: redis.Redis) -> RedisBroker:
     """A broker sharing ``client`` (which must not decode responses)."""
@@ -120,5 +145,8 @@ def create_broker(client: redis.Redis) -> RedisBroker:
         Scheduler(lambda: store, clock=lambda: datetime.now(UTC)),
     ]
     return PromptRedisBroker(  # type: ignore[no-untyped-call]
-        client=client, namespace=DRAMATIQ_NAMESPACE, middleware=middleware
+        client=client,
+        namespace=DRAMATIQ_NAMESPACE,
+        middleware=middleware,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
     )

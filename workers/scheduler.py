@@ -8,6 +8,7 @@ Every worker process runs a ``Scheduler`` thread; one of them at a time holds th
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -24,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 TICK_SECONDS = 0.5
 LEAD_TTL_MS = 5_000
+RECOVER_EVERY_SECONDS = 5.0
 # The actor that runs each kind of timer.
 TASK_ACTORS = {"reconcile": "reconcile_session", "expire": "expire_if_due"}
 
@@ -37,6 +39,7 @@ class Scheduler(Middleware):
         self._stop = threading.Event()
         self._token = uuid.uuid4().hex
         self._thread: threading.Thread | None = None
+        self._recovered_at = 0.0
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.clear()
@@ -64,4 +67,11 @@ class Scheduler(Middleware):
         for task, session_id in due:
             actor = broker.get_actor(TASK_ACTORS[task])
             actor.send(session_id)
+        self._recover(broker)
         return len(due)
+
+    def _recover(self, broker: dramatiq.Broker) -> None:
+        recover = getattr(broker, "recover_abandoned", None)
+        if recover is not None and time.monotonic() - self._recovered_at >= RECOVER_EVERY_SECONDS:
+            self._recovered_at = time.monotonic()
+            recover()
