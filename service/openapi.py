@@ -132,6 +132,33 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+_WEBHOOKS = {
+    "/webhooks/vts/session": "VTS session events (callback_url)",
+    "/webhooks/vts/recording": "VTS recording events (recording_callback_url)",
+}
+
+
+def _webhook(summary: str) -> dict[str, Any]:
+    """A callback route for VTS: V3-signed, form or JSON body (POST) or query (GET)."""
+    operation = {
+        "summary": summary,
+        "security": [],
+        "parameters": [
+            {"name": "X-VTS-Signature-V3", "in": "header", "schema": {"type": "string"}},
+            {"name": "X-VTS-Signature-V3-Nonce", "in": "header", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {"description": "stored and queued (or a duplicate, ignored)"},
+            "400": _problem("no EventName or SessionUUID, or a malformed field"),
+            "401": _problem("bad or missing signature, or a replayed nonce"),
+            "413": _problem("body over 64 KiB"),
+            "415": _problem("neither form-encoded nor JSON"),
+            "503": _problem("Redis cannot take the event; retry"),
+        },
+    }
+    return {"get": operation, "post": operation}
+
+
 def _paths() -> dict[str, Any]:
     session = _json(_ref("Session"), "the session")
     return {
@@ -187,6 +214,7 @@ def _paths() -> dict[str, Any]:
                 "200": _json(_ref("Timeline"), "what happened, oldest first"),
                 "404": _problem("unknown session"), **_ERRORS}},
         },
+        **{path: _webhook(summary) for path, summary in _WEBHOOKS.items()},
         "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": {"description": "alive"}}}},
         "/readyz": {"get": {"summary": "Readiness: Redis reachable", "security": [],

@@ -6,6 +6,10 @@ Only this module reads the environment. A missing or malformed variable raises
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -67,6 +71,7 @@ class Settings:
     idempotency_ttl: int = 24 * 3600
     create_max_retries: int = 20
     reconcile_interval: float = 300.0
+    notification_secret: Secret | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +102,7 @@ class Settings:
             reconcile_interval=env.optional(
                 "RECONCILE_INTERVAL", _positive_float, cls.reconcile_interval
             ),
+            notification_secret=env.optional("NOTIFICATION_SECRET", _webhook_secret, None),
         )
 
 
@@ -146,6 +152,16 @@ def _api_keys(raw: str) -> tuple[Secret, ...]:
     if any(len(key) < 16 for key in keys):
         raise ValueError("every key must be at least 16 characters long")
     return tuple(Secret(key) for key in keys)
+
+
+def _webhook_secret(raw: str) -> Secret:
+    body = raw.removeprefix("whsec_")
+    try:
+        if len(base64.b64decode(body, validate=True)) < 24:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise ValueError("must be whsec_ followed by at least 24 bytes in base64") from None
+    return Secret(raw)
 
 
 def _signature_mode(raw: str) -> WebhookSignature:
@@ -206,6 +222,16 @@ def _region(raw: str) -> str:
     if len(raw) != 2 or not raw.isalpha():
         raise ValueError("must be a two-letter region code such as US or GB")
     return raw.upper()
+
+
+def notification_secret(settings: Settings) -> str:
+    """The Standard Webhooks secret for app notifications: ``NOTIFICATION_SECRET``, or one
+    derived from the VTS token (stable across restarts; set your own to share with apps)."""
+    if settings.notification_secret is not None:
+        return settings.notification_secret.reveal()
+    token = settings.vts_auth_token.reveal().encode()
+    derived = hmac.new(token, b"app-notifications", hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(derived).decode()
 
 
 def environment() -> dict[str, str]:

@@ -38,12 +38,10 @@ def _database_15(url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    given = os.environ.get("REDIS_URL")
-    if given:
-        url = _database_15(given)
-        redis.Redis.from_url(url).ping()
-        yield url
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis | None]:
+    """The private redis-server of this run; None when the tests use ``REDIS_URL``."""
+    if os.environ.get("REDIS_URL"):
+        yield None
         return
     try:
         server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
@@ -52,9 +50,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"no Redis for the tests: {exc}")
         pytest.skip(f"no Redis for the tests: {exc}")
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis | None) -> str:
+    if redis_server is not None:
+        return redis_server.url
+    url = _database_15(os.environ["REDIS_URL"])
+    redis.Redis.from_url(url).ping()
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -182,7 +189,7 @@ def worker(
         broker.middleware[:] = [
             m for m in broker.middleware if type(m).__name__ != "_WorkerMiddleware"
         ]
-        resources.sessions.vts.close()
+        resources.close()
 
 
 def new_numbers() -> tuple[str, str]:

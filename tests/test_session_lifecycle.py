@@ -44,8 +44,9 @@ def test_vts_is_given_our_callback_urls(
     """VTS gets our own webhook URLs, whatever the app sent."""
     _create(api, callback_url="https://app.example/notify")
     [vts] = _vts_sessions(sandbox)
-    assert vts["callback_url"] == f"{api.base_url}webhooks/vts/session"
-    assert vts["recording_callback_url"] == f"{api.base_url}webhooks/vts/recording"
+    base = str(api.base_url).rstrip("/")
+    assert vts["callback_url"] == f"{base}/webhooks/vts/session"
+    assert vts["recording_callback_url"] == f"{base}/webhooks/vts/recording"
 
 
 @pytest.mark.parametrize(

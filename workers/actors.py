@@ -10,13 +10,15 @@ import redis
 
 from service import messages
 from service.errors import VtsUnavailable
-from workers import events, reconcile, recordings, sessions
+from workers import events, notifications, reconcile, recordings, sessions
 from workers.boot import resources
 
 _TRANSIENT = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady, dramatiq.Retry)
 MIN_BACKOFF_MS = 500
 # How soon an event that must wait (for its session, or the event before it) is tried again.
 EVENT_WAIT_MS = 200
+# 1 s doubling to 5 min: about an hour of attempts before an app's receiver is given up on.
+NOTIFY_RETRIES = 16
 MAX_BACKOFF_MS = 15_000
 
 
@@ -89,6 +91,21 @@ def apply_recording_event(event_id: str) -> None:
         recordings.note(resources().events, event_id)
     except events.EventNotReady as exc:
         raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
+
+
+def _retryable_notification(retries: int, exc: BaseException) -> bool:
+    return isinstance(exc, notifications.ReceiverUnavailable) and retries < NOTIFY_RETRIES
+
+
+@dramatiq.actor(
+    actor_name=messages.NOTIFY_APP.actor_name,
+    queue_name=messages.NOTIFY_APP.queue_name,
+    retry_when=_retryable_notification,
+    min_backoff=1_000,
+    max_backoff=300_000,
+)
+def notify_app(session_id: str, kind: str, notification_id: str) -> None:
+    notifications.send(resources().notifications, session_id, kind, notification_id)
 
 
 @dramatiq.actor(

@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
+import httpx2
 import redis
+from standardwebhooks.webhooks import Webhook
 from dramatiq.brokers.redis import RedisBroker
 
 from service import logs
-from service.settings import Settings
+from service.settings import Settings, notification_secret
 from service.store import Keys, Store
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
-from workers import events, sessions
+from workers import events, notifications, sessions
 from workers.broker import create_broker
 
 
@@ -27,6 +29,11 @@ class Resources:
     settings: Settings
     sessions: sessions.Context
     events: events.Context
+    notifications: notifications.Context
+
+    def close(self) -> None:
+        self.sessions.vts.close()
+        self.notifications.http.close()
 
 
 _resources: Resources | None = None
@@ -69,7 +76,12 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         clock=_now,
         reconcile_every=timedelta(seconds=settings.reconcile_interval),
     )
-    return Resources(settings, context, events.Context(store=store, clock=_now))
+    notifier = notifications.Context(
+        store=store,
+        http=httpx2.Client(timeout=notifications.TIMEOUT_SECONDS, follow_redirects=False),
+        signer=Webhook(notification_secret(settings)),
+    )
+    return Resources(settings, context, events.Context(store=store, clock=_now), notifier)
 
 
 def _now() -> datetime:

@@ -20,6 +20,7 @@ from service.events import Event
 from service.models import iso, to_nanos
 from service.phones import InvalidNumber, normalise
 from service.store import EventChange, Store, timeline_entry
+from workers import notifications
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +76,17 @@ def _after(ctx: Context, session_id: str, event: Event, result: str) -> None:
     log.info("event_applied", status_before=before, status_after=after)
     if after == "expired" and before != "expired":
         ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_END)
+        _notify(ctx, session_id, "session.expired")
     elif event.name in events.LEG_ENDS or event.name == events.PARTIES_HANGUP:
         ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_CALL)
+    if before == "in_progress" and after == "active":
+        _notify(ctx, session_id, "session.call_ended", tag=str(event.sequence or event.id))
+
+
+def _notify(ctx: Context, session_id: str, kind: str, tag: str = "") -> None:
+    session = ctx.store.get_session(session_id)
+    if session is not None:
+        notifications.queue(ctx.store, session, kind, tag)
 
 
 def _party(name: str) -> str:

@@ -7,6 +7,7 @@ add up to, VTS wins, and every difference is logged and counted. A session whose
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -16,12 +17,15 @@ from service.errors import VtsNotFound
 from service.models import LIVE, Session, Status, to_nanos
 from service.store import Keys, timeline_entry
 from service.vts.models import VtsSession
-from workers.sessions import Context
+from workers import notifications
+from workers.sessions import Context, locked
 
 log = structlog.get_logger(__name__)
 
-RECONCILE_EVERY = timedelta(minutes=5)
 EXPIRY_GRACE = timedelta(seconds=5)
+# How long a difference with VTS must hold still before it counts as drift: longer than
+# a callback can take to reach us and be applied, a dead worker's recovery included.
+SETTLE = timedelta(seconds=30)
 
 
 def truth(vts: VtsSession) -> dict[str, int]:
@@ -40,39 +44,64 @@ def truth(vts: VtsSession) -> dict[str, int]:
     }
 
 
-def reconcile(ctx: Context, session_id: str, every: timedelta = RECONCILE_EVERY) -> None:
+def reconcile(ctx: Context, session_id: str) -> None:
     """Compare the session with VTS's ``GET session``; VTS wins. Reschedules itself while
-    the session lives."""
+    the session lives.
+
+    A difference is acted on only once it has held still for ``SETTLE``: events still on
+    their way (VTS counts a call before its callbacks reach us) are not drift.
+    """
     session = ctx.store.get_session(session_id)
     if session is None or session.vts_session_uuid is None:
         ctx.store.unschedule("reconcile", session_id)
         return
-    try:
-        remote = ctx.vts.get_session(session.vts_session_uuid)
-    except VtsNotFound:
-        log.warning("reconcile_vts_session_unknown")
-        ctx.store.unschedule("reconcile", session_id)
-        return
-    _settle(ctx, session, truth(remote))
+    with locked(ctx, session_id):
+        try:
+            remote = ctx.vts.get_session(session.vts_session_uuid)
+        except VtsNotFound:
+            log.warning("reconcile_vts_session_unknown")
+            ctx.store.unschedule("reconcile", session_id)
+            return
+        settled = _settle(ctx, session, truth(remote))
     if remote.status == "expired" and session.status in LIVE:
         _expire(ctx, session_id, "vts_says_expired")
+    elif not settled:
+        ctx.store.schedule("reconcile", session_id, ctx.clock() + SETTLE)
     elif session.status in LIVE:
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + every)
+        ctx.store.schedule("reconcile", session_id, ctx.clock() + ctx.reconcile_every)
     else:
         ctx.store.unschedule("reconcile", session_id)
 
 
-def _settle(ctx: Context, session: Session, totals: dict[str, int]) -> None:
+def _shown(session: Session) -> dict[str, int]:
+    return {
+        "interaction_count": session.interaction_count,
+        "call_count": session.call_count,
+        "billed_duration": session.billed_duration,
+        "call_amount_nanos": to_nanos(session.call_amount),
+    }
+
+
+def _settle(ctx: Context, session: Session, totals: dict[str, int]) -> bool:
+    """Return True when our counters agree with VTS (now, or after correcting them)."""
+    shown = _shown(session)
+    if shown == totals:
+        ctx.store.note_unsettled(session.id, None)
+        log.info("reconciled", drift=False)
+        return True
+    snapshot = json.dumps([totals, shown], sort_keys=True)
+    if ctx.store.note_unsettled(session.id, snapshot) != snapshot:
+        log.info("reconcile_unsettled")
+        return False
     before = ctx.store.reconcile(session.id, totals)
     drift = {name: totals[name] - before[name] for name in totals if totals[name] != before[name]}
-    if not drift:
-        log.info("reconciled", drift=False)
-        return
+    ctx.store.note_unsettled(session.id, None)
     ctx.store.count(Keys.reconcile_stats(), "sessions_with_drift")
     for name, difference in drift.items():
         ctx.store.count(Keys.reconcile_stats(), name, abs(difference))
     ctx.store.add_timeline(session.id, timeline_entry("reconciled", drift=drift))
     log.warning("reconciliation_drift", drift=drift)
+    return True
 
 
 def expire_if_due(ctx: Context, session_id: str) -> None:
@@ -98,3 +127,6 @@ def _expire(ctx: Context, session_id: str, reason: str) -> None:
     if result == "ok":
         log.info("session_expired", reason=reason)
         ctx.store.schedule("reconcile", session_id, ctx.clock() + timedelta(seconds=5))
+        session = ctx.store.get_session(session_id)
+        if session is not None:
+            notifications.queue(ctx.store, session, "session.expired")

@@ -30,6 +30,7 @@ from service.phones import mask_text
 from service.store import Store, timeline_entry
 from service.vts.client import VtsClient
 from service.vts.models import VtsSession
+from workers import notifications
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +67,7 @@ class Context:
 
 
 @contextmanager
-def _locked(ctx: Context, session_id: str) -> Iterator[None]:
+def locked(ctx: Context, session_id: str) -> Iterator[None]:
     token = uuid.uuid4().hex
     if not ctx.store.lock_session(session_id, token, LOCK_TTL_MS):
         raise SessionBusy("another worker holds this session")
@@ -87,7 +88,7 @@ def create(ctx: Context, session_id: str) -> None:
     session = ctx.store.get_session(session_id)
     if session is None or session.status is not Status.PENDING:
         return
-    with _locked(ctx, session_id):
+    with locked(ctx, session_id):
         uncertain_since = ctx.store.open_create_attempt(session_id, ctx.clock())
         if uncertain_since is not None and _adopt_existing(ctx, session, uncertain_since):
             return
@@ -143,6 +144,7 @@ def _activate(ctx: Context, session: Session, created: VtsSession, *, adopted: b
     if result == "ok":
         ctx.store.schedule("expire", session.id, expires_at + EXPIRY_GRACE)
         ctx.store.schedule("reconcile", session.id, ctx.clock() + ctx.reconcile_every)
+        notifications.queue(ctx.store, session, "session.active")
 
 
 def _expiry(ctx: Context, session: Session) -> datetime:
@@ -154,7 +156,7 @@ def fail(store: Store, session_id: str, code: str, message: str) -> None:
     """Mark a pending session failed with a reason safe to show (numbers masked)."""
     reason = mask_text(message)[:500]
     entry = timeline_entry("failed", code=code, message=reason)
-    store.transition(
+    result, _ = store.transition(
         session_id,
         Status.FAILED,
         allowed=[Status.PENDING],
@@ -162,6 +164,14 @@ def fail(store: Store, session_id: str, code: str, message: str) -> None:
         entry=entry,
     )
     log.warning("session_failed", code=code, reason=reason)
+    _notify(store, session_id, result, "session.failed")
+
+
+def _notify(store: Store, session_id: str, result: str, kind: str) -> None:
+    """Tell the app, if the transition just happened (not on a redelivered message)."""
+    session = store.get_session(session_id) if result == "ok" else None
+    if session is not None:
+        notifications.queue(store, session, kind)
 
 
 def update(ctx: Context, session_id: str, changes: Mapping[str, Any]) -> None:
@@ -169,7 +179,7 @@ def update(ctx: Context, session_id: str, changes: Mapping[str, Any]) -> None:
     session = _live_session(ctx, session_id)
     if session is None or session.vts_session_uuid is None:
         return
-    with _locked(ctx, session_id):
+    with locked(ctx, session_id):
         try:
             updated = ctx.vts.update_session(session.vts_session_uuid, changes)
         except VtsNotFound:
@@ -203,7 +213,7 @@ def expire(ctx: Context, session_id: str) -> None:
     session = _live_session(ctx, session_id)
     if session is None or session.vts_session_uuid is None:
         return
-    with _locked(ctx, session_id):
+    with locked(ctx, session_id):
         try:
             ctx.vts.expire_session(session.vts_session_uuid)
         except VtsNotFound:
@@ -222,13 +232,14 @@ def _live_session(ctx: Context, session_id: str) -> Session | None:
 
 
 def _mark_expired(ctx: Context, session_id: str, *, reason: str) -> None:
-    ctx.store.transition(
+    result, _ = ctx.store.transition(
         session_id,
         Status.EXPIRED,
         allowed=list(LIVE),
         entry=timeline_entry("expired", reason=reason),
     )
     log.info("session_expired", reason=reason)
+    _notify(ctx.store, session_id, result, "session.expired")
 
 
 def vts_create_params(session: Session, public_base_url: str) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""Notifications to the app that asked for a session, at its ``callback_url``.
+
+Signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature`` headers; ``NOTIFICATION_SECRET``). Sent from their own queue, so a
+slow or failing receiver delays nothing else; retried with backoff, then given up (and
+logged). The body never holds the parties' numbers: the app knows them by session id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+import structlog
+from standardwebhooks.webhooks import Webhook
+
+from service import messages
+from service.errors import ServiceError
+from service.models import Session
+from service.store import Store
+
+log = structlog.get_logger(__name__)
+
+KINDS = ("session.active", "session.failed", "session.call_ended", "session.expired")
+TIMEOUT_SECONDS = 5.0
+
+
+class ReceiverUnavailable(ServiceError):
+    """The app's receiver failed or did not answer; try again later."""
+
+
+@dataclass(frozen=True)
+class Context:
+    store: Store
+    http: httpx2.Client
+    signer: Webhook
+
+
+def body(kind: str, session: Session, moment: datetime) -> dict[str, Any]:
+    resource = session.to_resource()
+    for private in ("first_party", "second_party"):
+        resource.pop(private)
+    return {"type": kind, "timestamp": moment.isoformat(), "data": resource}
+
+
+def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None:
+    """POST the notification; raises ReceiverUnavailable on a network error or non-2xx."""
+    session = ctx.store.get_session(session_id)
+    if session is None or not session.callback_url:
+        return
+    moment = datetime.now(UTC)
+    payload = json.dumps(body(kind, session, moment), separators=(",", ":"))
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": notification_id,
+        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-signature": ctx.signer.sign(notification_id, moment, payload),
+    }
+    try:
+        response = ctx.http.post(session.callback_url, content=payload, headers=headers)
+    except httpx2.HTTPError as exc:
+        raise ReceiverUnavailable(f"app receiver unreachable ({type(exc).__name__})") from None
+    if not response.is_success:
+        raise ReceiverUnavailable(f"app receiver answered {response.status_code}")
+    log.info("app_notified", kind=kind, status=response.status_code)
+
+
+def queue(store: Store, session: Session, kind: str, tag: str = "") -> None:
+    """Queue a notification if the app asked for them. ``tag`` tells apart notifications
+    of one kind (e.g. each call), and makes the id the same on a retried worker step."""
+    if not session.callback_url:
+        return
+    notification_id = f"{session.id}.{kind}{'.' + tag if tag else ''}"
+    store.enqueue(messages.build(messages.NOTIFY_APP, session.id, kind, notification_id))
