@@ -94,7 +94,7 @@ def apply_recording_event(event_id: str) -> None:
 
 
 def _retryable_notification(retries: int, exc: BaseException) -> bool:
-    return isinstance(exc, notifications.ReceiverUnavailable) and retries < NOTIFY_RETRIES
+    return isinstance(exc, dramatiq.Retry) and retries < NOTIFY_RETRIES
 
 
 @dramatiq.actor(
@@ -105,7 +105,12 @@ def _retryable_notification(retries: int, exc: BaseException) -> bool:
     max_backoff=300_000,
 )
 def notify_app(session_id: str, kind: str, notification_id: str) -> None:
-    notifications.send(resources().notifications, session_id, kind, notification_id)
+    try:
+        notifications.send(resources().notifications, session_id, kind, notification_id)
+    except notifications.ReceiverUnavailable as exc:
+        # A Retry is logged as a retry, not as an error with a traceback: an app's
+        # receiver being down is not our failure.
+        raise dramatiq.Retry(str(exc)) from exc
 
 
 @dramatiq.actor(

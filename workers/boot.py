@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import dramatiq
 import httpx2
 import redis
-from standardwebhooks.webhooks import Webhook
 from dramatiq.brokers.redis import RedisBroker
+from standardwebhooks.webhooks import Webhook
 
 from service import logs
 from service.settings import Settings, notification_secret

@@ -72,14 +72,14 @@ def _after(ctx: Context, session_id: str, event: Event, result: str) -> None:
     if not result.startswith("applied"):
         log.info("event_skipped", result=result)
         return
-    _, before, after = result.split(":")
+    _, before, after, interaction = result.split(":")
     log.info("event_applied", status_before=before, status_after=after)
     if after == "expired" and before != "expired":
         ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_END)
         _notify(ctx, session_id, "session.expired")
     elif event.name in events.LEG_ENDS or event.name == events.PARTIES_HANGUP:
         ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_CALL)
-    if before == "in_progress" and after == "active":
+    if interaction == "1":
         _notify(ctx, session_id, "session.call_ended", tag=str(event.sequence or event.id))
 
 

@@ -1,0 +1,114 @@
+"""Timers in Redis: one scheduler leads across processes, due entries fire once, a dead
+leader's entries come back, and overdue sessions expire without VTS's event."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import dramatiq
+import pytest
+import redis
+import redis.asyncio
+
+from service import messages
+from service.models import Session, Status, now
+from service.store import AsyncStore, Keys, Store
+from tests.conftest import wait_until
+from workers import reconcile
+from workers.scheduler import Scheduler
+from workers.sessions import Context
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client)
+
+
+def _queued(client: redis.Redis, queue: str = "sessions") -> int:
+    return int(client.llen(Keys.queue(queue)))
+
+
+def test_only_one_scheduler_leads_and_each_timer_fires_once(
+    broker: dramatiq.Broker, store: Store, redis_client: redis.Redis
+) -> None:
+    """Two schedulers (two processes): one leads, and a due timer is enqueued once."""
+    clock = Clock()
+    first, second = Scheduler(lambda: store, clock), Scheduler(lambda: store, clock)
+    for n in range(5):
+        store.schedule("reconcile", f"ses_{n}", clock.moment - timedelta(seconds=1))
+    fired = first.tick(broker) + second.tick(broker) + first.tick(broker) + second.tick(broker)
+    assert fired == 5
+    assert _queued(redis_client) == 5
+
+
+def test_taken_timers_come_back_after_their_lease(
+    broker: dramatiq.Broker, store: Store, redis_client: redis.Redis
+) -> None:
+    """A timer taken but never rescheduled (its process died) fires again after the lease."""
+    clock = Clock()
+    scheduler = Scheduler(lambda: store, clock)
+    store.schedule("expire", "ses_x", clock.moment)
+    assert scheduler.tick(broker) == 1
+    assert scheduler.tick(broker) == 0
+    clock.moment += timedelta(seconds=61)
+    assert scheduler.tick(broker) == 1
+
+
+def test_a_leader_that_stops_renewing_is_replaced(store: Store) -> None:
+    """The lead expires with its holder: another process takes it."""
+    assert store.lead("a", ttl_ms=50)
+    assert not store.lead("b", ttl_ms=50)
+    wait_until(lambda: store.lead("b", ttl_ms=50), timeout=2)
+
+
+def _active_session(redis_url: str, store: Store, expires_at: datetime) -> str:
+    moment = now()
+    session = Session(
+        id="ses_" + "b" * 32,
+        status=Status.PENDING,
+        first_party="+14155552671",
+        second_party="+14155552672",
+        created_at=moment,
+        updated_at=moment,
+    )
+
+    async def create() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        message = messages.build(messages.CREATE_SESSION, session.id)
+        await AsyncStore(client).create_session(
+            session, message, idempotency=None, idempotency_ttl=1
+        )
+        await client.aclose()
+
+    asyncio.run(create())
+    store.transition(
+        session.id, Status.ACTIVE, allowed=[Status.PENDING],
+        fields={"expires_at": expires_at.isoformat(), "vts_session_uuid": "u-1"},
+    )  # fmt: skip
+    return session.id
+
+
+def test_an_overdue_session_expires_without_vts(
+    store: Store, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """When expires_at has passed and VTS said nothing, the session becomes expired."""
+    clock = Clock()
+    session_id = _active_session(redis_url, store, clock.moment + timedelta(seconds=30))
+    ctx = Context(store=store, vts=None, public_base_url="", clock=clock)  # type: ignore[arg-type]
+    reconcile.expire_if_due(ctx, session_id)
+    assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
+    clock.moment += timedelta(seconds=31)
+    reconcile.expire_if_due(ctx, session_id)
+    session = store.get_session(session_id)
+    assert session is not None
+    assert session.status is Status.EXPIRED
+    assert redis_client.zscore(Keys.schedule(), f"reconcile:{session_id}") is not None
