@@ -121,11 +121,10 @@ async def create_session(request: Request) -> Response:
         )
     headers = {"idempotent-replayed": "true"} if outcome.result == "replay" else {}
     structlog.contextvars.bind_contextvars(session_id=outcome.session_id)
-    if outcome.result == "created":
-        log.info("session_requested")
-        if not wait:
-            # Answer with what was just stored: no second round trip on the hot path.
-            return JSONResponse(session.to_resource(), status_code=202, headers=_location(session))
+    # No line of its own: the request's http_request line carries the session_id.
+    if outcome.result == "created" and not wait:
+        # Answer with what was just stored: no second round trip on the hot path.
+        return JSONResponse(session.to_resource(), status_code=202, headers=_location(session))
     return await _answer(request, outcome.session_id, wait, headers)
 
 

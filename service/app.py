@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis.asyncio.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         app.state.settings = settings
         app.state.store = AsyncStore(client)

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 MAX_BATCH = 256
 
@@ -48,10 +49,7 @@ class GroupCommit:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in batch:
-                    await script(keys=keys, args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self._execute(batch)
         except (redis.RedisError, OSError) as exc:
             for *_, future in batch:
                 if not future.done():
@@ -64,3 +62,26 @@ class GroupCommit:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        results = await self._pipeline(batch)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if not missing:
+            return results
+        # Redis lost its scripts (a restart, SCRIPT FLUSH). Those calls did nothing, so
+        # loading the scripts and sending the calls again runs each exactly once.
+        for script in {batch[i][0] for i in missing}:
+            script.sha = await self._client.script_load(script.script)
+        again = await self._pipeline([batch[i] for i in missing])
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+        return results
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        # EVALSHA straight away: a Script called on a pipeline would first ask Redis
+        # whether the scripts exist, a second round trip for every batch.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results

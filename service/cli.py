@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from service.errors import ConfigurationError
 from service.settings import Settings
@@ -41,13 +44,37 @@ def web(args: argparse.Namespace) -> None:
     )
 
 
+def _multiprocess_metrics_dir() -> None:
+    """Put prometheus-client in multi-process mode for this process and its children.
+
+    Must run before prometheus_client is first imported: it picks its mode then.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+        prefix="masking-metrics-"
+    )
+    for stale in Path(directory).glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
+def _serve_worker_metrics(port: int) -> None:
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, registry=registry)
+
+
 def worker(args: argparse.Namespace) -> None:
+    settings = _settings()
+    _multiprocess_metrics_dir()
+
     from dramatiq import cli as dramatiq_cli
 
     from service import logs
 
-    settings = _settings()
     logs.configure(fmt=settings.log_format, level=settings.log_level)
+    _serve_worker_metrics(settings.metrics_port)
     argv = [
         "workers.boot:setup",
         "workers.actors",

@@ -44,6 +44,35 @@ def _masked(value: Any) -> Any:
     return mask_text(str(value))
 
 
+# The stdlib level of each method name structlog's stdlib BoundLogger proxies.
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class LevelFirstLogger(structlog.stdlib.BoundLogger):
+    """structlog's stdlib logger, asking the level before running any processor.
+
+    The stdlib would drop a line below its level only after the whole pipeline had built
+    it (contextvars, timestamp, formatting): about 10 µs for nothing on every request.
+    """
+
+    def _proxy_to_logger(
+        self, method_name: str, event: str | None = None, *event_args: str, **event_kw: Any
+    ) -> Any:
+        level = _METHOD_LEVELS.get(method_name)
+        if level is not None and not self._logger.isEnabledFor(level):
+            return None
+        return super()._proxy_to_logger(method_name, event, *event_args, **event_kw)
+
+
 def _drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     # uvicorn duplicates its message with ANSI colours in an extra field.
     event_dict.pop("color_message", None)
@@ -95,7 +124,7 @@ def configure(*, fmt: str = "json", level: str = "INFO", stream: TextIO | None =
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=LevelFirstLogger,
         cache_logger_on_first_use=True,
     )
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Sequence
 
 import structlog
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.problems import Problem
@@ -19,6 +18,14 @@ from service.settings import Secret
 log = structlog.get_logger("service.http")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case, as ASGI servers give names)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 class RequestContext:
@@ -32,21 +39,19 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(16)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        echo = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                message["headers"] = [*message.get("headers", []), echo]
             await send(message)
 
         try:
@@ -79,10 +84,16 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        length = _header(scope, b"content-length")
+        if length is None:
+            await self._streamed(scope, receive, send)
+        elif not length.isdigit() or int(length) > self.limit:
             await self._refuse(scope, receive, send)
-            return
+        else:
+            # The server reads exactly Content-Length bytes, so there is nothing to count.
+            await self.app(scope, receive, send)
+
+    async def _streamed(self, scope: Scope, receive: Receive, send: Send) -> None:
         seen = 0
         started = False
 
@@ -120,14 +131,18 @@ class BearerAuth:
     def __init__(self, app: ASGIApp, keys: Sequence[Secret], prefix: str = "/v1/") -> None:
         self.app = app
         self.prefix = prefix
-        self._keys = [key.reveal().encode() for key in keys]
+        # Each key with its id, digested once here rather than on every request.
+        self._keys = [
+            (key, hashlib.sha256(key).hexdigest()[:16])
+            for key in (secret.reveal().encode() for secret in keys)
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        key = self._presented(Headers(scope=scope).get("authorization", ""))
-        if key is None:
+        key_id = self._key_id(_header(scope, b"authorization") or "")
+        if key_id is None:
             problem = Problem(
                 401,
                 "send a valid API key as 'Authorization: Bearer <key>'",
@@ -135,14 +150,15 @@ class BearerAuth:
             )
             await problem.response()(scope, receive, send)
             return
-        scope.setdefault("state", {})["api_key_id"] = hashlib.sha256(key).hexdigest()[:16]
+        scope.setdefault("state", {})["api_key_id"] = key_id
         await self.app(scope, receive, send)
 
-    def _presented(self, header: str) -> bytes | None:
+    def _key_id(self, header: str) -> str | None:
+        """The id of the key ``header`` presents, or None when it presents no valid key."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         presented = token.strip().encode()
         # Compare with every key, so the time taken says nothing about which one matched.
-        matches = [hmac.compare_digest(presented, key) for key in self._keys]
-        return presented if any(matches) else None
+        matches = [key_id for key, key_id in self._keys if hmac.compare_digest(presented, key)]
+        return matches[0] if matches else None

@@ -70,6 +70,18 @@ def _moment(raw: str | None) -> datetime | None:
 COUNTERS = ("interaction_count", "call_count", "billed_duration", "call_amount_nanos")
 
 
+def _nonzero(count: int) -> str | None:
+    return str(count) if count else None
+
+
+# Built once: json.dumps builds a new encoder on every call that passes separators.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _compact_json(value: Mapping[str, Any]) -> str:
+    return _COMPACT_JSON.encode(dict(value)) if value else "{}"
+
+
 def _counter(fields: Mapping[str, str], name: str) -> int:
     return int(fields.get(name, 0)) + int(fields.get(f"adjust_{name}", 0))
 
@@ -104,26 +116,32 @@ class Session:
         )
 
     def to_fields(self) -> dict[str, str]:
-        """The Redis hash of this session (every value a string; unset values left out)."""
+        """The Redis hash of this session (every value a string).
+
+        Unset values and zero counters are left out: ``from_fields`` reads them back as
+        None and 0, and the workers' scripts treat a missing counter as 0 (HINCRBY).
+        """
+        created_at = iso(self.created_at)
+        updated_at = created_at if self.updated_at == self.created_at else iso(self.updated_at)
         raw: dict[str, str | None] = {
             "id": self.id,
             "status": self.status.value,
             "first_party": self.first_party,
             "second_party": self.second_party,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "options": json.dumps(dict(self.options), separators=(",", ":")),
-            "metadata": json.dumps(dict(self.metadata), separators=(",", ":")),
+            "created_at": created_at,
+            "updated_at": updated_at,
+            "options": _compact_json(self.options),
+            "metadata": _compact_json(self.metadata),
             "callback_url": self.callback_url,
             "request_id": self.request_id,
             "vts_session_uuid": self.vts_session_uuid,
             "virtual_number": self.virtual_number,
             "expires_at": iso(self.expires_at),
             "last_interaction_at": iso(self.last_interaction_at),
-            "interaction_count": str(self.interaction_count),
-            "call_count": str(self.call_count),
-            "billed_duration": str(self.billed_duration),
-            "call_amount_nanos": str(to_nanos(self.call_amount)),
+            "interaction_count": _nonzero(self.interaction_count),
+            "call_count": _nonzero(self.call_count),
+            "billed_duration": _nonzero(self.billed_duration),
+            "call_amount_nanos": _nonzero(to_nanos(self.call_amount)),
             "error_code": self.error_code,
             "error_message": self.error_message,
         }

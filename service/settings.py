@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ class Settings:
     create_max_retries: int = 20
     reconcile_interval: float = 300.0
     notification_secret: Secret | None = None
+    metrics_port: int = 9191
+    recording_hosts: tuple[str, ...] = ()
+    recording_allow_http: bool = False
+    recording_allow_private: bool = False
+    recording_max_bytes: int = 200 * 1024 * 1024
+    recording_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +110,16 @@ class Settings:
                 "RECONCILE_INTERVAL", _positive_float, cls.reconcile_interval
             ),
             notification_secret=env.optional("NOTIFICATION_SECRET", _webhook_secret, None),
+            metrics_port=env.optional("METRICS_PORT", _port, cls.metrics_port),
+            recording_hosts=env.optional("RECORDING_HOSTS", _hostnames, cls.recording_hosts),
+            recording_allow_http=env.optional("RECORDING_ALLOW_HTTP", _bool, False),
+            recording_allow_private=env.optional("RECORDING_ALLOW_PRIVATE", _bool, False),
+            recording_max_bytes=env.optional(
+                "RECORDING_MAX_BYTES", _positive_int, cls.recording_max_bytes
+            ),
+            recording_timeout=env.optional(
+                "RECORDING_TIMEOUT", _positive_float, cls.recording_timeout
+            ),
         )
 
 
@@ -222,6 +239,24 @@ def _region(raw: str) -> str:
     if len(raw) != 2 or not raw.isalpha():
         raise ValueError("must be a two-letter region code such as US or GB")
     return raw.upper()
+
+
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value not in {"true", "false", "1", "0", "yes", "no"}:
+        raise ValueError("must be true or false")
+    return value in {"true", "1", "yes"}
+
+
+_HOSTNAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _hostnames(raw: str) -> tuple[str, ...]:
+    """Comma-separated exact host names (no scheme, port or wildcard), lowercased."""
+    hosts = tuple(host.strip().lower().rstrip(".") for host in raw.split(",") if host.strip())
+    if not all(_HOSTNAME.fullmatch(host) for host in hosts):
+        raise ValueError("must be comma-separated host names, such as media.vtscom.net")
+    return hosts
 
 
 def notification_secret(settings: Settings) -> str:

@@ -24,6 +24,13 @@ from service.batching import GroupCommit
 from service.events import Event
 from service.messages import Outgoing
 from service.models import Session, Status, iso, now
+from service.recordings import (
+    Recording,
+    RecordingStatus,
+    recording_format,
+    recording_id,
+    stored_name,
+)
 
 PREFIX = "masking:"
 # dramatiq's Redis broker keeps queue ``q`` as a list ``dramatiq:q`` of message ids and a
@@ -111,30 +118,39 @@ class Keys:
         return f"{DRAMATIQ_NAMESPACE}:{queue_name}"
 
     @staticmethod
+    def dead_letters(queue_name: str) -> str:
+        return f"{DRAMATIQ_NAMESPACE}:{queue_name}.XQ"
+
+    @staticmethod
+    def dead_letter_messages(queue_name: str) -> str:
+        return f"{DRAMATIQ_NAMESPACE}:{queue_name}.XQ.msgs"
+
+    @staticmethod
     def queue_messages(queue_name: str) -> str:
         return f"{DRAMATIQ_NAMESPACE}:{queue_name}.msgs"
 
 
-# KEYS: idempotency, session, index, status index, timeline, queue, queue messages
-# ARGV: use idempotency (0/1), fingerprint, session id, index member, ttl,
-#       redis message id, payload, timeline entry, field, value, ...
+# KEYS: idempotency ('' when no key was given), session, index, status index, timeline,
+#       queue, queue messages
+# ARGV: session id, index member, redis message id, payload, timeline entry,
+#       fingerprint, ttl, field, value, ...
 _CREATE = """
-if ARGV[1] == '1' then
+if KEYS[1] ~= '' then
   local found = redis.call('HMGET', KEYS[1], 'fingerprint', 'session_id')
   if found[1] then
-    if found[1] == ARGV[2] then return {'replay', found[2]} end
+    if found[1] == ARGV[6] then return {'replay', found[2]} end
     return {'conflict', found[2]}
   end
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'session_id', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[6], 'session_id', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
-redis.call('HSET', KEYS[2], 'index_member', ARGV[4], unpack(ARGV, 9))
-redis.call('ZADD', KEYS[3], 0, ARGV[4])
-redis.call('ZADD', KEYS[4], 0, ARGV[4])
-redis.call('RPUSH', KEYS[5], ARGV[8])
-redis.call('HSET', KEYS[7], ARGV[6], ARGV[7])
-redis.call('RPUSH', KEYS[6], ARGV[6])
-return {'created', ARGV[3]}
+redis.call('HSET', KEYS[2], 'index_member', ARGV[2], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+redis.call('ZADD', KEYS[4], 0, ARGV[2])
+redis.call('RPUSH', KEYS[5], ARGV[5])
+redis.call('HSET', KEYS[7], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[6], ARGV[3])
+return {'created', ARGV[1]}
 """
 
 # KEYS: session, timeline
@@ -219,6 +235,7 @@ redis.call('SADD', applied, ARGV[1])
 local role, party = ARGV[4], ARGV[5]
 local live = status == 'active' or status == 'in_progress'
 local new_status = status
+local interaction = '0'
 if role == 'leg' then
   redis.call('HSET', s, 'call_open_' .. party, '1')
   if live then new_status = 'in_progress' end
@@ -236,6 +253,7 @@ elseif role == 'leg_end' or role == 'leg_end_complete' then
       local answered = redis.call('HMGET', s, 'call_answered_first', 'call_answered_second')
       if answered[1] == '1' and answered[2] == '1' then
         redis.call('HINCRBY', s, 'interaction_count', 1)
+        interaction = '1'
       end
     end
     redis.call('HDEL', s, 'call_answered_first', 'call_answered_second')
@@ -245,6 +263,7 @@ elseif role == 'call' then
   if live then new_status = 'in_progress' end
 elseif role == 'parties_hangup' then
   redis.call('HINCRBY', s, 'interaction_count', 1)
+  interaction = '1'
   redis.call('HSET', s, 'last_interaction_at', ARGV[8])
   if status == 'in_progress' then new_status = 'active' end
 elseif role == 'timeout' then
@@ -265,7 +284,7 @@ redis.call('RPUSH', KEYS[3], ARGV[9])
 redis.call('LTRIM', KEYS[3], -1000, -1)
 redis.call('HINCRBY', KEYS[4], 'applied', 1)
 redis.call('PUBLISH', ARGV[10], ARGV[11])
-return 'applied:' .. status .. ':' .. new_status
+return 'applied:' .. status .. ':' .. new_status .. ':' .. interaction
 """
 
 # KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases
@@ -351,8 +370,12 @@ class InvalidCursor(ValueError):
     pass
 
 
+# One encoder, built once: json.dumps builds a new one per call when given separators.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def timeline_entry(kind: str, **detail: Any) -> str:
-    return json.dumps({"at": iso(now()), "type": kind, **detail}, separators=(",", ":"))
+    return _COMPACT_JSON.encode({"at": iso(now()), "type": kind, **detail})
 
 
 def _text(value: bytes | str) -> str:
@@ -443,17 +466,17 @@ class AsyncStore:
         idempotency: tuple[str, str, str] | None,
         idempotency_ttl: int,
     ) -> CreateOutcome:
-        """Store a new session and queue its creation, atomically.
+        """Store a new session and queue its creation, atomically, in a shared round trip.
 
         ``idempotency`` is (scope, key, fingerprint of the request). When the key is known,
         nothing is written and the outcome names the existing session.
         """
         scope, key, fingerprint = idempotency or ("", "", "")
         member = index_member(session)
-        entry = timeline_entry("requested", request_id=session.request_id)
-        result = await self._create(
+        result = await self._group.call(
+            self._create,
             keys=[
-                Keys.idempotency(scope, key),
+                Keys.idempotency(scope, key) if idempotency else "",
                 Keys.session(session.id),
                 Keys.index(),
                 Keys.index(session.status),
@@ -462,14 +485,13 @@ class AsyncStore:
                 Keys.queue_messages(message.queue_name),
             ],
             args=[
-                "1" if idempotency else "0",
-                fingerprint,
                 session.id,
                 member,
-                idempotency_ttl,
                 message.redis_message_id,
                 message.payload,
-                entry,
+                timeline_entry("requested", request_id=session.request_id),
+                fingerprint,
+                idempotency_ttl,
                 *_flatten(session.to_fields()),
             ],
         )
@@ -499,7 +521,8 @@ class AsyncStore:
 
         Returns (``enqueued`` | ``skipped`` | ``missing``, the status it had).
         """
-        result, current = await self._enqueue_if(
+        result, current = await self._group.call(
+            self._enqueue_if,
             keys=[
                 Keys.session(session_id),
                 Keys.timeline(session_id),
@@ -617,7 +640,8 @@ class Store:
         """Apply one event's effect exactly once.
 
         Returns ``duplicate``, ``missing``, ``hold`` (the previous event of the session
-        has not been applied and ``change.force`` is false) or ``applied:<from>:<to>``.
+        has not been applied and ``change.force`` is false) or
+        ``applied:<status before>:<status after>:<1 if a call between the parties ended>``.
         """
         result = self._apply(
             keys=[
@@ -681,9 +705,176 @@ class Store:
         self.client.publish(CHANNEL, session_id)
         return {name: int(_text(value)) for name, value in zip(truth, before, strict=True)}
 
+    def enqueue(self, message: Outgoing) -> None:
+        """Queue a message from a worker (the same two writes dramatiq's enqueue makes)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                Keys.queue_messages(message.queue_name), message.redis_message_id, message.payload
+            )
+            pipe.rpush(Keys.queue(message.queue_name), message.redis_message_id)
+            pipe.execute()
+
+    def note_unsettled(self, session_id: str, snapshot: str | None) -> str | None:
+        """Remember a difference with VTS seen now (None: forget it); return the last one."""
+        key = Keys.session(session_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(key, "reconcile_unsettled")
+            if snapshot is None:
+                pipe.hdel(key, "reconcile_unsettled")
+            else:
+                pipe.hset(key, "reconcile_unsettled", snapshot)
+            previous = pipe.execute()[0]
+        return _text(previous) if previous else None
+
     def mark_once(self, key: str, marker: str) -> bool:
         """Add ``marker`` to the set ``key``; False if it was already there."""
         return bool(self.client.sadd(key, marker))
 
     def count(self, stats: str, field: str, amount: int = 1) -> None:
         self.client.hincrby(stats, field, amount)
+
+
+# --- Recordings --------------------------------------------------------------------------
+
+
+class RecordingKeys:
+    @staticmethod
+    def recording(recording_id: str) -> str:
+        return f"{PREFIX}recording:{recording_id}"
+
+    @staticmethod
+    def session_recordings(session_id: str) -> str:
+        return f"{PREFIX}session:{session_id}:recordings"
+
+
+# KEYS: recording, session's recordings. ARGV: recording id, now, field, value, ...
+# A stored recording is never touched again; a failed one goes back to pending.
+# Returns the status it had ('' when it is new).
+_UPSERT_RECORDING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'stored' then return status end
+if not status then redis.call('HSET', KEYS[1], 'created_at', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', ARGV[2], unpack(ARGV, 3))
+redis.call('HDEL', KEYS[1], 'error')
+redis.call('SADD', KEYS[2], ARGV[1])
+return status or ''
+"""
+
+# KEYS: recording. ARGV: allowed current statuses (space separated), new status, now,
+# field, value, ... Returns 'ok', 'missing', or the status that did not allow the change.
+_MARK_RECORDING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 4))
+if ARGV[2] == 'stored' then redis.call('HDEL', KEYS[1], 'error') end
+return 'ok'
+"""
+
+
+def _recording(raw: Mapping[bytes | str, bytes | str]) -> Recording | None:
+    return Recording.from_fields({_text(k): _text(v) for k, v in raw.items()}) if raw else None
+
+
+def _by_creation(rows: Sequence[Mapping[bytes | str, bytes | str]]) -> list[Recording]:
+    recordings = [r for r in map(_recording, rows) if r is not None]
+    return sorted(recordings, key=lambda r: (r.created_at, r.id))
+
+
+class RecordingStore:
+    """The workers' view of recordings: one hash per recording, a set per session.
+
+    Every write is idempotent: duplicate and redelivered events map to the same record
+    (see :func:`service.recordings.recording_id`), and a stored recording stays stored.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._upsert = client.register_script(_UPSERT_RECORDING)
+        self._mark = client.register_script(_MARK_RECORDING)
+
+    def upsert_pending(
+        self,
+        session_id: str,
+        vts_recording_uuid: str,
+        fmt: str,
+        duration: int | None = None,
+    ) -> Recording:
+        """Record a completed recording to download; return it as it now stands.
+
+        A new or failed recording becomes ``pending``; a ``stored`` one is returned as is
+        (the caller has nothing to do). ``fmt`` is VTS's RecordingFormat (ValueError if
+        it is neither mp3 nor wav).
+        """
+        rec_id = recording_id(vts_recording_uuid)
+        fields = {
+            "id": rec_id,
+            "session_id": session_id,
+            "vts_recording_uuid": vts_recording_uuid,
+            "format": recording_format(fmt),
+            "stored_name": stored_name(rec_id, fmt),
+            **({"duration": str(duration)} if duration is not None else {}),
+        }
+        self._upsert(
+            keys=[RecordingKeys.recording(rec_id), RecordingKeys.session_recordings(session_id)],
+            args=[rec_id, iso(now()) or "", *_flatten(fields)],
+        )
+        recording = self.get(rec_id)
+        assert recording is not None  # written just above; recordings never expire
+        return recording
+
+    def mark_stored(self, rec_id: str, *, size: int, sha256: str, content_type: str) -> bool:
+        """The file is in storage; False if the recording is unknown. Idempotent."""
+        fields = {"size": str(size), "sha256": sha256, "content_type": content_type}
+        return self._set_status(
+            rec_id, RecordingStatus.STORED, ("pending", "failed", "stored"), fields
+        )
+
+    def mark_failed(self, rec_id: str, error: str) -> bool:
+        """Downloading gave up (``error`` is shown to apps: no secrets, no URLs).
+
+        False, and nothing changed, if the recording is unknown or already stored.
+        """
+        return self._set_status(
+            rec_id, RecordingStatus.FAILED, ("pending", "failed"), {"error": error}
+        )
+
+    def _set_status(
+        self, rec_id: str, to: RecordingStatus, allowed: Sequence[str], fields: Mapping[str, str]
+    ) -> bool:
+        result = self._mark(
+            keys=[RecordingKeys.recording(rec_id)],
+            args=[" ".join(allowed), to.value, iso(now()) or "", *_flatten(fields)],
+        )
+        return _text(result) == "ok"
+
+    def get(self, rec_id: str) -> Recording | None:
+        return _recording(self.client.hgetall(RecordingKeys.recording(rec_id)))
+
+    def for_session(self, session_id: str) -> list[Recording]:
+        """The session's recordings, oldest first."""
+        ids = self.client.smembers(RecordingKeys.session_recordings(session_id))
+        with self.client.pipeline(transaction=False) as pipe:
+            for rec_id in sorted(_text(i) for i in ids):
+                pipe.hgetall(RecordingKeys.recording(rec_id))
+            return _by_creation(pipe.execute())
+
+
+class AsyncRecordingStore:
+    """The web's read-only view of recordings."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+
+    async def get(self, rec_id: str) -> Recording | None:
+        return _recording(await self.client.hgetall(RecordingKeys.recording(rec_id)))
+
+    async def for_session(self, session_id: str) -> list[Recording]:
+        """The session's recordings, oldest first."""
+        ids = await self.client.smembers(RecordingKeys.session_recordings(session_id))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rec_id in sorted(_text(i) for i in ids):
+                pipe.hgetall(RecordingKeys.recording(rec_id))
+            return _by_creation(await pipe.execute())

@@ -35,6 +35,7 @@ class System:
     directory: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     numbers: list[str] = field(default_factory=list)
@@ -62,6 +63,7 @@ class System:
             "PORT": str(self.port),
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
+            "METRICS_PORT": str(self.metrics_port),
             **self.extra_env,
         }
 

@@ -105,7 +105,9 @@ def _truth(system: System) -> dict[str, tuple[int, int, Decimal, int]]:
     }
 
 
-def _ours(system: System, sessions: list[dict[str, Any]]) -> dict[str, tuple[int, int, Decimal, int]]:
+def _ours(
+    system: System, sessions: list[dict[str, Any]]
+) -> dict[str, tuple[int, int, Decimal, int]]:
     def one(session: dict[str, Any]) -> tuple[str, tuple[int, int, Decimal, int]]:
         s = system.api.get(f"/v1/sessions/{session['id']}").json()
         totals = (s["call_count"], s["billed_duration"], Decimal(s["call_amount"]),

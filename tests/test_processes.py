@@ -4,8 +4,10 @@ processes print contains a phone number in full."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx2
 import pytest
@@ -84,13 +86,19 @@ def test_no_phone_number_in_anything_the_processes_printed(system: System) -> No
 
 def test_every_line_printed_is_json_with_correlation_ids(system: System) -> None:
     """Web and worker print only JSON lines; a worker line carries the request's id."""
-    import json
-
     response = _create(system, wait=10)
     request_id = response.headers["x-request-id"]
-    lines = [line for line in system.output().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines]
-    assert all({"timestamp", "level", "event"} <= r.keys() for r in records)
-    worker_lines = [r for r in records if r.get("request_id") == request_id and "actor" in r]
-    assert {r["event"] for r in worker_lines} >= {"session_created", "message_processed"}
+
+    def records() -> list[dict[str, Any]]:
+        lines = [line for line in system.output().splitlines() if line.strip()]
+        return [json.loads(line) for line in lines]
+
+    def worker_events() -> set[str]:
+        return {r["event"] for r in records() if r.get("request_id") == request_id and "actor" in r}
+
+    # The answer comes when the session is active; the message's own last line follows.
+    wait_until(lambda: "message_processed" in worker_events(), timeout=10)
+    assert all({"timestamp", "level", "event"} <= r.keys() for r in records())
+    assert worker_events() >= {"session_created", "message_processed"}
+    worker_lines = [r for r in records() if r.get("request_id") == request_id and "actor" in r]
     assert all(r["message_id"] and r["session_id"] for r in worker_lines)

@@ -215,7 +215,7 @@ FAMILIES: list[tuple[str, str, bool, bool, list[str]]] = [
 
 
 @pytest.mark.parametrize(("family", "caller", "first", "second", "expected"), FAMILIES)
-def test_event_sequence_per_caller_and_answers(  # noqa: PLR0917  (parametrised)
+def test_event_sequence_per_caller_and_answers(
     start: Start,
     receiver: Receiver,
     family: str,
@@ -237,7 +237,7 @@ def test_event_sequence_per_caller_and_answers(  # noqa: PLR0917  (parametrised)
 
 
 @pytest.mark.parametrize(("family", "caller", "first", "second", "expected"), FAMILIES)
-def test_session_totals_equal_the_ended_leg_events(  # noqa: PLR0917  (parametrised)
+def test_session_totals_equal_the_ended_leg_events(
     start: Start,
     receiver: Receiver,
     family: str,

@@ -16,6 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from standardwebhooks.webhooks import Webhook
 
 from service import logs
+from service.metrics import metrics
 from service.settings import Settings, notification_secret
 from service.store import Keys, Store
 from service.vts.client import VtsClient
@@ -59,6 +60,7 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         Keys.vts_rate_limit(settings.vts_auth_id),
         limit=settings.vts_rate_limit,
         window=settings.vts_rate_window,
+        on_wait=_count_wait,
     )
     vts = VtsClient(
         base_url=settings.vts_base_url,
@@ -67,6 +69,7 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         limiter=limiter,
         timeout=settings.vts_timeout,
         connect_timeout=settings.vts_connect_timeout,
+        observe=_observe_vts,
     )
     store = Store(client)
     context = sessions.Context(
@@ -82,6 +85,16 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         signer=Webhook(notification_secret(settings)),
     )
     return Resources(settings, context, events.Context(store=store, clock=_now), notifier)
+
+
+def _observe_vts(action: str, outcome: str, seconds: float) -> None:
+    metrics().vts_calls.labels(action, outcome).inc()
+    metrics().vts_seconds.labels(action).observe(seconds)
+
+
+def _count_wait(seconds: float) -> None:
+    metrics().rate_limit_waits.inc()
+    metrics().rate_limit_wait_seconds.inc(seconds)
 
 
 def _now() -> datetime:

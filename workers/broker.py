@@ -23,6 +23,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from service.metrics import metrics
 from service.phones import mask_text
 from service.store import DRAMATIQ_NAMESPACE, Store
 from workers.scheduler import Scheduler
@@ -64,8 +65,11 @@ class LogContext(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        duration_ms = round((time.monotonic() - self._local.started) * 1000, 1)
+        seconds = time.monotonic() - self._local.started
+        duration_ms = round(seconds * 1000, 1)
         outcome = "ok" if exception is None else type(exception).__name__
+        metrics().messages.labels(message.actor_name, _kind_of(exception)).inc()
+        metrics().message_seconds.labels(message.actor_name).observe(seconds)
         log.info(
             "message_processed",
             outcome=outcome,
@@ -76,6 +80,12 @@ class LogContext(Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
+
+
+def _kind_of(exception: BaseException | None) -> str:
+    if exception is None:
+        return "ok"
+    return "retry" if isinstance(exception, dramatiq.Retry) else "failed"
 
 
 class MaskTracebacks(Middleware):

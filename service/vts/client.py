@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -68,7 +68,10 @@ class VtsClient:
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         transport: httpx2.BaseTransport | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        # (action, outcome, seconds) after every call, for metrics.
+        self._observe = observe
         self._limiter = limiter
         self._sessions_path = f"/v1/Account/{quote(auth_id, safe='')}/Masking/Session/"
         self._http = httpx2.Client(
@@ -201,6 +204,7 @@ class VtsClient:
                     method, path, params=params, json=dict(body) if body is not None else None
                 )
             except httpx2.RequestError as exc:
+                self._observed(action, "error", started)
                 log.warning(
                     "vts_request",
                     method=method,
@@ -214,6 +218,7 @@ class VtsClient:
                 if url_has_numbers:
                     raise error from None
                 raise error from exc
+        self._observed(action, _outcome(response.status_code), started)
         emit = log.info if response.is_success else log.warning
         emit(
             "vts_request",
@@ -227,8 +232,16 @@ class VtsClient:
             raise _status_error(response)
         return response
 
+    def _observed(self, action: str, outcome: str, started: float) -> None:
+        if self._observe is not None:
+            self._observe(action, outcome, time.perf_counter() - started)
+
     def _slot(self) -> AbstractContextManager[None]:
         return self._limiter.slot() if self._limiter is not None else nullcontext()
+
+
+def _outcome(status: int) -> str:
+    return "429" if status == 429 else f"{status // 100}xx"
 
 
 def _transport_error(exc: httpx2.RequestError) -> VtsUnavailable:

@@ -20,10 +20,16 @@ create (``POST``, 201), get (``GET /{uuid}``), list (``GET``), update (``POST /{
 
 Control API for tests, under ``/_sandbox/`` with the same auth, neither rate-limited nor
 counted: ``GET``/``PUT``/``DELETE /faults``, ``GET /stats``, ``GET /sessions`` (every
-session, full numbers), ``POST /reset`` (sessions, stats, faults, events and deliveries),
-and the simulated calls of :mod:`service.vts.sandbox_calls`: ``POST
+session, full numbers), ``POST /reset`` (sessions, stats, faults, events, deliveries and
+recordings), the simulated calls of :mod:`service.vts.sandbox_calls`: ``POST
 /sessions/{uuid}/calls``, ``GET /sessions/{uuid}/events``, ``GET /deliveries`` and ``POST
-/drain``. Session events are signed with :mod:`service.vts.signatures`.
+/drain``, and the recordings of :mod:`service.vts.sandbox_recordings`: ``GET``/``POST
+/recordings`` and ``GET /recordings/{uuid}``. Callbacks are delivered by
+:mod:`service.vts.sandbox_callbacks` and signed with :mod:`service.vts.signatures`.
+
+Recording media, under ``/v1/Account/{auth_id}/Recording/`` with the same auth but
+outside the API's rate limit and counts: ``GET``/``HEAD /{uuid}.{mp3|wav}`` and ``GET
+/{uuid}/`` (the resource).
 
 Run it with ``python -m service.vts.sandbox --auth-id ID --auth-token TOKEN``.
 """
@@ -60,6 +66,7 @@ from service.vts.sandbox_dialects import (
     page_body,
     session_body,
 )
+from service.vts.sandbox_recordings import Archive
 from service.vts.sandbox_sessions import (
     InvalidRequest,
     Query,
@@ -75,6 +82,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, str], Awaitable[Response]]
 
 _SESSIONS = "/v1/Account/{auth_id}/Masking/Session"
+_RECORDINGS = "/v1/Account/{auth_id}/Recording"
 _FIRST_NUMBER = 14152000000  # +1 415 200 0000: ten thousand valid US numbers follow it
 MAX_POOL = 10_000
 
@@ -105,7 +113,9 @@ class SandboxConfig:
         if not self.number_pool or self.rate_limit < 1 or self.rate_window <= 0:
             raise ValueError("the pool, rate_limit and rate_window must all be positive")
         if self.billing_increment < 1 or self.callback_timeout <= 0 or self.rate_per_minute < 0:
-            raise ValueError("billing_increment and callback_timeout must be positive")
+            raise ValueError(
+                "billing_increment and callback_timeout must be positive; rate_per_minute 0 or more"
+            )
         for index, number in enumerate(self.number_pool):
             with suppress(InvalidNumber):
                 if normalise(number) == number:
@@ -198,7 +208,8 @@ class _Sandbox:
         settings = CallSettings(
             config.auth_id, config.auth_token, config.event_family, billing, config.callback_timeout
         )
-        self.calls = Switchboard(self.book, self.traffic, settings)
+        self.recordings = Archive(config.auth_id, self.traffic, clock)
+        self.calls = Switchboard(self.book, self.traffic, self.recordings, settings)
 
     def routes(self) -> list[Route]:
         api: list[tuple[str, str, str, Handler]] = [
@@ -219,6 +230,13 @@ class _Sandbox:
             ("/sessions/{session_uuid}/events", "GET", self.calls.session_events),
             ("/deliveries", "GET", self.calls.deliveries),
             ("/drain", "POST", self.calls.drain),
+            ("/recordings", "GET", self.recordings.list_recordings),
+            ("/recordings", "POST", self.recordings.create),
+            ("/recordings/{recording_uuid}", "GET", self.recordings.show),
+        ]
+        media: list[tuple[str, Endpoint]] = [
+            ("/{file}", self.recordings.media),  # GET, and HEAD with it
+            ("/{recording_uuid}/", self.recordings.resource),
         ]
         return [
             *(
@@ -229,6 +247,10 @@ class _Sandbox:
             *(
                 Route("/_sandbox" + tail, self._control(handler), methods=[method])
                 for tail, method, handler in control
+            ),
+            *(
+                Route(_RECORDINGS + tail, self._control(handler), methods=["GET"])
+                for tail, handler in media
             ),
         ]
 
@@ -342,6 +364,7 @@ class _Sandbox:
         self.book.clear()
         self.traffic.reset()
         await self.calls.clear()
+        self.recordings.clear()
         return Response(status_code=204)
 
 

@@ -2,11 +2,13 @@
 
 ``POST /_sandbox/sessions/{uuid}/calls`` with ``{"caller": "first"|"second"|"vts",
 "first_answers", "second_answers", "duration", "ring_seconds", "hangup_cause",
-"recorded"}`` simulates one call at once and answers ``202 {"call_id", "events",
-"recorded"}``. An unknown session is 404 and an expired one 400 ``session is expired``:
-VTS does not route calls to a virtual number whose session has ended. A bad field is
-400 naming it. ``recorded`` defaults to the session's ``record`` and only counts when
-the parties were bridged; recording callbacks are not simulated yet.
+"recorded", "recording_fails"}`` simulates one call at once and answers ``202
+{"call_id", "events", "recorded", "recording_uuid"}``. An unknown session is 404 and an
+expired one 400 ``session is expired``: VTS does not route calls to a virtual number
+whose session has ended. A bad field is 400 naming it. ``recorded`` defaults to the
+session's ``record`` and only counts when the parties were bridged; a recorded call makes
+a recording of the bridge (see :mod:`service.vts.sandbox_recordings`), which fails when
+``recording_fails`` is true (default false).
 
 **The call.** ``first``/``second``: that party dials the virtual number and VTS, having
 answered it, dials the other party. ``vts``: VTS dials the first party, then the second
@@ -48,39 +50,34 @@ Every call, bridged or not, appends one ``interaction`` record; a leg never dial
 ``null`` resource URL and status; statuses are ``completed``, ``no-answer`` or ``cancel``;
 its ``duration`` is the whole call's, from first ring to last hangup.
 
-**Delivery.** To the session's current ``callback_url`` with its ``callback_method``
-(``POST`` form-encoded; ``GET`` in the query string, merged with the URL's own query),
-signed with V3 against exactly ``callback_url`` (fresh nonce per request, duplicates and
-retries included). Nothing is sent when the session has no ``callback_url``. A call's
-events go one at a time, in order, in a background task; calls of one session queue
-behind each other. A connect error, connect timeout or read timeout is retried once at
-once; any HTTP answer, 5xx included, is final. Faults (drop, reorder, duplicate, delay)
-are drawn by :meth:`~service.vts.sandbox_traffic.Traffic.plan_callbacks` when the call
-is placed. ``GET /_sandbox/deliveries`` lists every attempt (and dropped events, attempt
-0) with ``pending``; ``POST /_sandbox/drain?timeout=S`` (default 10, at most 60) waits
-until nothing is pending: 200 ``{"pending": 0}``, or 504 with the count if time runs out.
-``GET /_sandbox/sessions/{uuid}/events`` lists every event generated, delivered or not.
+**Delivery.** To the session's current ``callback_url`` with its ``callback_method``,
+by :mod:`service.vts.sandbox_callbacks` (signed, one at a time, calls of one session
+queued behind each other, retried once on a network error, faults drawn when the call
+is placed); nothing is sent when the session has no ``callback_url``. ``GET
+/_sandbox/deliveries`` lists every attempt of either channel (and dropped events,
+attempt 0) with ``pending``; ``POST /_sandbox/drain?timeout=S`` (default 10, at most 60)
+waits until nothing is pending: 200 ``{"pending": 0}``, or 504 with the count if time
+runs out. ``GET /_sandbox/sessions/{uuid}/events`` lists every session event generated,
+delivered or not (recording events are not among them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.vts.sandbox_callbacks import Courier, Event, Target, event_time, party_fields
+from service.vts.sandbox_recordings import Archive, Recording
 from service.vts.sandbox_sessions import (
     InvalidRequest,
     Refused,
@@ -89,12 +86,10 @@ from service.vts.sandbox_sessions import (
     SessionExpired,
 )
 from service.vts.sandbox_traffic import Traffic
-from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, new_nonce, v3_signature
 
 EventFamily = Literal["hangup", "complete"]
 Caller = Literal["first", "second", "vts"]
 Party = Literal["first", "second"]
-Event = dict[str, str]
 T = TypeVar("T")
 
 HANGUP_CAUSE_CODES = {
@@ -112,7 +107,6 @@ _SHOWABLE_NAME = re.compile(r"[a-z_]{1,64}")  # no digits: cannot be a phone num
 _FIVE_PLACES = Decimal("0.00001")
 _CALLERS: dict[str, Caller] = {"first": "first", "second": "second", "vts": "vts"}
 _OTHER: dict[Party, Party] = {"first": "second", "second": "first"}
-_RETRIED = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ReadTimeout)
 _MAX_DRAIN = 60.0
 
 
@@ -127,6 +121,7 @@ class CallRequest:
     ring_seconds: int = 0
     hangup_cause: str = "NORMAL_CLEARING"
     recorded: bool | None = None
+    recording_fails: bool = False
 
 
 def _caller(value: object) -> Caller:
@@ -185,6 +180,7 @@ def parse_call(body: object) -> CallRequest:
         ring_seconds=_field(body, "ring_seconds", _seconds(300), 0),
         hangup_cause=_field(body, "hangup_cause", _cause, "NORMAL_CLEARING"),
         recorded=_field(body, "recorded", _optional_flag, None),
+        recording_fails=_field(body, "recording_fails", _flag, False),
     )
 
 
@@ -235,10 +231,19 @@ class Call:
     bridged: bool
     cause: str
     recorded: bool
+    recording_fails: bool = False
 
     @property
     def length(self) -> int:
         return max(leg.end for leg in self.legs)
+
+    @property
+    def bridge(self) -> tuple[float, float]:
+        """When the parties were bridged: from the called leg's answer to the call's end."""
+        answered = self.legs[-1].answered
+        assert self.bridged, "only a bridged call has a bridge"
+        assert answered is not None
+        return self.start + answered, self.start + self.length
 
 
 def place_call(request: CallRequest, now: float, record: bool) -> Call:
@@ -249,7 +254,8 @@ def place_call(request: CallRequest, now: float, record: bool) -> Call:
     legs = _legs(request)
     bridged = len(legs) == 2 and legs[1].answered is not None
     recorded = bridged and (record if request.recorded is None else request.recorded)
-    return Call(str(uuid.uuid4()), now, legs, bridged, request.hangup_cause, recorded)
+    fails = request.recording_fails
+    return Call(str(uuid.uuid4()), now, legs, bridged, request.hangup_cause, recorded, fails)
 
 
 def _legs(request: CallRequest) -> tuple[Leg, ...]:
@@ -328,23 +334,13 @@ def _moments(call: Call, family: EventFamily, billing: Billing) -> list[_Moment]
     return [*opened, *ended, _Moment("SessionPartiesHangup", call.length, bridged)]
 
 
-def _timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def call_events(
     call: Call, session: Session, family: EventFamily, billing: Billing, first_sequence: int
 ) -> list[Event]:
     """The events VTS sends for ``call``, numbered from ``first_sequence``."""
-    common = {
-        "SessionUUID": session.session_uuid,
-        "FirstParty": session.first_party.removeprefix("+"),
-        "SecondParty": session.second_party.removeprefix("+"),
-        "VirtualNumber": session.virtual_number.removeprefix("+"),
-    }
     return [
-        {"EventName": moment.name, "EventTimestamp": _timestamp(call.start + moment.at)}
-        | common
+        {"EventName": moment.name, "EventTimestamp": event_time(call.start + moment.at)}
+        | party_fields(session)
         | {"SequenceNumber": str(first_sequence + number)}
         | moment.fields
         for number, moment in enumerate(_moments(call, family, billing))
@@ -385,163 +381,6 @@ def _interaction(call: Call, calls_url: str) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """One delivery attempt (``attempt`` 0: the event was dropped, never sent)."""
-
-    call_id: str
-    session_uuid: str
-    sequence_number: int
-    event_name: str
-    duplicate: bool
-    attempt: int
-    status_code: int | None
-    error: str | None
-    dropped: bool
-
-
-@dataclass(frozen=True)
-class _Target:
-    url: str
-    method: str
-
-
-@dataclass(frozen=True)
-class _Parcel:
-    """One event of a call to send; ``duplicate`` when it is the fault's second copy."""
-
-    call_id: str
-    event: Event
-    duplicate: bool
-
-
-def _with_query(url: str, params: Mapping[str, str]) -> str:
-    """``url`` with ``params`` merged into its query, as V3 merges them for GET."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit(parts._replace(query=urlencode({**params, **query})))
-
-
-class Courier:
-    """Delivers session events as VTS does: signed, one at a time, retried once."""
-
-    def __init__(self, traffic: Traffic, auth_token: str, timeout: float) -> None:
-        self._traffic = traffic
-        self._token = auth_token
-        self._timeout = timeout
-        self._client: httpx2.AsyncClient | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._remaining: dict[str, int] = {}
-        self.deliveries: list[Delivery] = []
-
-    @property
-    def pending(self) -> int:
-        """Events queued or in flight."""
-        return sum(self._remaining.values())
-
-    def dispatch(self, session: Session, call_id: str, events: Sequence[Event]) -> None:
-        """Plan the faults and start delivering ``events`` in the background."""
-        url, method = session.options["callback_url"], session.options["callback_method"]
-        if not isinstance(url, str):
-            return  # VTS has nowhere to send them
-        plan = self._traffic.plan_callbacks(len(events))
-        for index in plan.dropped:
-            self._record(_Parcel(call_id, events[index], False), attempt=0)
-        parcels = [_Parcel(call_id, events[index], again) for index, again in plan.sends]
-        if parcels:
-            self._remaining[call_id] = len(parcels)
-            task = asyncio.create_task(self._deliver_call(_Target(url, str(method)), parcels))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _deliver_call(self, target: _Target, parcels: list[_Parcel]) -> None:
-        call_id = parcels[0].call_id
-        async with self._locks[parcels[0].event["SessionUUID"]]:  # a session's calls queue
-            for parcel in parcels:
-                await self._deliver(target, parcel)
-                if call_id in self._remaining:  # unless a reset forgot the call
-                    self._remaining[call_id] -= 1
-        self._remaining.pop(call_id, None)
-
-    async def _deliver(self, target: _Target, parcel: _Parcel) -> None:
-        if delay := self._traffic.faults.callback_delay_ms:
-            await asyncio.sleep(delay / 1000)
-        for attempt in (1, 2):
-            if not await self._attempt(target, parcel, attempt):
-                return
-
-    async def _attempt(self, target: _Target, parcel: _Parcel, attempt: int) -> bool:
-        """Send once and record the outcome; whether VTS would try again."""
-        counts = self._traffic.stats.callbacks
-        counts["attempts"] += 1
-        try:
-            response = await self._send(target, parcel.event)
-        except httpx2.TransportError as exc:
-            self._record(parcel, attempt, error=type(exc).__name__)
-            again = attempt == 1 and isinstance(exc, _RETRIED)
-            counts["retried" if again else "failed"] += 1
-            return again
-        self._record(parcel, attempt, status_code=response.status_code)
-        counts["delivered"] += 1
-        return False
-
-    async def _send(self, target: _Target, event: Event) -> httpx2.Response:
-        nonce = new_nonce()
-        signature = v3_signature(target.url, event, nonce, self._token, target.method)
-        headers = {SIGNATURE_HEADERS[0]: signature, NONCE_HEADERS[0]: nonce}
-        if self._client is None:
-            self._client = httpx2.AsyncClient(timeout=self._timeout)
-        if target.method == "GET":
-            return await self._client.get(_with_query(target.url, event), headers=headers)
-        return await self._client.post(target.url, data=event, headers=headers)
-
-    def _record(
-        self,
-        parcel: _Parcel,
-        attempt: int,
-        status_code: int | None = None,
-        error: str | None = None,
-    ) -> None:
-        event = parcel.event
-        delivery = Delivery(
-            call_id=parcel.call_id,
-            session_uuid=event["SessionUUID"],
-            sequence_number=int(event["SequenceNumber"]),
-            event_name=event["EventName"],
-            duplicate=parcel.duplicate,
-            attempt=attempt,
-            status_code=status_code,
-            error=error,
-            dropped=attempt == 0,
-        )
-        self.deliveries.append(delivery)
-
-    async def drain(self, timeout: float) -> int:
-        """Wait until nothing is pending, or ``timeout`` seconds; how many still are."""
-        with suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while self._tasks:
-                    await asyncio.wait(set(self._tasks))
-        return self.pending
-
-    async def clear(self) -> None:
-        """Stop every delivery and forget them all."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._remaining.clear()
-        self._locks.clear()
-        self.deliveries.clear()
-
-    async def close(self) -> None:
-        await self.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-
-@dataclass(frozen=True)
 class CallSettings:
     """The sandbox settings simulated calls need."""
 
@@ -570,19 +409,31 @@ def _drain_timeout(request: Request) -> float:
     return seconds
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A simulated call and everything it generated."""
+
+    session: Session
+    call: Call
+    events: list[Event]
+    recording: Recording | None = None
+    recording_events: tuple[Event, ...] = ()
+
+
 class Switchboard:
     """Simulated calls: their events, their effect on sessions, and the control routes."""
 
-    def __init__(self, book: SessionBook, traffic: Traffic, settings: CallSettings) -> None:
+    def __init__(
+        self, book: SessionBook, traffic: Traffic, archive: Archive, settings: CallSettings
+    ) -> None:
         self.book = book
         self.traffic = traffic
+        self.archive = archive
         self.settings = settings
         self.events: defaultdict[str, list[Event]] = defaultdict(list)
         self.courier = Courier(traffic, settings.auth_token, settings.callback_timeout)
 
-    def place(
-        self, session_uuid: str, body: object, base_url: str
-    ) -> tuple[Session, Call, list[Event]]:
+    def place(self, session_uuid: str, body: object, base_url: str) -> Placed:
         """Simulate a call on the session; raises :class:`Refused`."""
         session = self.book.get(session_uuid)
         request = parse_call(body)
@@ -597,18 +448,30 @@ class Switchboard:
         calls_url = f"{base_url.rstrip('/')}/v1/Account/{self.settings.auth_id}/Call/"
         record_call(session, call, billing, calls_url)
         self.traffic.stats.callbacks["events"] += len(events)
-        return session, call, events
+        if not call.recorded:
+            return Placed(session, call, events)
+        recording, said = self.archive.record(session, *call.bridge, call.recording_fails, base_url)
+        if not recording.failed:
+            assert session.interaction is not None  # record_call has just added to it
+            session.interaction[-1]["recording_resource_url"] = recording.resource_url
+        return Placed(session, call, events, recording, tuple(said))
 
     async def simulate(self, request: Request) -> Response:
         try:
             body = await _json_body(request)
-            session, call, events = self.place(
-                request.path_params["session_uuid"], body, str(request.base_url)
-            )
+            placed = self.place(request.path_params["session_uuid"], body, str(request.base_url))
         except Refused as exc:
             return JSONResponse({"error": str(exc)}, exc.status)
-        self.courier.dispatch(session, call.call_id, events)
-        answer = {"call_id": call.call_id, "events": len(events), "recorded": call.recorded}
+        call, session = placed.call, placed.session
+        self.courier.dispatch(Target.of(session, "session"), "session", call.call_id, placed.events)
+        target = Target.of(session, "recording")
+        self.courier.dispatch(target, "recording", call.call_id, placed.recording_events)
+        answer = {
+            "call_id": call.call_id,
+            "events": len(placed.events),
+            "recorded": call.recorded,
+            "recording_uuid": placed.recording and placed.recording.recording_uuid,
+        }
         return JSONResponse(answer, 202)
 
     async def session_events(self, request: Request) -> Response:

@@ -26,9 +26,28 @@ Faults (``PUT /_sandbox/faults`` replaces them all; absent keys take their defau
 - ``callback_duplicate_rate``: the fraction of delivered events sent a second time, after
   the rest of their call's events;
 - ``callback_delay_ms``: a wait before each callback delivery;
+- ``recording_404_seconds``: recording media answers 404 for this long after its
+  recording was generated (when the call was placed), by the sandbox's clock, as VTS's
+  media may lag its ``SessionRecordingCompleted`` event;
+- ``recording_error_rate``: the fraction of media requests answered
+  ``recording_error_status`` (500 to 599, default 503);
+- ``recording_cut_rate``: the fraction of media downloads whose connection is closed
+  after half the body, the headers having declared it whole;
+- ``recording_wrong_length``: bytes added to the declared ``Content-Length`` of every
+  media download (0, the default, is off). Positive: the whole body is sent, then the
+  connection closed short of the declared length. Negative: only the declared bytes are
+  sent, a complete-looking response holding a truncated file;
+- ``recording_trickle_bytes_per_second``: media bodies are sent at about this rate
+  (0, the default, is full speed);
+- ``recording_redirect_to``: an absolute URL; authenticated media requests are answered
+  302 to it (``null``, the default, is off).
+
+Media faults apply to ``GET`` and ``HEAD`` alike, except those on the body; a request
+meets at most one of 404, redirect, error, in that order.
+
 - ``seed``: seeds the random draws (default 0), so a run of faults can be replayed. API
-  faults and callback faults draw from separate generators, both seeded with it, so
-  that API traffic does not change which callbacks are dropped.
+  faults, callback faults and media faults draw from separate generators, all seeded
+  with it, so that one kind of traffic does not change which faults another suffers.
 """
 
 from __future__ import annotations
@@ -39,10 +58,12 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 ACTIONS = ("create", "get", "list", "update", "expire")
 
 Fault = Literal["rate_429", "error"]
+MediaFault = Literal["error", "cut"]
 RetryAfter = int | Literal["auto"] | None
 T = TypeVar("T")
 
@@ -83,6 +104,27 @@ def _seed(value: object) -> int:
     return _whole(value, 0, 2**63)
 
 
+def _server_error(value: object) -> int:
+    return _whole(value, 500, 599)
+
+
+def _delta(value: object) -> int:
+    return _whole(value, -(10**9), 10**9)
+
+
+def _rate(value: object) -> float:
+    return _number(value, 0, 10**9)
+
+
+def _redirect(value: object) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http or https URL, or null")
+    return str(value)
+
+
 def _actions(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not set(value) <= set(ACTIONS):
         raise ValueError(f"must be a list of actions among {', '.join(ACTIONS)}")
@@ -111,6 +153,13 @@ class Faults:
     callback_reorder_rate: float = 0.0
     callback_delay_ms: float = 0.0
     callback_drop_rate: float = 0.0
+    recording_404_seconds: float = 0.0
+    recording_error_rate: float = 0.0
+    recording_error_status: int = 503
+    recording_cut_rate: float = 0.0
+    recording_wrong_length: int = 0
+    recording_trickle_bytes_per_second: float = 0.0
+    recording_redirect_to: str | None = None
     seed: int = 0
 
     @classmethod
@@ -134,6 +183,15 @@ class Faults:
             callback_reorder_rate=_setting(body, "callback_reorder_rate", _fraction),
             callback_delay_ms=_setting(body, "callback_delay_ms", _latency),
             callback_drop_rate=_setting(body, "callback_drop_rate", _fraction),
+            recording_404_seconds=_setting(body, "recording_404_seconds", _duration),
+            recording_error_rate=_setting(body, "recording_error_rate", _fraction),
+            recording_error_status=_setting(body, "recording_error_status", _server_error),
+            recording_cut_rate=_setting(body, "recording_cut_rate", _fraction),
+            recording_wrong_length=_setting(body, "recording_wrong_length", _delta),
+            recording_trickle_bytes_per_second=_setting(
+                body, "recording_trickle_bytes_per_second", _rate
+            ),
+            recording_redirect_to=_setting(body, "recording_redirect_to", _redirect),
             seed=_setting(body, "seed", _seed),
         )
 
@@ -158,7 +216,9 @@ class Stats:
     ``faults`` totals ``injected`` over the actions, by kind (error, rate_429, stall).
     ``callbacks`` counts session events and their deliveries: events, attempts,
     delivered (any HTTP answer), failed (no answer after the last attempt), retried,
-    dropped, duplicated and reordered (pairs).
+    dropped, duplicated and reordered (pairs); it counts recording events too, which
+    ``recording_events`` counts alone. ``media`` counts recording media requests by
+    outcome: served, head, not_found, redirected, error and cut (a cut one is served too).
     """
 
     received: Counter[str] = field(default_factory=Counter)
@@ -168,6 +228,7 @@ class Stats:
     max_in_window: int = 0
     sessions_created: int = 0
     callbacks: Counter[str] = field(default_factory=Counter)
+    media: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -179,6 +240,7 @@ class Stats:
             "max_in_window": self.max_in_window,
             "sessions_created": self.sessions_created,
             "callbacks": dict(self.callbacks),
+            "media": dict(self.media),
         }
 
 
@@ -201,6 +263,7 @@ class Traffic:
         self.faults = faults
         self._random = random.Random(faults.seed)
         self._callback_random = random.Random(faults.seed)
+        self._media_random = random.Random(faults.seed)
 
     def admit(self) -> float | None:
         """Count an arrival: None if it is within the limit, else seconds until one would be."""
@@ -270,6 +333,20 @@ class Traffic:
 
     def _callback_chance(self, rate: float) -> bool:
         return rate > 0 and self._callback_random.random() < rate
+
+    def media_fault(self) -> MediaFault | None:
+        """Draw the random fault, if any, that this media request suffers (and count it)."""
+        fault: MediaFault | None = None
+        if self._media_chance(self.faults.recording_error_rate):
+            fault = "error"
+        elif self._media_chance(self.faults.recording_cut_rate):
+            fault = "cut"
+        if fault:
+            self.stats.media[fault] += 1
+        return fault
+
+    def _media_chance(self, rate: float) -> bool:
+        return rate > 0 and self._media_random.random() < rate
 
 
 @dataclass(frozen=True)

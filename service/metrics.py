@@ -1,0 +1,121 @@
+"""Prometheus metrics: what each process counts, and what Redis knows for everyone.
+
+Counters live where the work happens (the web process; each worker process, in
+prometheus-client's multi-process mode, served by the ``masking worker`` parent on
+``METRICS_PORT``). What all processes share (queue depths, the oldest message's age,
+callback and reconciliation totals) is read from Redis when the web is scraped. Labels are
+routes, actors, queues and outcomes: never a phone number or a session id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.store import Keys
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    http_requests: Counter
+    http_seconds: Histogram
+    webhook_signature_failures: Counter
+    messages: Counter
+    message_seconds: Histogram
+    vts_calls: Counter
+    vts_seconds: Histogram
+    rate_limit_waits: Counter
+    rate_limit_wait_seconds: Counter
+    recordings: Counter
+    recording_bytes: Counter
+
+
+@cache
+def metrics() -> Metrics:
+    """The process's metrics, made on first use (so importing this module does nothing)."""
+    return Metrics(
+        http_requests=Counter(
+            "masking_http_requests", "HTTP requests", ["method", "route", "status"]
+        ),
+        http_seconds=Histogram(
+            "masking_http_request_seconds", "HTTP request latency", ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        webhook_signature_failures=Counter(
+            "masking_webhook_signature_failures", "Callbacks with a bad signature", ["kind"]
+        ),
+        messages=Counter(
+            "masking_messages", "Messages processed by outcome", ["actor", "outcome"]
+        ),
+        message_seconds=Histogram(
+            "masking_message_seconds", "Time to process a message", ["actor"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        vts_calls=Counter("masking_vts_calls", "VTS API calls", ["action", "outcome"]),
+        vts_seconds=Histogram(
+            "masking_vts_call_seconds", "VTS API latency", ["action"], buckets=LATENCY_BUCKETS
+        ),
+        rate_limit_waits=Counter("masking_vts_rate_limit_waits", "Waits for a VTS slot"),
+        rate_limit_wait_seconds=Counter(
+            "masking_vts_rate_limit_wait_seconds", "Time spent waiting for a VTS slot"
+        ),
+        recordings=Counter("masking_recordings", "Recording downloads", ["outcome"]),
+        recording_bytes=Counter("masking_recording_bytes", "Recording bytes stored"),
+    )  # fmt: skip
+
+
+class RedisCollector(Collector):
+    """What every process shares, read from Redis at scrape time."""
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str]) -> None:
+        self._client = client
+        self._queues = queues
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "masking_queue_depth", "Messages waiting, by queue", labels=["queue"]
+        )
+        age = GaugeMetricFamily(
+            "masking_queue_oldest_age_seconds", "Age of the oldest waiting message",
+            labels=["queue"],
+        )  # fmt: skip
+        dead = GaugeMetricFamily(
+            "masking_dead_letters", "Messages in the dead-letter queue", labels=["queue"]
+        )
+        for queue in self._queues:
+            depth.add_metric([queue], self._client.llen(Keys.queue(queue)))
+            age.add_metric([queue], self._oldest_age(queue))
+            dead.add_metric([queue], self._client.zcard(Keys.dead_letters(queue)))
+        yield from (depth, age, dead)
+        yield self._totals("masking_webhooks", "Callbacks by outcome", Keys.webhook_stats())
+        yield self._totals("masking_events", "VTS events by outcome", Keys.event_stats())
+        yield self._totals(
+            "masking_reconciliation_drift", "Differences VTS corrected", Keys.reconcile_stats()
+        )
+
+    def _oldest_age(self, queue: str) -> float:
+        oldest = self._client.lindex(Keys.queue(queue), 0)
+        if oldest is None:
+            return 0.0
+        raw = self._client.hget(Keys.queue_messages(queue), oldest)
+        if raw is None:
+            return 0.0
+        enqueued_ms = float(json.loads(raw).get("message_timestamp", time.time() * 1000))
+        return max(0.0, time.time() - enqueued_ms / 1000)
+
+    def _totals(self, name: str, documentation: str, key: str) -> Metric:
+        family = GaugeMetricFamily(name, documentation, labels=["outcome"])
+        for field, value in sorted(self._client.hgetall(key).items()):
+            label = field.decode() if isinstance(field, bytes) else str(field)
+            family.add_metric([label], float(value))
+        return family

@@ -1,0 +1,448 @@
+"""The events worker: how many VTS events one worker process applies per second, beside a
+bare ceiling, and how long a callback takes to show in a session's counters.
+
+    .venv/bin/python -m tests.benchmarks.bench_events [--part both|throughput|latency]
+        [--events 20000] [--sessions 2000] [--threads 8] [--rounds 2]
+        [--rate 200] [--duration 20] [--latency-sessions 200]
+
+**Throughput.** ``--sessions`` active sessions, each tied to a VTS session, and
+``--events`` stored, queued callbacks for them (hangup-family calls, SequenceNumber from 1
+per session), made with the store's own calls (``create_session``, ``claim_vts_session``,
+``transition``, ``ingest_webhook``). Each session's events are queued in sequence order,
+sessions interleaved, so none waits for its predecessor. Then one ``python -m service
+worker --processes 1 --threads N`` starts; timed from its start until
+``masking:stats:events`` counts every event applied. Beside it, as many messages for
+``bare_actor`` (three Redis commands in a pipeline) on one ``dramatiq`` process with as
+many threads. The summary shows events/s from the first applied event (start-up apart)
+and from the process start, and the ratio (target: at least 0.80).
+
+**Latency.** The Procfile's web and worker (``tests/system.py``), ``--latency-sessions``
+active sessions, and signed leg-end callbacks (alternately first and second party, each
+session's SequenceNumber rising) posted at a steady ``--rate`` for ``--duration`` seconds,
+open loop. Each event's latency runs from its request being sent until the session's
+``call_count`` shows it, read when the store publishes the session's change. Target: p99
+at most 100 ms.
+
+Redis as in ``bench_create``, flushed before each part. The benchmark holds the worker
+scheduler's lead, so the reconciliations due 15 s after each call (which would call VTS)
+do not run: this measures applying events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from urllib.parse import urlencode
+
+import httpx2
+import redis
+import redis.asyncio
+
+from service import messages
+from service.events import Event, check
+from service.models import Session, Status, now
+from service.store import CHANNEL, AsyncStore, Keys, Store
+from tests.benchmarks import bare_actor
+from tests.benchmarks.bench_create import bench_redis
+from tests.benchmarks.common import (
+    AUTH_TOKEN,
+    CALLBACK_PATH,
+    FIRST_PARTY,
+    SECOND_PARTY,
+    callback,
+    load,
+    nonce,
+    percentiles,
+    running,
+    service_env,
+    signature_headers,
+    wait_for,
+    worker_command,
+)
+from tests.servers import free_port
+from tests.system import System
+
+TARGET_RATIO = 0.80
+TARGET_P99_MS = 100.0
+# One bridged call of the hangup family, as the sandbox sends it.
+CALL = (
+    "SessionFirstPartyAnswer",
+    "SessionSecondPartyRing",
+    "SessionSecondPartyAnswer",
+    "SessionFirstPartyHangup",
+    "SessionSecondPartyHangup",
+    "SessionPartiesHangup",
+)
+LEG_ENDS = ("SessionFirstPartyHangup", "SessionSecondPartyHangup")
+WORKER, BARE = "events worker (apply_event)", "bare actor, 3 Redis commands"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    events: int
+    startup_s: float
+    total_s: float
+
+    @property
+    def steady_rate(self) -> float:
+        """Events/s from the first applied event: the worker's start-up left out."""
+        return self.events / (self.total_s - self.startup_s)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.total_s
+
+
+def active_sessions(client: redis.Redis, redis_url: str, count: int) -> list[tuple[str, str]]:
+    """``count`` sessions made active and tied to a VTS session, as the create worker
+    leaves them: (session id, VTS session uuid)."""
+    moment = now()
+    sessions = [
+        Session(
+            f"ses_{uuid.uuid4().hex}", Status.PENDING, FIRST_PARTY, SECOND_PARTY, moment, moment
+        )
+        for _ in range(count)
+    ]
+    asyncio.run(_create(redis_url, sessions))
+    # No worker may create them at VTS: their create messages go.
+    client.delete(*(f(messages.SESSIONS_QUEUE) for f in (Keys.queue, Keys.queue_messages)))
+    store, pairs = Store(client), []
+    for session in sessions:
+        vts_uuid = str(uuid.uuid4())
+        store.claim_vts_session(vts_uuid, session.id)
+        store.transition(
+            session.id,
+            Status.ACTIVE,
+            allowed=[Status.PENDING],
+            fields={"vts_session_uuid": vts_uuid},
+        )
+        pairs.append((session.id, vts_uuid))
+    return pairs
+
+
+async def _create(redis_url: str, sessions: list[Session]) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        store = AsyncStore(client)
+        await asyncio.gather(
+            *(
+                store.create_session(
+                    s,
+                    messages.build(messages.CREATE_SESSION, s.id),
+                    idempotency=None,
+                    idempotency_ttl=60,
+                )
+                for s in sessions
+            )
+        )
+    finally:
+        await client.aclose()
+
+
+def hold_scheduler(client: redis.Redis) -> None:
+    """Take the scheduler's lead for 10 minutes, so that no worker dispatches timers."""
+    if not Store(client).lead("bench-events", 600_000):
+        raise RuntimeError("another scheduler holds the lead")
+
+
+def stored_events(sessions: list[tuple[str, str]], count: int) -> list[Event]:
+    """``count`` events, each session's in sequence order, sessions interleaved."""
+    per_session = -(-count // len(sessions))
+    ordered = (
+        check("session", callback(CALL[(sequence - 1) % len(CALL)], vts_uuid, sequence))
+        for sequence in range(1, per_session + 1)
+        for _, vts_uuid in sessions
+    )
+    return list(itertools.islice(ordered, count))
+
+
+async def _ingest(redis_url: str, events: list[Event]) -> None:
+    """Store and queue ``events`` in order (a chunk's calls share round trips, in order)."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        store = AsyncStore(client)
+        for start in range(0, len(events), 1000):
+            received_ms = int(time.time() * 1000)
+            await asyncio.gather(
+                *(
+                    store.ingest_webhook(
+                        event,
+                        messages.build(messages.APPLY_EVENT, event.id),
+                        nonce=nonce(),
+                        received_ms=received_ms,
+                    )
+                    for event in events[start : start + 1000]
+                )
+            )
+    finally:
+        await client.aclose()
+
+
+def timed(
+    command: list[str], env: dict[str, str], log: Path, applied: Callable[[], int], events: int
+) -> Throughput:
+    """Start ``command``; time it until ``applied()`` reaches ``events``."""
+    started = time.monotonic()
+    with running(command, env, log) as process:
+        wait_for(
+            lambda: applied() > 0,
+            what="a first event applied",
+            timeout=60,
+            process=process,
+            log_path=log,
+            interval=0.005,
+        )
+        first = time.monotonic()
+        wait_for(
+            lambda: applied() >= events,
+            what=f"{events} events applied",
+            timeout=max(120, events / 50),
+            process=process,
+            log_path=log,
+            interval=0.005,
+        )
+        done = time.monotonic()
+    return Throughput(events, first - started, done - started)
+
+
+def measure_throughput(args: argparse.Namespace, redis_url: str, directory: Path) -> None:
+    """Alternate the events worker and the bare actor, ``args.rounds`` times each."""
+    client = redis.Redis.from_url(redis_url)
+    runs: dict[str, list[Throughput]] = {WORKER: [], BARE: []}
+    try:
+        for round_number in range(1, args.rounds + 1):
+            for label, run in ((WORKER, _worker_run), (BARE, _bare_run)):
+                client.flushdb()
+                runs[label].append(run(client, redis_url, args, directory))
+                print(
+                    f"round {round_number}  {_throughput_line(label, runs[label][-1])}", flush=True
+                )
+    finally:
+        client.close()
+    print(_throughput_summary(runs, args))
+
+
+def _worker_run(
+    client: redis.Redis, redis_url: str, args: argparse.Namespace, directory: Path
+) -> Throughput:
+    sessions = active_sessions(client, redis_url, args.sessions)
+    asyncio.run(_ingest(redis_url, stored_events(sessions, args.events)))
+    hold_scheduler(client)
+    env = service_env(redis_url, "http://127.0.0.1:9", args.log_level)
+    log = directory / "worker.log"
+    applied = lambda: _count(client, Keys.event_stats())  # noqa: E731
+    return timed(worker_command(args.threads), env, log, applied, args.events)
+
+
+def _bare_run(
+    client: redis.Redis, redis_url: str, args: argparse.Namespace, directory: Path
+) -> Throughput:
+    store = Store(client)
+    for index in range(args.events):
+        store.enqueue(messages.build(bare_actor.ROUTE, f"item-{index}"))
+    command = [
+        sys.executable, "-m", "dramatiq", "tests.benchmarks.bare_actor:setup",
+        "tests.benchmarks.bare_actor", "--processes", "1", "--threads", str(args.threads),
+    ]  # fmt: skip
+    log = directory / "bare.log"
+    applied = lambda: _count(client, bare_actor.STATS_KEY)  # noqa: E731
+    return timed(command, {"REDIS_URL": redis_url}, log, applied, args.events)
+
+
+def _count(client: redis.Redis, stats_key: str) -> int:
+    return int(client.hget(stats_key, "applied") or 0)
+
+
+def _throughput_line(label: str, run: Throughput, steady_rate: float | None = None) -> str:
+    steady = run.steady_rate if steady_rate is None else steady_rate
+    return f"{label:30}{steady:8.0f}{run.rate:10.0f}{run.startup_s:10.2f}{run.total_s:9.2f}"
+
+
+def _throughput_summary(runs: dict[str, list[Throughput]], args: argparse.Namespace) -> str:
+    medians = {
+        label: Throughput(
+            args.events,
+            statistics.median(r.startup_s for r in rs),
+            statistics.median(r.total_s for r in rs),
+        )
+        for label, rs in runs.items()
+    }
+    steady = {label: statistics.median(r.steady_rate for r in rs) for label, rs in runs.items()}
+    ratio = steady[WORKER] / steady[BARE]
+    verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
+    overall = medians[WORKER].rate / medians[BARE].rate
+    return "\n".join(
+        [
+            f"\n{args.events} events, 1 process x {args.threads} threads, "
+            f"worker LOG_LEVEL={args.log_level}, medians of {args.rounds} rounds, {load()}",
+            f"{'':30}{'ev/s':>8}{'ev/s all':>10}{'start s':>10}{'total s':>9}",
+            *(_throughput_line(label, run, steady[label]) for label, run in medians.items()),
+            f"{'ratio (ev/s)':30}{ratio:8.2f}  (target >= {TARGET_RATIO:.2f}: {verdict})",
+            f"{'ratio (ev/s all)':30}{overall:8.2f}",
+        ]
+    )
+
+
+@dataclass
+class Probe:
+    """When each (session id, call_count) was sent and when the counters showed it."""
+
+    sent: dict[tuple[str, int], float]
+    answered: dict[tuple[str, int], float]
+    shown: dict[tuple[str, int], float]
+    failures: int = 0
+    lag_max: float = 0.0
+
+
+async def probe(
+    url: str, redis_url: str, sessions: list[tuple[str, str]], args: argparse.Namespace
+) -> Probe:
+    plan = []
+    for index in range(int(args.rate * args.duration)):
+        session_id, vts_uuid = sessions[index % len(sessions)]
+        sequence = index // len(sessions) + 1
+        params = callback(LEG_ENDS[sequence % 2], vts_uuid, sequence)
+        headers = signature_headers(url, params) | {
+            "content-type": "application/x-www-form-urlencoded"
+        }
+        plan.append(((session_id, sequence), urlencode(params).encode(), headers))
+    result = Probe({}, {}, {})
+    client = redis.asyncio.Redis.from_url(redis_url)
+    async with (
+        client.pubsub() as pubsub,
+        httpx2.AsyncClient(limits=httpx2.Limits(max_connections=200), timeout=30) as http,
+    ):
+        await pubsub.subscribe(CHANNEL)
+        watcher = asyncio.create_task(_watch(pubsub, AsyncStore(client), result))
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.1
+        posts = []
+        for index, (key, body, headers) in enumerate(plan):
+            due = start + index / args.rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            result.lag_max = max(result.lag_max, loop.time() - due)
+            posts.append(asyncio.create_task(_post(http, url, key, body, headers, result)))
+        await asyncio.gather(*posts)
+        deadline = loop.time() + 10
+        while len(result.shown) < len(plan) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        watcher.cancel()
+    await client.aclose()
+    return result
+
+
+async def _post(
+    http: httpx2.AsyncClient,
+    url: str,
+    key: tuple[str, int],
+    body: bytes,
+    headers: dict[str, str],
+    result: Probe,
+) -> None:
+    loop = asyncio.get_running_loop()
+    result.sent[key] = loop.time()
+    response = await http.post(url, content=body, headers=headers)
+    result.answered[key] = loop.time()
+    if response.status_code != 200:
+        result.failures += 1
+
+
+async def _watch(pubsub: redis.asyncio.client.PubSub, store: AsyncStore, result: Probe) -> None:
+    shown: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    async for message in pubsub.listen():
+        if message["type"] != "message":
+            continue
+        session_id = message["data"].decode()
+        session = await store.get_session(session_id)
+        if session is None:
+            continue
+        moment = loop.time()
+        for count in range(shown.get(session_id, 0) + 1, session.call_count + 1):
+            result.shown[(session_id, count)] = moment
+        shown[session_id] = max(shown.get(session_id, 0), session.call_count)
+
+
+def measure_latency(args: argparse.Namespace, redis_url: str, directory: Path) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    sessions = active_sessions(client, redis_url, args.latency_sessions)
+    hold_scheduler(client)
+    client.close()
+    extra = {
+        "VTS_AUTH_TOKEN": AUTH_TOKEN,
+        "WEBHOOK_SIGNATURE": "enforce",
+        "LOG_LEVEL": args.latency_log_level,
+        "METRICS_PORT": str(free_port()),
+    }
+    system = System(redis_url, "http://127.0.0.1:9", directory, extra_env=extra).start()
+    try:
+        url = f"http://127.0.0.1:{system.port}{CALLBACK_PATH}"
+        result = asyncio.run(probe(url, redis_url, sessions, args))
+    finally:
+        system.stop()
+    print(_latency_summary(result, args))
+
+
+def _latency_summary(result: Probe, args: argparse.Namespace) -> str:
+    latencies = [
+        (result.shown[k] - sent) * 1000 for k, sent in result.sent.items() if k in result.shown
+    ]
+    p50, p95, p99 = percentiles(latencies, 50, 95, 99)
+    answers = [(result.answered[k] - sent) * 1000 for k, sent in result.sent.items()]
+    a50, a99 = percentiles(answers, 50, 99)
+    verdict = "ok" if p99 <= TARGET_P99_MS else "ABOVE TARGET"
+    return "\n".join(
+        [
+            f"\n{len(result.sent)} leg-end callbacks at {args.rate:g}/s for {args.duration:g} s "
+            f"over {args.latency_sessions} sessions; Procfile web + worker, "
+            f"LOG_LEVEL={args.latency_log_level}, {load()}",
+            f"{'':24}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}  ms",
+            f"{'callback -> counter':24}{p50:8.1f}{p95:8.1f}{p99:8.1f}{max(latencies):8.1f}"
+            f"  (target p99 <= {TARGET_P99_MS:g}: {verdict})",
+            f"{'HTTP answer':24}{a50:8.1f}{'':8}{a99:8.1f}{max(answers):8.1f}",
+            f"not shown within 10 s: {len(result.sent) - len(latencies)}; non-200: "
+            f"{result.failures}; sender lag max {result.lag_max * 1000:.1f} ms",
+        ]
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--part", choices=["both", "throughput", "latency"], default="both")
+    parser.add_argument("--events", type=int, default=20_000, help="events to apply per run")
+    parser.add_argument("--sessions", type=int, default=2_000, help="sessions they are for")
+    parser.add_argument("--threads", type=int, default=8, help="worker threads")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each worker")
+    parser.add_argument("--log-level", default="WARNING", help="the events worker's LOG_LEVEL")
+    parser.add_argument("--rate", type=float, default=200.0, help="callbacks per second")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of callbacks")
+    parser.add_argument("--latency-sessions", type=int, default=200)
+    parser.add_argument("--latency-log-level", default="INFO", help="LOG_LEVEL of web and worker")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with TemporaryDirectory(prefix="bench-events-") as tmp, ExitStack() as stack:
+        directory = Path(tmp)
+        redis_url = stack.enter_context(bench_redis(directory))
+        if args.part in ("both", "throughput"):
+            measure_throughput(args, redis_url, directory)
+        if args.part in ("both", "latency"):
+            measure_latency(args, redis_url, directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Recordings in Redis: one record per VTS recording, whatever the deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+import redis.asyncio
+
+from service.recordings import RecordingStatus, recording_id, stored_name
+from service.store import AsyncRecordingStore, RecordingKeys, RecordingStore
+
+UUID = "c0ffee00-0000-4000-8000-000000000001"
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> RecordingStore:
+    return RecordingStore(redis_client)
+
+
+def test_ids_are_derived_from_the_vts_uuid() -> None:
+    """The same RecordingUUID always maps to the same valid storage name."""
+    assert recording_id(UUID) == recording_id(UUID) != recording_id(UUID + "x")
+    assert stored_name(recording_id(UUID), ".WAV") == recording_id(UUID) + ".wav"
+
+
+def test_duplicate_events_make_one_record(store: RecordingStore, redis_client: redis.Redis) -> None:
+    """Upserting twice keeps one pending record, listed once under its session."""
+    first = store.upsert_pending("ses_1", UUID, "mp3", duration=12)
+    second = store.upsert_pending("ses_1", UUID, ".mp3", duration=12)
+    assert first.id == second.id == recording_id(UUID)
+    assert second.status is RecordingStatus.PENDING
+    assert second.created_at == first.created_at
+    assert (second.duration, second.stored_name) == (12, f"{first.id}.mp3")
+    assert redis_client.smembers(RecordingKeys.session_recordings("ses_1")) == {first.id.encode()}
+
+
+def test_stored_stays_stored(store: RecordingStore) -> None:
+    """Once stored, a recording is neither failed nor reset to pending."""
+    rec = store.upsert_pending("ses_1", UUID, "wav")
+    assert store.mark_stored(rec.id, size=10, sha256="ab" * 32, content_type="audio/wav")
+    assert not store.mark_failed(rec.id, "gave up")
+    again = store.upsert_pending("ses_1", UUID, "wav")
+    assert again.status is RecordingStatus.STORED
+    assert (again.size, again.sha256, again.error) == (10, "ab" * 32, None)
+
+
+def test_failed_goes_back_to_pending(store: RecordingStore) -> None:
+    """A failed recording is retried when its event comes again; the error is cleared."""
+    rec = store.upsert_pending("ses_1", UUID, "wav")
+    assert store.mark_failed(rec.id, "the recording host answered 403")
+    failed = store.get(rec.id)
+    assert failed is not None
+    assert (failed.status, failed.error) == (
+        RecordingStatus.FAILED,
+        "the recording host answered 403",
+    )
+    again = store.upsert_pending("ses_1", UUID, "wav")
+    assert (again.status, again.error) == (RecordingStatus.PENDING, None)
+
+
+def test_unknown_recordings(store: RecordingStore) -> None:
+    """Marks on an unknown id change nothing."""
+    assert not store.mark_stored("rec_x", size=1, sha256="0" * 64, content_type="audio/wav")
+    assert not store.mark_failed("rec_x", "no")
+    assert store.get("rec_x") is None
+    assert store.for_session("ses_none") == []
+
+
+def test_session_recordings_oldest_first(store: RecordingStore, redis_url: str) -> None:
+    """for_session lists a session's recordings by creation (then id), from both views."""
+    for n in range(3):
+        store.upsert_pending("ses_1", f"{UUID}-{n}", "mp3")
+    store.upsert_pending("ses_2", UUID, "mp3")
+    listed = store.for_session("ses_1")
+    ids = [r.id for r in listed]
+    assert set(ids) == {recording_id(f"{UUID}-{n}") for n in range(3)}
+    assert [(r.created_at, r.id) for r in listed] == sorted((r.created_at, r.id) for r in listed)
+
+    async def read() -> list[str]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return [r.id for r in await AsyncRecordingStore(client).for_session("ses_1")]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(read()) == ids
