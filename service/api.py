@@ -16,7 +16,7 @@ from service import messages
 from service.models import LIVE, Session, Status, now
 from service.problems import FieldError, Problem
 from service.settings import Settings
-from service.store import AsyncStore, InvalidCursor, timeline_entry
+from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
 from service.validation import fingerprint, parse_create, parse_update
 from service.watcher import SessionWatcher
 
@@ -155,7 +155,11 @@ async def _answer(
 
 async def get_session(request: Request) -> Response:
     session = await _existing(request)
-    return JSONResponse(session.to_resource())
+    store: AsyncRecordingStore = request.app.state.recordings
+    recordings = await store.for_session(session.id)
+    resource = session.to_resource()
+    resource["recordings"] = [r.to_resource(f"/v1/recordings/{r.id}") for r in recordings]
+    return JSONResponse(resource)
 
 
 async def list_sessions(request: Request) -> Response:

@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import api, logs, openapi, webhooks
+from service import api, logs, media, openapi, webhooks
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
-from service.store import AsyncStore
+from service.storage import LocalStorage
+from service.store import AsyncRecordingStore, AsyncStore
 from service.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
@@ -60,6 +61,8 @@ def create_app(settings: Settings) -> Starlette:
         )
         app.state.settings = settings
         app.state.store = AsyncStore(client)
+        app.state.recordings = AsyncRecordingStore(client)
+        app.state.storage = LocalStorage(settings.recordings_dir)
         app.state.watcher = SessionWatcher(client, app.state.store)
         await app.state.watcher.start()
         log.info("web_started", vts_base_url=settings.vts_base_url)
@@ -75,6 +78,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", openapi_document, methods=["GET"]),
         *api.routes(),
         *webhooks.routes(),
+        *media.routes(),
     ]
     return Starlette(
         routes=routes,

@@ -132,6 +132,13 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+_RECORDING_ID = {
+    "name": "recording_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^rec_[0-9a-f]{32}$"},
+}
+
 _WEBHOOKS = {
     "/webhooks/vts/session": "VTS session events (callback_url)",
     "/webhooks/vts/recording": "VTS recording events (recording_callback_url)",
@@ -213,6 +220,21 @@ def _paths() -> dict[str, Any]:
             "get": {"summary": "The session's timeline", "responses": {
                 "200": _json(_ref("Timeline"), "what happened, oldest first"),
                 "404": _problem("unknown session"), **_ERRORS}},
+        },
+        "/v1/recordings/{recording_id}": {
+            "parameters": [_RECORDING_ID],
+            "get": {
+                "summary": "A stored recording's audio (Range requests supported)",
+                "responses": {
+                    "200": {"description": "the file", "content": {
+                        "audio/mpeg": {}, "audio/wav": {}}},
+                    "206": {"description": "the requested byte range"},
+                    "304": {"description": "not modified (If-None-Match)"},
+                    "404": _problem("unknown, pending or failed recording"),
+                    "416": _problem("range outside the file"),
+                    **_ERRORS,
+                },
+            },
         },
         **{path: _webhook(summary) for path, summary in _WEBHOOKS.items()},
         "/healthz": {"get": {"summary": "Liveness", "security": [],

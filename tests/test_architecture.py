@@ -71,7 +71,12 @@ def test_every_scheduler_task_has_an_actor(broker: dramatiq.Broker) -> None:
 
 def test_every_actor_is_in_the_contract_or_internal(broker: dramatiq.Broker) -> None:
     """The workers declare no actor the contract does not know, besides their own helpers."""
-    internal = {"create_session_exhausted", "reconcile_session", "expire_if_due"}
+    internal = {
+        "create_session_exhausted",
+        "reconcile_session",
+        "expire_if_due",
+        "recording_download_exhausted",
+    }
     declared = set(broker.get_declared_actors())
     assert declared - internal == {route.actor_name for route in messages.ROUTES}
 

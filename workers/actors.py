@@ -9,6 +9,7 @@ import dramatiq
 import redis
 
 from service import messages
+from service.downloads import RecordingUnavailable
 from service.errors import VtsUnavailable
 from workers import events, notifications, reconcile, recordings, sessions
 from workers.boot import resources
@@ -17,6 +18,9 @@ _TRANSIENT = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady, dr
 MIN_BACKOFF_MS = 500
 # How soon an event that must wait (for its session, or the event before it) is tried again.
 EVENT_WAIT_MS = 200
+DOWNLOAD_RETRIES = 20
+# Long enough for a large recording over a slow link; the download has its own timeouts.
+DOWNLOAD_TIME_LIMIT_MS = 30 * 60_000
 # 1 s doubling to 5 min: about an hour of attempts before an app's receiver is given up on.
 NOTIFY_RETRIES = 16
 MAX_BACKOFF_MS = 15_000
@@ -79,18 +83,33 @@ def apply_event(event_id: str) -> None:
         raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
 
 
+def _retryable_download(retries: int, exc: BaseException) -> bool:
+    """404s (bounded in time by apply()), network errors and 5xx, up to a limit."""
+    transient = dramatiq.Retry | RecordingUnavailable | redis.RedisError
+    return isinstance(exc, transient) and retries < DOWNLOAD_RETRIES
+
+
 @dramatiq.actor(
     actor_name=messages.APPLY_RECORDING_EVENT.actor_name,
     queue_name=messages.APPLY_RECORDING_EVENT.queue_name,
-    retry_when=_retryable_event,
-    min_backoff=MIN_BACKOFF_MS,
-    max_backoff=MAX_BACKOFF_MS,
+    retry_when=_retryable_download,
+    on_retry_exhausted="recording_download_exhausted",
+    min_backoff=1_000,
+    max_backoff=60_000,
+    time_limit=DOWNLOAD_TIME_LIMIT_MS,
 )
 def apply_recording_event(event_id: str) -> None:
     try:
-        recordings.note(resources().events, event_id)
+        recordings.apply(resources().recordings, event_id)
+    except recordings.RecordingPending as exc:
+        raise dramatiq.Retry(str(exc)) from exc
     except events.EventNotReady as exc:
         raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
+
+
+@dramatiq.actor(actor_name="recording_download_exhausted", queue_name=messages.RECORDINGS_QUEUE)
+def recording_download_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
+    recordings.give_up(resources().recordings, message["args"][0])
 
 
 def _retryable_notification(retries: int, exc: BaseException) -> bool:

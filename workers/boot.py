@@ -16,12 +16,14 @@ from dramatiq.brokers.redis import RedisBroker
 from standardwebhooks.webhooks import Webhook
 
 from service import logs
+from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings, notification_secret
-from service.store import Keys, Store
+from service.storage.local import LocalStorage
+from service.store import Keys, RecordingStore, Store
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
-from workers import events, notifications, sessions
+from workers import events, notifications, recordings, sessions
 from workers.broker import create_broker
 
 
@@ -31,10 +33,12 @@ class Resources:
     sessions: sessions.Context
     events: events.Context
     notifications: notifications.Context
+    recordings: recordings.Context
 
     def close(self) -> None:
         self.sessions.vts.close()
         self.notifications.http.close()
+        self.recordings.http.close()
 
 
 _resources: Resources | None = None
@@ -84,7 +88,19 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         http=httpx2.Client(timeout=notifications.TIMEOUT_SECONDS, follow_redirects=False),
         signer=Webhook(notification_secret(settings)),
     )
-    return Resources(settings, context, events.Context(store=store, clock=_now), notifier)
+    policy = DownloadPolicy.from_settings(settings)
+    downloads = recordings.Context(
+        store=store,
+        recordings=RecordingStore(client),
+        storage=LocalStorage(settings.recordings_dir),
+        http=build_client(policy, timeout=settings.recording_timeout),
+        policy=policy,
+        auth=(settings.vts_auth_id, settings.vts_auth_token.reveal()),
+        clock=_now,
+    )
+    return Resources(
+        settings, context, events.Context(store=store, clock=_now), notifier, downloads
+    )
 
 
 def _observe_vts(action: str, outcome: str, seconds: float) -> None:

@@ -1,44 +1,154 @@
-"""Recording callbacks: noted on the session's timeline once its session is known.
+"""Recording events: the recording is downloaded into our own storage, once.
 
-Downloading the media into our own storage is not built yet; the events are kept (in
-Redis, with the raw callback) so that it can be done for them later.
+``SessionRecordingCompleted`` registers the recording (``pending``) and fetches it,
+streamed to storage through the download guard; duplicates of the event, and redelivered
+messages, find it stored and do nothing. VTS may answer 404 for a while after the event:
+that is retried until ``ready_within`` has passed since the event arrived. Network errors
+and 5xx are retried by the actor's policy; a refusal (not allowed, too big, not audio) or
+``SessionRecordingFailed`` marks the recording ``failed`` with the reason.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
+import httpx2
 import structlog
 
+from service.downloads import (
+    DownloadPolicy,
+    RecordingNotReady,
+    RecordingRejected,
+    download,
+)
 from service.events import Event
-from service.store import Keys, timeline_entry
-from workers.events import ORPHAN_AFTER, Context, EventNotReady
+from service.metrics import metrics
+from service.recordings import Recording, RecordingStatus, recording_id
+from service.storage import Storage
+from service.store import Keys, RecordingStore, Store, timeline_entry
+from workers import notifications
+from workers.events import ORPHAN_AFTER, EventNotReady
 
 log = structlog.get_logger(__name__)
 
-_FIELDS = {
-    "RecordingUUID": "recording_uuid",
-    "RecordingFormat": "format",
-    "RecordingDuration": "duration",
-}
+
+class RecordingPending(EventNotReady):
+    """VTS does not serve the recording yet; try again shortly."""
 
 
-def note(ctx: Context, event_id: str) -> None:
-    """Add the recording event to its session's timeline, once (by its event id)."""
+@dataclass(frozen=True)
+class Context:
+    store: Store
+    recordings: RecordingStore
+    storage: Storage
+    http: httpx2.Client
+    policy: DownloadPolicy
+    auth: tuple[str, str]
+    clock: Callable[[], datetime]
+    ready_within: timedelta = timedelta(minutes=10)
+
+
+def apply(ctx: Context, event_id: str) -> None:
+    """Handle one stored recording callback. Raises EventNotReady (retry) while its session
+    is unknown or VTS still answers 404; RecordingUnavailable (retry) on network errors."""
     stored = ctx.store.webhook(event_id)
     if stored is None:
         return
     _, params, received_ms = stored
     event = Event("recording", params)
+    received = datetime.fromtimestamp(received_ms / 1000, UTC)
     session_id = ctx.store.session_for_vts(event.session_uuid)
     if session_id is None:
-        age = ctx.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
-        if age < ORPHAN_AFTER:
+        if ctx.clock() - received < ORPHAN_AFTER:
             raise EventNotReady("the session of this recording is not known yet")
         ctx.store.keep_orphan(event_id, received_ms)
         return
-    if not ctx.store.mark_once(Keys.applied(session_id), f"id:{event_id}"):
+    structlog.contextvars.bind_contextvars(session_id=session_id, vts_event=event.name)
+    uuid = params.get("RecordingUUID", "")
+    if not uuid:
+        log.warning("recording_event_without_uuid")
         return
-    details = {name: params[field] for field, name in _FIELDS.items() if field in params}
-    ctx.store.add_timeline(session_id, timeline_entry("recording", name=event.name, **details))
-    log.info("recording_event_noted", vts_event=event.name, session_id=session_id)
+    if event.name == "SessionRecordingCompleted":
+        _completed(ctx, session_id, event, received)
+    elif event.name == "SessionRecordingFailed":
+        _register(ctx, session_id, event)
+        fail(ctx, recording_id(uuid), "VTS could not record the call")
+    else:
+        _note(ctx, session_id, event, uuid)
+
+
+def _note(ctx: Context, session_id: str, event: Event, uuid: str) -> None:
+    if ctx.store.mark_once(Keys.applied(session_id), f"recording:{event.name}:{uuid}"):
+        entry = timeline_entry("recording", name=event.name, recording_id=recording_id(uuid))
+        ctx.store.add_timeline(session_id, entry)
+
+
+def _register(ctx: Context, session_id: str, event: Event) -> Recording | None:
+    try:
+        return ctx.recordings.upsert_pending(
+            session_id,
+            event.params["RecordingUUID"],
+            event.params.get("RecordingFormat") or "mp3",
+            event.integer("RecordingDuration") or None,
+        )
+    except ValueError:
+        log.warning("recording_format_unknown")
+        return None
+
+
+def _completed(ctx: Context, session_id: str, event: Event, received: datetime) -> None:
+    recording = _register(ctx, session_id, event)
+    if recording is None or recording.status is RecordingStatus.STORED:
+        return
+    url = event.params.get("RecordingURL", "")
+    try:
+        result = download(
+            url,
+            dest_name=recording.stored_name,
+            storage=ctx.storage,
+            client=ctx.http,
+            policy=ctx.policy,
+            auth=ctx.auth,
+        )
+    except RecordingNotReady as exc:
+        if ctx.clock() - received < ctx.ready_within:
+            raise RecordingPending("VTS does not serve the recording yet") from exc
+        fail(ctx, recording.id, f"not available within {ctx.ready_within.seconds} s")
+        return
+    except RecordingRejected as exc:
+        fail(ctx, recording.id, str(exc))
+        return
+    _stored(ctx, recording, result.size, result.sha256, result.content_type)
+
+
+def _stored(ctx: Context, recording: Recording, size: int, sha256: str, kind: str) -> None:
+    ctx.recordings.mark_stored(recording.id, size=size, sha256=sha256, content_type=kind)
+    metrics().recordings.labels("stored").inc()
+    metrics().recording_bytes.inc(size)
+    entry = timeline_entry("recording_stored", recording_id=recording.id, size=size)
+    ctx.store.add_timeline(recording.session_id, entry)
+    log.info("recording_stored", recording_id=recording.id, size=size)
+    session = ctx.store.get_session(recording.session_id)
+    if session is not None:
+        notifications.queue(ctx.store, session, "session.recording_stored", recording.id)
+
+
+def give_up(ctx: Context, event_id: str) -> None:
+    """Retries are exhausted for this event: its recording, if any, has failed."""
+    stored = ctx.store.webhook(event_id)
+    uuid = stored[1].get("RecordingUUID") if stored else None
+    if uuid:
+        fail(ctx, recording_id(uuid), "VTS kept failing to serve the recording")
+
+
+def fail(ctx: Context, rec_id: str, reason: str) -> None:
+    """Mark the recording failed (a stored one stays stored) and say so on the timeline."""
+    recording = ctx.recordings.get(rec_id)
+    if recording is None or not ctx.recordings.mark_failed(rec_id, reason):
+        return
+    metrics().recordings.labels("failed").inc()
+    entry = timeline_entry("recording_failed", recording_id=rec_id, reason=reason)
+    ctx.store.add_timeline(recording.session_id, entry)
+    log.warning("recording_failed", recording_id=rec_id, reason=reason)

@@ -4,7 +4,8 @@ The directory is private to the service (0700) and every file in it too (0600). 
 is written to a hidden temporary file in the same directory, fsynced, then renamed over
 its name (``os.replace`` is atomic within one filesystem), and the directory is fsynced so
 the rename survives a crash. Temporary names start with ``.`` and so are never valid
-storage names: a leftover from a crash is never served.
+storage names: a leftover from a crash is never served, and the next upload of the same
+name removes it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ class LocalUpload:
 
     def __init__(self, root: Path, name: str) -> None:
         self._final = root / name
-        fd, temp = tempfile.mkstemp(dir=root, prefix=_TEMP_PREFIX)  # mode 0600
+        # What an upload of this name left when its process was killed goes first. Uploads
+        # of one name never overlap (one recording, one download job), so none is live.
+        for leftover in root.glob(f"{_TEMP_PREFIX}{name}.*"):
+            leftover.unlink(missing_ok=True)
+        fd, temp = tempfile.mkstemp(dir=root, prefix=f"{_TEMP_PREFIX}{name}.")  # mode 0600
         self._temp = Path(temp)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._done = False

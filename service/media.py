@@ -1,0 +1,79 @@
+"""``GET /v1/recordings/{id}``: a stored recording, streamed from our storage.
+
+Byte ranges (one range per request; several are answered with the whole file, as HTTP
+allows), ``ETag`` = the sha256, ``If-None-Match``. A recording that is unknown, still
+pending or failed is 404: there is nothing to serve.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from service.problems import Problem
+from service.recordings import Recording, RecordingStatus
+from service.storage import NotStored, Storage
+from service.store import AsyncRecordingStore
+
+_ID = re.compile(r"^rec_[0-9a-f]{32}$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte the ``Range`` header asks for; None for all."""
+    if not header or "," in header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:  # the last N bytes
+        start, end = max(0, size - int(last)), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise Problem(
+            416, "the requested range is outside the file",
+            headers={"content-range": f"bytes */{size}"},
+        )  # fmt: skip
+    return start, end
+
+
+async def _stored(request: Request) -> Recording:
+    rec_id = request.path_params["recording_id"]
+    store: AsyncRecordingStore = request.app.state.recordings
+    recording = await store.get(rec_id) if _ID.match(rec_id) else None
+    if recording is None or recording.status is not RecordingStatus.STORED:
+        raise Problem(404, "no stored recording with this id")
+    return recording
+
+
+async def get_recording(request: Request) -> Response:
+    recording = await _stored(request)
+    size, etag = recording.size or 0, f'"{recording.sha256}"'
+    headers = {"etag": etag, "accept-ranges": "bytes", "cache-control": "private, max-age=3600"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    wanted = _byte_range(request.headers.get("range"), size)
+    start, end = wanted or (0, size - 1)
+    headers["content-length"] = str(end - start + 1)
+    if wanted is not None:
+        headers["content-range"] = f"bytes {start}-{end}/{size}"
+    storage: Storage = request.app.state.storage
+    try:
+        chunks = storage.open_reader(recording.stored_name, start, end + 1)
+    except NotStored:
+        raise Problem(404, "the recording's file is missing from storage") from None
+    return StreamingResponse(
+        chunks,
+        status_code=206 if wanted else 200,
+        headers=headers,
+        media_type=recording.content_type or "application/octet-stream",
+    )
+
+
+def routes() -> list[Route]:
+    return [Route("/v1/recordings/{recording_id}", get_recording, methods=["GET", "HEAD"])]
