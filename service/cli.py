@@ -8,9 +8,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.errors import ConfigurationError
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.store import Store
 
 # Shorter than the usual 30 s grace period of orchestrators, so that a worker finishes or
 # requeues its messages before it is killed.
@@ -105,6 +109,52 @@ def logs(args: argparse.Namespace) -> None:
     raise SystemExit(logtail.main(args.rest))
 
 
+def _operator_store() -> Store:
+    import redis
+
+    from service.store import Store
+
+    return Store(redis.Redis.from_url(_settings().redis_url))
+
+
+def dlq(args: argparse.Namespace) -> None:
+    from service import deadletters
+
+    store = _operator_store()
+    if args.action == "list":
+        for letter in deadletters.dead_letters(store):
+            sys.stdout.write(letter.summary() + "\n")
+        return
+    letters = (
+        list(deadletters.dead_letters(store))
+        if args.all
+        else [d for d in [deadletters.find(store, args.id or "")] if d is not None]
+    )
+    if not letters:
+        raise SystemExit("no such dead letter (see: masking dlq list)")
+    for letter in letters:
+        if args.action == "show":
+            sys.stdout.write(letter.details() + "\n")
+        elif deadletters.replay(store, letter):
+            sys.stdout.write(f"replayed {letter.redis_id} ({letter.message['actor_name']})\n")
+
+
+def replay_webhooks(args: argparse.Namespace) -> None:
+    from datetime import datetime
+
+    from service import deadletters
+
+    store = _operator_store()
+    if args.id:
+        ids = list(args.id)
+    else:
+        since = datetime.fromisoformat(args.since).timestamp() * 1000
+        until = datetime.fromisoformat(args.until).timestamp() * 1000 if args.until else "+inf"
+        ids = store.webhooks_between(int(since), until if isinstance(until, str) else int(until))
+    count = deadletters.replay_webhooks(store, ids)
+    sys.stdout.write(f"queued {count} stored callbacks again\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masking", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--sandbox-port", type=int, default=8025)
     p.set_defaults(run=dev)
+
+    p = commands.add_parser("dlq", help="dead letters: list, show ID, replay ID|--all")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("id", nargs="?")
+    p.add_argument("--all", action="store_true", help="every dead letter (show, replay)")
+    p.set_defaults(run=dlq)
+
+    p = commands.add_parser("replay-webhooks", help="queue stored VTS callbacks again")
+    chosen = p.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--id", action="append", help="a callback id (repeatable)")
+    chosen.add_argument("--since", help="ISO time: callbacks received since then")
+    p.add_argument("--until", help="ISO time: ... and until then (default: now)")
+    p.set_defaults(run=replay_webhooks)
 
     # These two forward their arguments, --help included, to their own parsers.
     p = commands.add_parser("sandbox", add_help=False, help="the VTS sandbox (masking sandbox -h)")

@@ -20,7 +20,7 @@ from service.phones import mask_text
 # Values under these keys are ours and never hold a phone number; skipping them keeps
 # timestamps and ids intact and saves work on the hot path.
 _SAFE_KEYS = frozenset(
-    {"timestamp", "level", "logger", "request_id", "message_id", "session_id", "actor"}
+    {"timestamp", "level", "logger", "request_id", "message_id", "session_id", "actor", "event_id"}
 )
 
 

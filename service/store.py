@@ -126,6 +126,10 @@ class Keys:
         return f"{DRAMATIQ_NAMESPACE}:{queue_name}.XQ.msgs"
 
     @staticmethod
+    def dead_letter_notes() -> str:
+        return f"{PREFIX}dead-letter-errors"
+
+    @staticmethod
     def queue_messages(queue_name: str) -> str:
         return f"{DRAMATIQ_NAMESPACE}:{queue_name}.msgs"
 
@@ -321,6 +325,18 @@ for i = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', wanted - counted))
 end
 return before
+"""
+
+# Moves a dead letter back onto its queue as a fresh message (retries start again).
+# KEYS: dead letters, dead letter messages, queue, queue messages, dead letter notes
+# ARGV: dead letter id, new id, new payload. Returns 1 if it was there.
+_REPLAY_DEAD_LETTER = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 1
 """
 
 # KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.
@@ -554,6 +570,7 @@ class Store:
         self._take_due = client.register_script(_TAKE_DUE)
         self._lead = client.register_script(_LEAD)
         self._reconcile = client.register_script(_RECONCILE)
+        self._replay_dead_letter = client.register_script(_REPLAY_DEAD_LETTER)
 
     def get_session(self, session_id: str) -> Session | None:
         return _decode(self.client.hgetall(Keys.session(session_id)))
@@ -725,6 +742,54 @@ class Store:
                 pipe.hset(key, "reconcile_unsettled", snapshot)
             previous = pipe.execute()[0]
         return _text(previous) if previous else None
+
+    def dead_letters(self, queue: str) -> list[tuple[str, float, bytes]]:
+        """The queue's dead letters: (redis message id, when it died (epoch s), message)."""
+        entries: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
+            Keys.dead_letters(queue), 0, -1, withscores=True
+        )
+        ids = [_text(member) for member, _ in entries]
+        payloads: list[bytes | None] = (
+            self.client.hmget(Keys.dead_letter_messages(queue), ids) if ids else []  # type: ignore[assignment]
+        )
+        return [
+            (redis_id, score / 1000, payload)
+            for redis_id, (_, score), payload in zip(ids, entries, payloads, strict=True)
+            if payload is not None
+        ]
+
+    def note_dead_letter(self, redis_id: str, error: str) -> None:
+        """Why a message was given up (dramatiq's dead letter keeps no final error)."""
+        self.client.hset(Keys.dead_letter_notes(), redis_id, error)
+
+    def dead_letter_notes(self, redis_ids: list[str]) -> list[str | None]:
+        if not redis_ids:
+            return []
+        notes: list[bytes | None] = self.client.hmget(  # type: ignore[assignment]
+            Keys.dead_letter_notes(), redis_ids
+        )
+        return [_text(n) if n is not None else None for n in notes]
+
+    def replay_dead_letter(self, queue: str, redis_id: str, message: Outgoing) -> bool:
+        """Put ``message`` (the dead letter, renewed) back on ``queue``, atomically."""
+        done = self._replay_dead_letter(
+            keys=[
+                Keys.dead_letters(queue),
+                Keys.dead_letter_messages(queue),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+                Keys.dead_letter_notes(),
+            ],
+            args=[redis_id, message.redis_message_id, message.payload],
+        )
+        return bool(done)
+
+    def webhooks_between(self, since_ms: int, until_ms: int | str) -> list[str]:
+        """Ids of the stored callbacks received in [since, until] (epoch ms, or "+inf")."""
+        found: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            Keys.webhooks(), since_ms, until_ms
+        )
+        return [_text(i) for i in found]
 
     def mark_once(self, key: str, marker: str) -> bool:
         """Add ``marker`` to the set ``key``; False if it was already there."""

@@ -44,16 +44,20 @@ class LogContext(Middleware):
     The request id comes from the message options, set by the web when it enqueued.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
         self._local = threading.local()
+        self._store = store
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
+        subject = str(message.args[0]) if message.args else ""
+        # Session work names the session; event work names the stored callback.
+        ids = {"session_id": subject} if subject.startswith("ses_") else {"event_id": subject}
         structlog.contextvars.bind_contextvars(
             message_id=message.message_id,
             actor=message.actor_name,
             request_id=message.options.get("request_id"),
-            session_id=message.args[0] if message.args else None,
+            **ids,
         )
         self._local.started = time.monotonic()
 
@@ -69,6 +73,8 @@ class LogContext(Middleware):
         duration_ms = round(seconds * 1000, 1)
         outcome = "ok" if exception is None else type(exception).__name__
         metrics().messages.labels(message.actor_name, _kind_of(exception)).inc()
+        if exception is not None and message.failed:
+            self._note_dead_letter(message, exception)
         metrics().message_seconds.labels(message.actor_name).observe(seconds)
         log.info(
             "message_processed",
@@ -77,6 +83,11 @@ class LogContext(Middleware):
             duration_ms=duration_ms,
         )
         structlog.contextvars.clear_contextvars()
+
+    def _note_dead_letter(self, message: MessageProxy, exception: BaseException) -> None:
+        error = mask_text(f"{type(exception).__name__}: {exception}")[:500]
+        log.error("message_dead_lettered", error=error)
+        self._store.note_dead_letter(message.options["redis_message_id"], error)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
@@ -148,9 +159,11 @@ def create_broker(client: redis.Redis) -> RedisBroker:
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        # dramatiq runs after_* hooks in reverse order: placed before Retries, LogContext
+        # sees a message after Retries has decided its fate (retried, or dead-lettered).
+        LogContext(store),
         Retries(max_retries=20, min_backoff=500, max_backoff=60_000),
         CurrentMessage(),
-        LogContext(),
         MaskTracebacks(),
         Scheduler(lambda: store, clock=lambda: datetime.now(UTC)),
     ]

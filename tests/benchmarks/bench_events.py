@@ -83,7 +83,8 @@ CALL = (
     "SessionSecondPartyHangup",
     "SessionPartiesHangup",
 )
-LEG_ENDS = ("SessionFirstPartyHangup", "SessionSecondPartyHangup")
+# The leg ends the latency part sends, alternately.
+HANGUPS = ("SessionFirstPartyHangup", "SessionSecondPartyHangup")
 WORKER, BARE = "events worker (apply_event)", "bare actor, 3 Redis commands"
 
 
@@ -307,15 +308,9 @@ class Probe:
 async def probe(
     url: str, redis_url: str, sessions: list[tuple[str, str]], args: argparse.Namespace
 ) -> Probe:
-    plan = []
-    for index in range(int(args.rate * args.duration)):
-        session_id, vts_uuid = sessions[index % len(sessions)]
-        sequence = index // len(sessions) + 1
-        params = callback(LEG_ENDS[sequence % 2], vts_uuid, sequence)
-        headers = signature_headers(url, params) | {
-            "content-type": "application/x-www-form-urlencoded"
-        }
-        plan.append(((session_id, sequence), urlencode(params).encode(), headers))
+    """Post the callbacks on schedule while watching the counters; wait up to 10 s for the
+    last ones to show."""
+    plan = _plan(url, sessions, args)
     result = Probe({}, {}, {})
     client = redis.asyncio.Redis.from_url(redis_url)
     async with (
@@ -337,8 +332,25 @@ async def probe(
         while len(result.shown) < len(plan) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
     await client.aclose()
     return result
+
+
+def _plan(
+    url: str, sessions: list[tuple[str, str]], args: argparse.Namespace
+) -> list[tuple[tuple[str, int], bytes, dict[str, str]]]:
+    """Every callback signed up front: ((session id, its call_count once applied), form
+    body, headers). Round-robin over the sessions, each one's SequenceNumber rising."""
+    plan = []
+    for index in range(int(args.rate * args.duration)):
+        session_id, vts_uuid = sessions[index % len(sessions)]
+        sequence = index // len(sessions) + 1
+        params = callback(HANGUPS[sequence % 2], vts_uuid, sequence)
+        headers = signature_headers(url, params)
+        headers["content-type"] = "application/x-www-form-urlencoded"
+        plan.append(((session_id, sequence), urlencode(params).encode(), headers))
+    return plan
 
 
 async def _post(
@@ -351,7 +363,11 @@ async def _post(
 ) -> None:
     loop = asyncio.get_running_loop()
     result.sent[key] = loop.time()
-    response = await http.post(url, content=body, headers=headers)
+    try:
+        response = await http.post(url, content=body, headers=headers)
+    except httpx2.HTTPError:
+        result.failures += 1
+        return
     result.answered[key] = loop.time()
     if response.status_code != 200:
         result.failures += 1
@@ -373,7 +389,8 @@ async def _watch(pubsub: redis.asyncio.client.PubSub, store: AsyncStore, result:
         shown[session_id] = max(shown.get(session_id, 0), session.call_count)
 
 
-def measure_latency(args: argparse.Namespace, redis_url: str, directory: Path) -> None:
+def measure_latency(args: argparse.Namespace, redis_url: str, directory: Path) -> bool:
+    """Print the latency summary; False if any callback failed or never showed."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     sessions = active_sessions(client, redis_url, args.latency_sessions)
@@ -392,6 +409,7 @@ def measure_latency(args: argparse.Namespace, redis_url: str, directory: Path) -
     finally:
         system.stop()
     print(_latency_summary(result, args))
+    return not result.failures and len(result.shown) == len(result.sent)
 
 
 def _latency_summary(result: Probe, args: argparse.Namespace) -> str:
@@ -399,7 +417,11 @@ def _latency_summary(result: Probe, args: argparse.Namespace) -> str:
         (result.shown[k] - sent) * 1000 for k, sent in result.sent.items() if k in result.shown
     ]
     p50, p95, p99 = percentiles(latencies, 50, 95, 99)
-    answers = [(result.answered[k] - sent) * 1000 for k, sent in result.sent.items()]
+    answers = [
+        (result.answered[k] - sent) * 1000
+        for k, sent in result.sent.items()
+        if k in result.answered
+    ]
     a50, a99 = percentiles(answers, 50, 99)
     verdict = "ok" if p99 <= TARGET_P99_MS else "ABOVE TARGET"
     return "\n".join(
@@ -439,8 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_url = stack.enter_context(bench_redis(directory))
         if args.part in ("both", "throughput"):
             measure_throughput(args, redis_url, directory)
-        if args.part in ("both", "latency"):
-            measure_latency(args, redis_url, directory)
+        if args.part in ("both", "latency") and not measure_latency(args, redis_url, directory):
+            return 1
     return 0
 
 
