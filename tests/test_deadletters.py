@@ -74,7 +74,7 @@ def test_failed_message_is_listed_replayed_and_applied_once(
     assert letter.redis_id in listed
     assert first[2:] not in listed + _cli(redis_url, "dlq", "show", letter.redis_id)
 
-    redis_client.hset(Keys.webhook(event_id), "params", good)  # type: ignore[arg-type]
+    redis_client.hset(Keys.webhook(event_id), "params", good)
     assert "replayed" in _cli(redis_url, "dlq", "replay", letter.redis_id)
     wait_until(lambda: api.get(f"/v1/sessions/{session['id']}").json()["call_count"] == 1)
     assert not deadletters.replay(store, letter)
