@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 import redis.asyncio
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import api, logs, media, openapi, webhooks
+from service import api, deadletters, logs, media, openapi, webhooks
+from service.metrics import RedisCollector
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
@@ -36,6 +40,13 @@ async def readyz(request: Request) -> Response:
     except (redis.RedisError, OSError):
         raise Problem(503, "Redis is unreachable") from None
     return JSONResponse({"status": "ready"})
+
+
+async def metrics_text(request: Request) -> Response:
+    """Prometheus text: this process's metrics, then what Redis knows for all processes."""
+    shared: CollectorRegistry = request.app.state.shared_metrics
+    body = await run_in_threadpool(lambda: generate_latest(REGISTRY) + generate_latest(shared))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi_document(_: Request) -> Response:
@@ -64,18 +75,23 @@ def create_app(settings: Settings) -> Starlette:
         app.state.recordings = AsyncRecordingStore(client)
         app.state.storage = LocalStorage(settings.recordings_dir)
         app.state.watcher = SessionWatcher(client, app.state.store)
+        app.state.shared_metrics = CollectorRegistry()
+        scrape_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        app.state.shared_metrics.register(RedisCollector(scrape_client, deadletters.QUEUES))
         await app.state.watcher.start()
         log.info("web_started", vts_base_url=settings.vts_base_url)
         try:
             yield
         finally:
             await app.state.watcher.stop()
+            scrape_client.close()
             await client.aclose()
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
         *api.routes(),
         *webhooks.routes(),
         *media.routes(),

@@ -10,10 +10,10 @@ routes, actors, queues and outcomes: never a phone number or a session id.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 
 import redis
 from prometheus_client import Counter, Histogram
@@ -40,9 +40,24 @@ class Metrics:
     recording_bytes: Counter
 
 
-@cache
+_made: list[Metrics] = []
+_making = threading.Lock()
+
+
 def metrics() -> Metrics:
-    """The process's metrics, made on first use (so importing this module does nothing)."""
+    """The process's metrics, made on first use (so importing this module does nothing).
+
+    Made once under a lock: worker threads start together, and registering a metric
+    twice is an error.
+    """
+    if not _made:
+        with _making:
+            if not _made:
+                _made.append(_create())
+    return _made[0]
+
+
+def _create() -> Metrics:
     return Metrics(
         http_requests=Counter(
             "masking_http_requests", "HTTP requests", ["method", "route", "status"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.metrics import metrics
 from service.problems import Problem
 from service.settings import Secret
 
@@ -57,13 +58,18 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
+            seconds = time.perf_counter() - started
+            template = getattr(scope.get("route"), "path", None)
+            # Metrics label by route template only: raw paths of 404s would be unbounded.
+            measured = metrics()
+            measured.http_requests.labels(scope["method"], template or "unmatched", status).inc()
+            measured.http_seconds.labels(scope["method"], template or "unmatched").observe(seconds)
             log.info(
                 "http_request",
                 method=scope["method"],
-                route=getattr(route, "path", scope["path"]),
+                route=template or scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(seconds * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
 

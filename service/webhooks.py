@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from service import messages
 from service.events import InvalidEvent, Kind, check
+from service.metrics import metrics
 from service.problems import Problem
 from service.settings import Settings
 from service.store import AsyncStore
@@ -91,6 +92,7 @@ async def _ingest(request: Request, kind: Kind) -> Response:
         params = await _body_params(request)
     if settings.webhook_signature != "off" and not _verify(request, settings, params):
         log.warning("webhook_signature_invalid", kind=kind, mode=settings.webhook_signature)
+        metrics().webhook_signature_failures.labels(kind).inc()
         if settings.webhook_signature == "enforce":
             raise Problem(401, "missing or invalid X-VTS-Signature-V3")
     try:
