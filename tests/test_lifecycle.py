@@ -63,19 +63,8 @@ def test_sigterm_to_a_busy_worker_requeues_and_loses_or_doubles_nothing(
         found = [system.api.get(f"/v1/sessions/{i}").json()["status"] for i in ids]
         return {s: found.count(s) for s in set(found)}
 
-    try:
-        wait_until(lambda: statuses() == {"active": 60}, timeout=60, interval=0.5)
-    except AssertionError:
-        errors = {system.api.get(f"/v1/sessions/{i}").json()["error"]["message"] for i in ids
-                  if system.api.get(f"/v1/sessions/{i}").json()["error"]}  # fmt: skip
-        notes = redis_client.hgetall(Keys.dead_letter_notes())
-        raise AssertionError(f"statuses {statuses()}; {errors}; {notes}") from None
+    wait_until(lambda: statuses() == {"active": 60}, timeout=60, interval=0.5)
     assert system.sandbox.get("/_sandbox/stats").json()["sessions_created"] == 60
-
-
-def _queues(client: redis.Redis) -> dict[str, int]:
-    return {k.decode(): int(client.llen(k) if client.type(k) == b"list" else client.zcard(k))
-            for k in client.keys("dramatiq:*") if client.type(k) in (b"list", b"zset")}  # fmt: skip
 
 
 def test_sigterm_lets_the_web_finish_requests_in_flight(system: System) -> None:
