@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Literal
 
 Kind = Literal["session", "recording"]
@@ -76,7 +77,7 @@ class Event:
     kind: Kind
     params: Mapping[str, str]
 
-    @property
+    @cached_property
     def id(self) -> str:
         """The same for every delivery of one event, so duplicates are recognised."""
         canonical = json.dumps([self.kind, sorted(self.params.items())], separators=(",", ":"))

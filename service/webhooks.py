@@ -68,8 +68,9 @@ def _json_params(raw: bytes) -> dict[str, str]:
 
 def _verify(request: Request, settings: Settings, params: dict[str, str]) -> bool:
     """Whether the V3 signature is right for the URL VTS was given (never the Host header)."""
-    base = settings.public_base_url + request.url.path
-    query = request.url.query
+    # From the scope, not request.url: that would rebuild the whole URL from the headers.
+    base = settings.public_base_url + request.scope["path"]
+    query = request.scope["query_string"].decode("latin-1")
     if request.method == "GET":
         url, signed = base, params
     else:
@@ -87,7 +88,8 @@ def _verify(request: Request, settings: Settings, params: dict[str, str]) -> boo
 async def _ingest(request: Request, kind: Kind) -> Response:
     settings: Settings = request.app.state.settings
     if request.method == "GET":
-        params = dict(parse_qsl(request.url.query, keep_blank_values=True))
+        query = request.scope["query_string"].decode("latin-1")
+        params = dict(parse_qsl(query, keep_blank_values=True))
     else:
         params = await _body_params(request)
     if settings.webhook_signature != "off" and not _verify(request, settings, params):

@@ -5,13 +5,20 @@ processes print contains a phone number in full."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+import redis
 
+from service import messages
+from service.store import Keys, Store
 from service.vts.sandbox import create_sandbox_app
 from tests.conftest import new_numbers, sandbox_with, wait_until
 from tests.servers import serve
@@ -73,9 +80,31 @@ def _count_active(system: System, ids: list[str]) -> int:
     return sum(system.api.get(f"/v1/sessions/{i}").json()["status"] == "active" for i in ids)
 
 
-def test_no_phone_number_in_anything_the_processes_printed(system: System) -> None:
-    """Every line the processes printed is JSON, and no number used appears in full."""
-    _create(system, wait=10)
+def _force_a_failure_quoting_a_number(system: System, redis_url: str) -> str:
+    """An event whose stored record was damaged so that processing it raises an exception
+    whose message quotes a phone number (int() of a formatted number)."""
+    session = _create(system, wait=10).json()
+    number = "+1 415 555 2671"
+    system.numbers.append("+14155552671")
+    params = {"EventName": "SessionFirstPartyHangup", "SessionUUID": session["vts_session_uuid"],
+              "SequenceNumber": number}  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    event_id = "f" * 32
+    client.hset(Keys.webhook(event_id), mapping={
+        "kind": "session", "params": json.dumps(params), "received_ms": str(int(time.time() * 1000)),
+    })  # fmt: skip
+    message = messages.build(messages.APPLY_EVENT, event_id)
+    Store(client).enqueue(message)
+    client.close()
+    return message.message_id
+
+
+def test_no_phone_number_in_anything_the_processes_printed(system: System, redis_url: str) -> None:
+    """No number used appears in full in anything the processes printed, even in the
+    traceback of an exception whose message quoted one."""
+    message_id = _force_a_failure_quoting_a_number(system, redis_url)
+    wait_until(lambda: f'"message_id": "{message_id}"' in system.output(), timeout=10)
+    wait_until(lambda: "Traceback" in system.output(), timeout=10)
     output = system.output()
     assert output.strip()
     for number in system.numbers:
@@ -131,3 +160,30 @@ def test_metrics_are_exposed_by_web_and_workers(system: System) -> None:
 
 def _text_if(response: httpx2.Response, needle: str) -> str | None:
     return response.text if needle in response.text else None
+
+
+def test_log_cli_filters_a_captured_stream(system: System, tmp_path: Path) -> None:
+    """`masking logs` on what web and workers printed: --session keeps that session's lines
+    from both processes, --level keeps warnings and worse, and no number shows."""
+    session = _create(system, wait=10).json()
+    capture = tmp_path / "captured.log"
+    wait_until(lambda: session["id"] in system.output() and "message_processed" in system.output())
+    capture.write_text(system.output())
+    masking = str(Path(sys.executable).parent / "masking")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([masking, "logs", str(capture), "--no-color", *args],
+                              capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+        return done.stdout
+
+    mine = run("--session", session["id"]).splitlines()
+    assert mine
+    assert all(session["id"] in line or session["vts_session_uuid"] in line for line in mine)
+    assert any("http_request" in line for line in mine)
+    assert any("message_processed" in line for line in mine)
+    worse = run("--level", "warning").splitlines()
+    assert all(" info " not in line.lower() for line in worse)
+    everything = run()
+    for number in system.numbers:
+        assert number not in everything
+        assert number[2:] not in everything
