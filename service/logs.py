@@ -89,7 +89,13 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def configure(*, fmt: str = "json", level: str = "INFO", stream: TextIO | None = None) -> None:
+def configure(
+    *,
+    fmt: str = "json",
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    cache_loggers: bool = True,
+) -> None:
     """Route structlog and the stdlib root logger to one handler on ``stream``."""
     renderer: Processor = (
         structlog.processors.JSONRenderer()
@@ -125,7 +131,8 @@ def configure(*, fmt: str = "json", level: str = "INFO", stream: TextIO | None =
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=LevelFirstLogger,
-        cache_logger_on_first_use=True,
+        # Tests turn caching off, so structlog.testing.capture_logs sees every logger.
+        cache_logger_on_first_use=cache_loggers,
     )
 
 

@@ -4,11 +4,13 @@ redis-server started for the run. With CI=true, no Redis is a failure, never a s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -17,10 +19,14 @@ import dramatiq
 import httpx2
 import pytest
 import redis
+import redis.asyncio
 
-from service import logs
+from service import logs, messages
 from service.embedded_redis import EmbeddedRedis
+from service.events import Event
+from service.models import Session
 from service.settings import Secret, Settings
+from service.store import AsyncStore
 from service.vts.sandbox import SandboxConfig, create_sandbox_app, number_range
 from tests.servers import free_port, serve
 
@@ -215,6 +221,54 @@ class _CurrentStderr:
         return False
 
 
+def configure_test_logs() -> None:
+    """JSON lines to the current stderr (captured by pytest), loggers never cached."""
+    logs.configure(
+        fmt="json",
+        level="INFO",
+        stream=_CurrentStderr(),  # type: ignore[arg-type]
+        cache_loggers=False,
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _structured_logs() -> None:
-    logs.configure(fmt="json", level="INFO", stream=_CurrentStderr())  # type: ignore[arg-type]
+    configure_test_logs()
+
+
+class Clock:
+    """A clock that stands still until a test moves it (``clock.moment += ...``)."""
+
+    def __init__(self) -> None:
+        self.moment = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+def store_event(redis_url: str, event: Event) -> str:
+    """Make a callback durable and queue it, as the web does; return its id."""
+
+    async def go() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        message = messages.build(messages.APPLY_EVENT, event.id)
+        received_ms = int(datetime.now(UTC).timestamp() * 1000)
+        await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
+        await client.aclose()
+
+    asyncio.run(go())
+    return event.id
+
+
+def stored_session(redis_url: str, session: Session) -> None:
+    """Store a new (pending) session and queue its create, as the web does."""
+
+    async def go() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        message = messages.build(messages.CREATE_SESSION, session.id)
+        await AsyncStore(client).create_session(
+            session, message, idempotency=None, idempotency_ttl=60
+        )
+        await client.aclose()
+
+    asyncio.run(go())

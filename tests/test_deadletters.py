@@ -3,36 +3,19 @@ listed (without numbers), replayed, and then succeeds exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 
 import dramatiq
 import httpx2
 import redis
 import redis.asyncio
 
-from service import deadletters, messages
+from service import deadletters
 from service.events import check
-from service.store import AsyncStore, Keys, Store
-from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, new_numbers, wait_until
-
-
-def _store_event(redis_url: str, params: dict[str, str]) -> str:
-    event = check("session", params)
-
-    async def go() -> None:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.APPLY_EVENT, event.id)
-        await AsyncStore(client).ingest_webhook(
-            event, message, nonce=None, received_ms=int(datetime.now(UTC).timestamp() * 1000)
-        )
-        await client.aclose()
-
-    asyncio.run(go())
-    return event.id
+from service.store import Keys, Store
+from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, new_numbers, store_event, wait_until
 
 
 def _cli(redis_url: str, *args: str) -> str:
@@ -64,7 +47,7 @@ def test_failed_message_is_listed_replayed_and_applied_once(
               "SequenceNumber": "1", "BilledDuration": "60", "Amount": "0.0085",
               "FirstParty": first[1:]}  # fmt: skip
     store = Store(redis_client)
-    event_id = _store_event(redis_url, params)
+    event_id = store_event(redis_url, check("session", params))
     good = redis_client.hget(Keys.webhook(event_id), "params")
     redis_client.hset(Keys.webhook(event_id), "params", "{corrupt")
     [letter] = wait_until(lambda: list(deadletters.dead_letters(store)), timeout=20)

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import redis
 import redis.asyncio
 
-from service import messages
 from service.events import Event, check
 from service.models import Session, Status, now
-from service.store import AsyncStore, Keys, Store
+from service.store import Keys, Store
+from tests.conftest import Clock, store_event, stored_session
 from workers import events
 
 UUID = "5f0c3f6e-1111-4222-8333-944455556666"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.moment = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.moment
 
 
 @pytest.fixture
@@ -55,34 +46,14 @@ def session_id(store: Store, redis_url: str) -> str:
         created_at=moment,
         updated_at=moment,
     )
-    _run(_create(redis_url, session))
+    stored_session(redis_url, session)
     store.claim_vts_session(UUID, session.id)
     store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
     return session.id
 
 
-async def _create(redis_url: str, session: Session) -> None:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    message = messages.build(messages.CREATE_SESSION, session.id)
-    await AsyncStore(client).create_session(session, message, idempotency=None, idempotency_ttl=1)
-    await client.aclose()
-
-
-def _run(coro: object) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
-
-
 def _ingest(redis_url: str, event: Event) -> str:
-    async def go() -> None:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.APPLY_EVENT, event.id)
-        await AsyncStore(client).ingest_webhook(
-            event, message, nonce=None, received_ms=int(datetime.now(UTC).timestamp() * 1000)
-        )
-        await client.aclose()
-
-    _run(go())
-    return event.id
+    return store_event(redis_url, event)
 
 
 def _call(first_seq: int, family: str, billed: int = 60) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ import structlog
 
 from service import logs
 from service.phones import mask_text
+from tests.conftest import configure_test_logs
 
 NUMBER = "+14155552671"
 
@@ -20,9 +21,10 @@ NUMBER = "+14155552671"
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     buffer = io.StringIO()
-    logs.configure(fmt="json", level="INFO", stream=buffer)
+    logs.configure(fmt="json", level="INFO", stream=buffer, cache_loggers=False)
     yield buffer
     structlog.contextvars.clear_contextvars()
+    configure_test_logs()
 
 
 def _records(stream: io.StringIO) -> list[dict[str, Any]]:

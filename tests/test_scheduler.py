@@ -3,29 +3,19 @@ leader's entries come back, and overdue sessions expire without VTS's event."""
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import dramatiq
 import pytest
 import redis
 import redis.asyncio
 
-from service import messages
 from service.models import Session, Status, now
-from service.store import AsyncStore, Keys, Store
-from tests.conftest import wait_until
+from service.store import Keys, Store
+from tests.conftest import Clock, stored_session, wait_until
 from workers import reconcile
 from workers.scheduler import Scheduler
 from workers.sessions import Context
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.moment = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.moment
 
 
 @pytest.fixture
@@ -80,16 +70,7 @@ def _active_session(redis_url: str, store: Store, expires_at: datetime) -> str:
         created_at=moment,
         updated_at=moment,
     )
-
-    async def create() -> None:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.CREATE_SESSION, session.id)
-        await AsyncStore(client).create_session(
-            session, message, idempotency=None, idempotency_ttl=1
-        )
-        await client.aclose()
-
-    asyncio.run(create())
+    stored_session(redis_url, session)
     store.transition(
         session.id, Status.ACTIVE, allowed=[Status.PENDING],
         fields={"expires_at": expires_at.isoformat(), "vts_session_uuid": "u-1"},
