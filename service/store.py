@@ -220,11 +220,11 @@ return 'accepted'
 """
 
 # Applies one VTS session event, exactly once (the effect and its marker in one script).
-# KEYS: session, applied set, timeline, event stats
+# KEYS: session, applied set, timeline, event stats, schedule
 # ARGV: 1 marker, 2 previous marker ('' none), 3 force (0/1), 4 role, 5 party,
 #       6 billed seconds, 7 amount nanos, 8 event time (iso), 9 timeline entry,
 #       10 channel, 11 session id, 12 status index prefix, 13 new virtual number,
-#       14 updated_at
+#       14 updated_at, 15 reconcile due (ms, '' for none)
 # Roles: leg (a leg's progress), leg_end, leg_end_complete (the family without a parties
 # event), parties_hangup, timeout, number, other.
 _APPLY_EVENT = """
@@ -288,7 +288,9 @@ redis.call('RPUSH', KEYS[3], ARGV[9])
 redis.call('LTRIM', KEYS[3], -1000, -1)
 redis.call('HINCRBY', KEYS[4], 'applied', 1)
 redis.call('PUBLISH', ARGV[10], ARGV[11])
-return 'applied:' .. status .. ':' .. new_status .. ':' .. interaction
+if ARGV[15] ~= '' then redis.call('ZADD', KEYS[5], ARGV[15], 'reconcile:' .. ARGV[11]) end
+local notify = redis.call('HEXISTS', s, 'callback_url')
+return 'applied:' .. status .. ':' .. new_status .. ':' .. interaction .. ':' .. notify
 """
 
 # KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases
@@ -374,6 +376,7 @@ class EventChange:
     at: str
     entry: str
     virtual_number: str | None = None
+    reconcile_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,13 @@ def _text(value: bytes | str) -> str:
 
 def _decode(raw: Mapping[bytes | str, bytes | str]) -> Session | None:
     return Session.from_fields({_text(k): _text(v) for k, v in raw.items()}) if raw else None
+
+
+def _webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | None:
+    if not raw:
+        return None
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return fields["kind"], json.loads(fields["params"]), int(fields["received_ms"])
 
 
 def _flatten(fields: Mapping[str, str]) -> list[str]:
@@ -643,11 +653,17 @@ class Store:
 
     def webhook(self, event_id: str) -> tuple[str, dict[str, str], int] | None:
         """A stored callback: (kind, params, received at in ms), or None once expired."""
-        raw = self.client.hgetall(Keys.webhook(event_id))
-        if not raw:
-            return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        return fields["kind"], json.loads(fields["params"]), int(fields["received_ms"])
+        return _webhook(self.client.hgetall(Keys.webhook(event_id)))
+
+    def webhook_and_session(
+        self, event_id: str, session_uuid: str
+    ) -> tuple[tuple[str, dict[str, str], int] | None, str | None]:
+        """A stored callback and our session for its VTS session, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(Keys.webhook(event_id))
+            pipe.get(Keys.vts_session(session_uuid))
+            raw, owner = pipe.execute()
+        return _webhook(raw), (_text(owner) if owner else None)
 
     def session_for_vts(self, session_uuid: str) -> str | None:
         owner = self.client.get(Keys.vts_session(session_uuid))
@@ -658,7 +674,9 @@ class Store:
 
         Returns ``duplicate``, ``missing``, ``hold`` (the previous event of the session
         has not been applied and ``change.force`` is false) or
-        ``applied:<status before>:<status after>:<1 if a call between the parties ended>``.
+        ``applied:<status before>:<status after>:<1 if a call between the parties
+        ended>:<1 if the app wants notifications>``. Schedules the session's
+        reconciliation at ``change.reconcile_at`` when given.
         """
         result = self._apply(
             keys=[
@@ -666,6 +684,7 @@ class Store:
                 Keys.applied(session_id),
                 Keys.timeline(session_id),
                 Keys.event_stats(),
+                Keys.schedule(),
             ],
             args=[
                 change.marker,
@@ -682,6 +701,7 @@ class Store:
                 Keys.index() + ":status:",
                 change.virtual_number or "",
                 iso(now()) or "",
+                int(change.reconcile_at.timestamp() * 1000) if change.reconcile_at else "",
             ],
         )
         return _text(result)

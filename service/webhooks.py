@@ -20,6 +20,7 @@ from starlette.routing import Route
 from service import messages
 from service.events import InvalidEvent, Kind, check
 from service.metrics import metrics
+from service.phones import mask_text
 from service.problems import Problem
 from service.settings import Settings
 from service.store import AsyncStore
@@ -61,7 +62,7 @@ def _json_params(raw: bytes) -> dict[str, str]:
     params: dict[str, str] = {}
     for name, value in body.items():
         if isinstance(value, dict | list) or value is None:
-            raise Problem(400, f"{name[:64]}: must be a string or a number")
+            raise Problem(400, mask_text(f"{name[:64]}: must be a string or a number"))
         params[name] = value if isinstance(value, str) else json.dumps(value)
     return params
 
@@ -102,7 +103,9 @@ async def _ingest(request: Request, kind: Kind) -> Response:
     except InvalidEvent as exc:
         raise Problem(400, str(exc), slug="invalid-event") from None
     store: AsyncStore = request.app.state.store
-    message = messages.build(_ROUTE_OF[kind], event.id)
+    # The VTS session id rides along (an id, not a number): the worker then reads the
+    # event and finds our session in one round trip.
+    message = messages.build(_ROUTE_OF[kind], event.id, event.session_uuid)
     nonce = _first_header(request, NONCE_HEADERS) or None
     result = await store.ingest_webhook(
         event, message, nonce=nonce, received_ms=int(time.time() * 1000)

@@ -91,7 +91,7 @@ def _apply_all(ctx: events.Context, ids: list[str], clock: Clock) -> None:
         waiting = []
         for event_id in pending:
             try:
-                events.apply(ctx, event_id)
+                events.apply(ctx, event_id, UUID)
             except events.EventNotReady:
                 waiting.append(event_id)
         if not waiting:

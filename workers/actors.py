@@ -76,9 +76,9 @@ def _retryable_event(retries: int, exc: BaseException) -> bool:
     min_backoff=MIN_BACKOFF_MS,
     max_backoff=MAX_BACKOFF_MS,
 )
-def apply_event(event_id: str) -> None:
+def apply_event(event_id: str, session_uuid: str | None = None) -> None:
     try:
-        events.apply(resources().events, event_id)
+        events.apply(resources().events, event_id, session_uuid)
     except events.EventNotReady as exc:
         raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
 
@@ -98,7 +98,8 @@ def _retryable_download(retries: int, exc: BaseException) -> bool:
     max_backoff=60_000,
     time_limit=DOWNLOAD_TIME_LIMIT_MS,
 )
-def apply_recording_event(event_id: str) -> None:
+def apply_recording_event(event_id: str, _session_uuid: str | None = None) -> None:
+    # The message names the VTS session as apply_event's does; the stored record has it.
     try:
         recordings.apply(resources().recordings, event_id)
     except recordings.RecordingPending as exc:

@@ -42,9 +42,14 @@ class Context:
     clock: Callable[[], datetime]
 
 
-def apply(ctx: Context, event_id: str) -> None:
-    """Apply the stored callback ``event_id``. Raises EventNotReady while it must wait."""
-    stored = ctx.store.webhook(event_id)
+def apply(ctx: Context, event_id: str, session_uuid: str | None = None) -> None:
+    """Apply the stored callback ``event_id`` (of VTS session ``session_uuid``, when the
+    message names it: one round trip less). Raises EventNotReady while it must wait."""
+    if session_uuid:
+        stored, session_id = ctx.store.webhook_and_session(event_id, session_uuid)
+    else:
+        stored = ctx.store.webhook(event_id)
+        session_id = ctx.store.session_for_vts(stored[1]["SessionUUID"]) if stored else None
     if stored is None:
         log.warning("event_expired_before_applied", event_id=event_id)
         return
@@ -54,7 +59,6 @@ def apply(ctx: Context, event_id: str) -> None:
     structlog.contextvars.bind_contextvars(
         vts_session_uuid=event.session_uuid, vts_event=event.name, sequence=event.sequence
     )
-    session_id = ctx.store.session_for_vts(event.session_uuid)
     if session_id is None:
         if age < ORPHAN_AFTER:
             raise EventNotReady("the session of this event is not known yet")
@@ -62,7 +66,8 @@ def apply(ctx: Context, event_id: str) -> None:
         log.warning("event_orphaned", event_id=event_id)
         return
     structlog.contextvars.bind_contextvars(session_id=session_id)
-    result = ctx.store.apply_event(session_id, change(event, force=age >= HOLD_AT_MOST))
+    planned = change(event, force=age >= HOLD_AT_MOST, now=ctx.clock())
+    result = ctx.store.apply_event(session_id, planned)
     if result == "hold":
         raise EventNotReady("an earlier event of this session has not arrived yet")
     _after(ctx, session_id, event, result)
@@ -72,13 +77,12 @@ def _after(ctx: Context, session_id: str, event: Event, result: str) -> None:
     if not result.startswith("applied"):
         log.info("event_skipped", result=result)
         return
-    _, before, after, interaction = result.split(":")
+    _, before, after, interaction, wants_news = result.split(":")
     log.info("event_applied", status_before=before, status_after=after)
+    if wants_news != "1":
+        return
     if after == "expired" and before != "expired":
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_END)
         _notify(ctx, session_id, "session.expired")
-    elif event.name in events.LEG_ENDS or event.name == events.PARTIES_HANGUP:
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + RECONCILE_AFTER_CALL)
     if interaction == "1":
         _notify(ctx, session_id, "session.call_ended", tag=str(event.sequence or event.id))
 
@@ -113,7 +117,16 @@ def _role(name: str) -> str:
     return "leg" if name in events.CALL_EVENTS else "other"
 
 
-def change(event: Event, *, force: bool) -> EventChange:
+def _reconcile_at(role: str, now: datetime) -> datetime | None:
+    """When to compare with VTS after this event: soon after a call, sooner after the end."""
+    if role == "timeout":
+        return now + RECONCILE_AFTER_END
+    if role.startswith("leg_end") or role == "parties_hangup":
+        return now + RECONCILE_AFTER_CALL
+    return None
+
+
+def change(event: Event, *, force: bool, now: datetime) -> EventChange:
     """What ``event`` does, in the terms of the store's apply script."""
     role = _role(event.name)
     ends_leg = role.startswith("leg_end")
@@ -129,6 +142,7 @@ def change(event: Event, *, force: bool) -> EventChange:
         at=_event_time(event),
         entry=_timeline(event),
         virtual_number=_virtual_number(event) if role == "number" else None,
+        reconcile_at=_reconcile_at(role, now),
     )
 
 
