@@ -178,7 +178,7 @@ async def _ingest(redis_url: str, events: list[Event]) -> None:
                 *(
                     store.ingest_webhook(
                         event,
-                        messages.build(messages.APPLY_EVENT, event.id),
+                        messages.build(messages.APPLY_EVENT, event.id, event.session_uuid),
                         nonce=nonce(),
                         received_ms=received_ms,
                     )
