@@ -66,6 +66,17 @@ class Keys:
         return f"{PREFIX}vts-session:{session_uuid}"
 
     @staticmethod
+    def arrived(session_uuid: str) -> str:
+        """The sequence numbers of the VTS session's callbacks that have reached us."""
+        return f"{PREFIX}vts-session:{session_uuid}:arrived"
+
+    @staticmethod
+    def in_flight(session_uuid: str) -> str:
+        """How many of a VTS session's events are stored but not yet applied (an hour's
+        TTL, renewed by each new event, so a count that goes wrong heals)."""
+        return f"{PREFIX}vts-session:{session_uuid}:in-flight"
+
+    @staticmethod
     def session_lock(session_id: str) -> str:
         return f"{PREFIX}lock:session:{session_id}"
 
@@ -195,8 +206,10 @@ redis.call('RPUSH', KEYS[3], ARGV[3])
 return {'enqueued', current}
 """
 
-# KEYS: nonce ('' when none), event, queue, queue messages, event index, stats
-# ARGV: event id, retention (s), received (ms), redis message id, payload, field, value, ...
+# KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
+#       the VTS session's in-flight count and arrived sequence numbers ('' for recordings)
+# ARGV: event id, retention (s), received (ms), redis message id, payload,
+#       sequence number ('' none), field, value, ...
 _INGEST = """
 if KEYS[1] ~= '' then
   local seen = redis.call('GET', KEYS[1])
@@ -210,32 +223,53 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return 'duplicate'
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'accepted', 1)
+if KEYS[7] ~= '' then
+  redis.call('INCR', KEYS[7])
+  redis.call('EXPIRE', KEYS[7], 3600)
+  if ARGV[6] ~= '' then
+    redis.call('SADD', KEYS[8], ARGV[6])
+    redis.call('EXPIRE', KEYS[8], 3600)
+  end
+end
 return 'accepted'
 """
 
 # Applies one VTS session event, exactly once (the effect and its marker in one script).
-# KEYS: session, applied set, timeline, event stats, schedule
+# KEYS: session, applied set, timeline, event stats, schedule, the VTS session's in-flight
+#       count and arrived sequence numbers
 # ARGV: 1 marker, 2 previous marker ('' none), 3 force (0/1), 4 role, 5 party,
 #       6 billed seconds, 7 amount nanos, 8 event time (iso), 9 timeline entry,
 #       10 channel, 11 session id, 12 status index prefix, 13 new virtual number,
-#       14 updated_at, 15 reconcile due (ms, '' for none)
+#       14 updated_at, 15 reconcile due (ms, '' for none), 16 previous sequence number
+# Force: 0 wait for the previous event; 1 go on unless it has arrived; 2 go on.
 # Roles: leg (a leg's progress), leg_end, leg_end_complete (the family without a parties
 # event), parties_hangup, timeout, number, other.
 _APPLY_EVENT = """
 local s, applied = KEYS[1], KEYS[2]
-if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then return 'duplicate' end
+local function landed()
+  if tonumber(redis.call('GET', KEYS[6]) or '0') > 0 then redis.call('DECR', KEYS[6]) end
+end
+if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then
+  landed()
+  return 'duplicate'
+end
 local status = redis.call('HGET', s, 'status')
 if not status then return 'missing' end
-if ARGV[3] ~= '1' and ARGV[2] ~= '' and redis.call('SISMEMBER', applied, ARGV[2]) == 0 then
-  return 'hold'
+-- The previous event not applied yet: wait for it while it has not waited long enough
+-- (force 0), or while it has arrived and so will be applied soon (force 1).
+if ARGV[2] ~= '' and ARGV[3] ~= '2' and redis.call('SISMEMBER', applied, ARGV[2]) == 0 then
+  if ARGV[3] == '0' or redis.call('SISMEMBER', KEYS[7], ARGV[16]) == 1 then
+    return 'hold'
+  end
 end
 redis.call('SADD', applied, ARGV[1])
+landed()
 local role, party = ARGV[4], ARGV[5]
 local live = status == 'active' or status == 'in_progress'
 local new_status = status
@@ -368,13 +402,15 @@ class EventChange:
 
     marker: str
     previous_marker: str | None
-    force: bool
+    force: int  # 0: wait for the previous event; 1: unless it never arrived; 2: go on
     role: str
     party: str
     billed: int
     amount_nanos: int
     at: str
     entry: str
+    session_uuid: str
+    previous_sequence: str | None = None
     virtual_number: str | None = None
     reconcile_at: datetime | None = None
 
@@ -472,6 +508,8 @@ class AsyncStore:
                 Keys.queue_messages(message.queue_name),
                 Keys.webhooks(),
                 Keys.webhook_stats(),
+                Keys.in_flight(event.session_uuid) if event.kind == "session" else "",
+                Keys.arrived(event.session_uuid) if event.kind == "session" else "",
             ],
             args=[
                 event.id,
@@ -479,6 +517,7 @@ class AsyncStore:
                 received_ms,
                 message.redis_message_id,
                 message.payload,
+                str(event.sequence) if event.kind == "session" and event.sequence else "",
                 *_flatten(fields),
             ],
         )
@@ -673,7 +712,7 @@ class Store:
         """Apply one event's effect exactly once.
 
         Returns ``duplicate``, ``missing``, ``hold`` (the previous event of the session
-        has not been applied and ``change.force`` is false) or
+        has not been applied and ``change.force`` says to wait for it) or
         ``applied:<status before>:<status after>:<1 if a call between the parties
         ended>:<1 if the app wants notifications>``. Schedules the session's
         reconciliation at ``change.reconcile_at`` when given.
@@ -685,11 +724,13 @@ class Store:
                 Keys.timeline(session_id),
                 Keys.event_stats(),
                 Keys.schedule(),
+                Keys.in_flight(change.session_uuid),
+                Keys.arrived(change.session_uuid),
             ],
             args=[
                 change.marker,
                 change.previous_marker or "",
-                "1" if change.force else "0",
+                str(change.force),
                 change.role,
                 change.party,
                 change.billed,
@@ -702,6 +743,7 @@ class Store:
                 change.virtual_number or "",
                 iso(now()) or "",
                 int(change.reconcile_at.timestamp() * 1000) if change.reconcile_at else "",
+                change.previous_sequence or "",
             ],
         )
         return _text(result)
@@ -712,6 +754,10 @@ class Store:
             pipe.zadd(Keys.orphan_events(), {event_id: received_ms})
             pipe.hincrby(Keys.event_stats(), "orphaned", 1)
             pipe.execute()
+
+    def events_in_flight(self, session_uuid: str) -> int:
+        """How many of the VTS session's callbacks are stored but not applied yet."""
+        return int(self.client.get(Keys.in_flight(session_uuid)) or 0)
 
     def schedule(self, task: str, session_id: str, due: datetime) -> None:
         """Run ``task`` for the session at ``due`` (one entry per task and session)."""

@@ -196,3 +196,24 @@ def test_reconciliation_sets_vts_totals_and_later_events_still_add(
     assert session is not None
     assert (session.call_count, session.billed_duration) == (4, 240)
     assert session.call_amount == Decimal("0.034")
+
+
+def test_an_earlier_event_that_has_arrived_is_waited_for_longer(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+) -> None:
+    """Past the short bound, an event still waits for a predecessor that has reached us
+    (it is stuck behind a backlog or a dead worker), until the long bound."""
+    call = _call(1, "hangup")
+    second, third = (_ingest(redis_url, check("session", p)) for p in call[1:3])
+    clock.moment += events.HOLD_AT_MOST + timedelta(seconds=1)
+    with pytest.raises(events.EventNotReady):
+        events.apply(ctx, third, UUID)
+    events.apply(ctx, second, UUID)  # its own predecessor never came: it goes on
+    events.apply(ctx, third, UUID)
+    clock.moment += events.GIVE_UP_WAITING
+    fifth = _ingest(redis_url, check("session", call[4]))
+    _ingest(redis_url, check("session", call[3]))
+    events.apply(ctx, fifth, UUID)  # the fourth arrived but waited too long: go on
+    session = store.get_session(session_id)
+    assert session is not None
+    assert session.call_count == 1

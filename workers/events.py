@@ -1,9 +1,10 @@
 """Applying VTS session events: exactly once, in ``SequenceNumber`` order per session.
 
 An event waits (is retried) while the create that will tell us its session has not
-finished, and while the session's previous event has not been applied; both waits are
-bounded, after which an unknown session's event is kept aside and an out-of-order event
-is applied anyway (reconciliation settles what was missed).
+finished, and while the session's previous event has not been applied: 10 s for one that
+has not reached us, 5 minutes for one that has (it is on its way through a backlog or a
+restarting worker). After that an unknown session's event is kept aside and an
+out-of-order event is applied anyway (reconciliation settles what was missed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ log = structlog.get_logger(__name__)
 # it; longer than a create takes under retries, far shorter than a call.
 ORPHAN_AFTER = timedelta(seconds=120)
 HOLD_AT_MOST = timedelta(seconds=10)
+# An earlier event that has reached us is waited for longer (it is being processed, or
+# its worker is being replaced), but not forever: it may be failing for good.
+GIVE_UP_WAITING = timedelta(minutes=5)
 RECONCILE_AFTER_CALL = timedelta(seconds=15)
 RECONCILE_AFTER_END = timedelta(seconds=5)
 
@@ -66,11 +70,18 @@ def apply(ctx: Context, event_id: str, session_uuid: str | None = None) -> None:
         log.warning("event_orphaned", event_id=event_id)
         return
     structlog.contextvars.bind_contextvars(session_id=session_id)
-    planned = change(event, force=age >= HOLD_AT_MOST, now=ctx.clock())
+    planned = change(event, force=_force(age), now=ctx.clock())
     result = ctx.store.apply_event(session_id, planned)
     if result == "hold":
         raise EventNotReady("an earlier event of this session has not arrived yet")
     _after(ctx, session_id, event, result)
+
+
+def _force(age: timedelta) -> int:
+    """How hard to push past a missing previous event (see the store's apply script)."""
+    if age >= GIVE_UP_WAITING:
+        return 2
+    return 1 if age >= HOLD_AT_MOST else 0
 
 
 def _after(ctx: Context, session_id: str, event: Event, result: str) -> None:
@@ -126,7 +137,7 @@ def _reconcile_at(role: str, now: datetime) -> datetime | None:
     return None
 
 
-def change(event: Event, *, force: bool, now: datetime) -> EventChange:
+def change(event: Event, *, force: int, now: datetime) -> EventChange:
     """What ``event`` does, in the terms of the store's apply script."""
     role = _role(event.name)
     ends_leg = role.startswith("leg_end")
@@ -141,6 +152,8 @@ def change(event: Event, *, force: bool, now: datetime) -> EventChange:
         amount_nanos=to_nanos(event.decimal("Amount")) if ends_leg else 0,
         at=_event_time(event),
         entry=_timeline(event),
+        session_uuid=event.session_uuid,
+        previous_sequence=str(sequence - 1) if sequence and sequence > 1 else None,
         virtual_number=_virtual_number(event) if role == "number" else None,
         reconcile_at=_reconcile_at(role, now),
     )

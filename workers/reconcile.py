@@ -90,8 +90,11 @@ def _settle(ctx: Context, session: Session, totals: dict[str, int]) -> bool:
         log.info("reconciled", drift=False)
         return True
     snapshot = json.dumps([totals, shown], sort_keys=True)
-    if ctx.store.note_unsettled(session.id, snapshot) != snapshot:
-        log.info("reconcile_unsettled")
+    waiting = ctx.store.events_in_flight(session.vts_session_uuid or "")
+    if ctx.store.note_unsettled(session.id, snapshot) != snapshot or waiting:
+        # Callbacks stored but not applied yet (a backlog, a worker restarting) are not
+        # drift: wait for them, however long they take.
+        log.info("reconcile_unsettled", events_in_flight=waiting)
         return False
     before = ctx.store.reconcile(session.id, totals)
     drift = {name: totals[name] - before[name] for name in totals if totals[name] != before[name]}
