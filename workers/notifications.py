@@ -24,7 +24,13 @@ from service.store import Store
 
 log = structlog.get_logger(__name__)
 
-KINDS = ("session.active", "session.failed", "session.call_ended", "session.expired")
+KINDS = (
+    "session.active",
+    "session.failed",
+    "session.call_ended",
+    "session.recording_stored",
+    "session.expired",
+)
 TIMEOUT_SECONDS = 5.0
 
 
@@ -71,6 +77,8 @@ def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None
 def queue(store: Store, session: Session, kind: str, tag: str = "") -> None:
     """Queue a notification if the app asked for them. ``tag`` tells apart notifications
     of one kind (e.g. each call), and makes the id the same on a retried worker step."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown notification kind {kind!r}")
     if not session.callback_url:
         return
     notification_id = f"{session.id}.{kind}{'.' + tag if tag else ''}"
