@@ -11,6 +11,7 @@ import contextlib
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,13 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _masking(*args: str) -> list[str]:
@@ -58,6 +66,10 @@ def run(*, port: int, sandbox_port: int) -> int:
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
         env.setdefault("LOG_FORMAT", "console")
         env.setdefault("RECORDINGS_DIR", str(STATE_DIR / "recordings"))
+        # The sandbox serves recordings from loopback over http: allowed in development.
+        env.setdefault("RECORDING_ALLOW_HTTP", "true")
+        env.setdefault("RECORDING_ALLOW_PRIVATE", "true")
+        env.setdefault("METRICS_PORT", str(_free_port()))
         env["PORT"] = str(port)
         processes.append(subprocess.Popen(_masking("web", "--host", "127.0.0.1"), env=env))
         processes.append(subprocess.Popen(_masking("worker", "--processes", "1"), env=env))
