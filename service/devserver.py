@@ -66,9 +66,6 @@ def run(*, port: int, sandbox_port: int) -> int:
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
         env.setdefault("LOG_FORMAT", "console")
         env.setdefault("RECORDINGS_DIR", str(STATE_DIR / "recordings"))
-        # The sandbox serves recordings from loopback over http: allowed in development.
-        env.setdefault("RECORDING_ALLOW_HTTP", "true")
-        env.setdefault("RECORDING_ALLOW_PRIVATE", "true")
         env.setdefault("METRICS_PORT", str(_free_port()))
         env["PORT"] = str(port)
         processes.append(subprocess.Popen(_masking("web", "--host", "127.0.0.1"), env=env))
@@ -93,6 +90,9 @@ def _sandbox_env(port: int) -> dict[str, str]:
         "VTS_BASE_URL": f"http://127.0.0.1:{port}",
         "VTS_AUTH_ID": "MADEVSANDBOX0000001",
         "VTS_AUTH_TOKEN": secrets.token_urlsafe(24),
+        # The sandbox serves recordings from loopback over plain http.
+        "RECORDING_ALLOW_HTTP": "true",
+        "RECORDING_ALLOW_PRIVATE": "true",
     }
 
 
