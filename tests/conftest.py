@@ -24,7 +24,7 @@ import redis.asyncio
 from service import logs, messages
 from service.embedded_redis import EmbeddedRedis
 from service.events import Event
-from service.models import Session
+from service.models import Session, Status
 from service.settings import Secret, Settings
 from service.store import AsyncStore
 from service.vts.sandbox import SandboxConfig, create_sandbox_app, number_range
@@ -260,8 +260,17 @@ def store_event(redis_url: str, event: Event) -> str:
     return event.id
 
 
-def stored_session(redis_url: str, session: Session) -> None:
-    """Store a new (pending) session and queue its create, as the web does."""
+def stored_session(redis_url: str, session_id: str) -> Session:
+    """Store a new pending session and queue its create, as the web does; return it."""
+    moment = datetime.now(UTC)
+    session = Session(
+        id=session_id,
+        status=Status.PENDING,
+        first_party="+14155552671",
+        second_party="+14155552672",
+        created_at=moment,
+        updated_at=moment,
+    )
 
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
@@ -272,3 +281,4 @@ def stored_session(redis_url: str, session: Session) -> None:
         await client.aclose()
 
     asyncio.run(go())
+    return session

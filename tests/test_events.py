@@ -11,7 +11,7 @@ import redis
 import redis.asyncio
 
 from service.events import Event, check
-from service.models import Session, Status, now
+from service.models import Status
 from service.store import Keys, Store
 from tests.conftest import Clock, store_event, stored_session
 from workers import events
@@ -37,16 +37,7 @@ def ctx(store: Store, clock: Clock) -> events.Context:
 @pytest.fixture
 def session_id(store: Store, redis_url: str) -> str:
     """An active session tied to VTS session ``UUID``."""
-    moment = now()
-    session = Session(
-        id="ses_" + "a" * 32,
-        status=Status.PENDING,
-        first_party="+14155552671",
-        second_party="+14155552672",
-        created_at=moment,
-        updated_at=moment,
-    )
-    stored_session(redis_url, session)
+    session = stored_session(redis_url, "ses_" + "a" * 32)
     store.claim_vts_session(UUID, session.id)
     store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
     return session.id

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.models import Session, Status, now
+from service.models import Status
 from service.store import Keys, Store
 from tests.conftest import Clock, stored_session, wait_until
 from workers import reconcile
@@ -61,16 +61,7 @@ def test_a_leader_that_stops_renewing_is_replaced(store: Store) -> None:
 
 
 def _active_session(redis_url: str, store: Store, expires_at: datetime) -> str:
-    moment = now()
-    session = Session(
-        id="ses_" + "b" * 32,
-        status=Status.PENDING,
-        first_party="+14155552671",
-        second_party="+14155552672",
-        created_at=moment,
-        updated_at=moment,
-    )
-    stored_session(redis_url, session)
+    session = stored_session(redis_url, "ses_" + "b" * 32)
     store.transition(
         session.id, Status.ACTIVE, allowed=[Status.PENDING],
         fields={"expires_at": expires_at.isoformat(), "vts_session_uuid": "u-1"},
