@@ -1,0 +1,112 @@
+"""What goes in and out of the store besides sessions: outcomes, pages, cursors, event
+changes, timeline entries, and decoding of what Redis returns."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.models import Session, Status, iso, now
+from service.recordings import Recording
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    """``result`` is ``created``, ``replay`` (same key, same body) or ``conflict``."""
+
+    result: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class EventChange:
+    """What one VTS event does to a session; see the _APPLY_EVENT script for roles."""
+
+    marker: str
+    previous_marker: str | None
+    force: int  # 0: wait for the previous event; 1: unless it never arrived; 2: go on
+    role: str
+    party: str
+    billed: int
+    amount_nanos: int
+    at: str
+    entry: str
+    session_uuid: str
+    previous_sequence: str | None = None
+    virtual_number: str | None = None
+    reconcile_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    sessions: list[Session]
+    next_cursor: str | None
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+# One encoder, built once: json.dumps builds a new one per call when given separators.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def timeline_entry(kind: str, **detail: Any) -> str:
+    return _COMPACT_JSON.encode({"at": iso(now()), "type": kind, **detail})
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_session(raw: Mapping[bytes | str, bytes | str]) -> Session | None:
+    return Session.from_fields({text(k): text(v) for k, v in raw.items()}) if raw else None
+
+
+def decode_webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | None:
+    if not raw:
+        return None
+    fields = {text(k): text(v) for k, v in raw.items()}
+    return fields["kind"], json.loads(fields["params"]), int(fields["received_ms"])
+
+
+def flatten(fields: Mapping[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
+def index_member(session: Session) -> str:
+    millis = int(session.created_at.timestamp() * 1000)
+    return f"{millis:013d}:{session.id}"
+
+
+def encode_cursor(member: str) -> str:
+    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not one this service gave out") from exc
+    millis, _, session_id = member.partition(":")
+    if not (millis.isdigit() and session_id):
+        raise InvalidCursor("cursor is not one this service gave out")
+    return member
+
+
+def statuses(allowed: Sequence[Status]) -> str:
+    return " ".join(status.value for status in allowed)
+
+
+def decode_recording(raw: Mapping[bytes | str, bytes | str]) -> Recording | None:
+    return Recording.from_fields({text(k): text(v) for k, v in raw.items()}) if raw else None
+
+
+def by_creation(rows: Sequence[Mapping[bytes | str, bytes | str]]) -> list[Recording]:
+    recordings = [r for r in map(decode_recording, rows) if r is not None]
+    return sorted(recordings, key=lambda r: (r.created_at, r.id))

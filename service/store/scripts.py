@@ -1,0 +1,271 @@
+"""The Lua scripts: everything that changes several keys together does it in one script,
+so a crash can never leave half a change behind. Each says what its KEYS and ARGV are."""
+
+# KEYS: idempotency ('' when no key was given), session, index, status index, timeline,
+#       queue, queue messages
+# ARGV: session id, index member, redis message id, payload, timeline entry,
+#       fingerprint, ttl, field, value, ...
+CREATE = """
+if KEYS[1] ~= '' then
+  local found = redis.call('HMGET', KEYS[1], 'fingerprint', 'session_id')
+  if found[1] then
+    if found[1] == ARGV[6] then return {'replay', found[2]} end
+    return {'conflict', found[2]}
+  end
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[6], 'session_id', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+end
+redis.call('HSET', KEYS[2], 'index_member', ARGV[2], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+redis.call('ZADD', KEYS[4], 0, ARGV[2])
+redis.call('RPUSH', KEYS[5], ARGV[5])
+redis.call('HSET', KEYS[7], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[6], ARGV[3])
+return {'created', ARGV[1]}
+"""
+
+# KEYS: session, timeline
+# ARGV: status index prefix, new status, allowed current statuses (space separated),
+#       timeline entry or '', channel, session id, timeline limit, field, value, ...
+TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {'missing', ''} end
+if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. current .. ' ', 1, true) then
+  return {'skipped', current}
+end
+local member = redis.call('HGET', KEYS[1], 'index_member')
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if ARGV[2] ~= '' and ARGV[2] ~= current then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2])
+  redis.call('ZREM', ARGV[1] .. current, member)
+  redis.call('ZADD', ARGV[1] .. ARGV[2], 0, member)
+end
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[7]), -1)
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {'ok', current}
+"""
+
+# KEYS: session, timeline, queue, queue messages
+# ARGV: allowed statuses (space separated), timeline entry, redis message id, payload
+ENQUEUE_IF = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {'missing', ''} end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. current .. ' ', 1, true) then
+  return {'skipped', current}
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return {'enqueued', current}
+"""
+
+# KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
+#       the VTS session's in-flight count and arrived sequence numbers ('' for recordings)
+# ARGV: event id, retention (s), received (ms), redis message id, payload,
+#       sequence number ('' none), field, value, ...
+INGEST = """
+if KEYS[1] ~= '' then
+  local seen = redis.call('GET', KEYS[1])
+  if seen and seen ~= ARGV[1] then
+    redis.call('HINCRBY', KEYS[6], 'replayed', 1)
+    return 'replayed'
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HINCRBY', KEYS[6], 'duplicate', 1)
+  return 'duplicate'
+end
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[6], 'accepted', 1)
+if KEYS[7] ~= '' then
+  redis.call('INCR', KEYS[7])
+  redis.call('EXPIRE', KEYS[7], 3600)
+  if ARGV[6] ~= '' then
+    redis.call('SADD', KEYS[8], ARGV[6])
+    redis.call('EXPIRE', KEYS[8], 3600)
+  end
+end
+return 'accepted'
+"""
+
+# Applies one VTS session event, exactly once (the effect and its marker in one script).
+# KEYS: session, applied set, timeline, event stats, schedule, the VTS session's in-flight
+#       count and arrived sequence numbers
+# ARGV: 1 marker, 2 previous marker ('' none), 3 force (0/1), 4 role, 5 party,
+#       6 billed seconds, 7 amount nanos, 8 event time (iso), 9 timeline entry,
+#       10 channel, 11 session id, 12 status index prefix, 13 new virtual number,
+#       14 updated_at, 15 reconcile due (ms, '' for none), 16 previous sequence number
+# Force: 0 wait for the previous event; 1 go on unless it has arrived; 2 go on.
+# Roles: leg (a leg's progress), leg_end, leg_end_complete (the family without a parties
+# event), parties_hangup, timeout, number, other.
+APPLY_EVENT = """
+local s, applied = KEYS[1], KEYS[2]
+local function landed()
+  if tonumber(redis.call('GET', KEYS[6]) or '0') > 0 then redis.call('DECR', KEYS[6]) end
+end
+if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then
+  landed()
+  return 'duplicate'
+end
+local status = redis.call('HGET', s, 'status')
+if not status then return 'missing' end
+-- The previous event not applied yet: wait for it while it has not waited long enough
+-- (force 0), or while it has arrived and so will be applied soon (force 1).
+if ARGV[2] ~= '' and ARGV[3] ~= '2' and redis.call('SISMEMBER', applied, ARGV[2]) == 0 then
+  if ARGV[3] == '0' or redis.call('SISMEMBER', KEYS[7], ARGV[16]) == 1 then
+    return 'hold'
+  end
+end
+redis.call('SADD', applied, ARGV[1])
+landed()
+local role, party = ARGV[4], ARGV[5]
+local live = status == 'active' or status == 'in_progress'
+local new_status = status
+local interaction = '0'
+if role == 'leg' then
+  redis.call('HSET', s, 'call_open_' .. party, '1')
+  if live then new_status = 'in_progress' end
+elseif role == 'answer' then
+  redis.call('HSET', s, 'call_open_' .. party, '1', 'call_answered_' .. party, '1')
+  if live then new_status = 'in_progress' end
+elseif role == 'leg_end' or role == 'leg_end_complete' then
+  redis.call('HINCRBY', s, 'call_count', 1)
+  redis.call('HINCRBY', s, 'billed_duration', ARGV[6])
+  redis.call('HINCRBY', s, 'call_amount_nanos', ARGV[7])
+  redis.call('HSET', s, 'call_open_' .. party, '0', 'last_interaction_at', ARGV[8])
+  local open = redis.call('HMGET', s, 'call_open_first', 'call_open_second')
+  if open[1] ~= '1' and open[2] ~= '1' then
+    if role == 'leg_end_complete' then
+      local answered = redis.call('HMGET', s, 'call_answered_first', 'call_answered_second')
+      if answered[1] == '1' and answered[2] == '1' then
+        redis.call('HINCRBY', s, 'interaction_count', 1)
+        interaction = '1'
+      end
+    end
+    redis.call('HDEL', s, 'call_answered_first', 'call_answered_second')
+    if status == 'in_progress' then new_status = 'active' end
+  end
+elseif role == 'call' then
+  if live then new_status = 'in_progress' end
+elseif role == 'parties_hangup' then
+  redis.call('HINCRBY', s, 'interaction_count', 1)
+  interaction = '1'
+  redis.call('HSET', s, 'last_interaction_at', ARGV[8])
+  if status == 'in_progress' then new_status = 'active' end
+elseif role == 'timeout' then
+  if live then new_status = 'expired' end
+elseif role == 'number' then
+  if ARGV[13] ~= '' then redis.call('HSET', s, 'virtual_number', ARGV[13]) end
+else
+  redis.call('HINCRBY', KEYS[4], 'unknown', 1)
+end
+if new_status ~= status then
+  local member = redis.call('HGET', s, 'index_member')
+  redis.call('HSET', s, 'status', new_status)
+  redis.call('ZREM', ARGV[12] .. status, member)
+  redis.call('ZADD', ARGV[12] .. new_status, 0, member)
+end
+redis.call('HSET', s, 'updated_at', ARGV[14])
+redis.call('RPUSH', KEYS[3], ARGV[9])
+redis.call('LTRIM', KEYS[3], -1000, -1)
+redis.call('HINCRBY', KEYS[4], 'applied', 1)
+redis.call('PUBLISH', ARGV[10], ARGV[11])
+if ARGV[15] ~= '' then redis.call('ZADD', KEYS[5], ARGV[15], 'reconcile:' .. ARGV[11]) end
+local notify = redis.call('HEXISTS', s, 'callback_url')
+return 'applied:' .. status .. ':' .. new_status .. ':' .. interaction .. ':' .. notify
+"""
+
+# KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases
+# them: an entry comes due again after the lease unless its task reschedules or removes
+# it, so a scheduler that dies after taking entries loses none.
+TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, entry in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], entry)
+end
+return due
+"""
+
+# KEYS: leader. ARGV: token, ttl (ms). Take or keep the lead; true if we hold it.
+LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+
+# Sets each counter's adjustment so that counter + adjustment equals VTS's total.
+# KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
+# Returns the shown values before, in the same order.
+RECONCILE = """
+local before = {}
+for i = 1, #ARGV, 2 do
+  local name = ARGV[i]
+  local counted = tonumber(redis.call('HGET', KEYS[1], name) or '0')
+  local adjust = tonumber(redis.call('HGET', KEYS[1], 'adjust_' .. name) or '0')
+  -- %.0f, not tostring: Lua would write large numbers in exponent form.
+  before[#before + 1] = string.format('%.0f', counted + adjust)
+  local wanted = tonumber(ARGV[i + 1])
+  redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', wanted - counted))
+end
+return before
+"""
+
+# Moves a dead letter back onto its queue as a fresh message (retries start again).
+# KEYS: dead letters, dead letter messages, queue, queue messages, dead letter notes
+# ARGV: dead letter id, new id, new payload. Returns 1 if it was there.
+REPLAY_DEAD_LETTER = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: vts session claim. ARGV: session id. Returns the owner.
+CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return ARGV[1] end
+return redis.call('GET', KEYS[1])
+"""
+
+
+# KEYS: recording, session's recordings. ARGV: recording id, now, field, value, ...
+# A stored recording is never touched again; a failed one goes back to pending.
+# Returns the status it had ('' when it is new).
+UPSERT_RECORDING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'stored' then return status end
+if not status then redis.call('HSET', KEYS[1], 'created_at', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', ARGV[2], unpack(ARGV, 3))
+redis.call('HDEL', KEYS[1], 'error')
+redis.call('SADD', KEYS[2], ARGV[1])
+return status or ''
+"""
+
+# KEYS: recording. ARGV: allowed current statuses (space separated), new status, now,
+# field, value, ... Returns 'ok', 'missing', or the status that did not allow the change.
+MARK_RECORDING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 4))
+if ARGV[2] == 'stored' then redis.call('HDEL', KEYS[1], 'error') end
+return 'ok'
+"""

@@ -1,0 +1,272 @@
+"""The workers' view of the store: session transitions, events, timers, dead letters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import redis
+
+from service.messages import Outgoing
+from service.models import Session, Status, iso, now
+from service.store import scripts
+from service.store.codec import EventChange, decode_session, decode_webhook, flatten, statuses, text
+from service.store.keys import CHANNEL, TIMELINE_LIMIT, Keys
+
+
+class Store:
+    """The workers' view of the store."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._unlock = client.register_script(scripts.UNLOCK)
+        self._apply = client.register_script(scripts.APPLY_EVENT)
+        self._take_due = client.register_script(scripts.TAKE_DUE)
+        self._lead = client.register_script(scripts.LEAD)
+        self._reconcile = client.register_script(scripts.RECONCILE)
+        self._replay_dead_letter = client.register_script(scripts.REPLAY_DEAD_LETTER)
+
+    def get_session(self, session_id: str) -> Session | None:
+        return decode_session(self.client.hgetall(Keys.session(session_id)))
+
+    def transition(
+        self,
+        session_id: str,
+        to: Status | None,
+        *,
+        allowed: Sequence[Status],
+        fields: Mapping[str, str] | None = None,
+        entry: str | None = None,
+    ) -> tuple[str, Status | None]:
+        """Move the session to ``to`` (None: keep) and set ``fields``, if its status is allowed.
+
+        Idempotent: a session already moved on is ``skipped`` and left untouched.
+        Returns (``ok`` | ``skipped`` | ``missing``, the status it had).
+        """
+        changes = {**(fields or {}), "updated_at": iso(now()) or ""}
+        result, current = self._transition(
+            keys=[Keys.session(session_id), Keys.timeline(session_id)],
+            args=[
+                Keys.index() + ":status:",
+                to.value if to else "",
+                statuses(allowed),
+                entry or "",
+                CHANNEL,
+                session_id,
+                TIMELINE_LIMIT,
+                *flatten(changes),
+            ],
+        )
+        status = text(current)
+        return text(result), Status(status) if status else None
+
+    def open_create_attempt(self, session_id: str, moment: datetime) -> datetime | None:
+        """Note that a create request is about to be sent.
+
+        Returns None when no earlier attempt may have reached VTS, else when the first such
+        attempt began: VTS may then hold a session we have not heard of.
+        """
+        key = Keys.session(session_id)
+        if self.client.hsetnx(key, "create_uncertain_since", iso(moment) or ""):
+            return None
+        stored = self.client.hget(key, "create_uncertain_since")
+        return datetime.fromisoformat(text(stored)) if stored else moment
+
+    def close_create_attempt(self, session_id: str) -> None:
+        """The last attempt certainly created nothing at VTS."""
+        self.client.hdel(Keys.session(session_id), "create_uncertain_since")
+
+    def claim_vts_session(self, session_uuid: str, session_id: str) -> str:
+        """Tie a VTS session to ours; return the session that owns it (first claim wins)."""
+        owner = self._claim(keys=[Keys.vts_session(session_uuid)], args=[session_id])
+        return text(owner)
+
+    def lock_session(self, session_id: str, token: str, ttl_ms: int) -> bool:
+        """Take the session's work lock, so one VTS call at a time acts on it."""
+        return bool(self.client.set(Keys.session_lock(session_id), token, nx=True, px=ttl_ms))
+
+    def unlock_session(self, session_id: str, token: str) -> None:
+        self._unlock(keys=[Keys.session_lock(session_id)], args=[token])
+
+    def add_timeline(self, session_id: str, entry: str) -> None:
+        key = Keys.timeline(session_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, entry)
+            pipe.ltrim(key, -TIMELINE_LIMIT, -1)
+            pipe.execute()
+
+    def webhook(self, event_id: str) -> tuple[str, dict[str, str], int] | None:
+        """A stored callback: (kind, params, received at in ms), or None once expired."""
+        return decode_webhook(self.client.hgetall(Keys.webhook(event_id)))
+
+    def webhook_and_session(
+        self, event_id: str, session_uuid: str
+    ) -> tuple[tuple[str, dict[str, str], int] | None, str | None]:
+        """A stored callback and our session for its VTS session, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(Keys.webhook(event_id))
+            pipe.get(Keys.vts_session(session_uuid))
+            raw, owner = pipe.execute()
+        return decode_webhook(raw), (text(owner) if owner else None)
+
+    def session_for_vts(self, session_uuid: str) -> str | None:
+        owner = self.client.get(Keys.vts_session(session_uuid))
+        return text(owner) if owner else None
+
+    def apply_event(self, session_id: str, change: EventChange) -> str:
+        """Apply one event's effect exactly once.
+
+        Returns ``duplicate``, ``missing``, ``hold`` (the previous event of the session
+        has not been applied and ``change.force`` says to wait for it) or
+        ``applied:<status before>:<status after>:<1 if a call between the parties
+        ended>:<1 if the app wants notifications>``. Schedules the session's
+        reconciliation at ``change.reconcile_at`` when given.
+        """
+        result = self._apply(
+            keys=[
+                Keys.session(session_id),
+                Keys.applied(session_id),
+                Keys.timeline(session_id),
+                Keys.event_stats(),
+                Keys.schedule(),
+                Keys.in_flight(change.session_uuid),
+                Keys.arrived(change.session_uuid),
+            ],
+            args=[
+                change.marker,
+                change.previous_marker or "",
+                str(change.force),
+                change.role,
+                change.party,
+                change.billed,
+                change.amount_nanos,
+                change.at,
+                change.entry,
+                CHANNEL,
+                session_id,
+                Keys.index() + ":status:",
+                change.virtual_number or "",
+                iso(now()) or "",
+                int(change.reconcile_at.timestamp() * 1000) if change.reconcile_at else "",
+                change.previous_sequence or "",
+            ],
+        )
+        return text(result)
+
+    def keep_orphan(self, event_id: str, received_ms: int) -> None:
+        """Set aside an event for a session we never created (kept, counted, not lost)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(Keys.orphan_events(), {event_id: received_ms})
+            pipe.hincrby(Keys.event_stats(), "orphaned", 1)
+            pipe.execute()
+
+    def events_in_flight(self, session_uuid: str) -> int:
+        """How many of the VTS session's callbacks are stored but not applied yet."""
+        return int(self.client.get(Keys.in_flight(session_uuid)) or 0)
+
+    def schedule(self, task: str, session_id: str, due: datetime) -> None:
+        """Run ``task`` for the session at ``due`` (one entry per task and session)."""
+        self.client.zadd(Keys.schedule(), {f"{task}:{session_id}": int(due.timestamp() * 1000)})
+
+    def unschedule(self, task: str, session_id: str) -> None:
+        self.client.zrem(Keys.schedule(), f"{task}:{session_id}")
+
+    def take_due(
+        self, moment: datetime, limit: int = 100, lease_ms: int = 60_000
+    ) -> list[tuple[str, str]]:
+        """The (task, session id) pairs due at ``moment``, leased for ``lease_ms``."""
+        due = self._take_due(
+            keys=[Keys.schedule()], args=[int(moment.timestamp() * 1000), limit, lease_ms]
+        )
+        pairs = (text(entry).partition(":") for entry in due)
+        return [(task, session_id) for task, _, session_id in pairs]
+
+    def lead(self, token: str, ttl_ms: int) -> bool:
+        """Take or keep the scheduler's lead; only one process holds it at a time."""
+        return bool(self._lead(keys=[Keys.scheduler_leader()], args=[token, ttl_ms]))
+
+    def reconcile(self, session_id: str, truth: Mapping[str, int]) -> dict[str, int]:
+        """Make the session's counters show ``truth`` (VTS's totals); return what they
+        showed before. Events applied later still add to them."""
+        args = [item for name in truth for item in (name, truth[name])]
+        before = self._reconcile(keys=[Keys.session(session_id)], args=args)
+        self.client.publish(CHANNEL, session_id)
+        return {name: int(text(value)) for name, value in zip(truth, before, strict=True)}
+
+    def enqueue(self, message: Outgoing) -> None:
+        """Queue a message from a worker (the same two writes dramatiq's enqueue makes)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                Keys.queue_messages(message.queue_name), message.redis_message_id, message.payload
+            )
+            pipe.rpush(Keys.queue(message.queue_name), message.redis_message_id)
+            pipe.execute()
+
+    def note_unsettled(self, session_id: str, snapshot: str | None) -> str | None:
+        """Remember a difference with VTS seen now (None: forget it); return the last one."""
+        key = Keys.session(session_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(key, "reconcile_unsettled")
+            if snapshot is None:
+                pipe.hdel(key, "reconcile_unsettled")
+            else:
+                pipe.hset(key, "reconcile_unsettled", snapshot)
+            previous = pipe.execute()[0]
+        return text(previous) if previous else None
+
+    def dead_letters(self, queue: str) -> list[tuple[str, float, bytes]]:
+        """The queue's dead letters: (redis message id, when it died (epoch s), message)."""
+        entries: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
+            Keys.dead_letters(queue), 0, -1, withscores=True
+        )
+        ids = [text(member) for member, _ in entries]
+        payloads: list[bytes | None] = (
+            self.client.hmget(Keys.dead_letter_messages(queue), ids) if ids else []  # type: ignore[assignment]
+        )
+        return [
+            (redis_id, score / 1000, payload)
+            for redis_id, (_, score), payload in zip(ids, entries, payloads, strict=True)
+            if payload is not None
+        ]
+
+    def note_dead_letter(self, redis_id: str, error: str) -> None:
+        """Why a message was given up (dramatiq's dead letter keeps no final error)."""
+        self.client.hset(Keys.dead_letter_notes(), redis_id, error)
+
+    def dead_letter_notes(self, redis_ids: list[str]) -> list[str | None]:
+        if not redis_ids:
+            return []
+        notes: list[bytes | None] = self.client.hmget(  # type: ignore[assignment]
+            Keys.dead_letter_notes(), redis_ids
+        )
+        return [text(n) if n is not None else None for n in notes]
+
+    def replay_dead_letter(self, queue: str, redis_id: str, message: Outgoing) -> bool:
+        """Put ``message`` (the dead letter, renewed) back on ``queue``, atomically."""
+        done = self._replay_dead_letter(
+            keys=[
+                Keys.dead_letters(queue),
+                Keys.dead_letter_messages(queue),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+                Keys.dead_letter_notes(),
+            ],
+            args=[redis_id, message.redis_message_id, message.payload],
+        )
+        return bool(done)
+
+    def webhooks_between(self, since_ms: int, until_ms: int | str) -> list[str]:
+        """Ids of the stored callbacks received in [since, until] (epoch ms, or "+inf")."""
+        found: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            Keys.webhooks(), since_ms, until_ms
+        )
+        return [text(i) for i in found]
+
+    def mark_once(self, key: str, marker: str) -> bool:
+        """Add ``marker`` to the set ``key``; False if it was already there."""
+        return bool(self.client.sadd(key, marker))
+
+    def count(self, stats: str, field: str, amount: int = 1) -> None:
+        self.client.hincrby(stats, field, amount)
