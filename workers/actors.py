@@ -60,7 +60,7 @@ def create_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]
         resources().sessions.store,
         session_id,
         "create_failed",
-        "the session could not be created at VTS after repeated attempts; try again later",
+        "the session could not be created at VTS; try again later",
     )
 
 
