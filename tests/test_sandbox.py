@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,16 +42,23 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def start(clock: Clock) -> Iterator[Start]:
-    """Start a sandbox with the given config overrides; returns a client authenticated to it."""
+@contextmanager
+def sandboxes(clock: Clock, timeout: float = 10.0) -> Iterator[Start]:
+    """``start(**overrides)`` serves a sandbox with those config overrides and returns a
+    client authenticated to it; every one started stops when the block ends."""
     with ExitStack() as stack:
 
         def start(**overrides: Any) -> httpx2.Client:
             app = create_sandbox_app(SandboxConfig(*AUTH, **overrides), clock)
             url = stack.enter_context(serve(app))
-            return stack.enter_context(httpx2.Client(base_url=url, auth=AUTH, timeout=10))
+            return stack.enter_context(httpx2.Client(base_url=url, auth=AUTH, timeout=timeout))
 
+        yield start
+
+
+@pytest.fixture
+def start(clock: Clock) -> Iterator[Start]:
+    with sandboxes(clock) as start:
         yield start
 
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -19,10 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.vts.dialects import parse_session
-from service.vts.sandbox import SandboxConfig, create_sandbox_app, main
+from service.vts.sandbox import main
 from service.vts.signatures import new_nonce, verify_v3
 from tests.servers import free_port, serve
-from tests.test_sandbox import AUTH, BASE, A, B, Clock
+from tests.test_sandbox import AUTH, BASE, A, B, Clock, sandboxes
 
 HOOK = "/hooks/session/?tenant=t-1"
 ENDED = ("Hangup", "Complete", "Failed")
@@ -104,14 +104,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def start(clock: Clock, receiver: Receiver) -> Iterator[Start]:
-    """Start a sandbox with config overrides; returns a client authenticated to it."""
-    with ExitStack() as stack:
-
-        def start(**overrides: Any) -> httpx2.Client:
-            app = create_sandbox_app(SandboxConfig(*AUTH, **overrides), clock)
-            url = stack.enter_context(serve(app))
-            return stack.enter_context(httpx2.Client(base_url=url, auth=AUTH, timeout=20))
-
+    with sandboxes(clock, timeout=20) as start:
         yield start
 
 

@@ -8,16 +8,14 @@ import time
 import tracemalloc
 import wave
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import httpx2
 import pytest
 
-from service.vts.sandbox import SandboxConfig, create_sandbox_app
 from service.vts.signatures import verify_v3
 from tests.servers import serve
-from tests.test_sandbox import AUTH, BASE, Clock
+from tests.test_sandbox import AUTH, BASE, Clock, sandboxes
 from tests.test_sandbox_calls import Receiver, Start, deliveries, drain, new_session, simulate
 
 HOOK = "/hooks/recording/?tenant=t-1"
@@ -39,14 +37,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def start(clock: Clock) -> Iterator[Start]:
-    """Start a sandbox with config overrides; returns a client authenticated to it."""
-    with ExitStack() as stack:
-
-        def start(**overrides: Any) -> httpx2.Client:
-            app = create_sandbox_app(SandboxConfig(*AUTH, **overrides), clock)
-            url = stack.enter_context(serve(app))
-            return stack.enter_context(httpx2.Client(base_url=url, auth=AUTH, timeout=20))
-
+    with sandboxes(clock, timeout=20) as start:
         yield start
 
 

@@ -46,14 +46,23 @@ def _assert_one_vts_session_each(sandbox: httpx2.Client, sessions: list[dict[str
     assert len({s["vts_session_uuid"] for s in sessions}) == len(sessions)
 
 
+def _created_once_despite(
+    api: httpx2.Client, sandbox: httpx2.Client, faults: dict[str, Any], count: int
+) -> list[str]:
+    """Create ``count`` sessions while VTS has ``faults``; check each exists at VTS once."""
+    sandbox.put("/_sandbox/faults", json=faults)
+    ids = _create_many(api, count)
+    sessions = wait_until(lambda: _all_settled(api, ids), timeout=60, interval=0.2)
+    _assert_one_vts_session_each(sandbox, sessions)
+    return ids
+
+
 def test_30_percent_503s_create_every_session_exactly_once(
     api: httpx2.Client, sandbox: httpx2.Client, worker: dramatiq.Worker
 ) -> None:
     """With 30% of VTS requests failing 503, every session is created, once."""
-    sandbox.put("/_sandbox/faults", json={"error_rate": 0.3, "error_status": 503, "seed": 7})
-    ids = _create_many(api, 60)
-    sessions = wait_until(lambda: _all_settled(api, ids), timeout=60, interval=0.2)
-    _assert_one_vts_session_each(sandbox, sessions)
+    faults = {"error_rate": 0.3, "error_status": 503, "seed": 7}
+    _created_once_despite(api, sandbox, faults, 60)
     assert sandbox.get("/_sandbox/stats").json()["faults"]["error"] > 0
 
 
@@ -68,10 +77,8 @@ def test_create_that_stalls_past_the_timeout_is_adopted_not_repeated(
     api: httpx2.Client, sandbox: httpx2.Client, worker: dramatiq.Worker
 ) -> None:
     """VTS creates, then stalls past our timeout: the retry finds and adopts that session."""
-    sandbox.put("/_sandbox/faults", json={"stall_after_create": 2, "stall_rate": 0.5, "seed": 3})
-    ids = _create_many(api, 20)
-    sessions = wait_until(lambda: _all_settled(api, ids), timeout=60, interval=0.2)
-    _assert_one_vts_session_each(sandbox, sessions)
+    faults = {"stall_after_create": 2, "stall_rate": 0.5, "seed": 3}
+    ids = _created_once_despite(api, sandbox, faults, 20)
     events = [api.get(f"/v1/sessions/{i}/events").json()["data"] for i in ids]
     adopted = [e for timeline in events for e in timeline if e.get("adopted")]
     assert adopted, "some creates should have stalled and been adopted"
@@ -81,7 +88,4 @@ def test_429_with_retry_after_is_retried_and_succeeds(
     api: httpx2.Client, sandbox: httpx2.Client, worker: dramatiq.Worker
 ) -> None:
     """Injected 429s are retried after Retry-After; each session is created once."""
-    sandbox.put("/_sandbox/faults", json={"rate_429": 0.5, "retry_after": 1, "seed": 11})
-    ids = _create_many(api, 10)
-    sessions = wait_until(lambda: _all_settled(api, ids), timeout=60, interval=0.2)
-    _assert_one_vts_session_each(sandbox, sessions)
+    _created_once_despite(api, sandbox, {"rate_429": 0.5, "retry_after": 1, "seed": 11}, 10)

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import redis
 
 from service.embedded_redis import EmbeddedRedis
 from service.settings import environment
+from tests.benchmarks.common import find_wrk, wrk_arguments
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -307,20 +307,13 @@ def summary(runs: dict[str, list[Run]], rounds: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each app")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per app")
-    return parser.parse_args(argv)
+    return wrk_arguments(__doc__, duration=10.0).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk = shutil.which("wrk")
+    wrk = find_wrk()
     if wrk is None:
-        print("wrk is not installed: install it with `apt-get install wrk`.", file=sys.stderr)
         return 2
     body = request_body()
     with TemporaryDirectory(prefix="bench-create-") as tmp, ExitStack() as stack:

@@ -19,7 +19,6 @@ apps. Exit status 2 when ``wrk`` is missing, 1 when any response was not 2xx.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 import urllib.error
@@ -36,12 +35,14 @@ from tests.benchmarks.bench_create import Run, bench_redis, measure, median
 from tests.benchmarks.common import (
     CALLBACK_PATH,
     callback,
+    find_wrk,
     load,
     running,
     service_env,
     signature_headers,
     uvicorn_command,
     wait_for,
+    wrk_arguments,
 )
 from tests.servers import free_port
 
@@ -163,12 +164,7 @@ def summary(runs: dict[str, list[Run]], rounds: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each app")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per app")
+    parser = wrk_arguments(__doc__, duration=8.0)
     parser.add_argument(
         "--requests", type=int, default=200_000, help="distinct signed callbacks per run"
     )
@@ -178,9 +174,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk = shutil.which("wrk")
+    wrk = find_wrk()
     if wrk is None:
-        print("wrk is not installed: install it with `apt-get install wrk`.", file=sys.stderr)
         return 2
     with TemporaryDirectory(prefix="bench-webhooks-") as tmp, ExitStack() as stack:
         directory = Path(tmp)

@@ -4,8 +4,10 @@ callbacks signed as VTS signs them, and percentiles."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -164,3 +166,22 @@ def load() -> str:
     """The machine's load averages: other work on it skews every figure."""
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def wrk_arguments(doc: str | None, duration: float) -> argparse.ArgumentParser:
+    """The flags every wrk benchmark takes; a script adds its own."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("--duration", type=float, default=duration, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each app")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per app")
+    return parser
+
+
+def find_wrk() -> str | None:
+    """wrk's path, or None after telling the user how to install it."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk is not installed: install it with `apt-get install wrk`.", file=sys.stderr)
+    return wrk
