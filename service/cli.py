@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
+import socket
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.errors import ConfigurationError
@@ -15,10 +14,6 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.store import Store
-
-# Shorter than the usual 30 s grace period of orchestrators, so that a worker finishes or
-# requeues its messages before it is killed.
-WORKER_SHUTDOWN_TIMEOUT_MS = 25_000
 
 
 def _settings() -> Settings:
@@ -30,65 +25,45 @@ def _settings() -> Settings:
 
 
 def web(args: argparse.Namespace) -> None:
+    settings = _settings()
+    listener = _listen(args.host, settings.port if args.port is None else args.port)
     import uvicorn
 
     from service import logs
     from service.app import create_app
 
-    settings = _settings()
     logs.configure(fmt=settings.log_format, level=settings.log_level)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
-        host=args.host,
-        port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=20,
         server_header=False,
     )
+    uvicorn.Server(config).run(sockets=[listener])
 
 
-def _multiprocess_metrics_dir() -> None:
-    """Put prometheus-client in multi-process mode for this process and its children.
-
-    Must run before prometheus_client is first imported: it picks its mode then.
-    """
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
-        prefix="masking-metrics-"
-    )
-    for stale in Path(directory).glob("*.db"):
-        stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-
-
-def _serve_worker_metrics(port: int) -> None:
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, registry=registry)
+def _listen(host: str, port: int) -> socket.socket:
+    """The web's socket, bound before anything starts, so a taken port stops us at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        sys.stderr.write(
+            f"configuration error: PORT: cannot listen on {host}:{port}: {exc.strerror}\n"
+        )
+        raise SystemExit(2) from None
+    return listener
 
 
 def worker(args: argparse.Namespace) -> None:
     settings = _settings()
-    _multiprocess_metrics_dir()
-
-    from dramatiq import cli as dramatiq_cli
-
-    from service import logs
-
-    logs.configure(fmt=settings.log_format, level=settings.log_level)
-    _serve_worker_metrics(settings.metrics_port)
-    argv = [
-        "workers.boot:setup",
-        "workers.actors",
-        "--processes", str(args.processes),
-        "--threads", str(args.threads),
-        "--worker-shutdown-timeout", str(WORKER_SHUTDOWN_TIMEOUT_MS),
-        "--skip-logging",
-    ]  # fmt: skip
-    parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
-    raise SystemExit(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
+    # The core never imports the workers: the command reaches them by name.
+    supervisor = importlib.import_module("workers.supervisor")
+    raise SystemExit(supervisor.run(settings, processes=args.processes, threads=args.threads))
 
 
 def sandbox(args: argparse.Namespace) -> None:
@@ -161,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("web", help="the HTTP front (uvicorn)")
     p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, help="the port to listen on (default: PORT, else 8000)")
     p.set_defaults(run=web)
 
     p = commands.add_parser("worker", help="the dramatiq workers")
@@ -169,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=worker)
 
     p = commands.add_parser("dev", help="everything, for development: Redis, sandbox, web, worker")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, help="the web's port (default: PORT, else 8000)")
     p.add_argument("--sandbox-port", type=int, default=8025)
     p.set_defaults(run=dev)
 

@@ -26,14 +26,36 @@ from service.settings import environment
 STATE_DIR = Path(".dev")
 
 
-def _wait_http(url: str, timeout: float = 30.0) -> None:
+class Unavailable(Exception):
+    """A port dev needs is taken, or a process it started did not come up."""
+
+
+def _wait_http(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+    """Wait until ``url`` answers, failing as soon as one of ``processes`` has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        _check_alive(processes)
         with contextlib.suppress(httpx2.HTTPError):
             if httpx2.get(url, timeout=1.0).status_code < 500:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+    raise Unavailable(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is not None:
+            command = process.args[3]  # type: ignore[index]  # python -m service COMMAND
+            raise Unavailable(f"masking {command!s} exited (code {process.returncode})")
+
+
+def _check_free(variable: str, port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise Unavailable(f"{variable}: port {port} is not free ({exc.strerror})") from None
 
 
 def _free_port() -> int:
@@ -47,42 +69,58 @@ def _masking(*args: str) -> list[str]:
     return [sys.executable, "-m", "service", *args]
 
 
-def run(*, port: int, sandbox_port: int) -> int:
+def run(*, port: int | None, sandbox_port: int) -> int:
+    """Start everything, print where it listens, supervise until Ctrl-C; the exit code."""
     env = environment()
+    env["PORT"] = str(port or int(env.get("PORT") or 8000))
+    env.setdefault("METRICS_PORT", str(_free_port()))
     processes: list[subprocess.Popen[bytes]] = []
     redis_server: EmbeddedRedis | None = None
     try:
+        _check_free("PORT", int(env["PORT"]))
+        _check_free("METRICS_PORT", int(env["METRICS_PORT"]))
         if not env.get("REDIS_URL"):
             redis_server = EmbeddedRedis(STATE_DIR / "redis", persist=True).start()
             env["REDIS_URL"] = redis_server.url
-        if not env.get("VTS_AUTH_ID"):
+        sandboxed = not env.get("VTS_AUTH_ID")
+        if sandboxed:
+            _check_free("--sandbox-port", sandbox_port)
             env |= _sandbox_env(sandbox_port)
             processes.append(subprocess.Popen(_masking(
                 "sandbox", "--port", str(sandbox_port),
                 "--auth-id", env["VTS_AUTH_ID"], "--auth-token", env["VTS_AUTH_TOKEN"],
             ), env=env))  # fmt: skip
-            _wait_http(env["VTS_BASE_URL"] + "/")
+            _wait_http(env["VTS_BASE_URL"] + "/", processes)
         env.setdefault("API_KEYS", "dev_" + secrets.token_urlsafe(24))
-        env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
+        env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{env['PORT']}")
         env.setdefault("LOG_FORMAT", "console")
         env.setdefault("RECORDINGS_DIR", str(STATE_DIR / "recordings"))
-        env.setdefault("METRICS_PORT", str(_free_port()))
-        env["PORT"] = str(port)
         processes.append(subprocess.Popen(_masking("web", "--host", "127.0.0.1"), env=env))
         processes.append(subprocess.Popen(_masking("worker", "--processes", "1"), env=env))
-        _wait_http(f"http://127.0.0.1:{port}/healthz")
-        _banner(port, env["API_KEYS"].split(",")[0])
+        _wait_http(f"http://127.0.0.1:{env['PORT']}/readyz", processes)
+        _wait_http(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics", processes)
+        _check_alive(processes)
+        sys.stdout.write(_banner(env, sandboxed))
+        sys.stdout.flush()
         return _supervise(processes)
+    except Unavailable as exc:
+        sys.stderr.write(f"masking dev: {exc}\n")
+        return 2
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop(processes)
         if redis_server is not None:
             redis_server.stop()
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(35)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _sandbox_env(port: int) -> dict[str, str]:
@@ -96,22 +134,55 @@ def _sandbox_env(port: int) -> dict[str, str]:
     }
 
 
-def _banner(port: int, api_key: str) -> None:
-    body = '{"first_party": "+14155552671", "second_party": "+14155552672"}'
-    curl = " ".join([
-        "curl -s", shlex.quote(f"http://127.0.0.1:{port}/v1/sessions"),
-        "-H", shlex.quote(f"Authorization: Bearer {api_key}"),
-        "-H", shlex.quote("Content-Type: application/json"),
-        "-H", shlex.quote("Prefer: wait=10"),
-        "-d", shlex.quote(body),
-    ])  # fmt: skip
-    sys.stdout.write(
-        "\nThe masking service is running.\n"
-        f"  API:     http://127.0.0.1:{port}   (OpenAPI at /openapi.json)\n"
-        f"  API key: {api_key}\n\n"
-        f"Create a session:\n  {curl}\n\nCtrl-C stops everything.\n\n"
-    )
-    sys.stdout.flush()
+def _curl(url: str, *options: str, body: str | None = None) -> str:
+    words = ["curl -s", *options]
+    if body is not None:
+        words += ["-H", "Content-Type: application/json", "-d", body]
+    return " ".join([words[0], *(shlex.quote(w) for w in words[1:]), shlex.quote(url)])
+
+
+def _banner(env: dict[str, str], sandboxed: bool) -> str:
+    """Where everything listens, and how to create a session (and simulate a call)."""
+    api = f"http://127.0.0.1:{env['PORT']}"
+    key = env["API_KEYS"].split(",")[0].rpartition(":")[2]
+    bearer = f"Authorization: Bearer {key}"
+    parties = '{"first_party": "+14155552671", "second_party": "+14155552672"}'
+    lines = [
+        "",
+        "The masking service is running.",
+        f"  API:             {api}   (OpenAPI: {api}/openapi.json)",
+        f"  API key:         {key}",
+        f"  Web metrics:     {api}/metrics",
+        f"  Worker metrics:  http://127.0.0.1:{env['METRICS_PORT']}/metrics",
+        f"  Redis:           {env['REDIS_URL']}",
+    ]
+    if sandboxed:
+        sandbox = env["VTS_BASE_URL"]
+        account = f"{env['VTS_AUTH_ID']}:{env['VTS_AUTH_TOKEN']}"
+        lines += [
+            f"  VTS sandbox:     {sandbox}   (auth id {env['VTS_AUTH_ID']},"
+            f" token {env['VTS_AUTH_TOKEN']})",
+        ]
+    lines += [
+        "",
+        "Create a session (answers once VTS has made it; note its id and vts_session_uuid):",
+        "  " + _curl(f"{api}/v1/sessions", "-H", bearer, "-H", "Prefer: wait=10", body=parties),
+    ]
+    if sandboxed:
+        calls = f"{sandbox}/_sandbox/sessions/VTS_SESSION_UUID/calls"
+        call = '{"caller": "first", "duration": 42}'
+        lines += [
+            "Simulate a call between the parties (the sandbox sends VTS's callbacks):",
+            "  " + _curl(calls, "-u", account, "-X", "POST", body=call),
+        ]
+    lines += [
+        "See the session's counters:",
+        "  " + _curl(f"{api}/v1/sessions/SESSION_ID", "-H", bearer),
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:

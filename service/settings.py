@@ -74,6 +74,7 @@ class Settings:
     reconcile_interval: float = 300.0
     notification_secret: Secret | None = None
     metrics_port: int = 9191
+    worker_shutdown_timeout: float = 25.0
     recording_hosts: tuple[str, ...] = ()
     recording_allow_http: bool = False
     recording_allow_private: bool = False
@@ -111,6 +112,9 @@ class Settings:
             ),
             notification_secret=env.optional("NOTIFICATION_SECRET", _webhook_secret, None),
             metrics_port=env.optional("METRICS_PORT", _port, cls.metrics_port),
+            worker_shutdown_timeout=env.optional(
+                "WORKER_SHUTDOWN_TIMEOUT", _positive_float, cls.worker_shutdown_timeout
+            ),
             recording_hosts=env.optional("RECORDING_HOSTS", _hostnames, cls.recording_hosts),
             recording_allow_http=env.optional("RECORDING_ALLOW_HTTP", _bool, False),
             recording_allow_private=env.optional("RECORDING_ALLOW_PRIVATE", _bool, False),

@@ -21,6 +21,7 @@ from service.app import create_app
 from service.settings import Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.vts import sandbox
+from workers import supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -341,7 +342,7 @@ def test_every_deployment_has_a_disruption_budget() -> None:
 
 def test_grace_period_outlasts_the_worker_shutdown_timeout() -> None:
     """Pods and containers get 30 s to stop, more than the worker's 25 s shutdown timeout."""
-    timeout = cli.WORKER_SHUTDOWN_TIMEOUT_MS / 1000
+    timeout = Settings.worker_shutdown_timeout + supervisor.KILL_GRACE_SECONDS
     for name in APP_SERVICES:
         grace = _deployment(name)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace == 30 > timeout
