@@ -25,7 +25,7 @@ from tests.system import System
 
 pytestmark = pytest.mark.slow
 
-SESSIONS = 500
+SESSIONS = 80
 CALLS = 3
 
 
