@@ -355,13 +355,54 @@ def test_grace_period_outlasts_the_worker_shutdown_timeout() -> None:
 
 
 def test_compose_redis_persists_and_never_evicts() -> None:
-    """Compose's Redis 7 keeps an append-only file on a volume and never evicts keys."""
+    """Compose's Redis, a pinned 7.x release, keeps an append-only file on a volume, has a
+    memory limit (settable) and never evicts keys."""
     redis = _compose()["services"]["redis"]
-    assert redis["image"] == "redis:7"
+    assert re.fullmatch(r"redis:7\.\d+\.\d+", redis["image"])
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
     assert "--maxmemory-policy noeviction" in command
+    assert re.search(r"--maxmemory \$\{REDIS_MAXMEMORY:-\d+[kmg]b\}", command)
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+# Set by the compose file itself: where things are inside the containers.
+COMPOSE_FIXED = {"REDIS_URL", "RECORDINGS_DIR", "LOG_FORMAT", "PORT"}
+
+
+def test_compose_lets_every_other_variable_be_set() -> None:
+    """Every other variable is taken from the environment of `docker compose`, under its
+    own name; those the sandbox profile and notifications need are among them."""
+    environment = _compose()["services"]["web"]["environment"]
+    for name, value in environment.items():
+        if name not in COMPOSE_FIXED:
+            assert re.fullmatch(rf"\$\{{{name}(:[-?].*)?\}}", str(value)), (name, value)
+    assert {
+        "RECORDING_ALLOW_HTTP", "RECORDING_ALLOW_PRIVATE", "RECORDING_HOSTS",
+        "NOTIFICATION_SECRET", "PHONE_DEFAULT_REGION", "METRICS_PORT",
+    } <= set(environment)  # fmt: skip
+
+
+def test_compose_host_ports_can_be_moved() -> None:
+    """Every published port's host side is a variable: a shared host may have it taken."""
+    for service in _compose()["services"].values():
+        for mapping in service.get("ports", []):
+            assert re.fullmatch(r"\$\{[A-Z_]+:-\d+\}:.+", mapping), mapping
+
+
+def test_compose_worker_healthcheck_asks_its_metrics_port() -> None:
+    """The worker's healthcheck requests /metrics on METRICS_PORT, which it publishes."""
+    worker = _compose()["services"]["worker"]
+    test = " ".join(worker["healthcheck"]["test"])
+    assert "os.environ['METRICS_PORT']" in test
+    assert "/metrics" in test
+    (published,) = worker["ports"]
+    _, inside = re.fullmatch(r"(\$\{[^}]+\}):(.+)", published).groups()  # type: ignore[union-attr]
+    assert (
+        inside
+        == worker["environment"]["METRICS_PORT"]
+        == f"${{METRICS_PORT:-{Settings.metrics_port}}}"
+    )
 
 
 def test_recordings_are_shared_by_web_and_worker() -> None:
