@@ -157,9 +157,9 @@ class Options:
     json_only: bool
 
 
-def format_line(line: str, options: Options) -> str | None:
-    """What to print for one input line (without its newline), or None to skip it."""
-    record = parse(line)
+def format_line(line: str, record: Record | None, options: Options) -> str | None:
+    """What to print for one input line (without its newline) and the record parsed from
+    it (None if it is not JSON), or None to skip it."""
     if record is None:
         return None if options.json_only else mask_text(line)
     if not options.filter.matches(record):
@@ -236,19 +236,24 @@ def _reopen_if_replaced(path: Path, stream: BinaryIO) -> BinaryIO:
     return stream
 
 
-def run(lines: Iterable[str | None], options: Options, out: TextIO, *, live: bool) -> None:
+def run(lines: Iterable[str | None], options: Options, out: TextIO, *, live: bool) -> int:
     """Print what ``format_line`` keeps; flush at every catch-up (None) or, if ``live``,
-    after every line, so that a follower sees lines as they come."""
+    after every line, so that a follower sees lines as they come. Returns how many lines
+    were JSON records."""
+    records = 0
     for line in lines:
         if line is None:
             out.flush()
             continue
-        text = format_line(line, options)
+        record = parse(line)
+        records += record is not None
+        text = format_line(line, record, options)
         if text is not None:
             out.write(text + "\n")
             if live:
                 out.flush()
     out.flush()
+    return records
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -307,12 +312,18 @@ def main(
     options = _options(args, out, os.environ if environ is None else environ)
     try:
         if args.file is None or args.file == "-":
-            run(read_lines(stdin or sys.stdin), options, out, live=True)
+            records = run(read_lines(stdin or sys.stdin), options, out, live=True)
         elif args.follow:
-            run(follow(Path(args.file), last=args.lines), options, out, live=False)
+            records = run(follow(Path(args.file), last=args.lines), options, out, live=False)
         else:
             with Path(args.file).open(encoding="utf-8", errors="replace") as stream:
-                run(read_lines(stream), options, out, live=False)
+                records = run(read_lines(stream), options, out, live=False)
+        if not records and options.filter != Filter():
+            # Console-format logs (LOG_FORMAT=console) pass through unfiltered: say why.
+            sys.stderr.write(
+                "masking logs: no JSON log line in the input, so no filter applied; "
+                "the service writes JSON with LOG_FORMAT=json\n"
+            )
     except FileNotFoundError as exc:
         parser.error(f"no such file: {exc.filename}")
     except KeyboardInterrupt:

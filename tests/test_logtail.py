@@ -200,6 +200,16 @@ def test_no_color_turns_colours_off_on_a_terminal() -> None:
     assert painted("--color", environ={"NO_COLOR": "1"})
 
 
+def test_console_format_input_is_pointed_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """Filtering lines that hold no JSON (LOG_FORMAT=console) says why nothing is filtered;
+    JSON input that merely matches nothing says nothing."""
+    console = ["2025-11-27 22:30:01 [info     ] session_created session_id=ses_a"]
+    _run("--session", "ses_a", lines=console)
+    assert "LOG_FORMAT=json" in capsys.readouterr().err
+    assert len(_run("--session", "ses_zzz")) == sum(not line.startswith("{") for line in SAMPLE)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     """A file that does not exist stops the command with status 2 and its name."""
     with pytest.raises(SystemExit) as exit_info:
