@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import api, deadletters, logs, media, openapi, webhooks
-from service.metrics import RedisCollector
+from service.metrics import ClusterCollector
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
@@ -42,10 +42,16 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-async def metrics_text(request: Request) -> Response:
-    """Prometheus text: this process's metrics, then what Redis knows for all processes."""
-    shared: CollectorRegistry = request.app.state.shared_metrics
-    body = await run_in_threadpool(lambda: generate_latest(REGISTRY) + generate_latest(shared))
+async def metrics_text(_: Request) -> Response:
+    """Prometheus text: this process's own metrics."""
+    body = await run_in_threadpool(generate_latest, REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def cluster_metrics_text(request: Request) -> Response:
+    """Prometheus text: what Redis knows for every process; scrape it once per cluster."""
+    cluster: CollectorRegistry = request.app.state.cluster_metrics
+    body = await run_in_threadpool(generate_latest, cluster)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -75,9 +81,9 @@ def create_app(settings: Settings) -> Starlette:
         app.state.recordings = AsyncRecordingStore(client)
         app.state.storage = LocalStorage(settings.recordings_dir)
         app.state.watcher = SessionWatcher(client, app.state.store)
-        app.state.shared_metrics = CollectorRegistry()
+        app.state.cluster_metrics = CollectorRegistry()
         scrape_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
-        app.state.shared_metrics.register(RedisCollector(scrape_client, deadletters.QUEUES))
+        app.state.cluster_metrics.register(ClusterCollector(scrape_client, deadletters.QUEUES))
         await app.state.watcher.start()
         log.info("web_started", vts_base_url=settings.vts_base_url)
         try:
@@ -92,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
+        Route("/metrics/cluster", cluster_metrics_text, methods=["GET"]),
         *api.routes(),
         *webhooks.routes(),
         *media.routes(),

