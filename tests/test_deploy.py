@@ -18,7 +18,7 @@ import yaml
 
 from service import cli, messages
 from service.app import create_app
-from service.settings import Secret, Settings
+from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.vts import sandbox
 
@@ -105,7 +105,7 @@ def _app_paths() -> set[str]:
         vts_auth_id="MATEST",
         vts_auth_token=Secret("token"),
         public_base_url="http://testserver",
-        api_keys=(Secret("k" * 16),),
+        api_keys=(AppKey("test", Secret("k" * 16)),),
     )
     return {getattr(route, "path", "") for route in create_app(settings).routes}
 
