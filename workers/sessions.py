@@ -190,6 +190,8 @@ def update(ctx: Context, session_id: str, changes: Mapping[str, Any] | None = No
         return
     with locked(ctx, session_id):
         app, pending = ctx.store.pending_update(session_id)
+        if app:
+            structlog.contextvars.bind_contextvars(app=app)
         wanted = {**(changes or {}), **{k: json.loads(v) for k, v in pending.items()}}
         if wanted:
             _send_update(ctx, session, session.vts_session_uuid, wanted)
