@@ -36,9 +36,9 @@ def settings(redis_url: str, sandbox_url: str, web_port: int, tmp_path: Path) ->
         public_base_url=f"http://127.0.0.1:{web_port}",
         api_keys=(AppKey("rides", Secret(RIDES_KEY)), AppKey("food", Secret(FOOD_KEY))),
         recordings_dir=tmp_path / "recordings",
-        # Two apps, two requests each per minute: enough for these tests, and a minute is
-        # far longer than any of them, so nothing here depends on timing.
-        vts_app_budget=4,
+        # Two apps, three requests each per minute: enough for these tests, and a minute
+        # is far longer than any of them, so nothing here depends on timing.
+        vts_app_budget=6,
         vts_rate_window=60.0,
     )
 
@@ -180,12 +180,38 @@ def test_an_app_over_its_share_gets_429_and_the_other_app_does_not(
     """Over its share of the VTS budget an app gets 429 with Retry-After and nothing is
     stored; the other app's share is untouched, and replays cost nothing."""
     body, key = _body(), {"Idempotency-Key": "first"}
-    assert rides.post("/v1/sessions", json=body, headers=key).status_code == 202
-    assert rides.post("/v1/sessions", json=_body()).status_code == 202
+    first = rides.post("/v1/sessions", json=body, headers=key)
+    assert first.status_code == 202
+    path = f"/v1/sessions/{first.json()['id']}"
+    assert [rides.post("/v1/sessions", json=_body()).status_code for _ in range(2)] == [202, 202]
     refused = rides.post("/v1/sessions", json=_body())
     assert refused.status_code == 429, refused.text
     assert refused.headers["content-type"] == "application/problem+json"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert rides.patch(path, json={"record": True}).status_code == 429
+    assert rides.delete(path).status_code == 429
+    assert [e["type"] for e in rides.get(f"{path}/events").json()["data"]] == ["requested"]
     assert rides.post("/v1/sessions", json=body, headers=key).status_code == 202
-    assert len(rides.get("/v1/sessions").json()["data"]) == 2
-    assert [food.post("/v1/sessions", json=_body()).status_code for _ in range(2)] == [202, 202]
+    assert len(rides.get("/v1/sessions").json()["data"]) == 3
+    assert [food.post("/v1/sessions", json=_body()).status_code for _ in range(3)] == [202] * 3
+
+
+def test_the_timeline_and_log_lines_name_the_app_that_acted(
+    rides: httpx2.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What an app asked is in the timeline and the request's log line under its name,
+    and its key is in no log line."""
+    capsys.readouterr()
+    session_id = rides.post("/v1/sessions", json=_body()).json()["id"]
+    assert rides.patch(f"/v1/sessions/{session_id}", json={"record": True}).status_code == 202
+    assert rides.delete(f"/v1/sessions/{session_id}").status_code == 202
+    events = rides.get(f"/v1/sessions/{session_id}/events").json()["data"]
+    assert [(e["type"], e["app"]) for e in events] == [
+        ("requested", "rides"), ("update_requested", "rides"), ("end_requested", "rides")
+    ]  # fmt: skip
+    logged = capsys.readouterr().err
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line["event"] == "http_request"]
+    assert len(requests) == 4
+    assert {line.get("app") for line in requests} == {"rides"}
+    assert RIDES_KEY not in logged
