@@ -9,7 +9,8 @@ uvicorn worker, as ``bench_create`` runs it) and one worker process (``masking w
 --processes 1 --threads N``), with ``API_KEYS=rides:...,food:...`` and every other
 setting at its default. Redis as in ``bench_create``, flushed first.
 
-A (``rides``) makes one session and waits for it to be active. Then, at once: A sends
+A (``rides``) makes one session and waits for it to be active; B (``food``) makes 20
+sessions alone, for comparison. Then, at once: A sends
 ``--patches`` PATCHes to that session from ``--clients`` concurrent clients (each sets
 ``ring_timeout`` or ``call_time_limit``), and B (``food``) creates sessions one after
 another with ``Prefer: wait=10``, one every ``--create-every`` seconds, until A's burst
@@ -62,6 +63,7 @@ class Run:
     patch_answers: Counter[int] = field(default_factory=Counter)
     create_answers: Counter[int] = field(default_factory=Counter)
     create_seconds: list[float] = field(default_factory=list)
+    alone_seconds: list[float] = field(default_factory=list)
     burst_seconds: float = 0.0
     settle_seconds: float = 0.0
     vts_updates: int = 0
@@ -93,15 +95,19 @@ async def _burst(rides: httpx2.AsyncClient, path: str, args: argparse.Namespace,
     run.burst_seconds = time.monotonic() - started
 
 
+async def _create(food: httpx2.AsyncClient, every: float, run: Run, into: list[float]) -> None:
+    started = time.monotonic()
+    answer = await food.post("/v1/sessions", json=_numbers(), headers={"Prefer": "wait=10"})
+    into.append(time.monotonic() - started)
+    run.create_answers[answer.status_code] += 1
+    await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
 async def _creates(
     food: httpx2.AsyncClient, burst: asyncio.Task[None], every: float, run: Run
 ) -> None:
     while not burst.done() or len(run.create_seconds) < 20:
-        started = time.monotonic()
-        answer = await food.post("/v1/sessions", json=_numbers(), headers={"Prefer": "wait=10"})
-        run.create_seconds.append(time.monotonic() - started)
-        run.create_answers[answer.status_code] += 1
-        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+        await _create(food, every, run, run.create_seconds)
 
 
 async def measure(web: str, sandbox: httpx2.Client, args: argparse.Namespace) -> Run:
@@ -111,6 +117,8 @@ async def measure(web: str, sandbox: httpx2.Client, args: argparse.Namespace) ->
         if made.status_code != 201:
             raise RuntimeError(f"A's session was not created: {made.status_code} {made.text}")
         path = f"/v1/sessions/{made.json()['id']}"
+        for _ in range(20):
+            await _create(food, args.create_every, run, run.alone_seconds)
         before = _updates(sandbox)
         burst = asyncio.create_task(_burst(rides, path, args, run))
         await _creates(food, burst, args.create_every, run)
@@ -152,6 +160,11 @@ def report(run: Run, args: argparse.Namespace) -> bool:
         f"B: {len(run.create_seconds)} creates with Prefer: wait, answers "
         f"{dict(run.create_answers)}; latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
         f"max {max(run.create_seconds) * 1000:.0f} ms (goal: p99 under {GOAL_P99_S:g} s)"
+    )
+    a50, a99 = percentiles(run.alone_seconds, 50, 99)
+    print(
+        f"B alone before the burst: {len(run.alone_seconds)} creates, latency p50 "
+        f"{a50 * 1000:.0f} ms, p99 {a99 * 1000:.0f} ms"
     )
     verdict = "met" if ok_latency and ok_updates and ok_answers else "MISSED"
     print(f"goals {verdict}")
