@@ -157,8 +157,9 @@ def report(run: Run, args: argparse.Namespace) -> bool:
     )
     print(f"A's burst cost {run.vts_updates} VTS updates (goal: under {GOAL_UPDATES})")
     print(
-        f"B: {len(run.create_seconds)} creates with Prefer: wait, answers "
-        f"{dict(run.create_answers)}; latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+        f"B: {len(run.create_seconds)} creates with Prefer: wait during the burst "
+        f"(answers to all of B's: {dict(run.create_answers)}); "
+        f"latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
         f"max {max(run.create_seconds) * 1000:.0f} ms (goal: p99 under {GOAL_P99_S:g} s)"
     )
     a50, a99 = percentiles(run.alone_seconds, 50, 99)
