@@ -78,6 +78,7 @@ class AppRegistry:
             1, int(settings.vts_rate_limit * DEFAULT_BUDGET_FRACTION)
         )
         self._window = settings.vts_rate_window
+        self._total = self._weight_of(self.apps())
 
     def configured_apps(self) -> list[str]:
         """The apps named in API_KEYS."""
@@ -86,6 +87,7 @@ class AppRegistry:
     def load(self, managed: Mapping[str, str]) -> None:
         """Take the managed keys (digest -> app) now in Redis."""
         self._managed = dict(managed)
+        self._total = self._weight_of(self.apps())
 
     def app_for(self, key: str) -> str | None:
         digest = key_digest(key)
@@ -96,7 +98,11 @@ class AppRegistry:
         return set(self._configured.values()) | set(self._managed.values())
 
     def budget(self, app: str) -> Budget:
-        """The app's share: the apps' budget split by weight (1 unless APP_SHARES says)."""
-        total = sum(self._weights.get(name, 1) for name in self.apps() | {app})
-        share = self._budget * self._weights.get(app, 1) // total
+        """The app's share: the apps' budget split by weight (1 unless APP_SHARES says)
+        among the apps that have a key."""
+        weight = self._weights.get(app, 1)
+        share = self._budget * weight // max(self._total, weight)
         return Budget(max(1, share), self._window)
+
+    def _weight_of(self, apps: set[str]) -> int:
+        return sum(self._weights.get(name, 1) for name in apps)

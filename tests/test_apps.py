@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.apps import AppRegistry
 from service.errors import ConfigurationError
 from service.settings import AppKey, Secret, Settings
 from service.store.apps import AppStore
@@ -185,3 +186,17 @@ def test_notifications_are_signed_with_each_apps_own_secret(
     assert _verifies(new_secret, expired)
     assert _verifies(rides_secret, expired)
     assert not _verifies(food_secret, expired)
+
+
+def test_shares_split_the_apps_budget_by_weight() -> None:
+    """Apps share VTS_APP_BUDGET equally by default, by APP_SHARES weights when given,
+    among the apps that have a key (managed ones included)."""
+    env = {**VALID, "API_KEYS": f"rides:{RIDES_KEY},food:{FOOD_KEY}", "VTS_APP_BUDGET": "90"}
+    fair = AppRegistry(Settings.from_env(env))
+    assert (fair.budget("rides").limit, fair.budget("food").limit) == (45, 45)
+    weighted = AppRegistry(Settings.from_env({**env, "APP_SHARES": "rides:2"}))
+    assert (weighted.budget("rides").limit, weighted.budget("food").limit) == (60, 30)
+    weighted.load({"0" * 64: "support"})
+    assert [weighted.budget(a).limit for a in ("rides", "food", "support")] == [45, 22, 22]
+    assert Settings.from_env(VALID).vts_app_budget is None
+    assert AppRegistry(Settings.from_env(VALID)).budget("default").limit == 240

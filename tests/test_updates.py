@@ -16,8 +16,10 @@ import httpx2
 import pytest
 import redis
 
-from service.store import Store
+from service.settings import Settings
+from service.store import Keys, Store
 from tests.conftest import new_numbers, wait_until
+from workers import boot, sessions
 
 INTERVAL = 1.0  # SESSION_UPDATE_INTERVAL's default, which the settings fixture keeps
 
@@ -102,3 +104,31 @@ def test_a_busy_session_is_retried_without_an_error_or_traceback(
     seen.extend(_log_records(capsys.readouterr().err))
     assert [r for r in seen if r["level"] in {"error", "critical"}] == []
     assert not [r for r in seen if "exception" in r or "Traceback" in json.dumps(r)]
+
+
+def test_changes_given_up_on_do_not_hold_back_the_next_ones(
+    api: httpx2.Client, settings: Settings, redis_client: redis.Redis
+) -> None:
+    """When an update's retries run out its changes are dropped (and the timeline says so),
+    and the next change asked queues an update of its own."""
+    first, second = new_numbers()
+    session_id = api.post("/v1/sessions", json={"first_party": first, "second_party": second})
+    path = f"/v1/sessions/{session_id.json()['id']}"
+    assert api.patch(path, json={"record": True}).status_code == 202
+    before = _queued_updates(redis_client)
+    assert api.patch(path, json={"ring_timeout": 20}).status_code == 202
+    assert _queued_updates(redis_client) == before == 1
+    resources = boot.build(settings, redis_client)
+    try:
+        sessions.give_up_update(resources.sessions, session_id.json()["id"])
+    finally:
+        resources.close()
+    failed = [e for e in api.get(f"{path}/events").json()["data"] if e["type"] == "update_failed"]
+    assert [e["changes"] for e in failed] == [["record", "ring_timeout"]]
+    assert api.patch(path, json={"ring_timeout": 30}).status_code == 202
+    assert _queued_updates(redis_client) == 2
+
+
+def _queued_updates(client: redis.Redis) -> int:
+    raw: dict[bytes, bytes] = client.hgetall(Keys.queue_messages("sessions"))  # type: ignore[assignment]
+    return sum(json.loads(m)["actor_name"] == "update_session" for m in raw.values())

@@ -160,11 +160,17 @@ def expire_if_due(session_id: str) -> None:
     actor_name=messages.UPDATE_SESSION.actor_name,
     queue_name=messages.UPDATE_SESSION.queue_name,
     retry_when=_retryable,
+    on_retry_exhausted="update_session_exhausted",
     min_backoff=MIN_BACKOFF_MS,
     max_backoff=MAX_BACKOFF_MS,
 )
 def update_session(session_id: str, changes: dict[str, Any] | None = None) -> None:
     _run(sessions.update, session_id, changes)
+
+
+@dramatiq.actor(actor_name="update_session_exhausted", queue_name=messages.SESSIONS_QUEUE)
+def update_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
+    sessions.give_up_update(resources().sessions, message["args"][0])
 
 
 @dramatiq.actor(

@@ -195,17 +195,26 @@ def update(ctx: Context, session_id: str, changes: Mapping[str, Any] | None = No
         wanted = {**(changes or {}), **{k: json.loads(v) for k, v in pending.items()}}
         if wanted:
             _send_update(ctx, session, session.vts_session_uuid, wanted)
+        interval = ctx.update_interval if wanted else 0.0
         ctx.store.finish_update(
-            session_id, app, pending, interval=ctx.update_interval, window=ctx.budget_window
+            session_id, app, pending, interval=interval, window=ctx.budget_window
         )
 
 
+def give_up_update(ctx: Context, session_id: str) -> None:
+    """Drop the changes that could not be sent to VTS (retries exhausted), so that the next
+    change asked starts an update of its own rather than waiting on this one."""
+    _, pending = ctx.store.pending_update(session_id)
+    ctx.store.add_timeline(session_id, timeline_entry("update_failed", changes=sorted(pending)))
+    log.warning("session_update_given_up", changes=sorted(pending))
+    _finish_update(ctx, session_id)
+
+
 def _finish_update(ctx: Context, session_id: str) -> None:
-    """Drop what is pending for a session that can no longer be updated."""
+    """Drop what is pending, unsent (the session can no longer be updated, or the update
+    was given up)."""
     app, pending = ctx.store.pending_update(session_id)
-    ctx.store.finish_update(
-        session_id, app, pending, interval=ctx.update_interval, window=ctx.budget_window
-    )
+    ctx.store.finish_update(session_id, app, pending, interval=0.0, window=ctx.budget_window)
 
 
 def _send_update(

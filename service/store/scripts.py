@@ -156,7 +156,8 @@ return {'enqueued', current}
 # notes when it was sent, and schedules a follow-up for what was asked meanwhile, once
 # the interval has passed and the app's budget has room.
 # KEYS: pending update, update sent, schedule, the app's VTS budget
-# ARGV: interval (ms), budget window (ms), schedule member, budget member,
+# ARGV: interval (ms; 0 when nothing was sent), budget window (ms), schedule member,
+#       budget member,
 #       field, JSON value sent, ...
 # Returns 'done' or 'scheduled'.
 FINISH_UPDATE = (
@@ -168,7 +169,7 @@ for i = 5, #ARGV, 2 do
   end
 end
 local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('SET', KEYS[2], '1', 'PX', interval)
+if interval > 0 then redis.call('SET', KEYS[2], '1', 'PX', interval) end
 local left = 0
 for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(name, 1, 1) ~= '~' then left = left + 1 end

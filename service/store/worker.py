@@ -110,7 +110,8 @@ class Store:
     ) -> str:
         """After ``sent`` (as read by :meth:`pending_update`) went to VTS: forget it unless
         changed again meanwhile, and schedule a follow-up (after ``interval`` seconds, and
-        when the app's budget over ``window`` seconds has room) for what is left.
+        when the app's budget over ``window`` seconds has room) for what is left. An
+        ``interval`` of 0 says nothing was sent (the changes were dropped).
 
         Returns ``done`` or ``scheduled``.
         """
