@@ -68,15 +68,24 @@ async def _store_unavailable(_: Request, exc: Exception) -> Response:
     ).response()
 
 
+async def _sync_apps(registry: AppRegistry, store: AsyncAppStore) -> bool:
+    """Register the configured apps and take the managed keys; False while Redis is away
+    (the web still starts: configured keys work, and the next refresh tries again)."""
+    try:
+        await store.register(registry.configured_apps())
+        registry.load(await store.managed_keys())
+    except (redis.RedisError, OSError) as exc:
+        log.warning("apps_refresh_failed", error=type(exc).__name__)
+        return False
+    return True
+
+
 async def _refresh_apps(registry: AppRegistry, store: AsyncAppStore, every: float) -> None:
     """Keep the registry's managed keys current, so created and revoked keys take effect
     within ``every`` seconds without a restart. While Redis is away the last keys hold."""
     while True:
         await asyncio.sleep(every)
-        try:
-            registry.load(await store.managed_keys())
-        except (redis.RedisError, OSError) as exc:
-            log.warning("apps_refresh_failed", error=type(exc).__name__)
+        await _sync_apps(registry, store)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -94,8 +103,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.watcher = SessionWatcher(client, app.state.store)
         app.state.apps = registry
         apps = AsyncAppStore(client)
-        await apps.register(registry.configured_apps())
-        registry.load(await apps.managed_keys())
+        await _sync_apps(registry, apps)
         refresher = asyncio.create_task(_refresh_apps(registry, apps, settings.apps_refresh))
         app.state.shared_metrics = CollectorRegistry()
         scrape_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
