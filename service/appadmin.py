@@ -13,8 +13,9 @@ from service.apps import InvalidAppName
 from service.store.apps import AppRecord, AppStore, TooManyKeys, UnknownApp
 
 
-def run(store: AppStore, args: argparse.Namespace, out: TextIO) -> int:
-    """Carry out ``args.action``; return the exit status."""
+def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Carry out ``args.action``, printing to ``out`` (refusals to ``err``); return the
+    exit status."""
     try:
         if args.action == "list":
             for record in store.all():
@@ -26,13 +27,13 @@ def run(store: AppStore, args: argparse.Namespace, out: TextIO) -> int:
         elif args.action == "revoke":
             revoked = store.revoke(args.target)
             if not revoked:
-                out.write(f"no managed key or app {args.target} (see: masking apps list)\n")
+                err.write(f"no managed key or app {args.target} (see: masking apps list)\n")
                 return 1
             out.write(f"revoked {', '.join(revoked)}; refused within seconds\n")
         else:
             out.write("\n".join(_secrets(store, args)) + "\n")
     except (InvalidAppName, TooManyKeys, UnknownApp) as exc:
-        out.write(f"{exc}\n")
+        err.write(f"{exc}\n")
         return 1
     return 0
 

@@ -133,7 +133,7 @@ def apps(args: argparse.Namespace) -> None:
     from service import appadmin
     from service.store.apps import AppStore
 
-    raise SystemExit(appadmin.run(AppStore(_operator_redis()), args, sys.stdout))
+    raise SystemExit(appadmin.run(AppStore(_operator_redis()), args, sys.stdout, sys.stderr))
 
 
 def dlq(args: argparse.Namespace) -> None:
