@@ -188,13 +188,16 @@ def update(ctx: Context, session_id: str, changes: Mapping[str, Any] | None = No
     if session is None or session.vts_session_uuid is None:
         _finish_update(ctx, session_id)
         return
+    vts_session_uuid = session.vts_session_uuid
     with locked(ctx, session_id):
+        # Read again under the lock: an update that just finished may have changed options.
+        session = ctx.store.get_session(session_id) or session
         app, pending = ctx.store.pending_update(session_id)
         if app:
             structlog.contextvars.bind_contextvars(app=app)
         wanted = {**(changes or {}), **{k: json.loads(v) for k, v in pending.items()}}
         if wanted:
-            _send_update(ctx, session, session.vts_session_uuid, wanted)
+            _send_update(ctx, session, vts_session_uuid, wanted)
         interval = ctx.update_interval if wanted else 0.0
         ctx.store.finish_update(
             session_id, app, pending, interval=interval, window=ctx.budget_window
