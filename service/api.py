@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import messages
+from service.apps import AppRegistry, Budget
 from service.models import LIVE, Session, Status, now
 from service.problems import FieldError, Problem
 from service.settings import Settings
@@ -36,6 +37,28 @@ def _store(request: Request) -> AsyncStore:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _app(request: Request) -> str:
+    """The app whose key authenticated the request (set by BearerAuth)."""
+    app: str = request.state.app
+    return app
+
+
+def _budget(request: Request) -> Budget:
+    registry: AppRegistry = request.app.state.apps
+    return registry.budget(_app(request))
+
+
+def _throttled(retry_after_ms: int) -> Problem:
+    seconds = max(1, -(-retry_after_ms // 1000))
+    return Problem(
+        429,
+        "this app has used its share of the VTS request budget; retry after "
+        f"{seconds} s (the Retry-After header)",
+        slug="app-budget-exceeded",
+        headers={"retry-after": str(seconds)},
+    )
 
 
 async def _json_body(request: Request) -> Any:
@@ -73,8 +96,10 @@ def _session_id(request: Request) -> str:
 
 
 async def _existing(request: Request) -> Session:
+    """The session named in the path, if it is the calling app's: another app's session is
+    404, exactly like one that does not exist."""
     session = await _store(request).get_session(_session_id(request))
-    if session is None:
+    if session is None or session.app != _app(request):
         raise Problem(404, "no session with this id")
     return session
 
@@ -83,7 +108,7 @@ def _location(session: Session) -> dict[str, str]:
     return {"location": f"/v1/sessions/{session.id}"}
 
 
-def _new_session(fields: dict[str, Any]) -> Session:
+def _new_session(fields: dict[str, Any], app: str) -> Session:
     moment = now()
     return Session(
         id="ses_" + secrets.token_hex(16),
@@ -96,6 +121,7 @@ def _new_session(fields: dict[str, Any]) -> Session:
         metadata=fields.get("metadata") or {},
         callback_url=fields.get("callback_url"),
         request_id=structlog.contextvars.get_contextvars().get("request_id"),
+        app=app,
     )
 
 
@@ -107,12 +133,21 @@ async def create_session(request: Request) -> Response:
     wait = _wait_seconds(request)
     key = _idempotency_key(request)
     fields = parse_create(await _json_body(request), settings.phone_default_region)
-    session = _new_session(fields)
-    message = messages.build(messages.CREATE_SESSION, session.id, request_id=session.request_id)
-    idempotency = (request.state.api_key_id, key, fingerprint(fields)) if key else None
-    outcome = await _store(request).create_session(
-        session, message, idempotency=idempotency, idempotency_ttl=settings.idempotency_ttl
+    app = _app(request)
+    session = _new_session(fields, app)
+    message = messages.build(
+        messages.CREATE_SESSION, session.id, request_id=session.request_id, app=app
     )
+    idempotency = (app, key, fingerprint(fields)) if key else None
+    outcome = await _store(request).create_session(
+        session,
+        message,
+        idempotency=idempotency,
+        idempotency_ttl=settings.idempotency_ttl,
+        budget=_budget(request),
+    )
+    if outcome.result == "throttled":
+        raise _throttled(outcome.retry_after_ms)
     if outcome.result == "conflict":
         raise Problem(
             409,
@@ -175,6 +210,7 @@ async def list_sessions(request: Request) -> Response:
         raise Problem(422, "the query has invalid parameters", errors=errors)
     try:
         page = await _store(request).list_sessions(
+            _app(request),
             status=Status(status) if status else None,
             limit=int(limit_raw),
             cursor=params.get("cursor"),
@@ -190,29 +226,51 @@ _LIST_PARAMS = frozenset({"status", "limit", "cursor"})
 
 
 async def update_session(request: Request) -> Response:
+    """Changes merge with those not yet sent to VTS (last writer wins per field): a burst
+    of PATCHes to one session costs one VTS update per ``SESSION_UPDATE_INTERVAL``."""
     session_id = _session_id(request)
     changes = parse_update(await _json_body(request))
+    app = _app(request)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    message = messages.build(messages.UPDATE_SESSION, session_id, changes, request_id=request_id)
-    entry = timeline_entry("update_requested", changes=sorted(changes), request_id=request_id)
-    allowed = [Status.PENDING, *LIVE]
-    result, current = await _store(request).enqueue_if_status(session_id, allowed, message, entry)
+    message = messages.build(messages.UPDATE_SESSION, session_id, request_id=request_id, app=app)
+    entry = timeline_entry(
+        "update_requested", changes=sorted(changes), request_id=request_id, app=app
+    )
+    result, detail = await _store(request).request_update(
+        session_id,
+        changes,
+        message,
+        entry,
+        app=app,
+        allowed=[Status.PENDING, *LIVE],
+        budget=_budget(request),
+    )
+    _refuse(result, detail)
+    return await _answer(request, session_id, 0, {}, status=202)
+
+
+def _refuse(result: str, detail: str) -> None:
+    """The problem for a change the store did not make, if it did not."""
     if result == "missing":
         raise Problem(404, "no session with this id")
+    if result == "throttled":
+        raise _throttled(int(detail))
     if result == "skipped":
-        raise Problem(409, f"the session is {current} and can no longer be changed")
-    return await _answer(request, session_id, 0, {}, status=202)
+        raise Problem(409, f"the session is {detail} and can no longer be changed")
 
 
 async def delete_session(request: Request) -> Response:
     session_id = _session_id(request)
+    app = _app(request)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    message = messages.build(messages.EXPIRE_SESSION, session_id, request_id=request_id)
-    entry = timeline_entry("end_requested", request_id=request_id)
+    message = messages.build(messages.EXPIRE_SESSION, session_id, request_id=request_id, app=app)
+    entry = timeline_entry("end_requested", request_id=request_id, app=app)
     allowed = [Status.PENDING, *LIVE]
-    result, _ = await _store(request).enqueue_if_status(session_id, allowed, message, entry)
-    if result == "missing":
-        raise Problem(404, "no session with this id")
+    result, detail = await _store(request).enqueue_if_status(
+        session_id, allowed, message, entry, app=app, budget=_budget(request)
+    )
+    if result != "skipped":
+        _refuse(result, detail)
     # Ending a session that has already ended is not an error: the outcome is the same.
     return await _answer(request, session_id, 0, {}, status=202)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,12 +20,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import api, deadletters, logs, media, openapi, webhooks
+from service.apps import AppRegistry
 from service.metrics import ClusterCollector
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.store import AsyncRecordingStore, AsyncStore
+from service.store.apps import AsyncAppStore
 from service.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
@@ -70,7 +74,29 @@ async def _store_unavailable(_: Request, exc: Exception) -> Response:
     ).response()
 
 
+async def _sync_apps(registry: AppRegistry, store: AsyncAppStore) -> bool:
+    """Register the configured apps and take the managed keys; False while Redis is away
+    (the web still starts: configured keys work, and the next refresh tries again)."""
+    try:
+        await store.register(registry.configured_apps())
+        registry.load(await store.managed_keys())
+    except (redis.RedisError, OSError) as exc:
+        log.warning("apps_refresh_failed", error=type(exc).__name__)
+        return False
+    return True
+
+
+async def _refresh_apps(registry: AppRegistry, store: AsyncAppStore, every: float) -> None:
+    """Keep the registry's managed keys current, so created and revoked keys take effect
+    within ``every`` seconds without a restart. While Redis is away the last keys hold."""
+    while True:
+        await asyncio.sleep(every)
+        await _sync_apps(registry, store)
+
+
 def create_app(settings: Settings) -> Starlette:
+    registry = AppRegistry(settings)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis.asyncio.Redis.from_url(
@@ -81,6 +107,10 @@ def create_app(settings: Settings) -> Starlette:
         app.state.recordings = AsyncRecordingStore(client)
         app.state.storage = LocalStorage(settings.recordings_dir)
         app.state.watcher = SessionWatcher(client, app.state.store)
+        app.state.apps = registry
+        apps = AsyncAppStore(client)
+        await _sync_apps(registry, apps)
+        refresher = asyncio.create_task(_refresh_apps(registry, apps, settings.apps_refresh))
         app.state.cluster_metrics = CollectorRegistry()
         scrape_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
         app.state.cluster_metrics.register(ClusterCollector(scrape_client, deadletters.QUEUES))
@@ -89,6 +119,9 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
             await app.state.watcher.stop()
             scrape_client.close()
             await client.aclose()
@@ -108,7 +141,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(RequestContext),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
-            Middleware(BearerAuth, keys=settings.api_keys),
+            Middleware(BearerAuth, apps=registry),
         ],
         exception_handlers={
             Problem: handle_problem,

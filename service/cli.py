@@ -1,4 +1,5 @@
-"""The ``masking`` command: ``web``, ``worker``, ``sandbox``, ``dev`` and ``logs``."""
+"""The ``masking`` command: ``web``, ``worker``, ``sandbox``, ``dev``, and the operator
+commands ``logs``, ``dlq``, ``replay-webhooks`` and ``apps`` (which need only ``REDIS_URL``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from service.errors import ConfigurationError
-from service.settings import Settings
+from service.settings import Settings, redis_url_from_env
 
 if TYPE_CHECKING:
+    import redis
+
     from service.store import Store
 
 
@@ -89,12 +92,28 @@ def logs(args: argparse.Namespace) -> None:
     raise SystemExit(logtail.main(args.rest))
 
 
-def _operator_store() -> Store:
+def _operator_redis() -> redis.Redis:
+    """Redis for an operator command: only ``REDIS_URL`` is read (no VTS credentials)."""
     import redis
 
+    try:
+        return redis.Redis.from_url(redis_url_from_env())
+    except ConfigurationError as exc:
+        sys.stderr.write(f"configuration error: {exc}\n")
+        raise SystemExit(2) from None
+
+
+def _operator_store() -> Store:
     from service.store import Store
 
-    return Store(redis.Redis.from_url(_settings().redis_url))
+    return Store(_operator_redis())
+
+
+def apps(args: argparse.Namespace) -> None:
+    from service import appadmin
+    from service.store.apps import AppStore
+
+    raise SystemExit(appadmin.run(AppStore(_operator_redis()), args, sys.stdout, sys.stderr))
 
 
 def dlq(args: argparse.Namespace) -> None:
@@ -166,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--since", help="ISO time: callbacks received since then")
     p.add_argument("--until", help="ISO time: ... and until then (default: now)")
     p.set_defaults(run=replay_webhooks)
+
+    p = commands.add_parser("apps", help="apps and their keys and notification secrets")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every app, its key ids and number of secrets")
+    a = actions.add_parser("create", help="a new key for an app (the app is created if new)")
+    a.add_argument("name")
+    a = actions.add_parser("revoke", help="revoke a managed key by id, or every one of an app")
+    a.add_argument("target", metavar="KEY_ID|NAME")
+    a = actions.add_parser("secret", help="show an app's notification secrets; rotate them")
+    a.add_argument("name")
+    change = a.add_mutually_exclusive_group()
+    change.add_argument("--rotate", action="store_true", help="a new secret, the old one kept")
+    change.add_argument("--drop-previous", action="store_true", help="forget the old one")
+    p.set_defaults(run=apps)
 
     # These two forward their arguments, --help included, to their own parsers.
     p = commands.add_parser("sandbox", add_help=False, help="the VTS sandbox (masking sandbox -h)")

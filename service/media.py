@@ -16,7 +16,7 @@ from starlette.routing import Route
 from service.problems import Problem
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
-from service.store import AsyncRecordingStore
+from service.store import AsyncRecordingStore, AsyncStore
 
 _ID = re.compile(r"^rec_[0-9a-f]{32}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -43,10 +43,15 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 async def _stored(request: Request) -> Recording:
+    """The recording named in the path, if it is stored and its session is the calling
+    app's: another app's recording is 404, exactly like one that does not exist."""
     rec_id = request.path_params["recording_id"]
     store: AsyncRecordingStore = request.app.state.recordings
     recording = await store.get(rec_id) if _ID.match(rec_id) else None
     if recording is None or recording.status is not RecordingStatus.STORED:
+        raise Problem(404, "no stored recording with this id")
+    sessions: AsyncStore = request.app.state.store
+    if await sessions.owner(recording.session_id) != request.state.app:
         raise Problem(404, "no stored recording with this id")
     return recording
 

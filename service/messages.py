@@ -54,12 +54,22 @@ class Outgoing:
     payload: bytes
 
 
-def build(route: ActorRoute, *args: Any, request_id: str | None = None, **kwargs: Any) -> Outgoing:
+def build(
+    route: ActorRoute,
+    *args: Any,
+    request_id: str | None = None,
+    app: str | None = None,
+    **kwargs: Any,
+) -> Outgoing:
+    """``request_id`` and ``app`` (the name of the app that asked) ride in the options, for
+    the worker's log lines."""
     # One uuid4 serves as both ids: each only has to be unique, and a uuid4 costs ~2 µs.
     message_id = str(uuid4())
     options: dict[str, Any] = {"redis_message_id": message_id}
     if request_id is not None:
         options["request_id"] = request_id
+    if app is not None:
+        options["app"] = app
     message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=route.queue_name,
         actor_name=route.actor_name,

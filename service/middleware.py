@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import secrets
 import time
-from collections.abc import Sequence
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.apps import AppRegistry
 from service.metrics import metrics
 from service.problems import Problem
-from service.settings import Secret
 
 log = structlog.get_logger("service.http")
 
@@ -131,24 +128,21 @@ class BodyLimit:
 
 
 class BearerAuth:
-    """Requires ``Authorization: Bearer <key>`` with one of the configured keys on every
-    path under ``prefix``. Puts a digest of the key in ``scope['state']['api_key_id']``."""
+    """Requires ``Authorization: Bearer <key>`` with a key of a known app on every path
+    under ``prefix``. Puts the app's name in ``scope['state']['app']`` and binds it for
+    every log line of the request (the name, never the key)."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[Secret], prefix: str = "/v1/") -> None:
+    def __init__(self, app: ASGIApp, apps: AppRegistry, prefix: str = "/v1/") -> None:
         self.app = app
         self.prefix = prefix
-        # Each key with its id, digested once here rather than on every request.
-        self._keys = [
-            (key, hashlib.sha256(key).hexdigest()[:16])
-            for key in (secret.reveal().encode() for secret in keys)
-        ]
+        self._apps = apps
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        key_id = self._key_id(_header(scope, b"authorization") or "")
-        if key_id is None:
+        name = self._app_for(_header(scope, b"authorization") or "")
+        if name is None:
             problem = Problem(
                 401,
                 "send a valid API key as 'Authorization: Bearer <key>'",
@@ -156,15 +150,16 @@ class BearerAuth:
             )
             await problem.response()(scope, receive, send)
             return
-        scope.setdefault("state", {})["api_key_id"] = key_id
+        scope.setdefault("state", {})["app"] = name
+        structlog.contextvars.bind_contextvars(app=name)
         await self.app(scope, receive, send)
 
-    def _key_id(self, header: str) -> str | None:
-        """The id of the key ``header`` presents, or None when it presents no valid key."""
+    def _app_for(self, header: str) -> str | None:
+        """The app whose key ``header`` presents, or None when it presents no valid key.
+
+        Keys are looked up by their SHA-256, so the time taken says nothing about how much
+        of a key matched."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        presented = token.strip().encode()
-        # Compare with every key, so the time taken says nothing about which one matched.
-        matches = [key_id for key, key_id in self._keys if hmac.compare_digest(presented, key)]
-        return matches[0] if matches else None
+        return self._apps.app_for(token.strip())

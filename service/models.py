@@ -98,6 +98,7 @@ class Session:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
     request_id: str | None = None
+    app: str | None = None
     vts_session_uuid: str | None = None
     virtual_number: str | None = None
     expires_at: datetime | None = None
@@ -134,6 +135,7 @@ class Session:
             "metadata": _compact_json(self.metadata),
             "callback_url": self.callback_url,
             "request_id": self.request_id,
+            "app": self.app,
             "vts_session_uuid": self.vts_session_uuid,
             "virtual_number": self.virtual_number,
             "expires_at": iso(self.expires_at),
@@ -160,6 +162,7 @@ class Session:
             metadata=json.loads(fields.get("metadata") or "{}"),
             callback_url=fields.get("callback_url"),
             request_id=fields.get("request_id"),
+            app=fields.get("app"),
             vts_session_uuid=fields.get("vts_session_uuid"),
             virtual_number=fields.get("virtual_number"),
             expires_at=_moment(fields.get("expires_at")),

@@ -38,6 +38,9 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
+_OVER_SHARE = _problem(
+    "the app is over its share of the VTS budget; retry after `Retry-After` seconds"
+)
 _ERRORS = {
     "401": _problem("missing or invalid API key"),
     "422": _problem("invalid fields; one entry per field in `errors`"),
@@ -186,6 +189,7 @@ def _paths() -> dict[str, Any]:
                     "409": _problem("Idempotency-Key reused with another body"),
                     "413": _problem("body over 64 KiB"),
                     "415": _problem("body is not JSON"),
+                    "429": _OVER_SHARE,
                     **_ERRORS,
                 },
             },
@@ -204,22 +208,24 @@ def _paths() -> dict[str, Any]:
         "/v1/sessions/{session_id}": {
             "parameters": [_SESSION_ID],
             "get": {"summary": "One session", "responses": {
-                "200": session, "404": _problem("unknown session"), **_ERRORS}},
+                "200": session, "404": _problem("unknown session, or another app's"), **_ERRORS}},
             "patch": {
                 "summary": "Change expiry, recording, limits or play URLs",
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref("UpdateSession")}}},
-                "responses": {"202": session, "404": _problem("unknown session"),
-                              "409": _problem("session already ended"), **_ERRORS},
+                "responses": {"202": session, "404": _problem("unknown session, or another app's"),
+                              "409": _problem("session already ended"),
+                              "429": _OVER_SHARE, **_ERRORS},
             },
             "delete": {"summary": "End the session now", "responses": {
-                "202": session, "404": _problem("unknown session"), **_ERRORS}},
+                "202": session, "404": _problem("unknown session, or another app's"),
+                "429": _OVER_SHARE, **_ERRORS}},
         },
         "/v1/sessions/{session_id}/events": {
             "parameters": [_SESSION_ID],
             "get": {"summary": "The session's timeline", "responses": {
                 "200": _json(_ref("Timeline"), "what happened, oldest first"),
-                "404": _problem("unknown session"), **_ERRORS}},
+                "404": _problem("unknown session, or another app's"), **_ERRORS}},
         },
         "/v1/recordings/{recording_id}": {
             "parameters": [_RECORDING_ID],
@@ -230,7 +236,7 @@ def _paths() -> dict[str, Any]:
                         "audio/mpeg": {}, "audio/wav": {}}},
                     "206": {"description": "the requested byte range"},
                     "304": {"description": "not modified (If-None-Match)"},
-                    "404": _problem("unknown, pending or failed recording"),
+                    "404": _problem("unknown, pending or failed recording, or another app's"),
                     "416": _problem("range outside the file"),
                     **_ERRORS,
                 },

@@ -6,10 +6,6 @@ Only this module reads the environment. A missing or malformed variable raises
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import os
 import re
 import sys
@@ -50,13 +46,27 @@ class Secret:
         return hash(self._value)
 
 
+# An app's name: what logs, timelines and `masking apps` show, never its key.
+APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+# The app that owns a key given without a name (API_KEYS from before apps existed).
+DEFAULT_APP = "default"
+
+
+@dataclass(frozen=True)
+class AppKey:
+    """One configured API key and the app it belongs to."""
+
+    app: str
+    key: Secret
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
     vts_auth_id: str
     vts_auth_token: Secret
     public_base_url: str
-    api_keys: tuple[Secret, ...]
+    api_keys: tuple[AppKey, ...]
     vts_base_url: str = "https://api.vtscom.net"
     webhook_signature: WebhookSignature = "enforce"
     recordings_dir: Path = Path("recordings")
@@ -72,7 +82,10 @@ class Settings:
     idempotency_ttl: int = 24 * 3600
     create_max_retries: int = 20
     reconcile_interval: float = 300.0
-    notification_secret: Secret | None = None
+    app_shares: tuple[tuple[str, int], ...] = ()
+    vts_app_budget: int | None = None
+    session_update_interval: float = 1.0
+    apps_refresh: float = 2.0
     metrics_port: int = 9191
     worker_shutdown_timeout: float = 25.0
     recording_hosts: tuple[str, ...] = ()
@@ -110,7 +123,12 @@ class Settings:
             reconcile_interval=env.optional(
                 "RECONCILE_INTERVAL", _positive_float, cls.reconcile_interval
             ),
-            notification_secret=env.optional("NOTIFICATION_SECRET", _webhook_secret, None),
+            app_shares=env.optional("APP_SHARES", _app_shares, cls.app_shares),
+            vts_app_budget=env.optional("VTS_APP_BUDGET", _positive_int, None),
+            session_update_interval=env.optional(
+                "SESSION_UPDATE_INTERVAL", _positive_float, cls.session_update_interval
+            ),
+            apps_refresh=env.optional("APPS_REFRESH", _positive_float, cls.apps_refresh),
             metrics_port=env.optional("METRICS_PORT", _port, cls.metrics_port),
             worker_shutdown_timeout=env.optional(
                 "WORKER_SHUTDOWN_TIMEOUT", _positive_float, cls.worker_shutdown_timeout
@@ -166,23 +184,34 @@ def _http_url(raw: str) -> str:
     return raw
 
 
-def _api_keys(raw: str) -> tuple[Secret, ...]:
-    keys = [key.strip() for key in raw.split(",") if key.strip()]
-    if not keys:
-        raise ValueError("must list at least one key")
-    if any(len(key) < 16 for key in keys):
-        raise ValueError("every key must be at least 16 characters long")
-    return tuple(Secret(key) for key in keys)
+def _api_keys(raw: str) -> tuple[AppKey, ...]:
+    """``app:key`` pairs; an entry without an app name is a key of the app ``default``."""
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if not entries:
+        raise ValueError("must list at least one app:key pair")
+    pairs = []
+    for entry in entries:
+        name, colon, key = entry.partition(":")
+        if not (colon and APP_NAME.fullmatch(name)):
+            name, key = DEFAULT_APP, entry
+        if len(key) < 16:
+            raise ValueError("every key must be at least 16 characters long")
+        pairs.append(AppKey(name, Secret(key)))
+    per_app = [pair.app for pair in pairs]
+    if any(per_app.count(name) > 2 for name in per_app):
+        raise ValueError("an app may have at most two keys (the old and the new, for rotation)")
+    return tuple(pairs)
 
 
-def _webhook_secret(raw: str) -> Secret:
-    body = raw.removeprefix("whsec_")
-    try:
-        if len(base64.b64decode(body, validate=True)) < 24:
-            raise ValueError
-    except (binascii.Error, ValueError):
-        raise ValueError("must be whsec_ followed by at least 24 bytes in base64") from None
-    return Secret(raw)
+def _app_shares(raw: str) -> tuple[tuple[str, int], ...]:
+    """``app:weight`` pairs, e.g. ``rides:2,food:1``; apps not listed weigh 1."""
+    shares = []
+    for entry in (e.strip() for e in raw.split(",") if e.strip()):
+        name, _, weight = entry.partition(":")
+        if not APP_NAME.fullmatch(name) or not weight.isdigit() or int(weight) < 1:
+            raise ValueError("must be comma-separated app:weight pairs, weights 1 or more")
+        shares.append((name, int(weight)))
+    return tuple(shares)
 
 
 def _signature_mode(raw: str) -> WebhookSignature:
@@ -263,14 +292,9 @@ def _hostnames(raw: str) -> tuple[str, ...]:
     return hosts
 
 
-def notification_secret(settings: Settings) -> str:
-    """The Standard Webhooks secret for app notifications: ``NOTIFICATION_SECRET``, or one
-    derived from the VTS token (stable across restarts; set your own to share with apps)."""
-    if settings.notification_secret is not None:
-        return settings.notification_secret.reveal()
-    token = settings.vts_auth_token.reveal().encode()
-    derived = hmac.new(token, b"app-notifications", hashlib.sha256).digest()
-    return "whsec_" + base64.b64encode(derived).decode()
+def redis_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """Only ``REDIS_URL``: what the operator commands need (they never talk to VTS)."""
+    return _Env(os.environ if environ is None else environ).required("REDIS_URL", _redis_url)
 
 
 def environment() -> dict[str, str]:

@@ -25,7 +25,7 @@ from service import logs, messages
 from service.embedded_redis import EmbeddedRedis
 from service.events import Event
 from service.models import Session, Status
-from service.settings import Secret, Settings
+from service.settings import AppKey, Secret, Settings
 from service.store import AsyncStore
 from service.vts.sandbox import SandboxConfig, create_sandbox_app, number_range
 from tests.servers import free_port, serve
@@ -130,7 +130,7 @@ def make_settings(redis_url: str, vts_base_url: str, **overrides: Any) -> Settin
         "vts_auth_id": AUTH_ID,
         "vts_auth_token": Secret(AUTH_TOKEN),
         "public_base_url": "http://127.0.0.1:9",
-        "api_keys": (Secret(API_KEY),),
+        "api_keys": (AppKey("test", Secret(API_KEY)),),
         "log_format": "json",
         "vts_timeout": 2.0,
         "vts_connect_timeout": 1.0,

@@ -76,6 +76,7 @@ def test_every_actor_is_in_the_contract_or_internal(broker: dramatiq.Broker) -> 
         "reconcile_session",
         "expire_if_due",
         "recording_download_exhausted",
+        "update_session_exhausted",
     }
     declared = set(broker.get_declared_actors())
     assert declared - internal == {route.actor_name for route in messages.ROUTES}

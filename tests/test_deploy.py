@@ -30,7 +30,7 @@ from packaging.version import Version
 from service import cli, messages
 from service.app import create_app
 from service.metrics import ClusterCollector, metrics
-from service.settings import Secret, Settings
+from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.vts import sandbox
 from workers import supervisor
@@ -151,7 +151,7 @@ def _app_paths() -> set[str]:
         vts_auth_id="MATEST",
         vts_auth_token=Secret("token"),
         public_base_url="http://testserver",
-        api_keys=(Secret("k" * 16),),
+        api_keys=(AppKey("test", Secret("k" * 16)),),
     )
     return {getattr(route, "path", "") for route in create_app(settings).routes}
 
@@ -530,7 +530,7 @@ def test_compose_lets_every_other_variable_be_set() -> None:
             assert re.fullmatch(rf"\$\{{{name}(:[-?].*)?\}}", str(value)), (name, value)
     assert {
         "RECORDING_ALLOW_HTTP", "RECORDING_ALLOW_PRIVATE", "RECORDING_HOSTS",
-        "NOTIFICATION_SECRET", "PHONE_DEFAULT_REGION", "METRICS_PORT",
+        "PHONE_DEFAULT_REGION", "METRICS_PORT", "VTS_APP_BUDGET", "APP_SHARES",
     } <= set(environment)  # fmt: skip
 
 

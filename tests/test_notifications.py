@@ -3,9 +3,7 @@ failing receiver holds up nobody else."""
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,17 +11,16 @@ from typing import Any
 import dramatiq
 import httpx2
 import pytest
+import redis
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.settings import Secret, Settings
-from tests.conftest import make_settings, new_numbers, wait_until
+from service.store.apps import AppStore
+from tests.conftest import new_numbers, wait_until
 from tests.servers import serve
-
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 @dataclass
@@ -33,28 +30,19 @@ class Receiver:
     failures: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
+    secret: str = ""
 
     async def handle(self, request: Request) -> Response:
         self.attempts += 1
         if self.attempts <= self.failures:
             return Response(status_code=500)
         body = (await request.body()).decode()
-        Webhook(SECRET).verify(body, dict(request.headers))
+        Webhook(self.secret).verify(body, dict(request.headers))
         self.received.append({"headers": dict(request.headers), "body": body})
         return Response(status_code=204)
 
     def kinds(self) -> list[str]:
         return [json.loads(r["body"])["type"] for r in self.received]
-
-
-@pytest.fixture
-def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
-    return make_settings(
-        redis_url,
-        sandbox_url,
-        public_base_url=f"http://127.0.0.1:{web_port}",
-        notification_secret=Secret(SECRET),
-    )
 
 
 @pytest.fixture
@@ -75,10 +63,12 @@ def test_app_is_told_of_activation_call_end_and_expiry(
     sandbox: httpx2.Client,
     worker: dramatiq.Worker,
     receivers: tuple[str, Receiver, Receiver],
+    redis_client: redis.Redis,
 ) -> None:
     """Active, call ended (with totals) and expired arrive signed, despite early 500s,
     while another session's receiver keeps failing."""
     url, good, failing = receivers
+    good.secret = AppStore(redis_client).notification_secrets("test")[0]
     first, second = new_numbers()
     blocked = api.post("/v1/sessions", json={"first_party": first, "second_party": second,
                                              "callback_url": f"{url}/failing"})  # fmt: skip

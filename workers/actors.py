@@ -7,12 +7,15 @@ from typing import Any
 
 import dramatiq
 import redis
+import structlog
 
 from service import messages
 from service.downloads import RecordingUnavailable
 from service.errors import VtsUnavailable
 from workers import events, notifications, reconcile, recordings, sessions
 from workers.boot import resources
+
+log = structlog.get_logger(__name__)
 
 _TRANSIENT = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady, dramatiq.Retry)
 MIN_BACKOFF_MS = 500
@@ -32,13 +35,17 @@ def _retryable(retries: int, exc: BaseException) -> bool:
 
 
 def _run(work: Callable[..., None], *args: Any) -> None:
-    """Run ``work``; when VTS named a ``Retry-After``, retry after exactly that."""
+    """Run ``work``; what may pass is retried as a ``Retry`` (after VTS's ``Retry-After``
+    when it named one), which dramatiq logs as a retry, not as an error with a traceback:
+    a busy session or a VTS hiccup is expected, not a failure."""
     try:
         work(resources().sessions, *args)
     except VtsUnavailable as exc:
-        if exc.retry_after is None:
-            raise
-        raise dramatiq.Retry(str(exc), delay=int(exc.retry_after * 1000)) from exc
+        log.warning("vts_unavailable", status=exc.status, error=str(exc))
+        delay = None if exc.retry_after is None else int(exc.retry_after * 1000)
+        raise dramatiq.Retry(str(exc), delay=delay) from exc
+    except (sessions.SessionBusy, sessions.SessionNotReady) as exc:
+        raise dramatiq.Retry(str(exc)) from exc
 
 
 @dramatiq.actor(
@@ -153,11 +160,17 @@ def expire_if_due(session_id: str) -> None:
     actor_name=messages.UPDATE_SESSION.actor_name,
     queue_name=messages.UPDATE_SESSION.queue_name,
     retry_when=_retryable,
+    on_retry_exhausted="update_session_exhausted",
     min_backoff=MIN_BACKOFF_MS,
     max_backoff=MAX_BACKOFF_MS,
 )
-def update_session(session_id: str, changes: dict[str, Any]) -> None:
+def update_session(session_id: str, changes: dict[str, Any] | None = None) -> None:
     _run(sessions.update, session_id, changes)
+
+
+@dramatiq.actor(actor_name="update_session_exhausted", queue_name=messages.SESSIONS_QUEUE)
+def update_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
+    sessions.give_up_update(resources().sessions, message["args"][0])
 
 
 @dramatiq.actor(

@@ -13,14 +13,14 @@ import dramatiq
 import httpx2
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from standardwebhooks.webhooks import Webhook
 
 from service import logs
 from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
-from service.settings import Settings, notification_secret
+from service.settings import Settings
 from service.storage.local import LocalStorage
 from service.store import Keys, RecordingStore, Store
+from service.store.apps import AppStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
 from workers import events, notifications, recordings, sessions
@@ -82,11 +82,13 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         public_base_url=settings.public_base_url,
         clock=_now,
         reconcile_every=timedelta(seconds=settings.reconcile_interval),
+        update_interval=settings.session_update_interval,
+        budget_window=settings.vts_rate_window,
     )
     notifier = notifications.Context(
         store=store,
         http=httpx2.Client(timeout=notifications.TIMEOUT_SECONDS, follow_redirects=False),
-        signer=Webhook(notification_secret(settings)),
+        apps=AppStore(client),
     )
     policy = DownloadPolicy.from_settings(settings)
     downloads = recordings.Context(

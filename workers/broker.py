@@ -41,7 +41,8 @@ HEARTBEAT_TIMEOUT_MS = 15_000
 class LogContext(Middleware):
     """Binds the correlation ids for every log line of a message, and logs its outcome.
 
-    The request id comes from the message options, set by the web when it enqueued.
+    The request id and the app that asked come from the message options, set by the web
+    when it enqueued.
     """
 
     def __init__(self, store: Store) -> None:
@@ -53,6 +54,8 @@ class LogContext(Middleware):
         subject = str(message.args[0]) if message.args else ""
         # Session work names the session; event work names the stored callback.
         ids = {"session_id": subject} if subject.startswith("ses_") else {"event_id": subject}
+        if "app" in message.options:
+            ids["app"] = message.options["app"]
         structlog.contextvars.bind_contextvars(
             message_id=message.message_id,
             actor=message.actor_name,

@@ -1,7 +1,9 @@
 """Notifications to the app that asked for a session, at its ``callback_url``.
 
 Signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
-``webhook-signature`` headers; ``NOTIFICATION_SECRET``). Sent from their own queue, so a
+``webhook-signature`` headers) with the app's own secret; while a secret is being rotated,
+with both (two signatures in the header, so the app may verify with either). Sent from
+their own queue, so a
 slow or failing receiver delays nothing else; retried with backoff, then given up (and
 logged). The body never holds the parties' numbers: the app knows them by session id.
 """
@@ -20,7 +22,9 @@ from standardwebhooks.webhooks import Webhook
 from service import messages
 from service.errors import ServiceError
 from service.models import Session
+from service.settings import DEFAULT_APP
 from service.store import Store
+from service.store.apps import AppStore
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +46,7 @@ class ReceiverUnavailable(ServiceError):
 class Context:
     store: Store
     http: httpx2.Client
-    signer: Webhook
+    apps: AppStore
 
 
 def body(kind: str, session: Session, moment: datetime) -> dict[str, Any]:
@@ -63,7 +67,7 @@ def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None
         "content-type": "application/json",
         "webhook-id": notification_id,
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": ctx.signer.sign(notification_id, moment, payload),
+        "webhook-signature": sign(ctx.apps, session.app, notification_id, moment, payload),
     }
     try:
         response = ctx.http.post(session.callback_url, content=payload, headers=headers)
@@ -72,6 +76,12 @@ def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None
     if not response.is_success:
         raise ReceiverUnavailable(f"app receiver answered {response.status_code}")
     log.info("app_notified", kind=kind, status=response.status_code)
+
+
+def sign(apps: AppStore, app: str | None, msg_id: str, moment: datetime, payload: str) -> str:
+    """The ``webhook-signature`` value: one signature per active secret of the app."""
+    secrets = apps.notification_secrets(app or DEFAULT_APP)
+    return " ".join(Webhook(secret).sign(msg_id, moment, payload) for secret in secrets)
 
 
 def queue(store: Store, session: Session, kind: str, tag: str = "") -> None:

@@ -1,4 +1,5 @@
-"""Long timers (expiry, periodic reconciliation) live in a Redis sorted set, not in
+"""Long timers (expiry, periodic reconciliation, an update held back until the session's
+update interval has passed) live in a Redis sorted set, not in
 dramatiq's delayed messages (which can be duplicated and are held in worker memory).
 
 Every worker process runs a ``Scheduler`` thread; one of them at a time holds the lead
@@ -27,7 +28,11 @@ TICK_SECONDS = 0.5
 LEAD_TTL_MS = 5_000
 RECOVER_EVERY_SECONDS = 5.0
 # The actor that runs each kind of timer.
-TASK_ACTORS = {"reconcile": "reconcile_session", "expire": "expire_if_due"}
+TASK_ACTORS = {
+    "reconcile": "reconcile_session",
+    "expire": "expire_if_due",
+    "update": "update_session",
+}
 
 
 class Scheduler(Middleware):

@@ -64,6 +64,10 @@ class Context:
     public_base_url: str
     clock: Callable[[], datetime]
     reconcile_every: timedelta = timedelta(minutes=5)
+    # The least time between two VTS updates of one session, and the window of the apps'
+    # VTS budgets (seconds): see ``update``.
+    update_interval: float = 1.0
+    budget_window: float = 5.0
 
 
 @contextmanager
@@ -174,38 +178,77 @@ def _notify(store: Store, session_id: str, result: str, kind: str) -> None:
         notifications.queue(store, session, kind)
 
 
-def update(ctx: Context, session_id: str, changes: Mapping[str, Any]) -> None:
-    """Apply option changes at VTS, then to our copy. Raises SessionNotReady while pending."""
+def update(ctx: Context, session_id: str, changes: Mapping[str, Any] | None = None) -> None:
+    """Send every change asked for the session and not yet sent (the web merges them, last
+    writer wins per field) to VTS in one update; changes asked meanwhile go in a follow-up
+    ``update_interval`` later. ``changes`` are those of a message queued before changes
+    were kept in Redis. Raises SessionNotReady while pending.
+    """
     session = _live_session(ctx, session_id)
     if session is None or session.vts_session_uuid is None:
+        _finish_update(ctx, session_id)
         return
+    vts_session_uuid = session.vts_session_uuid
     with locked(ctx, session_id):
-        try:
-            updated = ctx.vts.update_session(session.vts_session_uuid, changes)
-        except VtsNotFound:
-            _mark_expired(ctx, session_id, reason="vts_unknown_session")
-            return
-        except VtsRejected as exc:
-            ctx.store.add_timeline(
-                session_id, timeline_entry("update_rejected", message=mask_text(exc.reason))
-            )
-            log.warning("session_update_rejected", reason=mask_text(exc.reason))
-            return
-        options = {**session.options, **changes}
-        fields = {"options": _json(options)}
-        if "session_expiry" in changes:
-            expiry = updated.expiry_time if updated else None
-            fields["expires_at"] = (
-                iso(expiry or _expiry(ctx, session.with_changes(options=options))) or ""
-            )
-        ctx.store.transition(
-            session_id,
-            None,
-            allowed=list(LIVE),
-            fields=fields,
-            entry=timeline_entry("updated", changes=sorted(changes)),
+        # Read again under the lock: an update that just finished may have changed options.
+        session = ctx.store.get_session(session_id) or session
+        app, pending = ctx.store.pending_update(session_id)
+        if app:
+            structlog.contextvars.bind_contextvars(app=app)
+        wanted = {**(changes or {}), **{k: json.loads(v) for k, v in pending.items()}}
+        if wanted:
+            _send_update(ctx, session, vts_session_uuid, wanted)
+        interval = ctx.update_interval if wanted else 0.0
+        ctx.store.finish_update(
+            session_id, app, pending, interval=interval, window=ctx.budget_window
         )
-        log.info("session_updated", changes=sorted(changes))
+
+
+def give_up_update(ctx: Context, session_id: str) -> None:
+    """Drop the changes that could not be sent to VTS (retries exhausted), so that the next
+    change asked starts an update of its own rather than waiting on this one."""
+    _, pending = ctx.store.pending_update(session_id)
+    ctx.store.add_timeline(session_id, timeline_entry("update_failed", changes=sorted(pending)))
+    log.warning("session_update_given_up", changes=sorted(pending))
+    _finish_update(ctx, session_id)
+
+
+def _finish_update(ctx: Context, session_id: str) -> None:
+    """Drop what is pending, unsent (the session can no longer be updated, or the update
+    was given up)."""
+    app, pending = ctx.store.pending_update(session_id)
+    ctx.store.finish_update(session_id, app, pending, interval=0.0, window=ctx.budget_window)
+
+
+def _send_update(
+    ctx: Context, session: Session, vts_session_uuid: str, changes: Mapping[str, Any]
+) -> None:
+    try:
+        updated = ctx.vts.update_session(vts_session_uuid, changes)
+    except VtsNotFound:
+        _mark_expired(ctx, session.id, reason="vts_unknown_session")
+        return
+    except VtsRejected as exc:
+        ctx.store.add_timeline(
+            session.id, timeline_entry("update_rejected", message=mask_text(exc.reason))
+        )
+        log.warning("session_update_rejected", reason=mask_text(exc.reason))
+        return
+    options = {**session.options, **changes}
+    fields = {"options": _json(options)}
+    if "session_expiry" in changes:
+        expiry = updated.expiry_time if updated else None
+        fields["expires_at"] = (
+            iso(expiry or _expiry(ctx, session.with_changes(options=options))) or ""
+        )
+    ctx.store.transition(
+        session.id,
+        None,
+        allowed=list(LIVE),
+        fields=fields,
+        entry=timeline_entry("updated", changes=sorted(changes)),
+    )
+    log.info("session_updated", changes=sorted(changes))
 
 
 def expire(ctx: Context, session_id: str) -> None:

@@ -17,10 +17,12 @@ from service.recordings import Recording
 
 @dataclass(frozen=True)
 class CreateOutcome:
-    """``result`` is ``created``, ``replay`` (same key, same body) or ``conflict``."""
+    """``result`` is ``created``, ``replay`` (same key, same body), ``conflict`` or
+    ``throttled`` (the app has spent its VTS budget; try after ``retry_after_ms``)."""
 
     result: str
     session_id: str
+    retry_after_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,21 +82,34 @@ def flatten(fields: Mapping[str, str]) -> list[str]:
 
 
 def index_member(session: Session) -> str:
+    """The session's entry in the (lexicographically ordered) indexes: its app first, so
+    each app's sessions are one contiguous range, newest last."""
     millis = int(session.created_at.timestamp() * 1000)
-    return f"{millis:013d}:{session.id}"
+    return f"{session.app or ''}:{millis:013d}:{session.id}"
+
+
+def app_range(app: str) -> tuple[str, str]:
+    """The ZRANGEBYLEX bounds of ``app``'s entries: every member starting ``app:``."""
+    return f"[{app}:", f"({app};"
+
+
+def member_session_id(member: str) -> str:
+    return member.rpartition(":")[2]
 
 
 def encode_cursor(member: str) -> str:
     return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
+def decode_cursor(cursor: str, app: str) -> str:
+    """The index member a cursor points at; InvalidCursor unless it is one of ``app``'s."""
     try:
         member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidCursor("cursor is not one this service gave out") from exc
-    millis, _, session_id = member.partition(":")
-    if not (millis.isdigit() and session_id):
+    owner, _, rest = member.partition(":")
+    millis, _, session_id = rest.partition(":")
+    if owner != app or not (millis.isdigit() and session_id):
         raise InvalidCursor("cursor is not one this service gave out")
     return member
 

@@ -128,3 +128,31 @@ class RecordingKeys:
     @staticmethod
     def session_recordings(session_id: str) -> str:
         return f"{PREFIX}session:{session_id}:recordings"
+
+
+class AppKeys:
+    @staticmethod
+    def apps() -> str:
+        """Hash: app name -> its record (JSON: created_at, source, notification secrets)."""
+        return f"{PREFIX}apps"
+
+    @staticmethod
+    def keys() -> str:
+        """Hash: SHA-256 of a managed API key -> the app it belongs to (JSON)."""
+        return f"{PREFIX}app-keys"
+
+    @staticmethod
+    def budget(app: str) -> str:
+        """Sorted set: the app's recent VTS requests, scored by when they count (ms)."""
+        return f"{PREFIX}app:{app}:vts-budget"
+
+    @staticmethod
+    def pending_update(session_id: str) -> str:
+        """Hash: changes asked for a session and not yet sent to VTS (field -> JSON), plus
+        who asked and whether an update is on its way."""
+        return f"{PREFIX}session:{session_id}:pending-update"
+
+    @staticmethod
+    def update_sent(session_id: str) -> str:
+        """Set (with a TTL of the update interval) when an update was sent to VTS."""
+        return f"{PREFIX}session:{session_id}:update-sent"

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis.asyncio
 
+from service.apps import Budget
 from service.batching import GroupCommit
 from service.events import Event
 from service.messages import Outgoing
@@ -17,6 +18,7 @@ from service.store import scripts
 from service.store.codec import (
     CreateOutcome,
     Page,
+    app_range,
     by_creation,
     decode_cursor,
     decode_recording,
@@ -24,11 +26,37 @@ from service.store.codec import (
     encode_cursor,
     flatten,
     index_member,
+    member_session_id,
     statuses,
     text,
     timeline_entry,
 )
-from service.store.keys import WEBHOOK_RETENTION_SECONDS, Keys, RecordingKeys
+from service.store.keys import (
+    TIMELINE_LIMIT,
+    WEBHOOK_RETENTION_SECONDS,
+    AppKeys,
+    Keys,
+    RecordingKeys,
+)
+
+# How long changes asked for a session may wait for their VTS update before they are
+# dropped: longer than any session lives.
+PENDING_UPDATE_TTL = 2 * 24 * 3600
+
+
+# For sessions stored by the service itself (tests, tools) rather than by an app.
+UNLIMITED = Budget(limit=2**31, window=1.0)
+
+
+def _budget_args(budget: Budget) -> list[int]:
+    return [budget.limit, round(budget.window * 1000)]
+
+
+def _throttled_or(result: Any) -> tuple[str, str]:
+    return text(result[0]), text(result[1])
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
 class AsyncStore:
@@ -38,6 +66,7 @@ class AsyncStore:
         self.client = client
         self._create = client.register_script(scripts.CREATE)
         self._enqueue_if = client.register_script(scripts.ENQUEUE_IF)
+        self._request_update = client.register_script(scripts.REQUEST_UPDATE)
         self._ingest = client.register_script(scripts.INGEST)
         self._group = GroupCommit(client)
 
@@ -85,11 +114,13 @@ class AsyncStore:
         *,
         idempotency: tuple[str, str, str] | None,
         idempotency_ttl: int,
+        budget: Budget = UNLIMITED,
     ) -> CreateOutcome:
         """Store a new session and queue its creation, atomically, in a shared round trip.
 
         ``idempotency`` is (scope, key, fingerprint of the request). When the key is known,
-        nothing is written and the outcome names the existing session.
+        nothing is written and the outcome names the existing session. When the session's
+        app has spent its ``budget``, nothing is written and the outcome is ``throttled``.
         """
         scope, key, fingerprint = idempotency or ("", "", "")
         member = index_member(session)
@@ -103,56 +134,130 @@ class AsyncStore:
                 Keys.timeline(session.id),
                 Keys.queue(message.queue_name),
                 Keys.queue_messages(message.queue_name),
+                AppKeys.budget(session.app or ""),
             ],
             args=[
                 session.id,
                 member,
                 message.redis_message_id,
                 message.payload,
-                timeline_entry("requested", request_id=session.request_id),
+                timeline_entry("requested", request_id=session.request_id, app=session.app),
                 fingerprint,
                 idempotency_ttl,
+                *_budget_args(budget),
                 *flatten(session.to_fields()),
             ],
         )
-        return CreateOutcome(text(result[0]), text(result[1]))
+        outcome, detail = _throttled_or(result)
+        if outcome == "throttled":
+            return CreateOutcome(outcome, "", retry_after_ms=int(detail))
+        return CreateOutcome(outcome, detail)
 
     async def get_session(self, session_id: str) -> Session | None:
         return decode_session(await self.client.hgetall(Keys.session(session_id)))
 
-    async def list_sessions(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
-        start = "(" + decode_cursor(cursor) if cursor else "+"
+    async def list_sessions(
+        self, app: str, *, status: Status | None, limit: int, cursor: str | None
+    ) -> Page:
+        """``app``'s sessions, newest first; raises InvalidCursor for a cursor not of its."""
+        lowest, highest = app_range(app)
+        start = "(" + decode_cursor(cursor, app) if cursor else highest
         members = await self.client.zrevrangebylex(
-            Keys.index(status), start, "-", start=0, num=limit + 1
+            Keys.index(status), start, lowest, start=0, num=limit + 1
         )
         page = [text(m) for m in members[:limit]]
         async with self.client.pipeline(transaction=False) as pipe:
             for member in page:
-                pipe.hgetall(Keys.session(member.partition(":")[2]))
+                pipe.hgetall(Keys.session(member_session_id(member)))
             rows = await pipe.execute()
         sessions = [s for s in map(decode_session, rows) if s is not None]
         more = len(members) > limit
         return Page(sessions, encode_cursor(page[-1]) if more and page else None)
 
     async def enqueue_if_status(
-        self, session_id: str, allowed: Sequence[Status], message: Outgoing, entry: str
-    ) -> tuple[str, Status | None]:
-        """Queue ``message`` if the session's status is one of ``allowed``.
+        self,
+        session_id: str,
+        allowed: Sequence[Status],
+        message: Outgoing,
+        entry: str,
+        *,
+        app: str,
+        budget: Budget,
+    ) -> tuple[str, str]:
+        """Queue ``message`` if the session is ``app``'s and its status is one of ``allowed``,
+        spending one of the app's ``budget``.
 
-        Returns (``enqueued`` | ``skipped`` | ``missing``, the status it had).
+        Returns (``enqueued`` | ``skipped`` | ``missing``, the status it had) or
+        (``throttled``, milliseconds until the budget has room).
         """
-        result, current = await self._group.call(
+        result = await self._group.call(
             self._enqueue_if,
             keys=[
                 Keys.session(session_id),
                 Keys.timeline(session_id),
                 Keys.queue(message.queue_name),
                 Keys.queue_messages(message.queue_name),
+                AppKeys.budget(app),
             ],
-            args=[statuses(allowed), entry, message.redis_message_id, message.payload],
+            args=[
+                statuses(allowed),
+                entry,
+                message.redis_message_id,
+                message.payload,
+                app,
+                *_budget_args(budget),
+            ],
         )
-        status = text(current)
-        return text(result), Status(status) if status else None
+        return _throttled_or(result)
+
+    async def request_update(
+        self,
+        session_id: str,
+        changes: dict[str, Any],
+        message: Outgoing,
+        entry: str,
+        *,
+        app: str,
+        allowed: Sequence[Status],
+        budget: Budget,
+    ) -> tuple[str, str]:
+        """Ask for ``changes`` to ``app``'s session, merged with any not yet sent to VTS.
+
+        Returns (``merged`` | ``enqueued`` | ``scheduled`` | ``skipped`` | ``missing``, the
+        status it had) or (``throttled``, milliseconds until the budget has room).
+        """
+        fields = {name: _COMPACT.encode(value) for name, value in changes.items()}
+        result = await self._group.call(
+            self._request_update,
+            keys=[
+                Keys.session(session_id),
+                Keys.timeline(session_id),
+                AppKeys.pending_update(session_id),
+                AppKeys.update_sent(session_id),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+                Keys.schedule(),
+                AppKeys.budget(app),
+            ],
+            args=[
+                app,
+                statuses(allowed),
+                entry,
+                message.redis_message_id,
+                message.payload,
+                *_budget_args(budget),
+                PENDING_UPDATE_TTL,
+                TIMELINE_LIMIT,
+                f"update:{session_id}",
+                *flatten(fields),
+            ],
+        )
+        return _throttled_or(result)
+
+    async def owner(self, session_id: str) -> str | None:
+        """The app the session belongs to (None when there is no such session)."""
+        found = await self.client.hget(Keys.session(session_id), "app")
+        return text(found) if found else None
 
     async def timeline(self, session_id: str) -> list[dict[str, Any]]:
         raw = await self.client.lrange(Keys.timeline(session_id), 0, -1)

@@ -11,7 +11,7 @@ from service.messages import Outgoing
 from service.models import Session, Status, iso, now
 from service.store import scripts
 from service.store.codec import EventChange, decode_session, decode_webhook, flatten, statuses, text
-from service.store.keys import CHANNEL, TIMELINE_LIMIT, Keys
+from service.store.keys import CHANNEL, TIMELINE_LIMIT, AppKeys, Keys
 
 
 class Store:
@@ -27,6 +27,7 @@ class Store:
         self._lead = client.register_script(scripts.LEAD)
         self._reconcile = client.register_script(scripts.RECONCILE)
         self._replay_dead_letter = client.register_script(scripts.REPLAY_DEAD_LETTER)
+        self._finish_update = client.register_script(scripts.FINISH_UPDATE)
 
     def get_session(self, session_id: str) -> Session | None:
         return decode_session(self.client.hgetall(Keys.session(session_id)))
@@ -89,6 +90,47 @@ class Store:
 
     def unlock_session(self, session_id: str, token: str) -> None:
         self._unlock(keys=[Keys.session_lock(session_id)], args=[token])
+
+    def pending_update(self, session_id: str) -> tuple[str | None, dict[str, str]]:
+        """The changes asked for the session and not yet sent to VTS (option -> its JSON
+        value, as stored), and the app that asked."""
+        raw = self.client.hgetall(AppKeys.pending_update(session_id))
+        fields = {text(k): text(v) for k, v in raw.items()}
+        changes = {k: v for k, v in fields.items() if not k.startswith("~")}
+        return fields.get("~app"), changes
+
+    def finish_update(
+        self,
+        session_id: str,
+        app: str | None,
+        sent: Mapping[str, str],
+        *,
+        interval: float,
+        window: float,
+    ) -> str:
+        """After ``sent`` (as read by :meth:`pending_update`) went to VTS: forget it unless
+        changed again meanwhile, and schedule a follow-up (after ``interval`` seconds, and
+        when the app's budget over ``window`` seconds has room) for what is left. An
+        ``interval`` of 0 says nothing was sent (the changes were dropped).
+
+        Returns ``done`` or ``scheduled``.
+        """
+        result = self._finish_update(
+            keys=[
+                AppKeys.pending_update(session_id),
+                AppKeys.update_sent(session_id),
+                Keys.schedule(),
+                AppKeys.budget(app or ""),
+            ],
+            args=[
+                round(interval * 1000),
+                round(window * 1000),
+                f"update:{session_id}",
+                f"{session_id}:{iso(now())}",
+                *flatten(sent),
+            ],
+        )
+        return text(result)
 
     def add_timeline(self, session_id: str, entry: str) -> None:
         key = Keys.timeline(session_id)

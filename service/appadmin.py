@@ -1,0 +1,63 @@
+"""``masking apps``: the operator's view of apps, their keys and notification secrets.
+
+A new key is printed once and never again (only its digest is stored). Notification
+secrets are shown on request: the app needs them to verify what we send it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+from service.apps import InvalidAppName
+from service.store.apps import AppRecord, AppStore, TooManyKeys, UnknownApp
+
+
+def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Carry out ``args.action``, printing to ``out`` (refusals to ``err``); return the
+    exit status."""
+    try:
+        if args.action == "list":
+            for record in store.all():
+                out.write(_summary(record) + "\n")
+        elif args.action == "create":
+            key, key_id = store.create_key(args.name)
+            out.write(f"app {args.name}: new key {key_id}\n{key}\n")
+            out.write("the key is shown only now: hand it to the app, it cannot be read back\n")
+        elif args.action == "revoke":
+            revoked = store.revoke(args.target)
+            if not revoked:
+                err.write(f"no managed key or app {args.target} (see: masking apps list)\n")
+                return 1
+            out.write(f"revoked {', '.join(revoked)}; refused within seconds\n")
+        else:
+            out.write("\n".join(_secrets(store, args)) + "\n")
+    except (InvalidAppName, TooManyKeys, UnknownApp) as exc:
+        err.write(f"{exc}\n")
+        return 1
+    return 0
+
+
+def _summary(record: AppRecord) -> str:
+    keys = ", ".join(record.key_ids) or "none"
+    return (
+        f"{record.name:<32} {record.source:<8} created {record.created_at}  "
+        f"managed keys: {keys}  notification secrets: {len(record.notification_secrets)}"
+    )
+
+
+def _secrets(store: AppStore, args: argparse.Namespace) -> list[str]:
+    record: AppRecord | None
+    if args.rotate:
+        record = store.rotate_secret(args.name)
+    elif args.drop_previous:
+        record = store.drop_previous_secret(args.name)
+    else:
+        record = store.get(args.name)
+        if record is None:
+            raise UnknownApp(f"no app named {args.name} (see: masking apps list)")
+    labels = ["current ", "previous"][: len(record.notification_secrets)]
+    return [
+        f"{label} {secret}"
+        for label, secret in zip(labels, record.notification_secrets, strict=True)
+    ]

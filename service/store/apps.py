@@ -1,0 +1,164 @@
+"""Apps in Redis: their records (notification secrets) and their managed API keys.
+
+Both hashes are bounded by what operators create (``masking apps``), so they carry no
+TTL. A managed key is stored only as its SHA-256 digest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from service.apps import check_name, key_digest, key_id, new_key, new_notification_secret
+from service.models import iso, now
+from service.store.codec import text
+from service.store.keys import AppKeys
+
+MAX_KEYS_PER_APP = 2
+
+
+class TooManyKeys(ValueError):
+    pass
+
+
+class UnknownApp(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    name: str
+    created_at: str
+    source: str
+    notification_secrets: list[str]
+    key_ids: list[str] = field(default_factory=list)
+
+
+def _record(source: str) -> str:
+    return json.dumps(
+        {"created_at": iso(now()), "source": source,
+         "notification_secrets": [new_notification_secret()]}
+    )  # fmt: skip
+
+
+def _decode(name: str, raw: bytes | str, key_ids: list[str]) -> AppRecord:
+    data: dict[str, Any] = json.loads(raw)
+    return AppRecord(
+        name, data["created_at"], data["source"], list(data["notification_secrets"]), key_ids
+    )
+
+
+class AppStore:
+    """Apps for the operator command and the workers (blocking redis-py)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def ensure(self, name: str, source: str = "managed") -> AppRecord:
+        """The app's record, created (with a fresh notification secret) if it is new."""
+        check_name(name)
+        self.client.hsetnx(AppKeys.apps(), name, _record(source))
+        raw = self.client.hget(AppKeys.apps(), name)
+        return _decode(name, raw or b"", self._key_ids().get(name, []))
+
+    def get(self, name: str) -> AppRecord | None:
+        raw = self.client.hget(AppKeys.apps(), name)
+        return _decode(name, raw, self._key_ids().get(name, [])) if raw else None
+
+    def create_key(self, name: str) -> tuple[str, str]:
+        """A new key for the app (created if new): (the key, its id). Only its digest is
+        kept. Raises TooManyKeys when the app already has two."""
+        self.ensure(name)
+        if len(self._key_ids().get(name, [])) >= MAX_KEYS_PER_APP:
+            raise TooManyKeys(f"{name} already has {MAX_KEYS_PER_APP} keys; revoke one first")
+        key = new_key()
+        digest = key_digest(key)
+        entry = json.dumps({"app": name, "created_at": iso(now())})
+        self.client.hset(AppKeys.keys(), digest, entry)
+        return key, key_id(digest)
+
+    def all(self) -> list[AppRecord]:
+        key_ids = self._key_ids()
+        raw: dict[bytes, bytes] = self.client.hgetall(AppKeys.apps())  # type: ignore[assignment]
+        records = [_decode(text(n), r, key_ids.get(text(n), [])) for n, r in raw.items()]
+        return sorted(records, key=lambda record: record.name)
+
+    def revoke(self, target: str) -> list[str]:
+        """Revoke the managed key with id ``target``, or every managed key of the app
+        ``target``; return the ids revoked."""
+        gone = [
+            digest
+            for digest, app in self._managed().items()
+            if key_id(digest) == target or app == target
+        ]
+        if gone:
+            self.client.hdel(AppKeys.keys(), *gone)
+        return [key_id(digest) for digest in gone]
+
+    def rotate_secret(self, name: str) -> AppRecord:
+        """A new notification secret signs from now on; the current one keeps signing
+        alongside until :meth:`drop_previous_secret`."""
+        return self._change_secrets(name, lambda secrets: [new_notification_secret(), secrets[0]])
+
+    def drop_previous_secret(self, name: str) -> AppRecord:
+        return self._change_secrets(name, lambda secrets: secrets[:1])
+
+    def notification_secrets(self, name: str) -> list[str]:
+        """The secrets that sign the app's notifications (the current one first); an app
+        without a record yet gets one."""
+        raw = self.client.hget(AppKeys.apps(), name)
+        if raw is None:
+            self.client.hsetnx(AppKeys.apps(), name, _record("config"))
+            raw = self.client.hget(AppKeys.apps(), name)
+        return list(json.loads(raw or b"{}")["notification_secrets"])
+
+    def _change_secrets(self, name: str, change: Any) -> AppRecord:
+        def update(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.hget(AppKeys.apps(), name)
+            if raw is None:
+                raise UnknownApp(f"no app named {name}")
+            data = json.loads(raw)
+            data["notification_secrets"] = change(data["notification_secrets"])
+            pipe.multi()
+            pipe.hset(AppKeys.apps(), name, json.dumps(data))
+
+        self.client.transaction(update, AppKeys.apps())
+        found = self.get(name)
+        if found is None:
+            raise UnknownApp(f"no app named {name}")
+        return found
+
+    def _managed(self) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.client.hgetall(AppKeys.keys())  # type: ignore[assignment]
+        return {text(digest): json.loads(entry)["app"] for digest, entry in raw.items()}
+
+    def _key_ids(self) -> dict[str, list[str]]:
+        ids: dict[str, list[str]] = {}
+        for digest, app in sorted(self._managed().items()):
+            ids.setdefault(app, []).append(key_id(digest))
+        return ids
+
+
+class AsyncAppStore:
+    """What the web needs: the managed keys, and its configured apps registered."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+
+    async def managed_keys(self) -> dict[str, str]:
+        """Every managed key's digest and its app."""
+        raw = await self.client.hgetall(AppKeys.keys())
+        return {text(digest): json.loads(entry)["app"] for digest, entry in raw.items()}
+
+    async def register(self, names: Iterable[str]) -> None:
+        """Give each configured app a record (and so a notification secret) if it has none,
+        so that ``masking apps`` shows it."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hsetnx(AppKeys.apps(), name, _record("config"))
+            await pipe.execute()
