@@ -22,7 +22,7 @@ from service.metrics import RedisCollector
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
-from service.storage import LocalStorage
+from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.watcher import SessionWatcher
 
@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.settings = settings
         app.state.store = AsyncStore(client)
         app.state.recordings = AsyncRecordingStore(client)
-        app.state.storage = LocalStorage(settings.recordings_dir)
+        app.state.storage = open_storage(settings)
         app.state.watcher = SessionWatcher(client, app.state.store)
         app.state.shared_metrics = CollectorRegistry()
         scrape_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -64,7 +65,8 @@ async def get_recording(request: Request) -> Response:
         headers["content-range"] = f"bytes {start}-{end}/{size}"
     storage: Storage = request.app.state.storage
     try:
-        chunks = storage.open_reader(recording.stored_name, start, end + 1)
+        # An object store answers over the network: not on the event loop.
+        chunks = await run_in_threadpool(storage.open_reader, recording.stored_name, start, end + 1)
     except NotStored:
         raise Problem(404, "the recording's file is missing from storage") from None
     return StreamingResponse(

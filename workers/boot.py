@@ -19,7 +19,7 @@ from service import logs
 from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings, notification_secret
-from service.storage.local import LocalStorage
+from service.storage import open_storage
 from service.store import Keys, RecordingStore, Store
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
@@ -92,7 +92,7 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
     downloads = recordings.Context(
         store=store,
         recordings=RecordingStore(client),
-        storage=LocalStorage(settings.recordings_dir),
+        storage=open_storage(settings),
         http=build_client(policy, timeout=settings.recording_timeout),
         policy=policy,
         auth=(settings.vts_auth_id, settings.vts_auth_token.reveal()),
