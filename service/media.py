@@ -1,4 +1,4 @@
-"""``GET /v1/recordings/{id}``: a stored recording, streamed from our storage.
+"""``GET /v1/recordings/{id}``: a stored recording, streamed from our storage; ``DELETE``.
 
 Byte ranges (one range per request; several are answered with the whole file, as HTTP
 allows), ``ETag`` = the sha256, ``If-None-Match``. A recording that is unknown, still
@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 
+import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from service import messages
 from service.problems import Problem
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
-from service.store import AsyncRecordingStore
+from service.store import AsyncRecordingStore, timeline_entry
 
 _ID = re.compile(r"^rec_[0-9a-f]{32}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -77,5 +79,26 @@ async def get_recording(request: Request) -> Response:
     )
 
 
+async def delete_recording(request: Request) -> Response:
+    """Delete the recording (its file goes by a worker, promptly); 204, or 404 if unknown."""
+    rec_id = request.path_params["recording_id"]
+    store: AsyncRecordingStore = request.app.state.recordings
+    recording = await store.get(rec_id) if _ID.match(rec_id) else None
+    if recording is None or recording.status is RecordingStatus.DELETED:
+        raise Problem(404, "no recording with this id")
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    message = messages.build(
+        messages.DELETE_RECORDING_FILES, recording.session_id, request_id=request_id
+    )
+    entry = timeline_entry("recording_deleted", recording_id=rec_id, request_id=request_id)
+    if await store.delete(recording, message, entry) == "missing":
+        raise Problem(404, "no recording with this id")
+    structlog.contextvars.bind_contextvars(session_id=recording.session_id)
+    return Response(status_code=204)
+
+
 def routes() -> list[Route]:
-    return [Route("/v1/recordings/{recording_id}", get_recording, methods=["GET", "HEAD"])]
+    return [
+        Route("/v1/recordings/{recording_id}", get_recording, methods=["GET", "HEAD"]),
+        Route("/v1/recordings/{recording_id}", delete_recording, methods=["DELETE"]),
+    ]

@@ -27,7 +27,11 @@ TICK_SECONDS = 0.5
 LEAD_TTL_MS = 5_000
 RECOVER_EVERY_SECONDS = 5.0
 # The actor that runs each kind of timer.
-TASK_ACTORS = {"reconcile": "reconcile_session", "expire": "expire_if_due"}
+TASK_ACTORS = {
+    "reconcile": "reconcile_session",
+    "expire": "expire_if_due",
+    "purge": "purge_session",
+}
 
 
 class Scheduler(Middleware):
