@@ -9,7 +9,7 @@ import redis
 import redis.asyncio
 
 from service.recordings import Recording, RecordingStatus, recording_id, stored_name
-from service.store import AsyncRecordingStore, RecordingKeys, RecordingStore
+from service.store import AsyncRecordingStore, Keys, RecordingKeys, RecordingStore
 from tests.conftest import stored_session
 
 UUID = "c0ffee00-0000-4000-8000-000000000001"
@@ -71,11 +71,16 @@ def test_failed_goes_back_to_pending(store: RecordingStore) -> None:
     assert (again.status, again.error) == (RecordingStatus.PENDING, None)
 
 
-def test_a_purged_session_gets_no_recording(store: RecordingStore) -> None:
-    """A recording event for a session that is gone writes nothing that would outlive it."""
+def test_a_purged_or_erased_session_gets_no_recording(
+    store: RecordingStore, redis_client: redis.Redis
+) -> None:
+    """A recording event for a session that is gone, or erased, writes nothing."""
     assert store.upsert_pending("ses_gone", UUID, "wav") is None
-    assert store.get(recording_id(UUID)) is None
     assert store.for_session("ses_gone") == []
+    redis_client.hset(Keys.session("ses_2"), "erased_at", "2026-12-01T00:00:00.000+00:00")
+    assert store.upsert_pending("ses_2", UUID, "wav") is None
+    assert store.get(recording_id(UUID)) is None
+    assert store.for_session("ses_2") == []
 
 
 def test_unknown_recordings(store: RecordingStore) -> None:

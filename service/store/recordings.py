@@ -41,7 +41,7 @@ class RecordingStore:
         """Record a completed recording to download; return it as it now stands.
 
         A new or failed recording becomes ``pending``; a ``stored`` one is returned as is
-        (the caller has nothing to do). None when the session is gone (purged). ``fmt`` is
+        (the caller has nothing to do). None when the session is gone (purged) or erased. ``fmt`` is
         VTS's RecordingFormat (ValueError if it is neither mp3 nor wav).
         """
         rec_id = recording_id(vts_recording_uuid)

@@ -262,9 +262,10 @@ return redis.call('GET', KEYS[1])
 # KEYS: recording, session's recordings, session. ARGV: recording id, now, field, value, ...
 # A stored or deleted recording is never touched again; a failed one goes back to pending.
 # Returns the status it had ('' when it is new), or 'missing' when the session is gone
-# (purged): nothing is written then, so nothing outlives it.
+# (purged) or erased: nothing is written then, so nothing outlives it or undoes erasure.
 UPSERT_RECORDING = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return 'missing' end
+local owner = redis.call('HMGET', KEYS[3], 'status', 'erased_at')
+if not owner[1] or owner[2] then return 'missing' end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'stored' or status == 'deleted' then return status end
 if not status then redis.call('HSET', KEYS[1], 'created_at', ARGV[2]) end
