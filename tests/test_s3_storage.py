@@ -190,7 +190,8 @@ def test_recorded_call_is_stored_in_the_bucket_and_served(
     api: httpx2.Client, sandbox: httpx2.Client, worker: dramatiq.Worker, settings: Settings
 ) -> None:
     """The worker streams a recording into the bucket; the API serves it byte-identical,
-    with ranges and the sha256 as ETag; nothing is written to the local directory."""
+    with ranges and the sha256 as ETag, and deleting it removes the object; nothing is
+    written to the local directory."""
     session, uuid = _recorded_call(api, sandbox, "wav")
     recording = _recording(api, session["id"])
     truth = sandbox.get(f"/_sandbox/recordings/{uuid}").json()
@@ -209,3 +210,5 @@ def test_recorded_call_is_stored_in_the_bucket_and_served(
     etag = {"If-None-Match": f'"{truth["sha256"]}"'}
     assert api.get(recording["url"], headers=etag).status_code == 304
     assert not settings.recordings_dir.exists()
+    assert api.delete(recording["url"]).status_code == 204
+    wait_until(lambda: _keys(storage) == [], timeout=30, interval=0.1)
