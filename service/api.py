@@ -14,7 +14,8 @@ from starlette.routing import Route
 
 from service import messages
 from service.apps import AppRegistry, Budget
-from service.models import LIVE, Session, Status, now
+from service.models import LIVE, Session, Status, iso, now
+from service.phones import mask
 from service.problems import FieldError, Problem
 from service.settings import Settings
 from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
@@ -275,6 +276,27 @@ async def delete_session(request: Request) -> Response:
     return await _answer(request, session_id, 0, {}, status=202)
 
 
+async def erase_session(request: Request) -> Response:
+    """Erase an ended session's personal data; erasing it again changes nothing."""
+    session = await _existing(request)
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    message = messages.build(messages.DELETE_RECORDING_FILES, session.id, request_id=request_id)
+    entry = timeline_entry("erased", request_id=request_id)
+    masked = (mask(session.first_party), mask(session.second_party))
+    result, current = await _store(request).erase_session(
+        session, message, masked=masked, at=iso(now()) or "", entry=entry
+    )
+    if result == "missing":
+        raise Problem(404, "no session with this id")
+    if result == "live":
+        raise Problem(
+            409, f"the session is {current}; end it (DELETE) first, then erase it",
+            slug="session-not-ended",
+        )  # fmt: skip
+    log.info("session_erased", result=result)
+    return await get_session(request)
+
+
 async def session_events(request: Request) -> Response:
     session = await _existing(request)
     events = await _store(request).timeline(session.id)
@@ -289,4 +311,5 @@ def routes() -> list[Route]:
         Route("/v1/sessions/{session_id}", update_session, methods=["PATCH"]),
         Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
         Route("/v1/sessions/{session_id}/events", session_events, methods=["GET"]),
+        Route("/v1/sessions/{session_id}/erase", erase_session, methods=["POST"]),
     ]

@@ -25,7 +25,7 @@ from service.metrics import ClusterCollector
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
-from service.storage import LocalStorage
+from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
 from service.watcher import SessionWatcher
@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.settings = settings
         app.state.store = AsyncStore(client)
         app.state.recordings = AsyncRecordingStore(client)
-        app.state.storage = LocalStorage(settings.recordings_dir)
+        app.state.storage = open_storage(settings)
         app.state.watcher = SessionWatcher(client, app.state.store)
         app.state.apps = registry
         apps = AsyncAppStore(client)

@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Literal
 
+from service.phones import mask, mask_text
+
 Kind = Literal["session", "recording"]
 
 MAX_FIELDS = 64
@@ -66,6 +68,46 @@ NUMBER_REPLACED = "SessionVirtualNumberReplaced"
 KNOWN = frozenset(
     {*CALL_EVENTS, PARTIES_HANGUP, TIMEOUT, NUMBER_REPLACED, "SessionPinAuthenticationStatus"}
 )
+
+
+# Fields stored as they came: what the workers act on and operators read, none of them a
+# party's number (the virtual number is VTS's, not a person's). Every other field is kept
+# with its phone numbers masked: the parties' numbers live in the session record only.
+_KEPT_AT_REST = frozenset(
+    {
+        "EventName",
+        "EventTimestamp",
+        "SessionUUID",
+        "SequenceNumber",
+        "VirtualNumber",
+        "Duration",
+        "BilledDuration",
+        "Amount",
+        "HangupCause",
+        "HangupCauseCode",
+        "RecordingUUID",
+        "RecordingURL",
+        "RecordingResourceURL",
+        "RecordingFormat",
+        "RecordingDuration",
+        "RecordingStartTime",
+        "RecordingEndTime",
+    }
+)
+
+
+_PARTIES = frozenset({"From", "To", "FirstParty", "SecondParty"})
+
+
+def at_rest(params: Mapping[str, str]) -> dict[str, str]:
+    """The callback's fields as they may be stored: phone numbers masked (last 4 digits)."""
+    return {name: _at_rest(name, value) for name, value in params.items()}
+
+
+def _at_rest(name: str, value: str) -> str:
+    if name in _KEPT_AT_REST:
+        return value
+    return mask(value) if name in _PARTIES and value else mask_text(value)
 
 
 class InvalidEvent(ValueError):

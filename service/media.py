@@ -1,4 +1,4 @@
-"""``GET /v1/recordings/{id}``: a stored recording, streamed from our storage.
+"""``GET /v1/recordings/{id}``: a stored recording, streamed from our storage; ``DELETE``.
 
 Byte ranges (one range per request; several are answered with the whole file, as HTTP
 allows), ``ETag`` = the sha256, ``If-None-Match``. A recording that is unknown, still
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import re
 
+import structlog
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from service import messages
 from service.problems import Problem
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
-from service.store import AsyncRecordingStore, AsyncStore
+from service.store import AsyncRecordingStore, AsyncStore, timeline_entry
 
 _ID = re.compile(r"^rec_[0-9a-f]{32}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -42,16 +45,21 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-async def _stored(request: Request) -> Recording:
-    """The recording named in the path, if it is stored and its session is the calling
-    app's: another app's recording is 404, exactly like one that does not exist."""
+async def _owned(request: Request) -> Recording | None:
+    """The recording named in the path, if its session is the calling app's: another
+    app's recording is None, exactly like one that does not exist."""
     rec_id = request.path_params["recording_id"]
     store: AsyncRecordingStore = request.app.state.recordings
     recording = await store.get(rec_id) if _ID.match(rec_id) else None
-    if recording is None or recording.status is not RecordingStatus.STORED:
-        raise Problem(404, "no stored recording with this id")
     sessions: AsyncStore = request.app.state.store
-    if await sessions.owner(recording.session_id) != request.state.app:
+    if recording is None or await sessions.owner(recording.session_id) != request.state.app:
+        return None
+    return recording
+
+
+async def _stored(request: Request) -> Recording:
+    recording = await _owned(request)
+    if recording is None or recording.status is not RecordingStatus.STORED:
         raise Problem(404, "no stored recording with this id")
     return recording
 
@@ -69,7 +77,8 @@ async def get_recording(request: Request) -> Response:
         headers["content-range"] = f"bytes {start}-{end}/{size}"
     storage: Storage = request.app.state.storage
     try:
-        chunks = storage.open_reader(recording.stored_name, start, end + 1)
+        # An object store answers over the network: not on the event loop.
+        chunks = await run_in_threadpool(storage.open_reader, recording.stored_name, start, end + 1)
     except NotStored:
         raise Problem(404, "the recording's file is missing from storage") from None
     return StreamingResponse(
@@ -80,5 +89,26 @@ async def get_recording(request: Request) -> Response:
     )
 
 
+async def delete_recording(request: Request) -> Response:
+    """Delete the recording (its file goes by a worker, promptly); 204, or 404 if unknown."""
+    recording = await _owned(request)
+    if recording is None or recording.status is RecordingStatus.DELETED:
+        raise Problem(404, "no recording with this id")
+    rec_id = recording.id
+    store: AsyncRecordingStore = request.app.state.recordings
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    message = messages.build(
+        messages.DELETE_RECORDING_FILES, recording.session_id, request_id=request_id
+    )
+    entry = timeline_entry("recording_deleted", recording_id=rec_id, request_id=request_id)
+    if await store.delete(recording, message, entry) == "missing":
+        raise Problem(404, "no recording with this id")
+    structlog.contextvars.bind_contextvars(session_id=recording.session_id)
+    return Response(status_code=204)
+
+
 def routes() -> list[Route]:
-    return [Route("/v1/recordings/{recording_id}", get_recording, methods=["GET", "HEAD"])]
+    return [
+        Route("/v1/recordings/{recording_id}", get_recording, methods=["GET", "HEAD"]),
+        Route("/v1/recordings/{recording_id}", delete_recording, methods=["DELETE"]),
+    ]

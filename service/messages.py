@@ -33,6 +33,7 @@ EXPIRE_SESSION = ActorRoute("expire_session", SESSIONS_QUEUE)
 APPLY_EVENT = ActorRoute("apply_event", EVENTS_QUEUE)
 APPLY_RECORDING_EVENT = ActorRoute("apply_recording_event", RECORDINGS_QUEUE)
 NOTIFY_APP = ActorRoute("notify_app", NOTIFICATIONS_QUEUE)
+DELETE_RECORDING_FILES = ActorRoute("delete_recording_files", RECORDINGS_QUEUE)
 
 ROUTES = (
     CREATE_SESSION,
@@ -41,6 +42,7 @@ ROUTES = (
     APPLY_EVENT,
     APPLY_RECORDING_EVENT,
     NOTIFY_APP,
+    DELETE_RECORDING_FILES,
 )
 
 

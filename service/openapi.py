@@ -227,6 +227,18 @@ def _paths() -> dict[str, Any]:
                 "200": _json(_ref("Timeline"), "what happened, oldest first"),
                 "404": _problem("unknown session, or another app's"), **_ERRORS}},
         },
+        "/v1/sessions/{session_id}/erase": {
+            "parameters": [_SESSION_ID],
+            "post": {
+                "summary": "Erase an ended session's personal data (idempotent)",
+                "description": "The parties keep their last 4 digits; metadata, recordings "
+                               "and stored callbacks are deleted; counters and the timeline "
+                               "stay, with an 'erased' entry.",
+                "responses": {"200": session, "404": _problem("unknown session"),
+                              "409": _problem("session not ended yet: DELETE it first"),
+                              **_ERRORS},
+            },
+        },
         "/v1/recordings/{recording_id}": {
             "parameters": [_RECORDING_ID],
             "get": {
@@ -240,6 +252,12 @@ def _paths() -> dict[str, Any]:
                     "416": _problem("range outside the file"),
                     **_ERRORS,
                 },
+            },
+            "delete": {
+                "summary": "Delete a recording (its file is removed by a worker)",
+                "responses": {"204": {"description": "deleted"},
+                              "404": _problem("unknown or already deleted recording"),
+                              **_ERRORS},
             },
         },
         **{path: _webhook(summary) for path, summary in _WEBHOOKS.items()},

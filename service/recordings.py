@@ -18,6 +18,7 @@ class RecordingStatus(StrEnum):
     PENDING = "pending"
     STORED = "stored"
     FAILED = "failed"
+    DELETED = "deleted"
 
 
 def recording_id(vts_recording_uuid: str) -> str:

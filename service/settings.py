@@ -61,6 +61,20 @@ class AppKey:
 
 
 @dataclass(frozen=True)
+class S3Location:
+    """Where recordings go in object storage, and how to reach it. Credentials left unset
+    are found by boto3's default chain (instance or pod role, shared config)."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     redis_url: str
     vts_auth_id: str
@@ -70,6 +84,8 @@ class Settings:
     vts_base_url: str = "https://api.vtscom.net"
     webhook_signature: WebhookSignature = "enforce"
     recordings_dir: Path = Path("recordings")
+    recordings_s3: S3Location | None = None
+    session_retention: int = 30 * 24 * 3600
     log_format: LogFormat = "json"
     log_level: str = "INFO"
     port: int = 8000
@@ -107,6 +123,10 @@ class Settings:
             vts_base_url=env.optional("VTS_BASE_URL", _http_url, cls.vts_base_url).rstrip("/"),
             webhook_signature=env.optional("WEBHOOK_SIGNATURE", _signature_mode, "enforce"),
             recordings_dir=env.optional("RECORDINGS_DIR", Path, cls.recordings_dir),
+            recordings_s3=_s3_location(env),
+            session_retention=env.optional(
+                "SESSION_RETENTION", _positive_int, cls.session_retention
+            ),
             log_format=env.optional("LOG_FORMAT", _log_format, _default_log_format()),
             log_level=env.optional("LOG_LEVEL", _log_level, cls.log_level),
             port=env.optional("PORT", _port, cls.port),
@@ -145,6 +165,25 @@ class Settings:
         )
 
 
+def _s3_location(env: _Env) -> S3Location | None:
+    """``RECORDINGS_STORAGE=s3://bucket/prefix`` and the standard ``AWS_*`` variables."""
+    bucket, prefix = env.optional("RECORDINGS_STORAGE", _s3_url, ("", ""))
+    if not bucket:
+        return None
+    secret = env.optional("AWS_SECRET_ACCESS_KEY", Secret, None)
+    token = env.optional("AWS_SESSION_TOKEN", Secret, None)
+    return S3Location(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=env.optional("AWS_ENDPOINT_URL", _http_url, None),
+        region=env.optional("AWS_REGION", _nonempty, None)
+        or env.optional("AWS_DEFAULT_REGION", _nonempty, None),
+        access_key_id=env.optional("AWS_ACCESS_KEY_ID", _nonempty, None),
+        secret_access_key=secret,
+        session_token=token,
+    )
+
+
 class _Env:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -175,6 +214,16 @@ def _redis_url(raw: str) -> str:
     if urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
     return raw
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _s3_url(raw: str) -> tuple[str, str]:
+    parts = urlsplit(raw)
+    if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc) or parts.query:
+        raise ValueError("must be s3://bucket or s3://bucket/prefix")
+    return parts.netloc, parts.path.strip("/")
 
 
 def _http_url(raw: str) -> str:

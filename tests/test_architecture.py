@@ -75,6 +75,7 @@ def test_every_actor_is_in_the_contract_or_internal(broker: dramatiq.Broker) -> 
         "create_session_exhausted",
         "reconcile_session",
         "expire_if_due",
+        "purge_session",
         "recording_download_exhausted",
         "update_session_exhausted",
     }

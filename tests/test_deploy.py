@@ -346,8 +346,9 @@ def test_no_secret_value_is_in_the_repository() -> None:
         assert f"deploy/k8s/{name}" in ignored
         assert not any(_env_file(K8S / f"{name}.example").values()), name
     assert not _of_kind("Secret")[0].get("data")
-    for path in K8S.iterdir():
-        assert "CHANGE-ME" not in path.read_text(), path.name
+    for path in K8S.rglob("*"):
+        if path.is_file():
+            assert "CHANGE-ME" not in path.read_text(), path.name
 
 
 def test_config_map_changes_roll_the_pods() -> None:

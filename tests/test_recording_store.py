@@ -8,15 +8,26 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.recordings import RecordingStatus, recording_id, stored_name
-from service.store import AsyncRecordingStore, RecordingKeys, RecordingStore
+from service.recordings import Recording, RecordingStatus, recording_id, stored_name
+from service.store import AsyncRecordingStore, Keys, RecordingKeys, RecordingStore
+from tests.conftest import stored_session
 
 UUID = "c0ffee00-0000-4000-8000-000000000001"
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> RecordingStore:
+def store(redis_url: str, redis_client: redis.Redis) -> RecordingStore:
+    for session_id in ("ses_1", "ses_2"):
+        stored_session(redis_url, session_id)
     return RecordingStore(redis_client)
+
+
+def _pending(
+    store: RecordingStore, session_id: str, uuid: str, fmt: str, duration: int | None = None
+) -> Recording:
+    recording = store.upsert_pending(session_id, uuid, fmt, duration)
+    assert recording is not None
+    return recording
 
 
 def test_ids_are_derived_from_the_vts_uuid() -> None:
@@ -27,8 +38,8 @@ def test_ids_are_derived_from_the_vts_uuid() -> None:
 
 def test_duplicate_events_make_one_record(store: RecordingStore, redis_client: redis.Redis) -> None:
     """Upserting twice keeps one pending record, listed once under its session."""
-    first = store.upsert_pending("ses_1", UUID, "mp3", duration=12)
-    second = store.upsert_pending("ses_1", UUID, ".mp3", duration=12)
+    first = _pending(store, "ses_1", UUID, "mp3", 12)
+    second = _pending(store, "ses_1", UUID, ".mp3", 12)
     assert first.id == second.id == recording_id(UUID)
     assert second.status is RecordingStatus.PENDING
     assert second.created_at == first.created_at
@@ -38,17 +49,17 @@ def test_duplicate_events_make_one_record(store: RecordingStore, redis_client: r
 
 def test_stored_stays_stored(store: RecordingStore) -> None:
     """Once stored, a recording is neither failed nor reset to pending."""
-    rec = store.upsert_pending("ses_1", UUID, "wav")
+    rec = _pending(store, "ses_1", UUID, "wav")
     assert store.mark_stored(rec.id, size=10, sha256="ab" * 32, content_type="audio/wav")
     assert not store.mark_failed(rec.id, "gave up")
-    again = store.upsert_pending("ses_1", UUID, "wav")
+    again = _pending(store, "ses_1", UUID, "wav")
     assert again.status is RecordingStatus.STORED
     assert (again.size, again.sha256, again.error) == (10, "ab" * 32, None)
 
 
 def test_failed_goes_back_to_pending(store: RecordingStore) -> None:
     """A failed recording is retried when its event comes again; the error is cleared."""
-    rec = store.upsert_pending("ses_1", UUID, "wav")
+    rec = _pending(store, "ses_1", UUID, "wav")
     assert store.mark_failed(rec.id, "the recording host answered 403")
     failed = store.get(rec.id)
     assert failed is not None
@@ -56,8 +67,20 @@ def test_failed_goes_back_to_pending(store: RecordingStore) -> None:
         RecordingStatus.FAILED,
         "the recording host answered 403",
     )
-    again = store.upsert_pending("ses_1", UUID, "wav")
+    again = _pending(store, "ses_1", UUID, "wav")
     assert (again.status, again.error) == (RecordingStatus.PENDING, None)
+
+
+def test_a_purged_or_erased_session_gets_no_recording(
+    store: RecordingStore, redis_client: redis.Redis
+) -> None:
+    """A recording event for a session that is gone, or erased, writes nothing."""
+    assert store.upsert_pending("ses_gone", UUID, "wav") is None
+    assert store.for_session("ses_gone") == []
+    redis_client.hset(Keys.session("ses_2"), "erased_at", "2026-12-01T00:00:00.000+00:00")
+    assert store.upsert_pending("ses_2", UUID, "wav") is None
+    assert store.get(recording_id(UUID)) is None
+    assert store.for_session("ses_2") == []
 
 
 def test_unknown_recordings(store: RecordingStore) -> None:
@@ -71,8 +94,8 @@ def test_unknown_recordings(store: RecordingStore) -> None:
 def test_session_recordings_oldest_first(store: RecordingStore, redis_url: str) -> None:
     """for_session lists a session's recordings by creation (then id), from both views."""
     for n in range(3):
-        store.upsert_pending("ses_1", f"{UUID}-{n}", "mp3")
-    store.upsert_pending("ses_2", UUID, "mp3")
+        _pending(store, "ses_1", f"{UUID}-{n}", "mp3")
+    _pending(store, "ses_2", UUID, "mp3")
     listed = store.for_session("ses_1")
     ids = [r.id for r in listed]
     assert set(ids) == {recording_id(f"{UUID}-{n}") for n in range(3)}

@@ -68,6 +68,7 @@ def _stored_recording(settings: Settings, client: redis.Redis, session_id: str) 
     """A stored recording of the session, written as the recordings worker writes one."""
     audio = b"RIFF" + bytes(64)
     recording = RecordingStore(client).upsert_pending(session_id, str(uuid.uuid4()), "wav", 1)
+    assert recording is not None
     with LocalStorage(settings.recordings_dir).open_writer(recording.stored_name) as upload:
         upload.write(audio)
         upload.commit()

@@ -8,11 +8,12 @@ from typing import Any
 import dramatiq
 import redis
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from service import messages
 from service.downloads import RecordingUnavailable
 from service.errors import VtsUnavailable
-from workers import events, notifications, reconcile, recordings, sessions
+from workers import events, notifications, reconcile, recordings, retention, sessions
 from workers.boot import resources
 
 log = structlog.get_logger(__name__)
@@ -154,6 +155,35 @@ def reconcile_session(session_id: str) -> None:
 @dramatiq.actor(actor_name="expire_if_due", queue_name=messages.SESSIONS_QUEUE)
 def expire_if_due(session_id: str) -> None:
     reconcile.expire_if_due(resources().sessions, session_id)
+
+
+def _retryable_storage(retries: int, exc: BaseException) -> bool:
+    """Redis and storage hiccups pass (boto3 has retried within the call already)."""
+    return isinstance(exc, redis.RedisError | OSError | BotoCoreError | ClientError) and (
+        retries < DOWNLOAD_RETRIES
+    )
+
+
+@dramatiq.actor(
+    actor_name="purge_session",
+    queue_name=messages.SESSIONS_QUEUE,
+    retry_when=_retryable_storage,
+    min_backoff=1_000,
+    max_backoff=60_000,
+)
+def purge_session(session_id: str) -> None:
+    retention.purge(resources().retention, session_id)
+
+
+@dramatiq.actor(
+    actor_name=messages.DELETE_RECORDING_FILES.actor_name,
+    queue_name=messages.DELETE_RECORDING_FILES.queue_name,
+    retry_when=_retryable_storage,
+    min_backoff=1_000,
+    max_backoff=60_000,
+)
+def delete_recording_files(session_id: str) -> None:
+    retention.delete_files(resources().retention, session_id)
 
 
 @dramatiq.actor(

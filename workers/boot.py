@@ -18,12 +18,12 @@ from service import logs
 from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings
-from service.storage.local import LocalStorage
+from service.storage import open_storage
 from service.store import Keys, RecordingStore, Store
 from service.store.apps import AppStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
-from workers import events, notifications, recordings, sessions
+from workers import events, notifications, recordings, retention, sessions
 from workers.broker import create_broker
 
 
@@ -34,6 +34,7 @@ class Resources:
     events: events.Context
     notifications: notifications.Context
     recordings: recordings.Context
+    retention: retention.Context
 
     def close(self) -> None:
         self.sessions.vts.close()
@@ -75,7 +76,7 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         connect_timeout=settings.vts_connect_timeout,
         observe=_observe_vts,
     )
-    store = Store(client)
+    store = Store(client, retention=settings.session_retention)
     context = sessions.Context(
         store=store,
         vts=vts,
@@ -91,17 +92,19 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         apps=AppStore(client),
     )
     policy = DownloadPolicy.from_settings(settings)
+    recording_store, storage = RecordingStore(client), open_storage(settings)
     downloads = recordings.Context(
         store=store,
-        recordings=RecordingStore(client),
-        storage=LocalStorage(settings.recordings_dir),
+        recordings=recording_store,
+        storage=storage,
         http=build_client(policy, timeout=settings.recording_timeout),
         policy=policy,
         auth=(settings.vts_auth_id, settings.vts_auth_token.reveal()),
         clock=_now,
     )
+    lifecycle = retention.Context(store=store, recordings=recording_store, storage=storage)
     return Resources(
-        settings, context, events.Context(store=store, clock=_now), notifier, downloads
+        settings, context, events.Context(store=store, clock=_now), notifier, downloads, lifecycle
     )
 
 

@@ -124,7 +124,11 @@ def _completed(ctx: Context, session_id: str, event: Event, received: datetime) 
 
 
 def _stored(ctx: Context, recording: Recording, size: int, sha256: str, kind: str) -> None:
-    ctx.recordings.mark_stored(recording.id, size=size, sha256=sha256, content_type=kind)
+    if not ctx.recordings.mark_stored(recording.id, size=size, sha256=sha256, content_type=kind):
+        # Deleted, erased or purged while it downloaded: the file must not outlive it.
+        ctx.storage.delete(recording.stored_name)
+        log.info("recording_discarded", recording_id=recording.id)
+        return
     metrics().recordings.labels("stored").inc()
     metrics().recording_bytes.inc(size)
     entry = timeline_entry("recording_stored", recording_id=recording.id, size=size)

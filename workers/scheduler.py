@@ -32,6 +32,7 @@ TASK_ACTORS = {
     "reconcile": "reconcile_session",
     "expire": "expire_if_due",
     "update": "update_session",
+    "purge": "purge_session",
 }
 
 

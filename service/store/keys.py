@@ -16,6 +16,8 @@ TIMELINE_LIMIT = 1000
 # How long raw callbacks (and the nonces that came with them) are kept: for replays,
 # duplicate detection and audits.
 WEBHOOK_RETENTION_SECONDS = 7 * 24 * 3600
+# How long an ended session and everything hanging off it are kept, unless configured.
+SESSION_RETENTION_SECONDS = 30 * 24 * 3600
 
 
 class Keys:
@@ -50,6 +52,12 @@ class Keys:
         """How many of a VTS session's events are stored but not yet applied (an hour's
         TTL, renewed by each new event, so a count that goes wrong heals)."""
         return f"{PREFIX}vts-session:{session_uuid}:in-flight"
+
+    @staticmethod
+    def callbacks(session_uuid: str) -> str:
+        """The ids of the VTS session's stored callbacks (kept as long as they are), so
+        that they go with the session when it is purged or erased."""
+        return f"{PREFIX}vts-session:{session_uuid}:callbacks"
 
     @staticmethod
     def session_lock(session_id: str) -> str:
@@ -112,8 +120,8 @@ class Keys:
         return f"{DRAMATIQ_NAMESPACE}:{queue_name}.XQ.msgs"
 
     @staticmethod
-    def dead_letter_notes() -> str:
-        return f"{PREFIX}dead-letter-errors"
+    def dead_letter_note(redis_id: str) -> str:
+        return f"{PREFIX}dead-letter-error:{redis_id}"
 
     @staticmethod
     def queue_messages(queue_name: str) -> str:

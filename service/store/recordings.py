@@ -16,7 +16,7 @@ from service.recordings import (
 )
 from service.store import scripts
 from service.store.codec import by_creation, decode_recording, flatten, text
-from service.store.keys import RecordingKeys
+from service.store.keys import Keys, RecordingKeys
 
 
 class RecordingStore:
@@ -37,12 +37,12 @@ class RecordingStore:
         vts_recording_uuid: str,
         fmt: str,
         duration: int | None = None,
-    ) -> Recording:
+    ) -> Recording | None:
         """Record a completed recording to download; return it as it now stands.
 
         A new or failed recording becomes ``pending``; a ``stored`` one is returned as is
-        (the caller has nothing to do). ``fmt`` is VTS's RecordingFormat (ValueError if
-        it is neither mp3 nor wav).
+        (the caller has nothing to do). None when the session is gone (purged) or erased. ``fmt`` is
+        VTS's RecordingFormat (ValueError if it is neither mp3 nor wav).
         """
         rec_id = recording_id(vts_recording_uuid)
         fields = {
@@ -53,13 +53,15 @@ class RecordingStore:
             "stored_name": stored_name(rec_id, fmt),
             **({"duration": str(duration)} if duration is not None else {}),
         }
-        self._upsert(
-            keys=[RecordingKeys.recording(rec_id), RecordingKeys.session_recordings(session_id)],
+        result = self._upsert(
+            keys=[
+                RecordingKeys.recording(rec_id),
+                RecordingKeys.session_recordings(session_id),
+                Keys.session(session_id),
+            ],
             args=[rec_id, iso(now()) or "", *flatten(fields)],
         )
-        recording = self.get(rec_id)
-        assert recording is not None  # written just above; recordings never expire
-        return recording
+        return None if text(result) == "missing" else self.get(rec_id)
 
     def mark_stored(self, rec_id: str, *, size: int, sha256: str, content_type: str) -> bool:
         """The file is in storage; False if the recording is unknown. Idempotent."""

@@ -49,6 +49,8 @@ if KEYS[1] ~= '' then
 end
 budget_spend(KEYS[8], now, now, tonumber(ARGV[9]), ARGV[1])
 redis.call('HSET', KEYS[2], 'index_member', ARGV[2], unpack(ARGV, 10))
+-- The session names its idempotency record, so that purge and erasure can remove it.
+if KEYS[1] ~= '' then redis.call('HSET', KEYS[2], 'idempotency_key', KEYS[1]) end
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 redis.call('ZADD', KEYS[4], 0, ARGV[2])
 redis.call('RPUSH', KEYS[5], ARGV[5])
@@ -58,9 +60,12 @@ return {'created', ARGV[1]}
 """
 )
 
-# KEYS: session, timeline
+# KEYS: session, timeline, schedule
 # ARGV: status index prefix, new status, allowed current statuses (space separated),
-#       timeline entry or '', channel, session id, timeline limit, field, value, ...
+#       timeline entry or '', channel, session id, timeline limit, purge due (ms) when
+#       the new status ends the session, field, value, ...
+# Ending a session schedules its purge, in the same write: no ended session is kept
+# forever.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'missing', ''} end
@@ -68,11 +73,14 @@ if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. current .. ' ', 1, true) then
   return {'skipped', current}
 end
 local member = redis.call('HGET', KEYS[1], 'index_member')
-if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 if ARGV[2] ~= '' and ARGV[2] ~= current then
   redis.call('HSET', KEYS[1], 'status', ARGV[2])
   redis.call('ZREM', ARGV[1] .. current, member)
   redis.call('ZADD', ARGV[1] .. ARGV[2], 0, member)
+  if ARGV[2] == 'expired' or ARGV[2] == 'failed' then
+    redis.call('ZADD', KEYS[3], ARGV[8], 'purge:' .. ARGV[6])
+  end
 end
 if ARGV[4] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[4])
@@ -190,9 +198,11 @@ return 'scheduled'
 )
 
 # KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
-#       the VTS session's in-flight count and arrived sequence numbers ('' for recordings)
+#       the VTS session's in-flight count and arrived sequence numbers ('' for recordings),
+#       the VTS session's callbacks
 # ARGV: event id, retention (s), received (ms), redis message id, payload,
 #       sequence number ('' none), field, value, ...
+# The event index keeps what is younger than the retention: it is trimmed as it grows.
 INGEST = """
 if KEYS[1] ~= '' then
   local seen = redis.call('GET', KEYS[1])
@@ -209,6 +219,9 @@ if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
 redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (ARGV[3] - ARGV[2] * 1000))
+redis.call('SADD', KEYS[9], ARGV[1])
+redis.call('EXPIRE', KEYS[9], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'accepted', 1)
@@ -229,7 +242,8 @@ return 'accepted'
 # ARGV: 1 marker, 2 previous marker ('' none), 3 force (0/1), 4 role, 5 party,
 #       6 billed seconds, 7 amount nanos, 8 event time (iso), 9 timeline entry,
 #       10 channel, 11 session id, 12 status index prefix, 13 new virtual number,
-#       14 updated_at, 15 reconcile due (ms, '' for none), 16 previous sequence number
+#       14 updated_at, 15 reconcile due (ms, '' for none), 16 previous sequence number,
+#       17 purge due (ms) should the event end the session
 # Force: 0 wait for the previous event; 1 go on unless it has arrived; 2 go on.
 # Roles: leg (a leg's progress), leg_end, leg_end_complete (the family without a parties
 # event), parties_hangup, timeout, number, other.
@@ -299,6 +313,7 @@ if new_status ~= status then
   redis.call('HSET', s, 'status', new_status)
   redis.call('ZREM', ARGV[12] .. status, member)
   redis.call('ZADD', ARGV[12] .. new_status, 0, member)
+  if new_status == 'expired' then redis.call('ZADD', KEYS[5], ARGV[17], 'purge:' .. ARGV[11]) end
 end
 redis.call('HSET', s, 'updated_at', ARGV[14])
 redis.call('RPUSH', KEYS[3], ARGV[9])
@@ -347,12 +362,12 @@ return before
 """
 
 # Moves a dead letter back onto its queue as a fresh message (retries start again).
-# KEYS: dead letters, dead letter messages, queue, queue messages, dead letter notes
+# KEYS: dead letters, dead letter messages, queue, queue messages, dead letter note
 # ARGV: dead letter id, new id, new payload. Returns 1 if it was there.
 REPLAY_DEAD_LETTER = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('DEL', KEYS[5])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 return 1
@@ -371,12 +386,15 @@ return redis.call('GET', KEYS[1])
 """
 
 
-# KEYS: recording, session's recordings. ARGV: recording id, now, field, value, ...
-# A stored recording is never touched again; a failed one goes back to pending.
-# Returns the status it had ('' when it is new).
+# KEYS: recording, session's recordings, session. ARGV: recording id, now, field, value, ...
+# A stored or deleted recording is never touched again; a failed one goes back to pending.
+# Returns the status it had ('' when it is new), or 'missing' when the session is gone
+# (purged) or erased: nothing is written then, so nothing outlives it or undoes erasure.
 UPSERT_RECORDING = """
+local owner = redis.call('HMGET', KEYS[3], 'status', 'erased_at')
+if not owner[1] or owner[2] then return 'missing' end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'stored' then return status end
+if status == 'stored' or status == 'deleted' then return status end
 if not status then redis.call('HSET', KEYS[1], 'created_at', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', ARGV[2], unpack(ARGV, 3))
 redis.call('HDEL', KEYS[1], 'error')
@@ -395,4 +413,61 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 4))
 if ARGV[2] == 'stored' then redis.call('HDEL', KEYS[1], 'error') end
 return 'ok'
+"""
+
+# Erases a session's personal data; counters and the timeline stay.
+# KEYS: session, timeline, session's recordings, queue, queue messages, event index,
+#       the VTS session's callbacks ('' when it has none)
+# ARGV: first party masked, second party masked, erased at, timeline entry, channel,
+#       session id, redis message id, payload (the job deleting the recordings' files:
+#       it names the session, never a number), recording key prefix, callback key prefix
+# Returns {'erased' | 'already' | 'missing' | 'live', status}.
+ERASE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', ''} end
+if status ~= 'expired' and status ~= 'failed' then return {'live', status} end
+if redis.call('HEXISTS', KEYS[1], 'erased_at') == 1 then return {'already', status} end
+redis.call('HSET', KEYS[1], 'first_party', ARGV[1], 'second_party', ARGV[2],
+  'metadata', '{}', 'erased_at', ARGV[3], 'updated_at', ARGV[3])
+local idempotency = redis.call('HGET', KEYS[1], 'idempotency_key')
+if idempotency then
+  if redis.call('HGET', idempotency, 'session_id') == ARGV[6] then
+    redis.call('DEL', idempotency)
+  end
+  redis.call('HDEL', KEYS[1], 'idempotency_key')
+end
+for _, rec_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local rec = ARGV[9] .. rec_id
+  redis.call('HSET', rec, 'status', 'deleted', 'updated_at', ARGV[3])
+  redis.call('HDEL', rec, 'size', 'sha256', 'content_type', 'error')
+end
+if KEYS[7] ~= '' then
+  for _, event_id in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+    redis.call('DEL', ARGV[10] .. event_id)
+    redis.call('ZREM', KEYS[6], event_id)
+  end
+  redis.call('DEL', KEYS[7])
+end
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
+redis.call('RPUSH', KEYS[4], ARGV[7])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {'erased', status}
+"""
+
+# Deletes one recording: it stays listed as 'deleted', so that a late or replayed event
+# does not bring it back, and its file's deletion is queued in the same write.
+# KEYS: recording, timeline of its session ('' when unknown), queue, queue messages
+# ARGV: now, timeline entry, redis message id, payload
+# Returns 'deleted', 'missing' or 'already'.
+DELETE_RECORDING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status == 'deleted' then return 'already' end
+redis.call('HSET', KEYS[1], 'status', 'deleted', 'updated_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'size', 'sha256', 'content_type', 'error')
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return 'deleted'
 """

@@ -10,9 +10,9 @@ import redis.asyncio
 
 from service.apps import Budget
 from service.batching import GroupCommit
-from service.events import Event
+from service.events import Event, at_rest
 from service.messages import Outgoing
-from service.models import Session, Status
+from service.models import Session, Status, iso, now
 from service.recordings import Recording
 from service.store import scripts
 from service.store.codec import (
@@ -32,6 +32,7 @@ from service.store.codec import (
     timeline_entry,
 )
 from service.store.keys import (
+    CHANNEL,
     TIMELINE_LIMIT,
     WEBHOOK_RETENTION_SECONDS,
     AppKeys,
@@ -68,6 +69,7 @@ class AsyncStore:
         self._enqueue_if = client.register_script(scripts.ENQUEUE_IF)
         self._request_update = client.register_script(scripts.REQUEST_UPDATE)
         self._ingest = client.register_script(scripts.INGEST)
+        self._erase = client.register_script(scripts.ERASE)
         self._group = GroupCommit(client)
 
     async def ingest_webhook(
@@ -80,7 +82,7 @@ class AsyncStore:
         """
         fields = {
             "kind": event.kind,
-            "params": json.dumps(dict(event.params), separators=(",", ":")),
+            "params": json.dumps(at_rest(event.params), separators=(",", ":")),
             "received_ms": str(received_ms),
         }
         result = await self._group.call(
@@ -94,6 +96,7 @@ class AsyncStore:
                 Keys.webhook_stats(),
                 Keys.in_flight(event.session_uuid) if event.kind == "session" else "",
                 Keys.arrived(event.session_uuid) if event.kind == "session" else "",
+                Keys.callbacks(event.session_uuid),
             ],
             args=[
                 event.id,
@@ -259,6 +262,41 @@ class AsyncStore:
         found = await self.client.hget(Keys.session(session_id), "app")
         return text(found) if found else None
 
+    async def erase_session(
+        self, session: Session, message: Outgoing, *, masked: tuple[str, str], at: str, entry: str
+    ) -> tuple[str, Status | None]:
+        """Erase an ended session's personal data and queue its files' deletion, atomically.
+
+        The parties become ``masked``, metadata and the idempotency record go, recordings
+        become ``deleted``, stored callbacks go; counters and the timeline stay (``entry``
+        is added). Returns (``erased`` | ``already`` | ``live`` | ``missing``, status).
+        """
+        uuid = session.vts_session_uuid
+        result, current = await self._erase(
+            keys=[
+                Keys.session(session.id),
+                Keys.timeline(session.id),
+                RecordingKeys.session_recordings(session.id),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+                Keys.webhooks(),
+                Keys.callbacks(uuid) if uuid else "",
+            ],
+            args=[
+                *masked,
+                at,
+                entry,
+                CHANNEL,
+                session.id,
+                message.redis_message_id,
+                message.payload,
+                RecordingKeys.recording(""),
+                Keys.webhook(""),
+            ],
+        )
+        status = text(current)
+        return text(result), Status(status) if status else None
+
     async def timeline(self, session_id: str) -> list[dict[str, Any]]:
         raw = await self.client.lrange(Keys.timeline(session_id), 0, -1)
         return [json.loads(item) for item in raw]
@@ -272,6 +310,23 @@ class AsyncRecordingStore:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
+        self._delete = client.register_script(scripts.DELETE_RECORDING)
+
+    async def delete(self, recording: Recording, message: Outgoing, entry: str) -> str:
+        """Mark the recording deleted and queue its file's deletion, atomically.
+
+        Returns ``deleted``, ``already`` or ``missing``.
+        """
+        result = await self._delete(
+            keys=[
+                RecordingKeys.recording(recording.id),
+                Keys.timeline(recording.session_id),
+                Keys.queue(message.queue_name),
+                Keys.queue_messages(message.queue_name),
+            ],
+            args=[iso(now()) or "", entry, message.redis_message_id, message.payload],
+        )
+        return text(result)
 
     async def get(self, rec_id: str) -> Recording | None:
         return decode_recording(await self.client.hgetall(RecordingKeys.recording(rec_id)))

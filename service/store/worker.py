@@ -11,14 +11,30 @@ from service.messages import Outgoing
 from service.models import Session, Status, iso, now
 from service.store import scripts
 from service.store.codec import EventChange, decode_session, decode_webhook, flatten, statuses, text
-from service.store.keys import CHANNEL, TIMELINE_LIMIT, AppKeys, Keys
+from service.store.keys import (
+    CHANNEL,
+    SESSION_RETENTION_SECONDS,
+    TIMELINE_LIMIT,
+    WEBHOOK_RETENTION_SECONDS,
+    AppKeys,
+    Keys,
+    RecordingKeys,
+)
+
+# Every kind of timer a session may have (see ``schedule``).
+_TIMERS = ("expire", "reconcile", "update", "purge")
 
 
 class Store:
-    """The workers' view of the store."""
+    """The workers' view of the store.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``retention`` (seconds) is how long an ended session is kept: the write that ends a
+    session schedules its purge that much later.
+    """
+
+    def __init__(self, client: redis.Redis, *, retention: int = SESSION_RETENTION_SECONDS) -> None:
         self.client = client
+        self.retention = retention
         self._transition = client.register_script(scripts.TRANSITION)
         self._claim = client.register_script(scripts.CLAIM)
         self._unlock = client.register_script(scripts.UNLOCK)
@@ -48,7 +64,7 @@ class Store:
         """
         changes = {**(fields or {}), "updated_at": iso(now()) or ""}
         result, current = self._transition(
-            keys=[Keys.session(session_id), Keys.timeline(session_id)],
+            keys=[Keys.session(session_id), Keys.timeline(session_id), Keys.schedule()],
             args=[
                 Keys.index() + ":status:",
                 to.value if to else "",
@@ -57,6 +73,7 @@ class Store:
                 CHANNEL,
                 session_id,
                 TIMELINE_LIMIT,
+                self._purge_due(),
                 *flatten(changes),
             ],
         )
@@ -193,14 +210,22 @@ class Store:
                 iso(now()) or "",
                 int(change.reconcile_at.timestamp() * 1000) if change.reconcile_at else "",
                 change.previous_sequence or "",
+                self._purge_due(),
             ],
         )
         return text(result)
 
+    def _purge_due(self) -> int:
+        """When a session that ends now is purged (epoch ms)."""
+        return int((now().timestamp() + self.retention) * 1000)
+
     def keep_orphan(self, event_id: str, received_ms: int) -> None:
         """Set aside an event for a session we never created (kept, counted, not lost)."""
+        oldest = received_ms - WEBHOOK_RETENTION_SECONDS * 1000
         with self.client.pipeline(transaction=True) as pipe:
             pipe.zadd(Keys.orphan_events(), {event_id: received_ms})
+            # The events themselves expire after the webhook retention: so do their ids.
+            pipe.zremrangebyscore(Keys.orphan_events(), "-inf", f"({oldest}")
             pipe.hincrby(Keys.event_stats(), "orphaned", 1)
             pipe.execute()
 
@@ -236,6 +261,42 @@ class Store:
         before = self._reconcile(keys=[Keys.session(session_id)], args=args)
         self.client.publish(CHANNEL, session_id)
         return {name: int(text(value)) for name, value in zip(truth, before, strict=True)}
+
+    def purge_session(self, session_id: str, recording_ids: Sequence[str]) -> None:
+        """Delete the session and everything hanging off it: timeline, applied events,
+        recordings' records, index entries, timers, its VTS session's claim and stored
+        callbacks, its idempotency record. Idempotent. The recordings' files are the
+        caller's to delete first."""
+        key = Keys.session(session_id)
+        member, uuid, idempotency = (
+            text(v) if v else None
+            for v in self.client.hmget(key, ["index_member", "vts_session_uuid", "idempotency_key"])
+        )
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(Keys.vts_session(uuid or ""))
+            pipe.smembers(Keys.callbacks(uuid or ""))
+            pipe.hget(idempotency or Keys.idempotency("", ""), "session_id")
+            claim, callbacks, idempotent_for = pipe.execute()
+        doomed = [key, Keys.timeline(session_id), Keys.applied(session_id)]
+        doomed += [RecordingKeys.session_recordings(session_id), Keys.session_lock(session_id)]
+        doomed.append(AppKeys.pending_update(session_id))
+        doomed += [RecordingKeys.recording(rec_id) for rec_id in recording_ids]
+        if uuid:
+            doomed += [Keys.arrived(uuid), Keys.in_flight(uuid), Keys.callbacks(uuid)]
+            doomed += [Keys.webhook(text(event_id)) for event_id in callbacks]
+            if claim is not None and text(claim) == session_id:
+                doomed.append(Keys.vts_session(uuid))
+        if idempotency and idempotent_for is not None and text(idempotent_for) == session_id:
+            doomed.append(idempotency)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(*doomed)
+            if member:
+                for index in (Keys.index(), *(Keys.index(status) for status in Status)):
+                    pipe.zrem(index, member)
+            if callbacks:
+                pipe.zrem(Keys.webhooks(), *callbacks)
+            pipe.zrem(Keys.schedule(), *(f"{task}:{session_id}" for task in _TIMERS))
+            pipe.execute()
 
     def enqueue(self, message: Outgoing) -> None:
         """Queue a message from a worker (the same two writes dramatiq's enqueue makes)."""
@@ -274,14 +335,15 @@ class Store:
         ]
 
     def note_dead_letter(self, redis_id: str, error: str) -> None:
-        """Why a message was given up (dramatiq's dead letter keeps no final error)."""
-        self.client.hset(Keys.dead_letter_notes(), redis_id, error)
+        """Why a message was given up (dramatiq's dead letter keeps no final error); kept
+        as long as dramatiq keeps the dead letter."""
+        self.client.set(Keys.dead_letter_note(redis_id), error, ex=WEBHOOK_RETENTION_SECONDS)
 
     def dead_letter_notes(self, redis_ids: list[str]) -> list[str | None]:
         if not redis_ids:
             return []
-        notes: list[bytes | None] = self.client.hmget(  # type: ignore[assignment]
-            Keys.dead_letter_notes(), redis_ids
+        notes: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
+            [Keys.dead_letter_note(i) for i in redis_ids]
         )
         return [text(n) if n is not None else None for n in notes]
 
@@ -293,7 +355,7 @@ class Store:
                 Keys.dead_letter_messages(queue),
                 Keys.queue(message.queue_name),
                 Keys.queue_messages(message.queue_name),
-                Keys.dead_letter_notes(),
+                Keys.dead_letter_note(redis_id),
             ],
             args=[redis_id, message.redis_message_id, message.payload],
         )
