@@ -26,6 +26,10 @@ EXPIRY_GRACE = timedelta(seconds=5)
 # How long a difference with VTS must hold still before it counts as drift: longer than
 # a callback can take to reach us and be applied, a dead worker's recovery included.
 SETTLE = timedelta(seconds=30)
+# Callbacks stored longer ago than this and still not applied are not on their way: they
+# were lost with a crashed worker's message or dead-lettered. They no longer hold up a
+# correction (a replay applies them later, on top of it).
+IN_FLIGHT_PATIENCE = timedelta(minutes=5)
 
 
 def truth(vts: VtsSession) -> dict[str, int]:
@@ -90,10 +94,11 @@ def _settle(ctx: Context, session: Session, totals: dict[str, int]) -> bool:
         log.info("reconciled", drift=False)
         return True
     snapshot = json.dumps([totals, shown], sort_keys=True)
-    waiting = ctx.store.events_in_flight(session.vts_session_uuid or "")
+    since = ctx.clock() - IN_FLIGHT_PATIENCE
+    waiting = ctx.store.events_in_flight(session.vts_session_uuid or "", since)
     if ctx.store.note_unsettled(session.id, snapshot) != snapshot or waiting:
-        # Callbacks stored but not applied yet (a backlog, a worker restarting) are not
-        # drift: wait for them, however long they take.
+        # Callbacks stored recently but not applied yet (a backlog, a worker restarting)
+        # are not drift: wait for them, up to IN_FLIGHT_PATIENCE.
         log.info("reconcile_unsettled", events_in_flight=waiting)
         return False
     before = ctx.store.reconcile(session.id, totals)

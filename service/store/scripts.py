@@ -1,5 +1,15 @@
 """The Lua scripts: everything that changes several keys together does it in one script,
-so a crash can never leave half a change behind. Each says what its KEYS and ARGV are."""
+so a crash can never leave half a change behind. Each says what its KEYS and ARGV are.
+The longer ones live in ``.lua`` files beside this module."""
+
+from importlib import resources
+
+
+def _load(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+APPLY_EVENT = _load("apply_event.lua")
 
 # KEYS: idempotency ('' when no key was given), session, index, status index, timeline,
 #       queue, queue messages
@@ -63,9 +73,10 @@ return {'enqueued', current}
 """
 
 # KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
-#       the VTS session's in-flight count and arrived sequence numbers ('' for recordings)
+#       the VTS session's events in flight ('' for recordings; a zset of event id ->
+#       received ms, which the apply script empties)
 # ARGV: event id, retention (s), received (ms), redis message id, payload,
-#       sequence number ('' none), field, value, ...
+#       sequence number (unused, kept for the argument layout), field, value, ...
 INGEST = """
 if KEYS[1] ~= '' then
   local seen = redis.call('GET', KEYS[1])
@@ -86,101 +97,10 @@ redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'accepted', 1)
 if KEYS[7] ~= '' then
-  redis.call('INCR', KEYS[7])
+  redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
   redis.call('EXPIRE', KEYS[7], 3600)
-  if ARGV[6] ~= '' then
-    redis.call('SADD', KEYS[8], ARGV[6])
-    redis.call('EXPIRE', KEYS[8], 3600)
-  end
 end
 return 'accepted'
-"""
-
-# Applies one VTS session event, exactly once (the effect and its marker in one script).
-# KEYS: session, applied set, timeline, event stats, schedule, the VTS session's in-flight
-#       count and arrived sequence numbers
-# ARGV: 1 marker, 2 previous marker ('' none), 3 force (0/1), 4 role, 5 party,
-#       6 billed seconds, 7 amount nanos, 8 event time (iso), 9 timeline entry,
-#       10 channel, 11 session id, 12 status index prefix, 13 new virtual number,
-#       14 updated_at, 15 reconcile due (ms, '' for none), 16 previous sequence number
-# Force: 0 wait for the previous event; 1 go on unless it has arrived; 2 go on.
-# Roles: leg (a leg's progress), leg_end, leg_end_complete (the family without a parties
-# event), parties_hangup, timeout, number, other.
-APPLY_EVENT = """
-local s, applied = KEYS[1], KEYS[2]
-local function landed()
-  if tonumber(redis.call('GET', KEYS[6]) or '0') > 0 then redis.call('DECR', KEYS[6]) end
-end
-if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then
-  landed()
-  return 'duplicate'
-end
-local status = redis.call('HGET', s, 'status')
-if not status then return 'missing' end
--- The previous event not applied yet: wait for it while it has not waited long enough
--- (force 0), or while it has arrived and so will be applied soon (force 1).
-if ARGV[2] ~= '' and ARGV[3] ~= '2' and redis.call('SISMEMBER', applied, ARGV[2]) == 0 then
-  if ARGV[3] == '0' or redis.call('SISMEMBER', KEYS[7], ARGV[16]) == 1 then
-    return 'hold'
-  end
-end
-redis.call('SADD', applied, ARGV[1])
-landed()
-local role, party = ARGV[4], ARGV[5]
-local live = status == 'active' or status == 'in_progress'
-local new_status = status
-local interaction = '0'
-if role == 'leg' then
-  redis.call('HSET', s, 'call_open_' .. party, '1')
-  if live then new_status = 'in_progress' end
-elseif role == 'answer' then
-  redis.call('HSET', s, 'call_open_' .. party, '1', 'call_answered_' .. party, '1')
-  if live then new_status = 'in_progress' end
-elseif role == 'leg_end' or role == 'leg_end_complete' then
-  redis.call('HINCRBY', s, 'call_count', 1)
-  redis.call('HINCRBY', s, 'billed_duration', ARGV[6])
-  redis.call('HINCRBY', s, 'call_amount_nanos', ARGV[7])
-  redis.call('HSET', s, 'call_open_' .. party, '0', 'last_interaction_at', ARGV[8])
-  local open = redis.call('HMGET', s, 'call_open_first', 'call_open_second')
-  if open[1] ~= '1' and open[2] ~= '1' then
-    if role == 'leg_end_complete' then
-      local answered = redis.call('HMGET', s, 'call_answered_first', 'call_answered_second')
-      if answered[1] == '1' and answered[2] == '1' then
-        redis.call('HINCRBY', s, 'interaction_count', 1)
-        interaction = '1'
-      end
-    end
-    redis.call('HDEL', s, 'call_answered_first', 'call_answered_second')
-    if status == 'in_progress' then new_status = 'active' end
-  end
-elseif role == 'call' then
-  if live then new_status = 'in_progress' end
-elseif role == 'parties_hangup' then
-  redis.call('HINCRBY', s, 'interaction_count', 1)
-  interaction = '1'
-  redis.call('HSET', s, 'last_interaction_at', ARGV[8])
-  if status == 'in_progress' then new_status = 'active' end
-elseif role == 'timeout' then
-  if live then new_status = 'expired' end
-elseif role == 'number' then
-  if ARGV[13] ~= '' then redis.call('HSET', s, 'virtual_number', ARGV[13]) end
-else
-  redis.call('HINCRBY', KEYS[4], 'unknown', 1)
-end
-if new_status ~= status then
-  local member = redis.call('HGET', s, 'index_member')
-  redis.call('HSET', s, 'status', new_status)
-  redis.call('ZREM', ARGV[12] .. status, member)
-  redis.call('ZADD', ARGV[12] .. new_status, 0, member)
-end
-redis.call('HSET', s, 'updated_at', ARGV[14])
-redis.call('RPUSH', KEYS[3], ARGV[9])
-redis.call('LTRIM', KEYS[3], -1000, -1)
-redis.call('HINCRBY', KEYS[4], 'applied', 1)
-redis.call('PUBLISH', ARGV[10], ARGV[11])
-if ARGV[15] ~= '' then redis.call('ZADD', KEYS[5], ARGV[15], 'reconcile:' .. ARGV[11]) end
-local notify = redis.call('HEXISTS', s, 'callback_url')
-return 'applied:' .. status .. ':' .. new_status .. ':' .. interaction .. ':' .. notify
 """
 
 # KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases

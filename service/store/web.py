@@ -64,7 +64,6 @@ class AsyncStore:
                 Keys.webhooks(),
                 Keys.webhook_stats(),
                 Keys.in_flight(event.session_uuid) if event.kind == "session" else "",
-                Keys.arrived(event.session_uuid) if event.kind == "session" else "",
             ],
             args=[
                 event.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -10,7 +11,15 @@ import redis
 from service.messages import Outgoing
 from service.models import Session, Status, iso, now
 from service.store import scripts
-from service.store.codec import EventChange, decode_session, decode_webhook, flatten, statuses, text
+from service.store.codec import (
+    Applied,
+    EventChange,
+    decode_session,
+    decode_webhook,
+    flatten,
+    statuses,
+    text,
+)
 from service.store.keys import CHANNEL, TIMELINE_LIMIT, Keys
 
 
@@ -115,16 +124,29 @@ class Store:
         owner = self.client.get(Keys.vts_session(session_uuid))
         return text(owner) if owner else None
 
-    def apply_event(self, session_id: str, change: EventChange) -> str:
-        """Apply one event's effect exactly once.
-
-        Returns ``duplicate``, ``missing``, ``hold`` (the previous event of the session
-        has not been applied and ``change.force`` says to wait for it) or
-        ``applied:<status before>:<status after>:<1 if a call between the parties
-        ended>:<1 if the app wants notifications>``. Schedules the session's
-        reconciliation at ``change.reconcile_at`` when given.
-        """
-        result = self._apply(
+    def apply_event(self, session_id: str, change: EventChange) -> Applied:
+        """Apply one event's effect exactly once (see ``apply_event.lua``); a redelivered
+        event is a ``duplicate`` and changes nothing. Schedules the session's
+        reconciliation at ``change.reconcile_at`` when given."""
+        arguments = {
+            "event_id": change.event_id,
+            "marker": change.marker,
+            "role": change.role,
+            "party": change.party,
+            "sequence": "" if change.sequence is None else str(change.sequence),
+            "billed": str(change.billed),
+            "amount_nanos": str(change.amount_nanos),
+            "at": change.at,
+            "entry": change.entry,
+            "virtual_number": change.virtual_number or "",
+            "updated_at": iso(now()) or "",
+            "reconcile_at": _millis(change.reconcile_at),
+            "session_id": session_id,
+            "channel": CHANNEL,
+            "status_prefix": Keys.index() + ":status:",
+            "timeline_limit": TIMELINE_LIMIT,
+        }
+        outcome, before, after, interactions, news = self._apply(
             keys=[
                 Keys.session(session_id),
                 Keys.applied(session_id),
@@ -132,39 +154,33 @@ class Store:
                 Keys.event_stats(),
                 Keys.schedule(),
                 Keys.in_flight(change.session_uuid),
-                Keys.arrived(change.session_uuid),
             ],
-            args=[
-                change.marker,
-                change.previous_marker or "",
-                str(change.force),
-                change.role,
-                change.party,
-                change.billed,
-                change.amount_nanos,
-                change.at,
-                change.entry,
-                CHANNEL,
-                session_id,
-                Keys.index() + ":status:",
-                change.virtual_number or "",
-                iso(now()) or "",
-                int(change.reconcile_at.timestamp() * 1000) if change.reconcile_at else "",
-                change.previous_sequence or "",
-            ],
+            args=[json.dumps(arguments, separators=(",", ":"))],
         )
-        return text(result)
+        return Applied(text(outcome), text(before), text(after), int(interactions), bool(news))
 
-    def keep_orphan(self, event_id: str, received_ms: int) -> None:
+    def set_aside(self, event_id: str, session_uuid: str, stats_field: str) -> None:
+        """Take an event out of its VTS session's in-flight set without applying it (it is
+        invalid), counting it under ``stats_field``."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(Keys.in_flight(session_uuid), event_id)
+            pipe.hincrby(Keys.event_stats(), stats_field, 1)
+            pipe.execute()
+
+    def keep_orphan(self, event_id: str, received_ms: int, session_uuid: str = "") -> None:
         """Set aside an event for a session we never created (kept, counted, not lost)."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.zadd(Keys.orphan_events(), {event_id: received_ms})
+            if session_uuid:
+                pipe.zrem(Keys.in_flight(session_uuid), event_id)
             pipe.hincrby(Keys.event_stats(), "orphaned", 1)
             pipe.execute()
 
-    def events_in_flight(self, session_uuid: str) -> int:
-        """How many of the VTS session's callbacks are stored but not applied yet."""
-        return int(self.client.get(Keys.in_flight(session_uuid)) or 0)
+    def events_in_flight(self, session_uuid: str, since: datetime) -> int:
+        """How many of the VTS session's callbacks received since ``since`` are stored but
+        not applied yet (older ones are stuck or lost: they no longer hold anything up)."""
+        count = self.client.zcount(Keys.in_flight(session_uuid), _millis(since), "+inf")
+        return int(count)
 
     def schedule(self, task: str, session_id: str, due: datetime) -> None:
         """Run ``task`` for the session at ``due`` (one entry per task and session)."""
@@ -270,3 +286,7 @@ class Store:
 
     def count(self, stats: str, field: str, amount: int = 1) -> None:
         self.client.hincrby(stats, field, amount)
+
+
+def _millis(moment: datetime | None) -> str:
+    return str(int(moment.timestamp() * 1000)) if moment else ""
