@@ -13,7 +13,7 @@ from service import messages
 from service.downloads import RecordingUnavailable
 from service.errors import VtsUnavailable
 from service.phones import mask_text
-from workers import events, notifications, reconcile, recordings, sessions
+from workers import events, leases, notifications, reconcile, recordings, sessions
 from workers.boot import resources
 
 log = structlog.get_logger(__name__)
@@ -31,7 +31,7 @@ MAX_BACKOFF_MS = 15_000
 # a failover) work waits for it however long that takes, and is never given up.
 _REDIS = (redis.RedisError,)
 _WAITS = (events.EventNotReady,)  # bounded in time by the work itself
-_SESSION_WORK = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady)
+_SESSION_WORK = (VtsUnavailable, leases.SessionBusy, sessions.SessionNotReady)
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -34,17 +34,19 @@ redis.call('RPUSH', KEYS[6], ARGV[3])
 return {'created', ARGV[1]}
 """
 
-# KEYS: session, timeline
+# KEYS: session, timeline, session lock ('' when the write is not fenced)
 # ARGV: status index prefix, new status, allowed current statuses (space separated),
-#       timeline entry or '', channel, session id, timeline limit, field, value, ...
+#       timeline entry or '', channel, session id, timeline limit, lock owner token,
+#       field, value, ...
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'missing', ''} end
+if KEYS[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[8] then return {'fenced', current} end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. current .. ' ', 1, true) then
   return {'skipped', current}
 end
 local member = redis.call('HGET', KEYS[1], 'index_member')
-if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 if ARGV[2] ~= '' and ARGV[2] ~= current then
   redis.call('HSET', KEYS[1], 'status', ARGV[2])
   redis.call('ZREM', ARGV[1] .. current, member)
@@ -149,6 +151,12 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 return 1
+"""
+
+# KEYS: lock. ARGV: token, ttl (ms). Extends the lock only if we still hold it.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 
 # KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.

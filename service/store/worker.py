@@ -31,6 +31,7 @@ class Store:
         self._transition = client.register_script(scripts.TRANSITION)
         self._claim = client.register_script(scripts.CLAIM)
         self._unlock = client.register_script(scripts.UNLOCK)
+        self._renew = client.register_script(scripts.RENEW)
         self._apply = client.register_script(scripts.APPLY_EVENT)
         self._take_due = client.register_script(scripts.TAKE_DUE)
         self._lead = client.register_script(scripts.LEAD)
@@ -48,15 +49,22 @@ class Store:
         allowed: Sequence[Status],
         fields: Mapping[str, str] | None = None,
         entry: str | None = None,
+        fence: str | None = None,
     ) -> tuple[str, Status | None]:
         """Move the session to ``to`` (None: keep) and set ``fields``, if its status is allowed.
 
-        Idempotent: a session already moved on is ``skipped`` and left untouched.
-        Returns (``ok`` | ``skipped`` | ``missing``, the status it had).
+        Idempotent: a session already moved on is ``skipped`` and left untouched. With
+        ``fence`` (a lock owner token), nothing is written unless that token still holds
+        the session's lock: ``fenced``.
+        Returns (``ok`` | ``skipped`` | ``missing`` | ``fenced``, the status it had).
         """
         changes = {**(fields or {}), "updated_at": iso(now()) or ""}
         result, current = self._transition(
-            keys=[Keys.session(session_id), Keys.timeline(session_id)],
+            keys=[
+                Keys.session(session_id),
+                Keys.timeline(session_id),
+                Keys.session_lock(session_id) if fence else "",
+            ],
             args=[
                 Keys.index() + ":status:",
                 to.value if to else "",
@@ -65,6 +73,7 @@ class Store:
                 CHANNEL,
                 session_id,
                 TIMELINE_LIMIT,
+                fence or "",
                 *flatten(changes),
             ],
         )
@@ -95,6 +104,10 @@ class Store:
     def lock_session(self, session_id: str, token: str, ttl_ms: int) -> bool:
         """Take the session's work lock, so one VTS call at a time acts on it."""
         return bool(self.client.set(Keys.session_lock(session_id), token, nx=True, px=ttl_ms))
+
+    def renew_session_lock(self, session_id: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lock by ``ttl_ms`` if ``token`` still holds it."""
+        return bool(self._renew(keys=[Keys.session_lock(session_id)], args=[token, ttl_ms]))
 
     def unlock_session(self, session_id: str, token: str) -> None:
         self._unlock(keys=[Keys.session_lock(session_id)], args=[token])
