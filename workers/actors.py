@@ -8,6 +8,7 @@ from typing import Any
 import dramatiq
 import redis
 import structlog
+from dramatiq.middleware import CurrentMessage
 
 from service import messages
 from service.downloads import RecordingUnavailable
@@ -83,7 +84,9 @@ def _run(work: Callable[..., None], *args: Any) -> None:
     max_backoff=MAX_BACKOFF_MS,
 )
 def create_session(session_id: str) -> None:
-    _run(sessions.create, session_id)
+    message = CurrentMessage.get_current_message()
+    replay = bool(message and message.options.get(messages.REPLAY_OPTION))
+    _attempt(sessions.create, resources().sessions, session_id, replay, transient=_SESSION_WORK)
 
 
 @dramatiq.actor(actor_name="create_session_exhausted", queue_name=messages.SESSIONS_QUEUE)
@@ -92,7 +95,7 @@ def create_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]
     sessions.fail(
         resources().sessions.store,
         session_id,
-        "create_failed",
+        sessions.GAVE_UP,
         "the session could not be created at VTS; try again later",
     )
 

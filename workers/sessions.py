@@ -67,16 +67,23 @@ def locked(ctx: Context, session_id: str) -> AbstractContextManager[str]:
     return leases.held(ctx.store, session_id, ctx.lock_lease)
 
 
-def create(ctx: Context, session_id: str) -> None:
+# The code a create given up after its retries leaves; only such a session is created
+# again when its dead letter is replayed (a VTS rejection is final).
+GAVE_UP = "create_failed"
+
+
+def create(ctx: Context, session_id: str, replay: bool = False) -> None:
     """Create the session at VTS, exactly once per session.
 
     An earlier attempt whose outcome is unknown (sent, but no answer; or the worker died)
     is resolved first by looking the session up at VTS (same parties, created since that
-    attempt began) and adopting it.
+    attempt began) and adopting it. A ``replay`` (an operator put the dead letter back)
+    also takes up a session whose create was given up; it leaves ``failed`` only once
+    VTS has the session.
     Raises VtsUnavailable (retry) or SessionBusy (retry).
     """
     session = ctx.store.get_session(session_id)
-    if session is None or session.status is not Status.PENDING:
+    if session is None or Status(session.status) not in _creatable(session, replay=replay):
         return
     with locked(ctx, session_id) as fence:
         uncertain_since = ctx.store.open_create_attempt(session_id, ctx.clock())
@@ -95,6 +102,13 @@ def create(ctx: Context, session_id: str) -> None:
             fail(ctx.store, session_id, "vts_rejected", exc.reason, fence=fence)
             return
         _activate(ctx, session, created, adopted=False, fence=fence)
+
+
+def _creatable(session: Session, *, replay: bool) -> list[Status]:
+    """The statuses from which this create may make the session active."""
+    if replay and session.status is Status.FAILED and session.error_code == GAVE_UP:
+        return [Status.PENDING, Status.FAILED]
+    return [Status.PENDING]
 
 
 def _adopt_existing(ctx: Context, session: Session, since: datetime, fence: str) -> bool:
@@ -131,10 +145,14 @@ def _activate(
         "expires_at": iso(expires_at) or "",
     }
     entry = timeline_entry("created", vts_session_uuid=created.session_uuid, adopted=adopted)
+    if session.status is Status.FAILED:
+        fields |= {"error_code": "", "error_message": ""}
+    allowed = (
+        [Status.PENDING, Status.FAILED] if session.status is Status.FAILED else [Status.PENDING]
+    )
     result, _ = ctx.store.transition(
-        session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields, entry=entry,
-        fence=fence,
-    )  # fmt: skip
+        session.id, Status.ACTIVE, allowed=allowed, fields=fields, entry=entry, fence=fence
+    )
     if result == "fenced":
         raise SessionBusy("the session's lease passed to another worker")
     structlog.contextvars.bind_contextvars(vts_session_uuid=created.session_uuid)
