@@ -168,15 +168,26 @@ def test_number_replaces_the_virtual_number(
     assert store.get_session(session_id).virtual_number == "+14152000077"  # type: ignore[union-attr]
 
 
-def test_note_and_unknown_change_nothing_but_the_timeline(
+def test_note_changes_nothing_but_the_timeline(
     ctx: events.Context, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    """Roles note and unknown: on the timeline; only an unknown name is counted."""
+    """Role note: on the timeline, no counter, not counted as unknown."""
     shown = redis_client.llen(Keys.timeline(session_id))
-    _apply(ctx, redis_url, _events("SessionPinAuthenticationStatus", "SessionSomethingNew"))
+    _apply(ctx, redis_url, _events("SessionPinAuthenticationStatus"))
+    assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
+    assert redis_client.hget(Keys.event_stats(), "unknown") is None
+    assert redis_client.llen(Keys.timeline(session_id)) == shown + 1
+
+
+def test_unknown_is_kept_and_counted(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Role unknown: on the timeline and counted, no counter moves."""
+    shown = redis_client.llen(Keys.timeline(session_id))
+    _apply(ctx, redis_url, _events("SessionSomethingNew"))
     assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
     assert redis_client.hget(Keys.event_stats(), "unknown") == b"1"
-    assert redis_client.llen(Keys.timeline(session_id)) == shown + 2
+    assert redis_client.llen(Keys.timeline(session_id)) == shown + 1
 
 
 def test_an_inbound_call_answered_by_the_virtual_number_is_one_interaction(
