@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx2
 import pytest
@@ -74,3 +75,28 @@ def test_a_stale_unapplied_callback_does_not_block_the_correction(
     assert (
         corrected.billed_duration == vts.get_session(remote.session_uuid).total_call_billed_duration
     )
+
+
+def test_a_difference_is_not_drift_until_vts_last_call_has_settled(
+    redis_client: redis.Redis, redis_url: str, vts: VtsClient, sandbox: httpx2.Client
+) -> None:
+    """VTS counts a call when it ends and sends its callbacks after: a difference that
+    holds still is left alone until SETTLE after VTS's last call ended, then corrected."""
+    store, clock = Store(redis_client), Clock()
+    remote = vts.create_session({"first_party": "+14155552673", "second_party": "+14155552674"})
+    session = stored_session(redis_url, "ses_" + "c" * 32)
+    store.claim_vts_session(remote.session_uuid, session.id)
+    fields = {"vts_session_uuid": remote.session_uuid}
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields)
+    body = {"caller": "vts", "duration": 600}  # ends ten minutes from now
+    assert sandbox.post(f"/_sandbox/sessions/{remote.session_uuid}/calls", json=body).is_success
+    ctx = sessions.Context(store=store, vts=vts, public_base_url="", clock=clock)
+
+    for _ in range(3):
+        reconcile.reconcile(ctx, session.id)
+        clock.moment += reconcile.SETTLE
+    assert store.get_session(session.id).call_count == 0  # type: ignore[union-attr]
+
+    clock.moment += timedelta(minutes=10)
+    reconcile.reconcile(ctx, session.id)
+    assert store.get_session(session.id).call_count == 2  # type: ignore[union-attr]

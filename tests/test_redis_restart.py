@@ -8,7 +8,10 @@ writes: see docs/operations.md).
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +19,10 @@ from typing import Any
 
 import httpx2
 import pytest
+import redis
 
 from service.embedded_redis import EmbeddedRedis
+from service.store import Keys
 from tests.conftest import new_numbers, wait_until
 from tests.system import System
 
@@ -138,3 +143,48 @@ def test_a_redis_restart_under_load_loses_nothing_accepted(
     )  # fmt: skip
     vts_sessions = app.sandbox.get("/_sandbox/sessions").json()["sessions"]
     assert len(vts_sessions) == SESSIONS + len(created_during), statuses
+
+
+def test_redis_paused_while_creates_wait_on_a_slow_vts(
+    system: tuple[System, EmbeddedRedis], redis_pause: Any
+) -> None:
+    """Redis stops answering for 3 s while 16 creates wait on VTS: every one ends active
+    with one VTS session, and no session lock is left behind."""
+    app, server = system
+    app.sandbox.put("/_sandbox/faults", json={"latency_ms": 2000})
+    ids = []
+    for _ in range(16):
+        response = app.create(*new_numbers())
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    client = redis.Redis.from_url(server.url)
+    try:
+        wait_until(lambda: client.exists(*(Keys.session_lock(i) for i in ids)) >= 8, timeout=60)
+        redis_pause(server, 3.0)
+        app.sandbox.put("/_sandbox/faults", json={})
+        wait_until(
+            lambda: all(app.api.get(f"/v1/sessions/{i}").json()["status"] == "active" for i in ids),
+            timeout=90, interval=0.2,
+        )  # fmt: skip
+        vts = app.sandbox.get("/_sandbox/sessions").json()["sessions"]
+        assert len(vts) == len(ids)
+        wait_until(lambda: client.exists(*(Keys.session_lock(i) for i in ids)) == 0, timeout=30)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_pause() -> Any:
+    """Stop the Redis process (SIGSTOP) for ``seconds``, then let it go on."""
+
+    def pause(server: EmbeddedRedis, seconds: float) -> None:
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:  # the fault's length, not a wait for anything
+                time.sleep(0.1)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+
+    return pause
