@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import api, deadletters, logs, media, openapi, webhooks
+from service import api, deadletters, logs, media, openapi, redis_clients, webhooks
 from service.metrics import RedisCollector
 from service.middleware import BearerAuth, BodyLimit, RequestContext
 from service.problems import Problem, handle_http_exception, handle_problem
@@ -67,7 +67,7 @@ async def _store_unavailable(_: Request, exc: Exception) -> Response:
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis.asyncio.Redis.from_url(
+        client = redis_clients.connect_async(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         app.state.settings = settings
@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.storage = LocalStorage(settings.recordings_dir)
         app.state.watcher = SessionWatcher(client, app.state.store)
         app.state.shared_metrics = CollectorRegistry()
-        scrape_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        scrape_client = redis_clients.connect(settings.redis_url, socket_timeout=2)
         app.state.shared_metrics.register(RedisCollector(scrape_client, deadletters.QUEUES))
         await app.state.watcher.start()
         log.info("web_started", vts_base_url=settings.vts_base_url)

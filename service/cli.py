@@ -110,11 +110,10 @@ def logs(args: argparse.Namespace) -> None:
 
 
 def _operator_store() -> Store:
-    import redis
-
+    from service import redis_clients
     from service.store import Store
 
-    return Store(redis.Redis.from_url(_settings().redis_url))
+    return Store(redis_clients.connect(_settings().redis_url))
 
 
 def dlq(args: argparse.Namespace) -> None:

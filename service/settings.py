@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+from service import redis_clients
 from service.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -85,7 +86,7 @@ class Settings:
         """Read every variable; raise ConfigurationError naming the first bad one."""
         env = _Env(os.environ if environ is None else environ)
         return cls(
-            redis_url=env.required("REDIS_URL", _redis_url),
+            redis_url=_redis_location(env),
             vts_auth_id=env.required("VTS_AUTH_ID", _nonempty),
             vts_auth_token=Secret(env.required("VTS_AUTH_TOKEN", _nonempty)),
             public_base_url=env.required("PUBLIC_BASE_URL", _http_url).rstrip("/"),
@@ -150,9 +151,25 @@ def _nonempty(raw: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    scheme = urlsplit(raw).scheme
+    if scheme == redis_clients.SENTINEL_SCHEME:
+        redis_clients.sentinel_address(raw)
+        return raw
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
     return raw
+
+
+def _redis_location(env: _Env) -> str:
+    """REDIS_URL, or the Sentinels of REDIS_SENTINELS and REDIS_SENTINEL_MASTER."""
+    master = env.optional("REDIS_SENTINEL_MASTER", _nonempty, "")
+    if master or env.optional("REDIS_SENTINELS", _nonempty, ""):
+        sentinels = env.required("REDIS_SENTINELS", _nonempty)
+        try:
+            return redis_clients.sentinels_url(sentinels, master)
+        except ValueError as exc:
+            raise ConfigurationError("REDIS_SENTINELS", str(exc)) from None
+    return env.required("REDIS_URL", _redis_url)
 
 
 def _http_url(raw: str) -> str:
