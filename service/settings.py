@@ -163,8 +163,10 @@ def _redis_url(raw: str) -> str:
 def _redis_location(env: _Env) -> str:
     """REDIS_URL, or the Sentinels of REDIS_SENTINELS and REDIS_SENTINEL_MASTER."""
     master = env.optional("REDIS_SENTINEL_MASTER", _nonempty, "")
-    if master or env.optional("REDIS_SENTINELS", _nonempty, ""):
-        sentinels = env.required("REDIS_SENTINELS", _nonempty)
+    sentinels = env.optional("REDIS_SENTINELS", _nonempty, "")
+    if master or sentinels:
+        if not sentinels:
+            raise ConfigurationError("REDIS_SENTINELS", "is required with REDIS_SENTINEL_MASTER")
         try:
             return redis_clients.sentinels_url(sentinels, master)
         except ValueError as exc:
