@@ -89,15 +89,22 @@ def create_session(session_id: str) -> None:
     _attempt(sessions.create, resources().sessions, session_id, replay, transient=_SESSION_WORK)
 
 
-@dramatiq.actor(actor_name="create_session_exhausted", queue_name=messages.SESSIONS_QUEUE)
+def _retryable_redis(retries: int, exc: BaseException) -> bool:
+    """Bookkeeping after work is given up: only Redis can fail it, and Redis passes."""
+    return isinstance(_cause(exc), _REDIS)
+
+
+@dramatiq.actor(
+    actor_name="create_session_exhausted",
+    queue_name=messages.SESSIONS_QUEUE,
+    retry_when=_retryable_redis,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+)
 def create_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
-    session_id = message["args"][0]
-    sessions.fail(
-        resources().sessions.store,
-        session_id,
-        sessions.GAVE_UP,
-        "the session could not be created at VTS; try again later",
-    )
+    store, reason = resources().sessions.store, "the session could not be created at VTS"
+    args = (store, message["args"][0], sessions.GAVE_UP, f"{reason}; try again later")
+    _attempt(sessions.fail, *args, transient=())
 
 
 def _retryable_event(retries: int, exc: BaseException) -> bool:
@@ -140,9 +147,15 @@ def apply_recording_event(event_id: str, _session_uuid: str | None = None) -> No
     _attempt(recordings.apply, context, event_id, transient=(RecordingUnavailable,))
 
 
-@dramatiq.actor(actor_name="recording_download_exhausted", queue_name=messages.RECORDINGS_QUEUE)
+@dramatiq.actor(
+    actor_name="recording_download_exhausted",
+    queue_name=messages.RECORDINGS_QUEUE,
+    retry_when=_retryable_redis,
+    min_backoff=1_000,
+    max_backoff=60_000,
+)
 def recording_download_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
-    recordings.give_up(resources().recordings, message["args"][0])
+    _attempt(recordings.give_up, resources().recordings, message["args"][0], transient=())
 
 
 def _retryable_notification(retries: int, exc: BaseException) -> bool:
