@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import api, deadletters, logs, media, openapi, webhooks
+from service import api, deadletters, logs, media, openapi, redis_clients, webhooks
 from service.apps import AppRegistry
 from service.metrics import ClusterCollector
 from service.middleware import BearerAuth, BodyLimit, RequestContext
@@ -99,7 +99,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis.asyncio.Redis.from_url(
+        client = redis_clients.connect_async(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         app.state.settings = settings
@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> Starlette:
         await _sync_apps(registry, apps)
         refresher = asyncio.create_task(_refresh_apps(registry, apps, settings.apps_refresh))
         app.state.cluster_metrics = CollectorRegistry()
-        scrape_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        scrape_client = redis_clients.connect(settings.redis_url, socket_timeout=2)
         app.state.cluster_metrics.register(ClusterCollector(scrape_client, deadletters.QUEUES))
         await app.state.watcher.start()
         log.info("web_started", vts_base_url=settings.vts_base_url)

@@ -94,10 +94,10 @@ def logs(args: argparse.Namespace) -> None:
 
 def _operator_redis() -> redis.Redis:
     """Redis for an operator command: only ``REDIS_URL`` is read (no VTS credentials)."""
-    import redis
+    from service import redis_clients
 
     try:
-        return redis.Redis.from_url(redis_url_from_env())
+        return redis_clients.connect(redis_url_from_env())
     except ConfigurationError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None

@@ -70,7 +70,7 @@ class DeadLetter:
             actor_name=self.message["actor_name"],
             args=tuple(self.message.get("args", ())),
             kwargs=self.message.get("kwargs", {}),
-            options={**options, "redis_message_id": redis_id},
+            options={**options, "redis_message_id": redis_id, messages.REPLAY_OPTION: True},
             message_id=self.message.get("message_id", redis_id),
         )
         return Outgoing(self.queue, message.message_id, redis_id, message.encode())

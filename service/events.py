@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from functools import cached_property
 from typing import Literal
 
@@ -37,37 +38,61 @@ _FORMATS = {
     "Amount": _DECIMAL,
 }
 
-# Event names that end one call leg; SessionPartiesHangup ends the call between the parties.
-LEG_ENDS = frozenset(
-    {
-        "SessionFirstPartyHangup",
-        "SessionSecondPartyHangup",
-        "SessionFirstPartyComplete",
-        "SessionSecondPartyComplete",
-        "SessionFirstPartyFailed",
-        "SessionSecondPartyFailed",
-    }
-)
-# Events of the family without SessionPartiesHangup that open a leg.
-LEG_STARTS = frozenset({"SessionFirstPartyInitiated", "SessionSecondPartyInitiated"})
-COMPLETE_FAMILY_ENDS = frozenset(n for n in LEG_ENDS if not n.endswith("Hangup"))
-CALL_EVENTS = frozenset(
-    {
-        *LEG_ENDS,
-        *LEG_STARTS,
-        "SessionFirstPartyRinging",
-        "SessionFirstPartyAnswer",
-        "SessionSecondPartyRing",
-        "SessionSecondPartyAnswer",
-        "SessionVirtualNumberAnswer",
-    }
-)
+
+class Role(StrEnum):
+    """What a VTS session event does to a session (the apply script acts on the role).
+
+    Every role's contribution to the counters is fixed by the event alone, so the totals
+    are the same whatever order events arrive in; order only shapes status and timeline.
+    """
+
+    PROGRESS = "progress"  # a leg is being set up or is connected: a call is live
+    LEG_END = "leg_end"  # a leg ended: one call, its billed seconds and amount
+    # A leg answered and ended (the family without SessionPartiesHangup): a leg end, and
+    # with the other party's answered leg ending next to it in sequence, one interaction.
+    LEG_COMPLETE = "leg_complete"
+    PARTIES_HANGUP = "parties_hangup"  # the call between the parties is over: one interaction
+    TIMEOUT = "timeout"  # the session expired
+    NUMBER = "number"  # the virtual number was replaced
+    NOTE = "note"  # known, shown on the timeline, no effect
+    UNKNOWN = "unknown"  # not in VTS's vocabulary: kept, counted, no effect
+
+
+# VTS's session event vocabulary, both families, and what each event does.
+ROLES: Mapping[str, Role] = {
+    "SessionFirstPartyInitiated": Role.PROGRESS,
+    "SessionFirstPartyRinging": Role.PROGRESS,
+    "SessionFirstPartyAnswer": Role.PROGRESS,
+    "SessionFirstPartyHangup": Role.LEG_END,
+    "SessionFirstPartyComplete": Role.LEG_COMPLETE,
+    "SessionFirstPartyFailed": Role.LEG_END,
+    "SessionSecondPartyInitiated": Role.PROGRESS,
+    "SessionSecondPartyRing": Role.PROGRESS,
+    "SessionSecondPartyAnswer": Role.PROGRESS,
+    "SessionSecondPartyHangup": Role.LEG_END,
+    "SessionSecondPartyComplete": Role.LEG_COMPLETE,
+    "SessionSecondPartyFailed": Role.LEG_END,
+    # The caller dialled the virtual number and VTS answered it: the caller's leg is up.
+    "SessionVirtualNumberAnswer": Role.PROGRESS,
+    "SessionPartiesHangup": Role.PARTIES_HANGUP,
+    "SessionTimeout": Role.TIMEOUT,
+    "SessionVirtualNumberReplaced": Role.NUMBER,
+    "SessionPinAuthenticationStatus": Role.NOTE,
+}
+LEG_ENDS = frozenset(n for n, r in ROLES.items() if r in (Role.LEG_END, Role.LEG_COMPLETE))
 PARTIES_HANGUP = "SessionPartiesHangup"
-TIMEOUT = "SessionTimeout"
-NUMBER_REPLACED = "SessionVirtualNumberReplaced"
-KNOWN = frozenset(
-    {*CALL_EVENTS, PARTIES_HANGUP, TIMEOUT, NUMBER_REPLACED, "SessionPinAuthenticationStatus"}
-)
+KNOWN = frozenset(ROLES)
+
+
+def role_of(name: str) -> Role:
+    return ROLES.get(name, Role.UNKNOWN)
+
+
+def party_of(name: str) -> str:
+    """Whose leg the event is about: ``first``, ``second`` or ``""``."""
+    if name.startswith("SessionFirstParty"):
+        return "first"
+    return "second" if name.startswith("SessionSecondParty") else ""
 
 
 # Fields stored as they came: what the workers act on and operators read, none of them a

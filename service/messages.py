@@ -46,6 +46,11 @@ ROUTES = (
 )
 
 
+# Set in the options of a dead letter put back by an operator: work given up before may
+# be taken up again (a create whose retries ran out).
+REPLAY_OPTION = "replay"
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A message encoded in dramatiq's wire format, ready for the store to enqueue."""

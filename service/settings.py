@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+from service import redis_clients
 from service.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -115,7 +116,7 @@ class Settings:
         """Read every variable; raise ConfigurationError naming the first bad one."""
         env = _Env(os.environ if environ is None else environ)
         return cls(
-            redis_url=env.required("REDIS_URL", _redis_url),
+            redis_url=_redis_location(env),
             vts_auth_id=env.required("VTS_AUTH_ID", _nonempty),
             vts_auth_token=Secret(env.required("VTS_AUTH_TOKEN", _nonempty)),
             public_base_url=env.required("PUBLIC_BASE_URL", _http_url).rstrip("/"),
@@ -211,8 +212,12 @@ def _nonempty(raw: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    scheme = urlsplit(raw).scheme
+    if scheme == redis_clients.SENTINEL_SCHEME:
+        redis_clients.sentinel_address(raw)
+        return raw
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
     return raw
 
 
@@ -224,6 +229,20 @@ def _s3_url(raw: str) -> tuple[str, str]:
     if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc) or parts.query:
         raise ValueError("must be s3://bucket or s3://bucket/prefix")
     return parts.netloc, parts.path.strip("/")
+
+
+def _redis_location(env: _Env) -> str:
+    """REDIS_URL, or the Sentinels of REDIS_SENTINELS and REDIS_SENTINEL_MASTER."""
+    master = env.optional("REDIS_SENTINEL_MASTER", _nonempty, "")
+    sentinels = env.optional("REDIS_SENTINELS", _nonempty, "")
+    if master or sentinels:
+        if not sentinels:
+            raise ConfigurationError("REDIS_SENTINELS", "is required with REDIS_SENTINEL_MASTER")
+        try:
+            return redis_clients.sentinels_url(sentinels, master)
+        except ValueError as exc:
+            raise ConfigurationError("REDIS_SENTINELS", str(exc)) from None
+    return env.required("REDIS_URL", _redis_url)
 
 
 def _http_url(raw: str) -> str:
@@ -342,8 +361,9 @@ def _hostnames(raw: str) -> tuple[str, ...]:
 
 
 def redis_url_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """Only ``REDIS_URL``: what the operator commands need (they never talk to VTS)."""
-    return _Env(os.environ if environ is None else environ).required("REDIS_URL", _redis_url)
+    """Only where Redis is (``REDIS_URL``, or its Sentinels): what the operator commands
+    need (they never talk to VTS)."""
+    return _redis_location(_Env(os.environ if environ is None else environ))
 
 
 def environment() -> dict[str, str]:

@@ -121,17 +121,26 @@ def test_a_live_call_shows_in_progress(
     assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
 
 
-def test_a_later_event_waits_for_the_earlier_one_then_goes_on(
+def test_an_event_whose_predecessor_is_missing_is_applied_at_once(
     ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
 ) -> None:
-    """An event whose predecessor is missing waits, but only for a bounded time."""
+    """No event waits for an earlier one: the third of a call applies with no clock move."""
     call = _call(1, "hangup")
-    third = _ingest(redis_url, check("session", call[2]))
-    with pytest.raises(events.EventNotReady):
-        events.apply(ctx, third)
-    clock.moment += events.HOLD_AT_MOST + timedelta(seconds=1)
-    events.apply(ctx, third)
+    events.apply(ctx, _ingest(redis_url, check("session", call[2])))
     assert store.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
+
+
+def test_a_late_answer_does_not_reopen_an_ended_call(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+) -> None:
+    """The call event with the highest sequence number decides whether a call is live."""
+    call = _call(1, "hangup")
+    _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[3:]], clock)
+    _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[:3]], clock)
+    session = store.get_session(session_id)
+    assert session is not None
+    assert session.status is Status.ACTIVE
+    assert session.interaction_count == 1
 
 
 def test_event_before_the_session_is_known_waits_then_is_kept_aside(
@@ -187,24 +196,3 @@ def test_reconciliation_sets_vts_totals_and_later_events_still_add(
     assert session is not None
     assert (session.call_count, session.billed_duration) == (4, 240)
     assert session.call_amount == Decimal("0.034")
-
-
-def test_an_earlier_event_that_has_arrived_is_waited_for_longer(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
-) -> None:
-    """Past the short bound, an event still waits for a predecessor that has reached us
-    (it is stuck behind a backlog or a dead worker), until the long bound."""
-    call = _call(1, "hangup")
-    second, third = (_ingest(redis_url, check("session", p)) for p in call[1:3])
-    clock.moment += events.HOLD_AT_MOST + timedelta(seconds=1)
-    with pytest.raises(events.EventNotReady):
-        events.apply(ctx, third, UUID)
-    events.apply(ctx, second, UUID)  # its own predecessor never came: it goes on
-    events.apply(ctx, third, UUID)
-    clock.moment += events.GIVE_UP_WAITING
-    fifth = _ingest(redis_url, check("session", call[4]))
-    _ingest(redis_url, check("session", call[3]))
-    events.apply(ctx, fifth, UUID)  # the fourth arrived but waited too long: go on
-    session = store.get_session(session_id)
-    assert session is not None
-    assert session.call_count == 1

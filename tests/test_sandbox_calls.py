@@ -229,6 +229,44 @@ def test_event_sequence_per_caller_and_answers(
     assert [e["SequenceNumber"] for e in events] == [str(n) for n in range(1, len(events) + 1)]
 
 
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [
+        ("complete", ["VirtualNumberAnswer", "SecondPartyInitiated", "SecondPartyRing",
+                      "SecondPartyAnswer", "FirstPartyComplete", "SecondPartyComplete"]),
+        ("hangup", ["VirtualNumberAnswer", "SecondPartyRing", "SecondPartyAnswer",
+                    "FirstPartyHangup", "SecondPartyHangup", "PartiesHangup"]),
+    ],
+)  # fmt: skip
+def test_an_inbound_call_answered_by_the_virtual_number(
+    start: Start, receiver: Receiver, family: str, expected: list[str]
+) -> None:
+    """virtual_number_answers: the caller's answered leg is one SessionVirtualNumberAnswer;
+    the legs, billing and interaction record are those of any inbound call."""
+    client = start(event_family=family)
+    uuid = new_session(client, receiver)
+    simulate(client, uuid, caller="first", virtual_number_answers=True)
+    drain(client)
+    assert names(generated(client, uuid)) == expected
+    session = client.get(f"{BASE}/{uuid}").json()["response"]
+    assert session["total_call_count"] == 2
+    record = session["interaction"][0]
+    assert (record["first_party_status"], record["second_party_status"]) == (
+        "completed", "completed"
+    )  # fmt: skip
+
+
+def test_virtual_number_answers_needs_a_caller_who_dials_in(
+    client: httpx2.Client, receiver: Receiver
+) -> None:
+    """VTS dialling out never answers the virtual number: the request is refused, naming it."""
+    uuid = new_session(client, receiver)
+    body = {"caller": "vts", "virtual_number_answers": True}
+    answer = client.post(f"/_sandbox/sessions/{uuid}/calls", json=body)
+    assert answer.status_code == 400
+    assert "virtual_number_answers" in answer.json()["error"]
+
+
 @pytest.mark.parametrize(("family", "caller", "first", "second", "expected"), FAMILIES)
 def test_session_totals_equal_the_ended_leg_events(
     start: Start,

@@ -9,18 +9,19 @@ import dramatiq
 import redis
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
+from dramatiq.middleware import CurrentMessage
 
 from service import messages
 from service.downloads import RecordingUnavailable
 from service.errors import VtsUnavailable
-from workers import events, notifications, reconcile, recordings, retention, sessions
+from service.phones import mask_text
+from workers import events, leases, notifications, reconcile, recordings, retention, sessions
 from workers.boot import resources
 
 log = structlog.get_logger(__name__)
 
-_TRANSIENT = (VtsUnavailable, sessions.SessionBusy, sessions.SessionNotReady, dramatiq.Retry)
 MIN_BACKOFF_MS = 500
-# How soon an event that must wait (for its session, or the event before it) is tried again.
+# How soon an event that must wait (for its session) is tried again.
 EVENT_WAIT_MS = 200
 DOWNLOAD_RETRIES = 20
 # Long enough for a large recording over a slow link; the download has its own timeouts.
@@ -28,25 +29,51 @@ DOWNLOAD_TIME_LIMIT_MS = 30 * 60_000
 # 1 s doubling to 5 min: about an hour of attempts before an app's receiver is given up on.
 NOTIFY_RETRIES = 16
 MAX_BACKOFF_MS = 15_000
+# Failures that pass by themselves. Redis is our own state: while it is away (a restart,
+# a failover) work waits for it however long that takes, and is never given up.
+_REDIS = (redis.RedisError,)
+_WAITS = (events.EventNotReady,)  # bounded in time by the work itself
+_SESSION_WORK = (VtsUnavailable, leases.SessionBusy, sessions.SessionNotReady)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """What a Retry stands for (we raise Retry from the failure it retries)."""
+    return exc.__cause__ if isinstance(exc, dramatiq.Retry) and exc.__cause__ else exc
+
+
+def _attempt(work: Callable[..., None], *args: Any, transient: tuple[type[Exception], ...]) -> None:
+    """Run ``work``; a transient failure becomes a Retry, logged as one warning line
+    without a traceback (a retry is not an error). Waits that are part of the work (an
+    event for a session still being created) are logged at info."""
+    catch: tuple[type[Exception], ...] = (*_REDIS, *_WAITS, *transient)
+    try:
+        work(*args)
+    except catch as exc:
+        delay = _delay(exc)
+        level = log.info if isinstance(exc, _WAITS) else log.warning
+        level("work_retrying", reason=type(exc).__name__, detail=mask_text(str(exc))[:200])
+        raise dramatiq.Retry(type(exc).__name__, delay=delay) from exc
+
+
+def _delay(exc: Exception) -> int | None:
+    """Exactly the wait the failure names (Retry-After, an event's wait), else backoff."""
+    if isinstance(exc, _WAITS) and not isinstance(exc, recordings.RecordingPending):
+        return EVENT_WAIT_MS
+    retry_after = getattr(exc, "retry_after", None)
+    return int(retry_after * 1000) if retry_after is not None else None
 
 
 def _retryable(retries: int, exc: BaseException) -> bool:
-    """Retry what may pass (VTS unavailable, session busy); never a bug or a rejection."""
-    return isinstance(exc, _TRANSIENT) and retries < resources().settings.create_max_retries
+    """Session work: Redis always; VTS unavailable or the session busy, up to a limit;
+    never a bug or a rejection."""
+    cause = _cause(exc)
+    if isinstance(cause, _REDIS):
+        return True
+    return isinstance(cause, _SESSION_WORK) and retries < resources().settings.create_max_retries
 
 
 def _run(work: Callable[..., None], *args: Any) -> None:
-    """Run ``work``; what may pass is retried as a ``Retry`` (after VTS's ``Retry-After``
-    when it named one), which dramatiq logs as a retry, not as an error with a traceback:
-    a busy session or a VTS hiccup is expected, not a failure."""
-    try:
-        work(resources().sessions, *args)
-    except VtsUnavailable as exc:
-        log.warning("vts_unavailable", status=exc.status, error=str(exc))
-        delay = None if exc.retry_after is None else int(exc.retry_after * 1000)
-        raise dramatiq.Retry(str(exc), delay=delay) from exc
-    except (sessions.SessionBusy, sessions.SessionNotReady) as exc:
-        raise dramatiq.Retry(str(exc)) from exc
+    _attempt(work, resources().sessions, *args, transient=_SESSION_WORK)
 
 
 @dramatiq.actor(
@@ -58,23 +85,32 @@ def _run(work: Callable[..., None], *args: Any) -> None:
     max_backoff=MAX_BACKOFF_MS,
 )
 def create_session(session_id: str) -> None:
-    _run(sessions.create, session_id)
+    message = CurrentMessage.get_current_message()
+    replay = bool(message and message.options.get(messages.REPLAY_OPTION))
+    _attempt(sessions.create, resources().sessions, session_id, replay, transient=_SESSION_WORK)
 
 
-@dramatiq.actor(actor_name="create_session_exhausted", queue_name=messages.SESSIONS_QUEUE)
+def _retryable_redis(retries: int, exc: BaseException) -> bool:
+    """Bookkeeping after work is given up: only Redis can fail it, and Redis passes."""
+    return isinstance(_cause(exc), _REDIS)
+
+
+@dramatiq.actor(
+    actor_name="create_session_exhausted",
+    queue_name=messages.SESSIONS_QUEUE,
+    retry_when=_retryable_redis,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+)
 def create_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
-    session_id = message["args"][0]
-    sessions.fail(
-        resources().sessions.store,
-        session_id,
-        "create_failed",
-        "the session could not be created at VTS; try again later",
-    )
+    store, reason = resources().sessions.store, "the session could not be created at VTS"
+    args = (store, message["args"][0], sessions.GAVE_UP, f"{reason}; try again later")
+    _attempt(sessions.fail, *args, transient=())
 
 
 def _retryable_event(retries: int, exc: BaseException) -> bool:
     """Events wait as long as apply() says (it bounds the wait); Redis hiccups pass."""
-    return isinstance(exc, dramatiq.Retry | redis.RedisError) and retries < 10_000
+    return isinstance(_cause(exc), _REDIS + _WAITS)
 
 
 @dramatiq.actor(
@@ -85,16 +121,16 @@ def _retryable_event(retries: int, exc: BaseException) -> bool:
     max_backoff=MAX_BACKOFF_MS,
 )
 def apply_event(event_id: str, session_uuid: str | None = None) -> None:
-    try:
-        events.apply(resources().events, event_id, session_uuid)
-    except events.EventNotReady as exc:
-        raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
+    _attempt(events.apply, resources().events, event_id, session_uuid, transient=())
 
 
 def _retryable_download(retries: int, exc: BaseException) -> bool:
-    """404s (bounded in time by apply()), network errors and 5xx, up to a limit."""
-    transient = dramatiq.Retry | RecordingUnavailable | redis.RedisError
-    return isinstance(exc, transient) and retries < DOWNLOAD_RETRIES
+    """Waiting for the session or for VTS to serve the file is bounded in time by apply();
+    Redis always passes; network errors and 5xx up to a limit."""
+    cause = _cause(exc)
+    if isinstance(cause, _REDIS + _WAITS):
+        return True
+    return isinstance(cause, RecordingUnavailable) and retries < DOWNLOAD_RETRIES
 
 
 @dramatiq.actor(
@@ -108,21 +144,26 @@ def _retryable_download(retries: int, exc: BaseException) -> bool:
 )
 def apply_recording_event(event_id: str, _session_uuid: str | None = None) -> None:
     # The message names the VTS session as apply_event's does; the stored record has it.
-    try:
-        recordings.apply(resources().recordings, event_id)
-    except recordings.RecordingPending as exc:
-        raise dramatiq.Retry(str(exc)) from exc
-    except events.EventNotReady as exc:
-        raise dramatiq.Retry(str(exc), delay=EVENT_WAIT_MS) from exc
+    context = resources().recordings
+    _attempt(recordings.apply, context, event_id, transient=(RecordingUnavailable,))
 
 
-@dramatiq.actor(actor_name="recording_download_exhausted", queue_name=messages.RECORDINGS_QUEUE)
+@dramatiq.actor(
+    actor_name="recording_download_exhausted",
+    queue_name=messages.RECORDINGS_QUEUE,
+    retry_when=_retryable_redis,
+    min_backoff=1_000,
+    max_backoff=60_000,
+)
 def recording_download_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
-    recordings.give_up(resources().recordings, message["args"][0])
+    _attempt(recordings.give_up, resources().recordings, message["args"][0], transient=())
 
 
 def _retryable_notification(retries: int, exc: BaseException) -> bool:
-    return isinstance(exc, dramatiq.Retry) and retries < NOTIFY_RETRIES
+    cause = _cause(exc)
+    if isinstance(cause, _REDIS):
+        return True
+    return isinstance(cause, notifications.ReceiverUnavailable) and retries < NOTIFY_RETRIES
 
 
 @dramatiq.actor(
@@ -133,12 +174,10 @@ def _retryable_notification(retries: int, exc: BaseException) -> bool:
     max_backoff=300_000,
 )
 def notify_app(session_id: str, kind: str, notification_id: str) -> None:
-    try:
-        notifications.send(resources().notifications, session_id, kind, notification_id)
-    except notifications.ReceiverUnavailable as exc:
-        # A Retry is logged as a retry, not as an error with a traceback: an app's
-        # receiver being down is not our failure.
-        raise dramatiq.Retry(str(exc)) from exc
+    # An app's receiver being down is not our failure: a warning, not an error.
+    context = resources().notifications
+    transient = (notifications.ReceiverUnavailable,)
+    _attempt(notifications.send, context, session_id, kind, notification_id, transient=transient)
 
 
 @dramatiq.actor(
@@ -152,16 +191,24 @@ def reconcile_session(session_id: str) -> None:
     _run(reconcile.reconcile, session_id)
 
 
-@dramatiq.actor(actor_name="expire_if_due", queue_name=messages.SESSIONS_QUEUE)
+@dramatiq.actor(
+    actor_name="expire_if_due",
+    queue_name=messages.SESSIONS_QUEUE,
+    retry_when=_retryable,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+)
 def expire_if_due(session_id: str) -> None:
-    reconcile.expire_if_due(resources().sessions, session_id)
+    _run(reconcile.expire_if_due, session_id)
 
 
 def _retryable_storage(retries: int, exc: BaseException) -> bool:
-    """Redis and storage hiccups pass (boto3 has retried within the call already)."""
-    return isinstance(exc, redis.RedisError | OSError | BotoCoreError | ClientError) and (
-        retries < DOWNLOAD_RETRIES
-    )
+    """Redis always passes; storage hiccups up to a limit (boto3 has retried within the
+    call already)."""
+    cause = _cause(exc)
+    if isinstance(cause, _REDIS):
+        return True
+    return isinstance(cause, OSError | BotoCoreError | ClientError) and retries < DOWNLOAD_RETRIES
 
 
 @dramatiq.actor(
@@ -198,9 +245,15 @@ def update_session(session_id: str, changes: dict[str, Any] | None = None) -> No
     _run(sessions.update, session_id, changes)
 
 
-@dramatiq.actor(actor_name="update_session_exhausted", queue_name=messages.SESSIONS_QUEUE)
+@dramatiq.actor(
+    actor_name="update_session_exhausted",
+    queue_name=messages.SESSIONS_QUEUE,
+    retry_when=_retryable_redis,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+)
 def update_session_exhausted(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
-    sessions.give_up_update(resources().sessions, message["args"][0])
+    _attempt(sessions.give_up_update, resources().sessions, message["args"][0], transient=())
 
 
 @dramatiq.actor(

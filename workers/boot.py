@@ -14,7 +14,7 @@ import httpx2
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from service import logs
+from service import logs, redis_clients
 from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings
@@ -127,7 +127,7 @@ def setup() -> RedisBroker:
     settings = Settings.from_env()
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     # Timeouts, so that a Redis that stops answering is an error to retry, not a hang.
-    client = redis.Redis.from_url(
+    client = redis_clients.connect(
         settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
     )
     install(build(settings, client))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +13,8 @@ import dramatiq
 import redis
 import structlog
 from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -88,9 +91,15 @@ class LogContext(Middleware):
         structlog.contextvars.clear_contextvars()
 
     def _note_dead_letter(self, message: MessageProxy, exception: BaseException) -> None:
-        error = mask_text(f"{type(exception).__name__}: {exception}")[:500]
-        log.error("message_dead_lettered", error=error)
-        self._store.note_dead_letter(message.options["redis_message_id"], error)
+        # A Retry given up stands for the failure it retried: name that one.
+        cause = exception.__cause__ if isinstance(exception, dramatiq.Retry) else None
+        failure = cause or exception
+        error = mask_text(f"{type(failure).__name__}: {failure}")[:500]
+        log.error("message_dead_lettered", error=error, exc_info=failure)
+        try:
+            self._store.note_dead_letter(message.options["redis_message_id"], error)
+        except redis.RedisError as exc:
+            log.warning("dead_letter_note_failed", reason=type(exc).__name__)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
@@ -117,8 +126,67 @@ class MaskTracebacks(Middleware):
             message.options["traceback"] = mask_text(traceback)
 
 
+class GuardedConsumer(_RedisConsumer):
+    """dramatiq's Redis consumer, made safe against Redis going away under a live worker.
+
+    dramatiq 2.2.1 loses track of messages when the connection fails (see
+    docs/operations.md, "dramatiq under Redis faults"): the consumer thread throws away
+    its in-memory delay queue, leaving those messages in this worker's acks set until the
+    process dies; a ``close()`` whose requeue fails kills the consumer thread; and an ack
+    that fails with anything but a connection error (a timeout, Redis still loading its
+    AOF) is never retried. Here every Redis error is a connection error to dramatiq (so
+    acks are retried), the delayed messages this consumer handed out are remembered until
+    acked, and whatever cannot be put back now is put back by the queue's next consumer.
+    """
+
+    broker: PromptRedisBroker
+
+    def __init__(self, broker: PromptRedisBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self._delayed: dict[str, MessageProxy] = {}
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            self.broker.put_back_stranded(self.queue_name)
+            message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        if message is not None and "eta" in message.options:
+            self._delayed[message.options["redis_message_id"]] = message
+        return message
+
+    def ack(self, message: MessageProxy) -> None:
+        self._settled(message)
+        try:
+            super().ack(message)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def nack(self, message: MessageProxy) -> None:
+        self._settled(message)
+        try:
+            super().nack(message)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        held = list(messages)
+        for message in held:
+            self._settled(message)
+        self.broker.put_back(self.queue_name, [m.options["redis_message_id"] for m in held])
+
+    def close(self) -> None:
+        """Put back the delayed messages still held (dramatiq may have dropped them)."""
+        self.requeue(list(self._delayed.values()))
+
+    def _settled(self, message: MessageProxy) -> None:
+        self._delayed.pop(message.options.get("redis_message_id", ""), None)
+
+
 class PromptRedisBroker(RedisBroker):
-    """dramatiq's Redis broker, polling an idle queue at least every ``max_poll_ms``.
+    """dramatiq's Redis broker, polling an idle queue at least every ``max_poll_ms``, with
+    consumers that survive Redis going away (``GuardedConsumer``) and an enqueue that
+    waits for Redis to come back rather than fail.
 
     The stock consumer backs off up to the worker timeout (1 s, not settable from the
     CLI) when a queue is empty, so the first message after a quiet spell could wait that
@@ -126,9 +194,56 @@ class PromptRedisBroker(RedisBroker):
     """
 
     max_poll_ms = 100
+    # An enqueue from a worker (a retry, a delayed message coming due, a timer) is tried
+    # until Redis takes it: failing it would lose a message dramatiq has already acked.
+    enqueue_backoff_seconds = (0.1, 2.0)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._stranded: dict[str, set[str]] = {}
+        self._stranded_lock = threading.Lock()
+
+    @property
+    def consumer_class(self) -> type[GuardedConsumer]:
+        return GuardedConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         return super().consume(queue_name, prefetch, min(timeout, self.max_poll_ms))
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
+        pause, longest = self.enqueue_backoff_seconds
+        while True:
+            try:
+                return super().enqueue(message, delay=delay)
+            except redis.RedisError as exc:
+                log.warning("broker_enqueue_waiting_for_redis", error=type(exc).__name__)
+                time.sleep(pause)
+                pause = min(pause * 2, longest)
+
+    def put_back(self, queue_name: str, redis_ids: list[str]) -> None:
+        """Move messages this worker holds back onto ``queue_name``; if Redis cannot take
+        them now, the queue's next consumer does it."""
+        if not redis_ids:
+            return
+        try:
+            self.do_requeue(queue_name, *redis_ids)
+        except redis.RedisError:
+            with self._stranded_lock:
+                self._stranded.setdefault(queue_name, set()).update(redis_ids)
+
+    def put_back_stranded(self, queue_name: str) -> None:
+        """Put back what an earlier consumer of ``queue_name`` could not; raises RedisError."""
+        with self._stranded_lock:
+            stranded = self._stranded.pop(queue_name, set())
+        if not stranded:
+            return
+        try:
+            self.do_requeue(queue_name, *stranded)
+        except redis.RedisError:
+            with self._stranded_lock:
+                self._stranded.setdefault(queue_name, set()).update(stranded)
+            raise
+        log.info("broker_messages_put_back", queue=queue_name, count=len(stranded))
 
     def recover_abandoned(self) -> None:
         """Put back on their queues, now, the messages held by workers whose heartbeat has
@@ -153,6 +268,16 @@ class PromptRedisBroker(RedisBroker):
             )
 
 
+class QuietRetries(Retries):
+    """dramatiq's Retries, without its info line for every retry: the actors log one
+    ``work_retrying`` line with the reason instead, and dramatiq's line (a message id and
+    a delay) reads like a failure to whoever tails the logs."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.logger.setLevel(logging.WARNING)
+
+
 def create_broker(client: redis.Redis) -> RedisBroker:
     """A broker sharing ``client`` (which must not decode responses)."""
     store = Store(client)
@@ -165,12 +290,12 @@ def create_broker(client: redis.Redis) -> RedisBroker:
         # dramatiq runs after_* hooks in reverse order: placed before Retries, LogContext
         # sees a message after Retries has decided its fate (retried, or dead-lettered).
         LogContext(store),
-        Retries(max_retries=20, min_backoff=500, max_backoff=60_000),
+        QuietRetries(max_retries=20, min_backoff=500, max_backoff=60_000),
         CurrentMessage(),
         MaskTracebacks(),
         Scheduler(lambda: store, clock=lambda: datetime.now(UTC)),
     ]
-    return PromptRedisBroker(  # type: ignore[no-untyped-call]
+    return PromptRedisBroker(
         client=client,
         namespace=DRAMATIQ_NAMESPACE,
         middleware=middleware,

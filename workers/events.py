@@ -1,10 +1,11 @@
-"""Applying VTS session events: exactly once, in ``SequenceNumber`` order per session.
+"""Applying VTS session events: each exactly once, in any order.
 
-An event waits (is retried) while the create that will tell us its session has not
-finished, and while the session's previous event has not been applied: 10 s for one that
-has not reached us, 5 minutes for one that has (it is on its way through a backlog or a
-restarting worker). After that an unknown session's event is kept aside and an
-out-of-order event is applied anyway (reconciliation settles what was missed).
+An event's contribution to the counters does not depend on the events around it (see
+``service.events.ROLES`` and ``apply_event.lua``), so an event is applied the moment it
+is processed: it never waits for an earlier one. It waits only while the create that
+will tell us its session has not finished; after ``ORPHAN_AFTER`` it is kept aside.
+Every value is checked before anything is written: an event with an impossible value
+changes nothing and is counted as ``invalid``.
 """
 
 from __future__ import annotations
@@ -12,32 +13,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 import structlog
 
 from service import events
 from service.errors import ServiceError
-from service.events import Event
+from service.events import Event, InvalidEvent, Role
 from service.models import iso, to_nanos
 from service.phones import InvalidNumber, normalise
-from service.store import EventChange, Store, timeline_entry
+from service.store import Applied, EventChange, Store, timeline_entry
 from workers import notifications
 
 log = structlog.get_logger(__name__)
 
-# How long an event may wait for its session's create to finish, or for the event before
-# it; longer than a create takes under retries, far shorter than a call.
+# How long an event may wait for its session's create to finish: longer than a create
+# takes under retries, far shorter than a call.
 ORPHAN_AFTER = timedelta(seconds=120)
-HOLD_AT_MOST = timedelta(seconds=10)
-# An earlier event that has reached us is waited for longer (it is being processed, or
-# its worker is being replaced), but not forever: it may be failing for good.
-GIVE_UP_WAITING = timedelta(minutes=5)
 RECONCILE_AFTER_CALL = timedelta(seconds=15)
 RECONCILE_AFTER_END = timedelta(seconds=5)
+# Bounds of one leg's values: a day of talk, and more money than a day of talk costs.
+MAX_BILLED_SECONDS = 86_400
+MAX_AMOUNT = Decimal(1000)
 
 
 class EventNotReady(ServiceError):
-    """The event must wait (its session is not known yet, or an earlier event is missing)."""
+    """The event must wait (its session is not known yet)."""
 
 
 @dataclass(frozen=True)
@@ -66,35 +67,33 @@ def apply(ctx: Context, event_id: str, session_uuid: str | None = None) -> None:
     if session_id is None:
         if age < ORPHAN_AFTER:
             raise EventNotReady("the session of this event is not known yet")
-        ctx.store.keep_orphan(event_id, received_ms)
+        ctx.store.keep_orphan(event_id, received_ms, event.session_uuid)
         log.warning("event_orphaned", event_id=event_id)
         return
     structlog.contextvars.bind_contextvars(session_id=session_id)
-    planned = change(event, force=_force(age), now=ctx.clock())
-    result = ctx.store.apply_event(session_id, planned)
-    if result == "hold":
-        raise EventNotReady("an earlier event of this session has not arrived yet")
-    _after(ctx, session_id, event, result)
-
-
-def _force(age: timedelta) -> int:
-    """How hard to push past a missing previous event (see the store's apply script)."""
-    if age >= GIVE_UP_WAITING:
-        return 2
-    return 1 if age >= HOLD_AT_MOST else 0
-
-
-def _after(ctx: Context, session_id: str, event: Event, result: str) -> None:
-    if not result.startswith("applied"):
-        log.info("event_skipped", result=result)
+    try:
+        planned = change(event, event_id=event_id, now=ctx.clock())
+    except InvalidEvent as exc:
+        ctx.store.set_aside(event_id, event.session_uuid, "invalid")
+        log.warning("event_invalid", reason=str(exc))
         return
-    _, before, after, interaction, wants_news = result.split(":")
-    log.info("event_applied", status_before=before, status_after=after)
-    if wants_news != "1":
+    _after(ctx, session_id, event_id, event, ctx.store.apply_event(session_id, planned))
+
+
+def _after(ctx: Context, session_id: str, event_id: str, event: Event, applied: Applied) -> None:
+    if applied.outcome == "invalid":
+        ctx.store.set_aside(event_id, event.session_uuid, "invalid")
+        log.warning("event_invalid", reason=applied.before)
         return
-    if after == "expired" and before != "expired":
+    if applied.outcome != "applied":
+        log.info("event_skipped", result=applied.outcome)
+        return
+    log.info("event_applied", status_before=applied.before, status_after=applied.after)
+    if not applied.wants_news:
+        return
+    if applied.after == "expired" and applied.before != "expired":
         _notify(ctx, session_id, "session.expired")
-    if interaction == "1":
+    if applied.interactions:
         _notify(ctx, session_id, "session.call_ended", tag=str(event.sequence or event.id))
 
 
@@ -104,59 +103,52 @@ def _notify(ctx: Context, session_id: str, kind: str, tag: str = "") -> None:
         notifications.queue(ctx.store, session, kind, tag)
 
 
-def _party(name: str) -> str:
-    if "FirstParty" in name:
-        return "first"
-    return "second" if "SecondParty" in name else ""
-
-
-def _role(name: str) -> str:
-    if name in events.COMPLETE_FAMILY_ENDS:
-        return "leg_end_complete"
-    if name in events.LEG_ENDS:
-        return "leg_end"
-    if name in ("SessionFirstPartyAnswer", "SessionSecondPartyAnswer"):
-        return "answer"
-    if name == events.PARTIES_HANGUP:
-        return "parties_hangup"
-    if name == events.TIMEOUT:
-        return "timeout"
-    if name == events.NUMBER_REPLACED:
-        return "number"
-    if name == "SessionVirtualNumberAnswer":
-        return "call"
-    return "leg" if name in events.CALL_EVENTS else "other"
-
-
-def _reconcile_at(role: str, now: datetime) -> datetime | None:
+def _reconcile_at(role: Role, now: datetime) -> datetime | None:
     """When to compare with VTS after this event: soon after a call, sooner after the end."""
-    if role == "timeout":
+    if role is Role.TIMEOUT:
         return now + RECONCILE_AFTER_END
-    if role.startswith("leg_end") or role == "parties_hangup":
+    if role in (Role.LEG_END, Role.LEG_COMPLETE, Role.PARTIES_HANGUP):
         return now + RECONCILE_AFTER_CALL
     return None
 
 
-def change(event: Event, *, force: int, now: datetime) -> EventChange:
-    """What ``event`` does, in the terms of the store's apply script."""
-    role = _role(event.name)
-    ends_leg = role.startswith("leg_end")
+def change(event: Event, *, event_id: str, now: datetime) -> EventChange:
+    """What ``event`` does, in the terms of the store's apply script. Raises InvalidEvent
+    when a value it would count is impossible."""
+    role = events.role_of(event.name)
+    billed, nanos = _leg_values(event) if role in (Role.LEG_END, Role.LEG_COMPLETE) else (0, 0)
     sequence = event.sequence
     return EventChange(
+        event_id=event_id,
         marker=f"seq:{sequence}" if sequence is not None else f"id:{event.id}",
-        previous_marker=f"seq:{sequence - 1}" if sequence and sequence > 1 else None,
-        force=force,
-        role=role,
-        party=_party(event.name),
-        billed=event.integer("BilledDuration") if ends_leg else 0,
-        amount_nanos=to_nanos(event.decimal("Amount")) if ends_leg else 0,
+        role=role.value,
+        party=events.party_of(event.name),
+        sequence=sequence,
+        billed=billed,
+        amount_nanos=nanos,
         at=_event_time(event),
         entry=_timeline(event),
         session_uuid=event.session_uuid,
-        previous_sequence=str(sequence - 1) if sequence and sequence > 1 else None,
-        virtual_number=_virtual_number(event) if role == "number" else None,
+        virtual_number=_virtual_number(event) if role is Role.NUMBER else None,
         reconcile_at=_reconcile_at(role, now),
     )
+
+
+def _leg_values(event: Event) -> tuple[int, int]:
+    """An ended leg's billed seconds and amount (in billionths), checked."""
+    billed_text = event.params.get("BilledDuration") or "0"
+    if not billed_text.isdigit() or int(billed_text) > MAX_BILLED_SECONDS:
+        raise InvalidEvent(f"BilledDuration must be 0 to {MAX_BILLED_SECONDS} seconds")
+    try:
+        amount = Decimal(event.params.get("Amount") or "0")
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not (amount.is_finite() and 0 <= amount <= MAX_AMOUNT):
+        raise InvalidEvent(f"Amount must be a decimal from 0 to {MAX_AMOUNT}")
+    nanos = to_nanos(amount)
+    if Decimal(nanos).scaleb(-9) != amount:
+        raise InvalidEvent("Amount has more than 9 decimals")
+    return int(billed_text), nanos
 
 
 def _event_time(event: Event) -> str:

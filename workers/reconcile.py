@@ -8,7 +8,7 @@ add up to, VTS wins, and every difference is logged and counted. A session whose
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import structlog
@@ -26,6 +26,10 @@ EXPIRY_GRACE = timedelta(seconds=5)
 # How long a difference with VTS must hold still before it counts as drift: longer than
 # a callback can take to reach us and be applied, a dead worker's recovery included.
 SETTLE = timedelta(seconds=30)
+# Callbacks stored longer ago than this and still not applied are not on their way: they
+# were lost with a crashed worker's message or dead-lettered. They no longer hold up a
+# correction (a replay applies them later, on top of it).
+IN_FLIGHT_PATIENCE = timedelta(minutes=5)
 
 
 def truth(vts: VtsSession) -> dict[str, int]:
@@ -62,7 +66,7 @@ def reconcile(ctx: Context, session_id: str) -> None:
             log.warning("reconcile_vts_session_unknown")
             ctx.store.unschedule("reconcile", session_id)
             return
-        settled = _settle(ctx, session, truth(remote))
+        settled = _settle(ctx, session, truth(remote), _last_call_end(remote))
     if remote.status == "expired" and session.status in LIVE:
         _expire(ctx, session_id, "vts_says_expired")
     elif not settled:
@@ -82,7 +86,16 @@ def _shown(session: Session) -> dict[str, int]:
     }
 
 
-def _settle(ctx: Context, session: Session, totals: dict[str, int]) -> bool:
+def _last_call_end(remote: VtsSession) -> datetime | None:
+    ends = [i.end_time for i in remote.interactions or () if i.end_time is not None]
+    if remote.last_interaction_time is not None:
+        ends.append(remote.last_interaction_time)
+    return max(ends, default=None)
+
+
+def _settle(
+    ctx: Context, session: Session, totals: dict[str, int], last_call_end: datetime | None
+) -> bool:
     """Return True when our counters agree with VTS (now, or after correcting them)."""
     shown = _shown(session)
     if shown == totals:
@@ -90,11 +103,15 @@ def _settle(ctx: Context, session: Session, totals: dict[str, int]) -> bool:
         log.info("reconciled", drift=False)
         return True
     snapshot = json.dumps([totals, shown], sort_keys=True)
-    waiting = ctx.store.events_in_flight(session.vts_session_uuid or "")
-    if ctx.store.note_unsettled(session.id, snapshot) != snapshot or waiting:
-        # Callbacks stored but not applied yet (a backlog, a worker restarting) are not
-        # drift: wait for them, however long they take.
-        log.info("reconcile_unsettled", events_in_flight=waiting)
+    since = ctx.clock() - IN_FLIGHT_PATIENCE
+    waiting = ctx.store.events_in_flight(session.vts_session_uuid or "", since)
+    # VTS counts a call when it ends and sends its callbacks after: until SETTLE has
+    # passed since VTS's last call ended, the difference may be those callbacks.
+    recent = last_call_end is not None and ctx.clock() - last_call_end < SETTLE
+    if ctx.store.note_unsettled(session.id, snapshot) != snapshot or waiting or recent:
+        # Callbacks stored recently but not applied yet (a backlog, a worker restarting)
+        # are not drift: wait for them, up to IN_FLIGHT_PATIENCE.
+        log.info("reconcile_unsettled", events_in_flight=waiting, call_just_ended=recent)
         return False
     before = ctx.store.reconcile(session.id, totals)
     drift = {name: totals[name] - before[name] for name in totals if totals[name] != before[name]}

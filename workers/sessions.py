@@ -9,9 +9,8 @@ rejections are recorded on the session.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,11 +29,11 @@ from service.phones import mask_text
 from service.store import Store, timeline_entry
 from service.vts.client import VtsClient
 from service.vts.models import VtsSession
-from workers import notifications
+from workers import leases, notifications
+from workers.leases import SessionBusy
 
 log = structlog.get_logger(__name__)
 
-LOCK_TTL_MS = 120_000
 # After a session's expiry time, how long VTS has to tell us before we expire it ourselves.
 EXPIRY_GRACE = timedelta(seconds=5)
 # How far before our first attempt a VTS session may have been stamped and still be the
@@ -45,10 +44,6 @@ LOOKUP_SLACK = timedelta(seconds=60)
 # Answers after which VTS has certainly not created anything: refused before sending
 # (None), rate limited, or unavailable. A 500, 502 or 504 may come after the work was done.
 _NOT_ACTED_ON = frozenset({None, 429, 503})
-
-
-class SessionBusy(ServiceError):
-    """Another worker is acting on this session right now; try again shortly."""
 
 
 class SessionNotReady(ServiceError):
@@ -68,33 +63,35 @@ class Context:
     # VTS budgets (seconds): see ``update``.
     update_interval: float = 1.0
     budget_window: float = 5.0
+    lock_lease: timedelta = leases.LEASE
 
 
-@contextmanager
-def locked(ctx: Context, session_id: str) -> Iterator[None]:
-    token = uuid.uuid4().hex
-    if not ctx.store.lock_session(session_id, token, LOCK_TTL_MS):
-        raise SessionBusy("another worker holds this session")
-    try:
-        yield
-    finally:
-        ctx.store.unlock_session(session_id, token)
+def locked(ctx: Context, session_id: str) -> AbstractContextManager[str]:
+    """Hold the session's lease (see :mod:`workers.leases`); yields the fence token."""
+    return leases.held(ctx.store, session_id, ctx.lock_lease)
 
 
-def create(ctx: Context, session_id: str) -> None:
+# The code a create given up after its retries leaves; only such a session is created
+# again when its dead letter is replayed (a VTS rejection is final).
+GAVE_UP = "create_failed"
+
+
+def create(ctx: Context, session_id: str, replay: bool = False) -> None:
     """Create the session at VTS, exactly once per session.
 
     An earlier attempt whose outcome is unknown (sent, but no answer; or the worker died)
     is resolved first by looking the session up at VTS (same parties, created since that
-    attempt began) and adopting it.
+    attempt began) and adopting it. A ``replay`` (an operator put the dead letter back)
+    also takes up a session whose create was given up; it leaves ``failed`` only once
+    VTS has the session.
     Raises VtsUnavailable (retry) or SessionBusy (retry).
     """
     session = ctx.store.get_session(session_id)
-    if session is None or session.status is not Status.PENDING:
+    if session is None or Status(session.status) not in _creatable(session, replay=replay):
         return
-    with locked(ctx, session_id):
+    with locked(ctx, session_id) as fence:
         uncertain_since = ctx.store.open_create_attempt(session_id, ctx.clock())
-        if uncertain_since is not None and _adopt_existing(ctx, session, uncertain_since):
+        if uncertain_since is not None and _adopt_existing(ctx, session, uncertain_since, fence):
             return
         try:
             created = ctx.vts.create_session(vts_create_params(session, ctx.public_base_url))
@@ -106,12 +103,19 @@ def create(ctx: Context, session_id: str) -> None:
                 ctx.store.close_create_attempt(session_id)
             raise
         except VtsRejected as exc:
-            fail(ctx.store, session_id, "vts_rejected", exc.reason)
+            fail(ctx.store, session_id, "vts_rejected", exc.reason, fence=fence)
             return
-        _activate(ctx, session, created, adopted=False)
+        _activate(ctx, session, created, adopted=False, fence=fence)
 
 
-def _adopt_existing(ctx: Context, session: Session, since: datetime) -> bool:
+def _creatable(session: Session, *, replay: bool) -> list[Status]:
+    """The statuses from which this create may make the session active."""
+    if replay and session.status is Status.FAILED and session.error_code == GAVE_UP:
+        return [Status.PENDING, Status.FAILED]
+    return [Status.PENDING]
+
+
+def _adopt_existing(ctx: Context, session: Session, since: datetime, fence: str) -> bool:
     candidates = ctx.vts.list_sessions(
         first_party=session.first_party,
         second_party=session.second_party,
@@ -119,7 +123,7 @@ def _adopt_existing(ctx: Context, session: Session, since: datetime) -> bool:
     )
     for candidate in sorted(candidates, key=_created_or_min):
         if ctx.store.claim_vts_session(candidate.session_uuid, session.id) == session.id:
-            _activate(ctx, session, candidate, adopted=True)
+            _activate(ctx, session, candidate, adopted=True, fence=fence)
             return True
     log.info("vts_session_lookup_found_none", candidates=len(candidates))
     return False
@@ -129,7 +133,12 @@ def _created_or_min(candidate: VtsSession) -> datetime:
     return candidate.created_time or datetime.min.replace(tzinfo=UTC)
 
 
-def _activate(ctx: Context, session: Session, created: VtsSession, *, adopted: bool) -> None:
+def _activate(
+    ctx: Context, session: Session, created: VtsSession, *, adopted: bool, fence: str
+) -> None:
+    """Store what VTS created. Its claim is written first, so that if storing fails (Redis
+    away, the lease lost) the next attempt adopts this VTS session rather than make
+    another. Raises SessionBusy when the lease has passed to another worker."""
     owner = ctx.store.claim_vts_session(created.session_uuid, session.id)
     if owner != session.id:
         log.error("vts_session_claimed_by_another", other_session_id=owner)
@@ -140,9 +149,16 @@ def _activate(ctx: Context, session: Session, created: VtsSession, *, adopted: b
         "expires_at": iso(expires_at) or "",
     }
     entry = timeline_entry("created", vts_session_uuid=created.session_uuid, adopted=adopted)
-    result, _ = ctx.store.transition(
-        session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields, entry=entry
+    if session.status is Status.FAILED:
+        fields |= {"error_code": "", "error_message": ""}
+    allowed = (
+        [Status.PENDING, Status.FAILED] if session.status is Status.FAILED else [Status.PENDING]
     )
+    result, _ = ctx.store.transition(
+        session.id, Status.ACTIVE, allowed=allowed, fields=fields, entry=entry, fence=fence
+    )
+    if result == "fenced":
+        raise SessionBusy("the session's lease passed to another worker")
     structlog.contextvars.bind_contextvars(vts_session_uuid=created.session_uuid)
     log.info("session_created", adopted=adopted, result=result)
     if result == "ok":
@@ -156,7 +172,9 @@ def _expiry(ctx: Context, session: Session) -> datetime:
     return ctx.clock() + timedelta(seconds=seconds)
 
 
-def fail(store: Store, session_id: str, code: str, message: str) -> None:
+def fail(
+    store: Store, session_id: str, code: str, message: str, *, fence: str | None = None
+) -> None:
     """Mark a pending session failed with a reason safe to show (numbers masked)."""
     reason = mask_text(message)[:500]
     entry = timeline_entry("failed", code=code, message=reason)
@@ -166,7 +184,10 @@ def fail(store: Store, session_id: str, code: str, message: str) -> None:
         allowed=[Status.PENDING],
         fields={"error_code": code, "error_message": reason},
         entry=entry,
+        fence=fence,
     )
+    if result == "fenced":
+        raise SessionBusy("the session's lease passed to another worker")
     log.warning("session_failed", code=code, reason=reason)
     _notify(store, session_id, result, "session.failed")
 
@@ -189,7 +210,7 @@ def update(ctx: Context, session_id: str, changes: Mapping[str, Any] | None = No
         _finish_update(ctx, session_id)
         return
     vts_session_uuid = session.vts_session_uuid
-    with locked(ctx, session_id):
+    with locked(ctx, session_id) as fence:
         # Read again under the lock: an update that just finished may have changed options.
         session = ctx.store.get_session(session_id) or session
         app, pending = ctx.store.pending_update(session_id)
@@ -197,7 +218,7 @@ def update(ctx: Context, session_id: str, changes: Mapping[str, Any] | None = No
             structlog.contextvars.bind_contextvars(app=app)
         wanted = {**(changes or {}), **{k: json.loads(v) for k, v in pending.items()}}
         if wanted:
-            _send_update(ctx, session, vts_session_uuid, wanted)
+            _send_update(ctx, session, vts_session_uuid, wanted, fence)
         interval = ctx.update_interval if wanted else 0.0
         ctx.store.finish_update(
             session_id, app, pending, interval=interval, window=ctx.budget_window
@@ -221,12 +242,16 @@ def _finish_update(ctx: Context, session_id: str) -> None:
 
 
 def _send_update(
-    ctx: Context, session: Session, vts_session_uuid: str, changes: Mapping[str, Any]
+    ctx: Context,
+    session: Session,
+    vts_session_uuid: str,
+    changes: Mapping[str, Any],
+    fence: str,
 ) -> None:
     try:
         updated = ctx.vts.update_session(vts_session_uuid, changes)
     except VtsNotFound:
-        _mark_expired(ctx, session.id, reason="vts_unknown_session")
+        _mark_expired(ctx, session.id, reason="vts_unknown_session", fence=fence)
         return
     except VtsRejected as exc:
         ctx.store.add_timeline(
@@ -247,6 +272,7 @@ def _send_update(
         allowed=list(LIVE),
         fields=fields,
         entry=timeline_entry("updated", changes=sorted(changes)),
+        fence=fence,
     )
     log.info("session_updated", changes=sorted(changes))
 
@@ -256,12 +282,12 @@ def expire(ctx: Context, session_id: str) -> None:
     session = _live_session(ctx, session_id)
     if session is None or session.vts_session_uuid is None:
         return
-    with locked(ctx, session_id):
+    with locked(ctx, session_id) as fence:
         try:
             ctx.vts.expire_session(session.vts_session_uuid)
         except VtsNotFound:
             log.info("vts_session_already_gone")
-        _mark_expired(ctx, session_id, reason="ended_by_app")
+        _mark_expired(ctx, session_id, reason="ended_by_app", fence=fence)
         ctx.store.schedule("reconcile", session_id, ctx.clock() + EXPIRY_GRACE)
 
 
@@ -274,13 +300,16 @@ def _live_session(ctx: Context, session_id: str) -> Session | None:
     return session
 
 
-def _mark_expired(ctx: Context, session_id: str, *, reason: str) -> None:
+def _mark_expired(ctx: Context, session_id: str, *, reason: str, fence: str) -> None:
     result, _ = ctx.store.transition(
         session_id,
         Status.EXPIRED,
         allowed=list(LIVE),
         entry=timeline_entry("expired", reason=reason),
+        fence=fence,
     )
+    if result == "fenced":
+        raise SessionBusy("the session's lease passed to another worker")
     log.info("session_expired", reason=reason)
     _notify(ctx.store, session_id, result, "session.expired")
 

@@ -8,6 +8,7 @@ workers; ``RecordingStore``/``AsyncRecordingStore`` keep recordings. All use cli
 """
 
 from service.store.codec import (
+    Applied,
     CreateOutcome,
     EventChange,
     InvalidCursor,
@@ -36,6 +37,7 @@ __all__ = [
     "PREFIX",
     "TIMELINE_LIMIT",
     "WEBHOOK_RETENTION_SECONDS",
+    "Applied",
     "AsyncRecordingStore",
     "AsyncStore",
     "CreateOutcome",

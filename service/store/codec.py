@@ -27,21 +27,32 @@ class CreateOutcome:
 
 @dataclass(frozen=True)
 class EventChange:
-    """What one VTS event does to a session; see the _APPLY_EVENT script for roles."""
+    """What one VTS event does to a session, in the terms of ``apply_event.lua``."""
 
+    event_id: str
     marker: str
-    previous_marker: str | None
-    force: int  # 0: wait for the previous event; 1: unless it never arrived; 2: go on
     role: str
     party: str
+    sequence: int | None
     billed: int
     amount_nanos: int
     at: str
     entry: str
     session_uuid: str
-    previous_sequence: str | None = None
     virtual_number: str | None = None
     reconcile_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying an event did. ``outcome``: ``applied``, ``duplicate``, ``missing``
+    (no such session) or ``invalid`` (then ``before`` names the bad argument)."""
+
+    outcome: str
+    before: str = ""
+    after: str = ""
+    interactions: int = 0
+    wants_news: bool = False
 
 
 @dataclass(frozen=True)

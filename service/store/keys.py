@@ -43,15 +43,10 @@ class Keys:
         return f"{PREFIX}vts-session:{session_uuid}"
 
     @staticmethod
-    def arrived(session_uuid: str) -> str:
-        """The sequence numbers of the VTS session's callbacks that have reached us."""
-        return f"{PREFIX}vts-session:{session_uuid}:arrived"
-
-    @staticmethod
     def in_flight(session_uuid: str) -> str:
-        """How many of a VTS session's events are stored but not yet applied (an hour's
-        TTL, renewed by each new event, so a count that goes wrong heals)."""
-        return f"{PREFIX}vts-session:{session_uuid}:in-flight"
+        """The VTS session's events stored but not applied yet: a zset of event id ->
+        received (ms), an hour's TTL renewed by each new event."""
+        return f"{PREFIX}vts-session:{session_uuid}:events-in-flight"
 
     @staticmethod
     def callbacks(session_uuid: str) -> str:

@@ -1,5 +1,15 @@
 """The Lua scripts: everything that changes several keys together does it in one script,
-so a crash can never leave half a change behind. Each says what its KEYS and ARGV are."""
+so a crash can never leave half a change behind. Each says what its KEYS and ARGV are.
+The longer ones live in ``.lua`` files beside this module."""
+
+from importlib import resources
+
+
+def _load(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+APPLY_EVENT = _load("apply_event.lua")
 
 # An app's share of the VTS budget: a sliding window of the VTS requests it caused, a
 # sorted set scored by when each request counts (ms of Redis time; a follow-up update may
@@ -60,20 +70,21 @@ return {'created', ARGV[1]}
 """
 )
 
-# KEYS: session, timeline, schedule
+# KEYS: session, timeline, schedule, session lock ('' when the write is not fenced)
 # ARGV: status index prefix, new status, allowed current statuses (space separated),
 #       timeline entry or '', channel, session id, timeline limit, purge due (ms) when
-#       the new status ends the session, field, value, ...
+#       the new status ends the session, lock owner token, field, value, ...
 # Ending a session schedules its purge, in the same write: no ended session is kept
 # forever.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'missing', ''} end
+if KEYS[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[9] then return {'fenced', current} end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. current .. ' ', 1, true) then
   return {'skipped', current}
 end
 local member = redis.call('HGET', KEYS[1], 'index_member')
-if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
+if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
 if ARGV[2] ~= '' and ARGV[2] ~= current then
   redis.call('HSET', KEYS[1], 'status', ARGV[2])
   redis.call('ZREM', ARGV[1] .. current, member)
@@ -198,10 +209,10 @@ return 'scheduled'
 )
 
 # KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
-#       the VTS session's in-flight count and arrived sequence numbers ('' for recordings),
-#       the VTS session's callbacks
+#       the VTS session's events in flight ('' for recordings; a zset of event id ->
+#       received ms, which the apply script empties), the VTS session's callbacks
 # ARGV: event id, retention (s), received (ms), redis message id, payload,
-#       sequence number ('' none), field, value, ...
+#       sequence number (unused, kept for the argument layout), field, value, ...
 # The event index keeps what is younger than the retention: it is trimmed as it grows.
 INGEST = """
 if KEYS[1] ~= '' then
@@ -220,109 +231,16 @@ redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (ARGV[3] - ARGV[2] * 1000))
-redis.call('SADD', KEYS[9], ARGV[1])
-redis.call('EXPIRE', KEYS[9], ARGV[2])
+redis.call('SADD', KEYS[8], ARGV[1])
+redis.call('EXPIRE', KEYS[8], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'accepted', 1)
 if KEYS[7] ~= '' then
-  redis.call('INCR', KEYS[7])
+  redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
   redis.call('EXPIRE', KEYS[7], 3600)
-  if ARGV[6] ~= '' then
-    redis.call('SADD', KEYS[8], ARGV[6])
-    redis.call('EXPIRE', KEYS[8], 3600)
-  end
 end
 return 'accepted'
-"""
-
-# Applies one VTS session event, exactly once (the effect and its marker in one script).
-# KEYS: session, applied set, timeline, event stats, schedule, the VTS session's in-flight
-#       count and arrived sequence numbers
-# ARGV: 1 marker, 2 previous marker ('' none), 3 force (0/1), 4 role, 5 party,
-#       6 billed seconds, 7 amount nanos, 8 event time (iso), 9 timeline entry,
-#       10 channel, 11 session id, 12 status index prefix, 13 new virtual number,
-#       14 updated_at, 15 reconcile due (ms, '' for none), 16 previous sequence number,
-#       17 purge due (ms) should the event end the session
-# Force: 0 wait for the previous event; 1 go on unless it has arrived; 2 go on.
-# Roles: leg (a leg's progress), leg_end, leg_end_complete (the family without a parties
-# event), parties_hangup, timeout, number, other.
-APPLY_EVENT = """
-local s, applied = KEYS[1], KEYS[2]
-local function landed()
-  if tonumber(redis.call('GET', KEYS[6]) or '0') > 0 then redis.call('DECR', KEYS[6]) end
-end
-if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then
-  landed()
-  return 'duplicate'
-end
-local status = redis.call('HGET', s, 'status')
-if not status then return 'missing' end
--- The previous event not applied yet: wait for it while it has not waited long enough
--- (force 0), or while it has arrived and so will be applied soon (force 1).
-if ARGV[2] ~= '' and ARGV[3] ~= '2' and redis.call('SISMEMBER', applied, ARGV[2]) == 0 then
-  if ARGV[3] == '0' or redis.call('SISMEMBER', KEYS[7], ARGV[16]) == 1 then
-    return 'hold'
-  end
-end
-redis.call('SADD', applied, ARGV[1])
-landed()
-local role, party = ARGV[4], ARGV[5]
-local live = status == 'active' or status == 'in_progress'
-local new_status = status
-local interaction = '0'
-if role == 'leg' then
-  redis.call('HSET', s, 'call_open_' .. party, '1')
-  if live then new_status = 'in_progress' end
-elseif role == 'answer' then
-  redis.call('HSET', s, 'call_open_' .. party, '1', 'call_answered_' .. party, '1')
-  if live then new_status = 'in_progress' end
-elseif role == 'leg_end' or role == 'leg_end_complete' then
-  redis.call('HINCRBY', s, 'call_count', 1)
-  redis.call('HINCRBY', s, 'billed_duration', ARGV[6])
-  redis.call('HINCRBY', s, 'call_amount_nanos', ARGV[7])
-  redis.call('HSET', s, 'call_open_' .. party, '0', 'last_interaction_at', ARGV[8])
-  local open = redis.call('HMGET', s, 'call_open_first', 'call_open_second')
-  if open[1] ~= '1' and open[2] ~= '1' then
-    if role == 'leg_end_complete' then
-      local answered = redis.call('HMGET', s, 'call_answered_first', 'call_answered_second')
-      if answered[1] == '1' and answered[2] == '1' then
-        redis.call('HINCRBY', s, 'interaction_count', 1)
-        interaction = '1'
-      end
-    end
-    redis.call('HDEL', s, 'call_answered_first', 'call_answered_second')
-    if status == 'in_progress' then new_status = 'active' end
-  end
-elseif role == 'call' then
-  if live then new_status = 'in_progress' end
-elseif role == 'parties_hangup' then
-  redis.call('HINCRBY', s, 'interaction_count', 1)
-  interaction = '1'
-  redis.call('HSET', s, 'last_interaction_at', ARGV[8])
-  if status == 'in_progress' then new_status = 'active' end
-elseif role == 'timeout' then
-  if live then new_status = 'expired' end
-elseif role == 'number' then
-  if ARGV[13] ~= '' then redis.call('HSET', s, 'virtual_number', ARGV[13]) end
-else
-  redis.call('HINCRBY', KEYS[4], 'unknown', 1)
-end
-if new_status ~= status then
-  local member = redis.call('HGET', s, 'index_member')
-  redis.call('HSET', s, 'status', new_status)
-  redis.call('ZREM', ARGV[12] .. status, member)
-  redis.call('ZADD', ARGV[12] .. new_status, 0, member)
-  if new_status == 'expired' then redis.call('ZADD', KEYS[5], ARGV[17], 'purge:' .. ARGV[11]) end
-end
-redis.call('HSET', s, 'updated_at', ARGV[14])
-redis.call('RPUSH', KEYS[3], ARGV[9])
-redis.call('LTRIM', KEYS[3], -1000, -1)
-redis.call('HINCRBY', KEYS[4], 'applied', 1)
-redis.call('PUBLISH', ARGV[10], ARGV[11])
-if ARGV[15] ~= '' then redis.call('ZADD', KEYS[5], ARGV[15], 'reconcile:' .. ARGV[11]) end
-local notify = redis.call('HEXISTS', s, 'callback_url')
-return 'applied:' .. status .. ':' .. new_status .. ':' .. interaction .. ':' .. notify
 """
 
 # KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases
@@ -371,6 +289,12 @@ redis.call('DEL', KEYS[5])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 return 1
+"""
+
+# KEYS: lock. ARGV: token, ttl (ms). Extends the lock only if we still hold it.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 
 # KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.

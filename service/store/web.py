@@ -95,7 +95,6 @@ class AsyncStore:
                 Keys.webhooks(),
                 Keys.webhook_stats(),
                 Keys.in_flight(event.session_uuid) if event.kind == "session" else "",
-                Keys.arrived(event.session_uuid) if event.kind == "session" else "",
                 Keys.callbacks(event.session_uuid),
             ],
             args=[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -10,7 +11,15 @@ import redis
 from service.messages import Outgoing
 from service.models import Session, Status, iso, now
 from service.store import scripts
-from service.store.codec import EventChange, decode_session, decode_webhook, flatten, statuses, text
+from service.store.codec import (
+    Applied,
+    EventChange,
+    decode_session,
+    decode_webhook,
+    flatten,
+    statuses,
+    text,
+)
 from service.store.keys import (
     CHANNEL,
     SESSION_RETENTION_SECONDS,
@@ -38,6 +47,7 @@ class Store:
         self._transition = client.register_script(scripts.TRANSITION)
         self._claim = client.register_script(scripts.CLAIM)
         self._unlock = client.register_script(scripts.UNLOCK)
+        self._renew = client.register_script(scripts.RENEW)
         self._apply = client.register_script(scripts.APPLY_EVENT)
         self._take_due = client.register_script(scripts.TAKE_DUE)
         self._lead = client.register_script(scripts.LEAD)
@@ -56,15 +66,23 @@ class Store:
         allowed: Sequence[Status],
         fields: Mapping[str, str] | None = None,
         entry: str | None = None,
+        fence: str | None = None,
     ) -> tuple[str, Status | None]:
         """Move the session to ``to`` (None: keep) and set ``fields``, if its status is allowed.
 
-        Idempotent: a session already moved on is ``skipped`` and left untouched.
-        Returns (``ok`` | ``skipped`` | ``missing``, the status it had).
+        Idempotent: a session already moved on is ``skipped`` and left untouched. With
+        ``fence`` (a lock owner token), nothing is written unless that token still holds
+        the session's lock: ``fenced``.
+        Returns (``ok`` | ``skipped`` | ``missing`` | ``fenced``, the status it had).
         """
         changes = {**(fields or {}), "updated_at": iso(now()) or ""}
         result, current = self._transition(
-            keys=[Keys.session(session_id), Keys.timeline(session_id), Keys.schedule()],
+            keys=[
+                Keys.session(session_id),
+                Keys.timeline(session_id),
+                Keys.schedule(),
+                Keys.session_lock(session_id) if fence else "",
+            ],
             args=[
                 Keys.index() + ":status:",
                 to.value if to else "",
@@ -74,6 +92,7 @@ class Store:
                 session_id,
                 TIMELINE_LIMIT,
                 self._purge_due(),
+                fence or "",
                 *flatten(changes),
             ],
         )
@@ -104,6 +123,10 @@ class Store:
     def lock_session(self, session_id: str, token: str, ttl_ms: int) -> bool:
         """Take the session's work lock, so one VTS call at a time acts on it."""
         return bool(self.client.set(Keys.session_lock(session_id), token, nx=True, px=ttl_ms))
+
+    def renew_session_lock(self, session_id: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lock by ``ttl_ms`` if ``token`` still holds it."""
+        return bool(self._renew(keys=[Keys.session_lock(session_id)], args=[token, ttl_ms]))
 
     def unlock_session(self, session_id: str, token: str) -> None:
         self._unlock(keys=[Keys.session_lock(session_id)], args=[token])
@@ -174,16 +197,30 @@ class Store:
         owner = self.client.get(Keys.vts_session(session_uuid))
         return text(owner) if owner else None
 
-    def apply_event(self, session_id: str, change: EventChange) -> str:
-        """Apply one event's effect exactly once.
-
-        Returns ``duplicate``, ``missing``, ``hold`` (the previous event of the session
-        has not been applied and ``change.force`` says to wait for it) or
-        ``applied:<status before>:<status after>:<1 if a call between the parties
-        ended>:<1 if the app wants notifications>``. Schedules the session's
-        reconciliation at ``change.reconcile_at`` when given.
-        """
-        result = self._apply(
+    def apply_event(self, session_id: str, change: EventChange) -> Applied:
+        """Apply one event's effect exactly once (see ``apply_event.lua``); a redelivered
+        event is a ``duplicate`` and changes nothing. Schedules the session's
+        reconciliation at ``change.reconcile_at`` when given."""
+        arguments = {
+            "event_id": change.event_id,
+            "marker": change.marker,
+            "role": change.role,
+            "party": change.party,
+            "sequence": "" if change.sequence is None else str(change.sequence),
+            "billed": str(change.billed),
+            "amount_nanos": str(change.amount_nanos),
+            "at": change.at,
+            "entry": change.entry,
+            "virtual_number": change.virtual_number or "",
+            "updated_at": iso(now()) or "",
+            "reconcile_at": _millis(change.reconcile_at),
+            "session_id": session_id,
+            "channel": CHANNEL,
+            "status_prefix": Keys.index() + ":status:",
+            "timeline_limit": TIMELINE_LIMIT,
+            "purge_at": str(self._purge_due()),
+        }
+        outcome, before, after, interactions, news = self._apply(
             keys=[
                 Keys.session(session_id),
                 Keys.applied(session_id),
@@ -191,47 +228,40 @@ class Store:
                 Keys.event_stats(),
                 Keys.schedule(),
                 Keys.in_flight(change.session_uuid),
-                Keys.arrived(change.session_uuid),
             ],
-            args=[
-                change.marker,
-                change.previous_marker or "",
-                str(change.force),
-                change.role,
-                change.party,
-                change.billed,
-                change.amount_nanos,
-                change.at,
-                change.entry,
-                CHANNEL,
-                session_id,
-                Keys.index() + ":status:",
-                change.virtual_number or "",
-                iso(now()) or "",
-                int(change.reconcile_at.timestamp() * 1000) if change.reconcile_at else "",
-                change.previous_sequence or "",
-                self._purge_due(),
-            ],
+            args=[json.dumps(arguments, separators=(",", ":"))],
         )
-        return text(result)
+        return Applied(text(outcome), text(before), text(after), int(interactions), bool(news))
 
     def _purge_due(self) -> int:
         """When a session that ends now is purged (epoch ms)."""
         return int((now().timestamp() + self.retention) * 1000)
 
-    def keep_orphan(self, event_id: str, received_ms: int) -> None:
+    def set_aside(self, event_id: str, session_uuid: str, stats_field: str) -> None:
+        """Take an event out of its VTS session's in-flight set without applying it (it is
+        invalid), counting it under ``stats_field``."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(Keys.in_flight(session_uuid), event_id)
+            pipe.hincrby(Keys.event_stats(), stats_field, 1)
+            pipe.execute()
+
+    def keep_orphan(self, event_id: str, received_ms: int, session_uuid: str = "") -> None:
         """Set aside an event for a session we never created (kept, counted, not lost)."""
         oldest = received_ms - WEBHOOK_RETENTION_SECONDS * 1000
         with self.client.pipeline(transaction=True) as pipe:
             pipe.zadd(Keys.orphan_events(), {event_id: received_ms})
             # The events themselves expire after the webhook retention: so do their ids.
             pipe.zremrangebyscore(Keys.orphan_events(), "-inf", f"({oldest}")
+            if session_uuid:
+                pipe.zrem(Keys.in_flight(session_uuid), event_id)
             pipe.hincrby(Keys.event_stats(), "orphaned", 1)
             pipe.execute()
 
-    def events_in_flight(self, session_uuid: str) -> int:
-        """How many of the VTS session's callbacks are stored but not applied yet."""
-        return int(self.client.get(Keys.in_flight(session_uuid)) or 0)
+    def events_in_flight(self, session_uuid: str, since: datetime) -> int:
+        """How many of the VTS session's callbacks received since ``since`` are stored but
+        not applied yet (older ones are stuck or lost: they no longer hold anything up)."""
+        count = self.client.zcount(Keys.in_flight(session_uuid), _millis(since), "+inf")
+        return int(count)
 
     def schedule(self, task: str, session_id: str, due: datetime) -> None:
         """Run ``task`` for the session at ``due`` (one entry per task and session)."""
@@ -282,7 +312,7 @@ class Store:
         doomed.append(AppKeys.pending_update(session_id))
         doomed += [RecordingKeys.recording(rec_id) for rec_id in recording_ids]
         if uuid:
-            doomed += [Keys.arrived(uuid), Keys.in_flight(uuid), Keys.callbacks(uuid)]
+            doomed += [Keys.in_flight(uuid), Keys.callbacks(uuid)]
             doomed += [Keys.webhook(text(event_id)) for event_id in callbacks]
             if claim is not None and text(claim) == session_id:
                 doomed.append(Keys.vts_session(uuid))
@@ -374,3 +404,7 @@ class Store:
 
     def count(self, stats: str, field: str, amount: int = 1) -> None:
         self.client.hincrby(stats, field, amount)
+
+
+def _millis(moment: datetime | None) -> str:
+    return str(int(moment.timestamp() * 1000)) if moment else ""

@@ -2,13 +2,13 @@
 
 ``POST /_sandbox/sessions/{uuid}/calls`` with ``{"caller": "first"|"second"|"vts",
 "first_answers", "second_answers", "duration", "ring_seconds", "hangup_cause",
-"recorded", "recording_fails"}`` simulates one call at once and answers ``202
-{"call_id", "events", "recorded", "recording_uuid"}``. An unknown session is 404 and an
-expired one 400 ``session is expired``: VTS does not route calls to a virtual number
-whose session has ended. A bad field is 400 naming it. ``recorded`` defaults to the
-session's ``record`` and only counts when the parties were bridged; a recorded call makes
-a recording of the bridge (see :mod:`service.vts.sandbox_recordings`), which fails when
-``recording_fails`` is true (default false).
+"recorded", "recording_fails", "virtual_number_answers"}`` simulates one call at once
+and answers ``202 {"call_id", "events", "recorded", "recording_uuid"}``. An unknown
+session is 404 and an expired one 400 ``session is expired``: VTS does not route calls
+to a virtual number whose session has ended. A bad field is 400 naming it. ``recorded``
+defaults to the session's ``record`` and only counts when the parties were bridged; a
+recorded call makes a recording of the bridge (see :mod:`service.vts.sandbox_recordings`),
+which fails when ``recording_fails`` is true (default false).
 
 **The call.** ``first``/``second``: that party dials the virtual number and VTS, having
 answered it, dials the other party. ``vts``: VTS dials the first party, then the second
@@ -28,7 +28,10 @@ has no ring event for the first), ``Session{First,Second}PartyHangup`` when a le
 and ``SessionPartiesHangup`` last, only when the parties were bridged. ``complete``:
 ``...Initiated`` for every leg, ``SessionFirstPartyRinging``/``SessionSecondPartyRing``
 when VTS dials it, ``...Answer``, then ``...Complete`` (answered) or ``...Failed``. When
-bridged, the caller's leg ends first; otherwise the failed leg does.
+bridged, the caller's leg ends first; otherwise the failed leg does. With
+``virtual_number_answers: true`` (only for a caller who dials in) VTS reports the caller's
+answered leg as one ``SessionVirtualNumberAnswer`` instead of the caller's own
+``...Initiated`` and ``...Answer``, as it does for some inbound calls.
 
 Every value is a string; every event has ``EventName``, ``EventTimestamp`` (UTC,
 ``YYYY-MM-DD HH:MM:SS``), ``SessionUUID``, ``FirstParty``, ``SecondParty``,
@@ -122,6 +125,7 @@ class CallRequest:
     hangup_cause: str = "NORMAL_CLEARING"
     recorded: bool | None = None
     recording_fails: bool = False
+    virtual_number_answers: bool = False
 
 
 def _caller(value: object) -> Caller:
@@ -181,7 +185,15 @@ def parse_call(body: object) -> CallRequest:
         hangup_cause=_field(body, "hangup_cause", _cause, "NORMAL_CLEARING"),
         recorded=_field(body, "recorded", _optional_flag, None),
         recording_fails=_field(body, "recording_fails", _flag, False),
+        virtual_number_answers=_virtual_number_answers(body),
     )
+
+
+def _virtual_number_answers(body: Mapping[str, object]) -> bool:
+    answers = _field(body, "virtual_number_answers", _flag, False)
+    if answers and body.get("caller") == "vts":
+        raise InvalidRequest("virtual_number_answers needs a caller who dials in")
+    return answers
 
 
 @dataclass(frozen=True)
@@ -209,6 +221,8 @@ class Leg:
     answered: int | None
     cause: str
     call_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # VTS reports this (inbound) leg's answer as SessionVirtualNumberAnswer.
+    virtual_number_answers: bool = False
 
     @property
     def duration(self) -> int:
@@ -268,14 +282,23 @@ def _legs(request: CallRequest) -> tuple[Leg, ...]:
         gave_up = "ORIGINATOR_CANCEL" if inbound else "NO_ANSWER"
         return (Leg(caller, inbound, 0, answered, None, gave_up),)
     if not answers[called]:
-        end = answered + ring
+        end, by_number = answered + ring, request.virtual_number_answers
         return (
-            Leg(caller, inbound, 0, end, answered, "NORMAL_CLEARING"),
+            Leg(
+                caller,
+                inbound,
+                0,
+                end,
+                answered,
+                "NORMAL_CLEARING",
+                virtual_number_answers=by_number,
+            ),
             Leg(called, False, answered, end, None, "NO_ANSWER"),
         )
     end, cause = answered + ring + request.duration, request.hangup_cause
+    by_number = request.virtual_number_answers
     return (
-        Leg(caller, inbound, 0, end, answered, cause),
+        Leg(caller, inbound, 0, end, answered, cause, virtual_number_answers=by_number),
         Leg(called, False, answered, end, answered + ring, cause),
     )
 
@@ -297,6 +320,9 @@ def _cause_fields(cause: str) -> dict[str, str]:
 
 
 def _opening(leg: Leg, family: EventFamily) -> list[_Moment]:
+    if leg.virtual_number_answers and leg.answered is not None:
+        fields = {"CallUUID": leg.call_uuid}
+        return [_Moment("SessionVirtualNumberAnswer", leg.answered, fields)]
     prefix, dialled = f"Session{leg.party.title()}Party", not leg.inbound
     steps: list[tuple[str, int]] = []
     if family == "complete":

@@ -1,0 +1,330 @@
+"""Each event role's accounting (``service.events.ROLES`` and ``apply_event.lua``): what it
+adds, that the totals never depend on the order of arrival, and that an impossible value
+writes nothing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import redis
+
+from service.events import ROLES, Role, check
+from service.models import Status
+from service.store import Keys, Store, scripts
+from tests.conftest import Clock, store_event, stored_session
+from workers import events
+
+UUID = "6a0c3f6e-2222-4333-8444-955566667777"
+LEG = {"Duration": "42", "BilledDuration": "60", "Amount": "0.00850"}
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client)
+
+
+@pytest.fixture
+def ctx(store: Store) -> events.Context:
+    return events.Context(store=store, clock=Clock())
+
+
+@pytest.fixture
+def session_id(store: Store, redis_url: str) -> str:
+    """An active session tied to VTS session ``UUID``."""
+    session = stored_session(redis_url, "ses_" + "b" * 32)
+    store.claim_vts_session(UUID, session.id)
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
+    return session.id
+
+
+def _events(
+    *names: str, first: int = 1, extra: dict[str, dict[str, str]] | None = None
+) -> list[dict[str, str]]:
+    """Session callbacks named ``names``, numbered from ``first``; leg ends carry ``LEG``."""
+    extra = extra or {}
+    return [
+        {"EventName": name, "SessionUUID": UUID, "SequenceNumber": str(first + i)}
+        | (LEG if ROLES.get(name) in (Role.LEG_END, Role.LEG_COMPLETE) else {})
+        | extra.get(name, {})
+        for i, name in enumerate(names)
+    ]
+
+
+def _apply(ctx: events.Context, redis_url: str, params: list[dict[str, str]]) -> list[str]:
+    ids = [store_event(redis_url, check("session", p)) for p in params]
+    for event_id in ids:
+        events.apply(ctx, event_id, UUID)
+    return ids
+
+
+def _totals(store: Store, session_id: str) -> tuple[int, int, int, Decimal]:
+    session = store.get_session(session_id)
+    assert session is not None
+    counts = (session.interaction_count, session.call_count, session.billed_duration)
+    return (*counts, session.call_amount)
+
+
+INBOUND = (
+    "SessionVirtualNumberAnswer",
+    "SessionSecondPartyInitiated",
+    "SessionSecondPartyRing",
+    "SessionSecondPartyAnswer",
+    "SessionFirstPartyComplete",
+    "SessionSecondPartyComplete",
+)
+OUTBOUND_COMPLETE = (
+    "SessionFirstPartyInitiated",
+    "SessionFirstPartyRinging",
+    "SessionFirstPartyAnswer",
+    "SessionSecondPartyInitiated",
+    "SessionSecondPartyRing",
+    "SessionSecondPartyAnswer",
+    "SessionFirstPartyComplete",
+    "SessionSecondPartyComplete",
+)
+UNANSWERED_INBOUND = (
+    "SessionFirstPartyInitiated",
+    "SessionFirstPartyAnswer",
+    "SessionSecondPartyInitiated",
+    "SessionSecondPartyRing",
+    "SessionSecondPartyFailed",
+    "SessionFirstPartyComplete",
+)
+HANGUP_FAMILY = (
+    "SessionFirstPartyAnswer",
+    "SessionSecondPartyRing",
+    "SessionSecondPartyAnswer",
+    "SessionFirstPartyHangup",
+    "SessionSecondPartyHangup",
+    "SessionPartiesHangup",
+)
+
+
+def test_progress_opens_a_call_and_counts_nothing(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """Role progress: the session is in_progress, no counter moves."""
+    _apply(ctx, redis_url, _events("SessionFirstPartyInitiated", "SessionFirstPartyAnswer"))
+    assert store.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
+    assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
+
+
+def test_leg_end_adds_one_call_its_seconds_and_amount(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """Role leg_end: one call, its BilledDuration and Amount; no interaction."""
+    _apply(ctx, redis_url, _events("SessionFirstPartyHangup", "SessionSecondPartyFailed"))
+    assert _totals(store, session_id) == (0, 2, 120, Decimal("0.017"))
+
+
+def test_leg_complete_pairs_with_the_other_partys_neighbour(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """Role leg_complete: a leg end; two answered legs of both parties side by side in
+    sequence are one interaction, counted once whichever arrives first."""
+    later, earlier = _events("SessionFirstPartyComplete", "SessionSecondPartyComplete")[::-1]
+    _apply(ctx, redis_url, [later])
+    assert _totals(store, session_id)[:2] == (0, 1)
+    _apply(ctx, redis_url, [earlier])
+    assert _totals(store, session_id) == (1, 2, 120, Decimal("0.017"))
+
+
+def test_leg_complete_alone_is_no_interaction(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """A caller's answered leg whose called party never answered is no interaction."""
+    _apply(ctx, redis_url, _events(*UNANSWERED_INBOUND))
+    assert _totals(store, session_id) == (0, 2, 120, Decimal("0.017"))
+    assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
+
+
+def test_parties_hangup_is_one_interaction(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """Role parties_hangup: one interaction, no leg counted."""
+    _apply(ctx, redis_url, _events("SessionPartiesHangup"))
+    assert _totals(store, session_id) == (1, 0, 0, Decimal(0))
+
+
+def test_timeout_expires_the_session(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """Role timeout: the session is expired, and a later call event does not revive it."""
+    _apply(ctx, redis_url, _events("SessionTimeout", "SessionFirstPartyAnswer"))
+    assert store.get_session(session_id).status is Status.EXPIRED  # type: ignore[union-attr]
+
+
+def test_number_replaces_the_virtual_number(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """Role number: VirtualNumber becomes the session's number."""
+    replaced = {"SessionVirtualNumberReplaced": {"VirtualNumber": "14152000077"}}
+    _apply(ctx, redis_url, _events("SessionVirtualNumberReplaced", extra=replaced))
+    assert store.get_session(session_id).virtual_number == "+14152000077"  # type: ignore[union-attr]
+
+
+def test_note_changes_nothing_but_the_timeline(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Role note: on the timeline, no counter, not counted as unknown."""
+    shown = redis_client.llen(Keys.timeline(session_id))
+    _apply(ctx, redis_url, _events("SessionPinAuthenticationStatus"))
+    assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
+    assert redis_client.hget(Keys.event_stats(), "unknown") is None
+    assert redis_client.llen(Keys.timeline(session_id)) == shown + 1
+
+
+def test_unknown_is_kept_and_counted(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Role unknown: on the timeline and counted, no counter moves."""
+    shown = redis_client.llen(Keys.timeline(session_id))
+    _apply(ctx, redis_url, _events("SessionSomethingNew"))
+    assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
+    assert redis_client.hget(Keys.event_stats(), "unknown") == b"1"
+    assert redis_client.llen(Keys.timeline(session_id)) == shown + 1
+
+
+def test_an_inbound_call_answered_by_the_virtual_number_is_one_interaction(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """SessionVirtualNumberAnswer instead of SessionFirstPartyAnswer: both parties talked."""
+    _apply(ctx, redis_url, _events(*INBOUND))
+    assert _totals(store, session_id) == (1, 2, 120, Decimal("0.017"))
+    assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
+
+
+def test_every_order_of_a_call_gives_the_same_totals(
+    store: Store, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Orders of an inbound call's events (120 of the 720, the reverse among them) count
+    the same, and end active."""
+    params = _events(*INBOUND)
+    ids = [store_event(redis_url, check("session", p)) for p in params]
+    moment = Clock()()
+    changes = [
+        events.change(check("session", p), event_id=i, now=moment)
+        for p, i in zip(params, ids, strict=True)
+    ]
+    counters = ("interaction_count", "call_count", "billed_duration", "call_amount_nanos",
+                "status")  # fmt: skip
+    orders = list(itertools.permutations(range(len(ids))))
+    sample = [orders[-1], *random.Random(3).sample(orders, 119)]
+    for number, order in enumerate(sample):
+        session_id = f"ses_{number:032d}"
+        fields = ["status", "active", "index_member", f"0:{session_id}"]
+        redis_client.hset(Keys.session(session_id), items=fields)
+        for index in order:
+            applied = store.apply_event(session_id, changes[index])
+            assert applied.outcome == "applied"
+        totals = redis_client.hmget(Keys.session(session_id), *counters)
+        assert totals == [b"1", b"2", b"120", b"17000000", b"active"], order
+
+
+def test_calls_in_reverse_order_with_duplicates_count_exactly(
+    ctx: events.Context, store: Store, session_id: str, redis_url: str
+) -> None:
+    """Four calls of every shape, delivered backwards and each twice, with no clock moving:
+    exact totals at once (nothing waits for an earlier event)."""
+    calls = [INBOUND, OUTBOUND_COMPLETE, UNANSWERED_INBOUND, HANGUP_FAMILY]
+    params, first = [], 1
+    for names in calls:
+        params += _events(*names, first=first)
+        first += len(names)
+    deliveries = params[::-1] + params
+    random.Random(7).shuffle(deliveries[len(params) :])
+    _apply(ctx, redis_url, deliveries)
+    legs = 2 + 2 + 2 + 2
+    assert _totals(store, session_id) == (3, legs, 60 * legs, Decimal("0.0085") * legs)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"Amount": "9999999999"},
+        {"Amount": "-0.5"},
+        {"Amount": "0.0000000001"},
+        {"BilledDuration": "86401"},
+    ],
+)
+def test_an_impossible_leg_value_writes_nothing(
+    ctx: events.Context,
+    store: Store,
+    session_id: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    bad: dict[str, str],
+) -> None:
+    """A leg end with an impossible Amount or BilledDuration changes no counter, leaves no
+    applied marker, leaves the in-flight set, and is counted as invalid."""
+    params = _events("SessionFirstPartyHangup")[0] | bad
+    _apply(ctx, redis_url, [params])
+    assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
+    assert redis_client.scard(Keys.applied(session_id)) == 0
+    assert redis_client.zcard(Keys.in_flight(UUID)) == 0
+    assert redis_client.hget(Keys.event_stats(), "invalid") == b"1"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("role", "leg"),
+        ("party", "third"),
+        ("sequence", "1e3"),
+        ("billed", "-1"),
+        ("billed", "86401"),
+        ("amount_nanos", "1000000000001"),
+        ("reconcile_at", "soon"),
+        ("marker", ""),
+    ],
+)
+def test_the_apply_script_refuses_a_bad_argument_before_writing(
+    store: Store, session_id: str, redis_client: redis.Redis, field: str, value: str
+) -> None:
+    """Each argument the script checks: a bad one is ``invalid`` naming it, nothing written."""
+    arguments = {
+        "event_id": "e1", "marker": "seq:1", "role": "leg_end", "party": "first",
+        "sequence": "1", "billed": "60", "amount_nanos": "8500000",
+        "at": "2026-01-01T00:00:00Z", "entry": "{}", "virtual_number": "",
+        "updated_at": "2026-01-01T00:00:00Z", "reconcile_at": "", "session_id": session_id,
+        "channel": "c", "status_prefix": "p:", "timeline_limit": 10,
+    }  # fmt: skip
+    keys = [Keys.session(session_id), Keys.applied(session_id), "t", "s", "z", "f"]
+    script = redis_client.register_script(scripts.APPLY_EVENT)
+    before = redis_client.hgetall(Keys.session(session_id))
+    result = script(keys=keys, args=[json.dumps(arguments | {field: value})])
+    assert result[:2] == [b"invalid", field.encode()]
+    assert redis_client.hgetall(Keys.session(session_id)) == before
+    assert redis_client.exists(Keys.applied(session_id), "t", "s", "z") == 0
+    assert script(keys=keys, args=[json.dumps(arguments)])[0] == b"applied"
+
+
+def test_a_duplicate_and_a_missing_session_are_told_apart(
+    store: Store, session_id: str, redis_client: redis.Redis
+) -> None:
+    """The script's other outcomes: ``duplicate`` for a marker seen, ``missing`` without a
+    session."""
+    change = events.change(
+        check("session", _events("SessionFirstPartyHangup")[0]), event_id="e2", now=Clock()()
+    )
+    assert store.apply_event(session_id, change).outcome == "applied"
+    assert store.apply_event(session_id, change).outcome == "duplicate"
+    assert store.apply_event("ses_" + "0" * 32, change).outcome == "missing"
+    assert json.loads(redis_client.lrange(Keys.timeline(session_id), -1, -1)[0])["name"] == (
+        "SessionFirstPartyHangup"
+    )
+
+
+def test_stale_unapplied_events_stop_holding_up_reconciliation(
+    store: Store, redis_url: str
+) -> None:
+    """An event stored but never applied counts as in flight only for a bounded time."""
+    store_event(redis_url, check("session", _events("SessionFirstPartyAnswer")[0]))
+    clock = Clock()
+    assert store.events_in_flight(UUID, clock() - timedelta(minutes=5)) == 1
+    assert store.events_in_flight(UUID, clock() + timedelta(seconds=1)) == 0

@@ -1,0 +1,55 @@
+"""A recording event that reaches us before its session's create has finished waits for
+the session, as session events do; it is never given up for arriving early."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dramatiq
+import pytest
+import redis
+
+from service import messages
+from service.events import check
+from service.models import Status
+from service.recordings import recording_id
+from service.store import Keys, RecordingStore, Store
+from tests.conftest import stored_session, wait_until
+
+
+def test_a_recording_event_waits_past_the_download_retries_for_its_session(
+    redis_url: str,
+    redis_client: redis.Redis,
+    worker: dramatiq.Worker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The event is retried more often than a download may be, then its session appears
+    and the recording is registered; nothing is dead-lettered."""
+    vts_uuid, recording_uuid = "early-recording-1", "c0ffee00-1111-4222-8333-444455556666"
+    params = {
+        "EventName": "SessionRecordingCompleted", "SessionUUID": vts_uuid,
+        "RecordingUUID": recording_uuid, "RecordingFormat": "mp3",
+        "RecordingURL": "https://recordings.invalid/a.mp3", "SequenceNumber": "1",
+    }  # fmt: skip
+    event = check("recording", params)
+    received_ms = str(int(time.time() * 1000))
+    fields = {"kind": "recording", "params": json.dumps(params), "received_ms": received_ms}
+    redis_client.hset(Keys.webhook(event.id), mapping=fields)  # type: ignore[arg-type]
+    Store(redis_client).enqueue(messages.build(messages.APPLY_RECORDING_EVENT, event.id))
+    waits: list[str] = []
+
+    def waited_enough() -> bool:
+        waits.extend(
+            line for line in capsys.readouterr().err.splitlines() if "work_retrying" in line
+        )
+        return len(waits) > 25
+
+    wait_until(waited_enough, timeout=60)
+    session = stored_session(redis_url, "ses_" + "e" * 32)
+    store = Store(redis_client)
+    store.claim_vts_session(vts_uuid, session.id)
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
+    recordings = RecordingStore(redis_client)
+    wait_until(lambda: recordings.get(recording_id(recording_uuid)), timeout=30)
+    assert redis_client.zcard(Keys.dead_letters(messages.RECORDINGS_QUEUE)) == 0

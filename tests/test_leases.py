@@ -1,0 +1,96 @@
+"""Per-session locks are short leases, renewed while work runs and fenced by their owner
+token: a dead holder frees its session within seconds, a late one cannot clobber."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+
+from service.models import Status
+from service.store import Keys, Store
+from tests.conftest import stored_session, wait_until
+from workers import leases
+
+SESSION = "ses_" + "f" * 32
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client)
+
+
+def test_a_lease_is_renewed_while_its_work_runs(store: Store) -> None:
+    """Work that outlasts several leases keeps the session: nobody else can take it."""
+    lease = timedelta(milliseconds=300)
+    with leases.held(store, SESSION, lease):
+        until = time.monotonic() + 4 * lease.total_seconds()
+        while time.monotonic() < until:
+            with pytest.raises(leases.SessionBusy), leases.held(store, SESSION, lease):
+                pass
+            time.sleep(0.05)
+    with leases.held(store, SESSION, lease):  # released at the end
+        pass
+
+
+def test_a_write_under_a_lapsed_lease_is_fenced(
+    store: Store, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A holder whose lease passed to another worker writes nothing."""
+    session = stored_session(redis_url, SESSION)
+    assert store.lock_session(session.id, "stalled", 1)
+    wait_until(lambda: not redis_client.exists(Keys.session_lock(session.id)))
+    with leases.held(store, session.id) as fence:
+        late = store.transition(
+            session.id, Status.FAILED, allowed=[Status.PENDING], fence="stalled"
+        )
+        assert late == ("fenced", Status.PENDING)
+        assert store.transition(
+            session.id, Status.ACTIVE, allowed=[Status.PENDING], fence=fence
+        ) == ("ok", Status.PENDING)
+    assert store.get_session(session.id).status is Status.ACTIVE  # type: ignore[union-attr]
+
+
+_HOLDER = """
+import sys, time, redis
+from service.store import Store
+from workers import leases
+with leases.held(Store(redis.Redis.from_url(sys.argv[1])), sys.argv[2]):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holders_session_is_free_within_seconds(store: Store, redis_url: str) -> None:
+    """SIGKILL the process holding a session: another worker has it within one lease."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, redis_url, SESSION], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(leases.SessionBusy), leases.held(store, SESSION):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+        killed = time.monotonic()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+    def free() -> bool:
+        try:
+            with leases.held(store, SESSION):
+                return True
+        except leases.SessionBusy:
+            return False
+
+    wait_until(free, timeout=20, interval=0.1)
+    assert time.monotonic() - killed < 20

@@ -1,0 +1,102 @@
+"""Reconciliation converges: a difference with VTS that holds still is corrected, also
+when a stored callback was never applied (its message lost with a crashed worker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
+
+import httpx2
+import pytest
+import redis
+import redis.asyncio
+
+from service import messages
+from service.events import check
+from service.models import Status
+from service.store import AsyncStore, Store
+from service.vts.client import VtsClient
+from tests.conftest import AUTH_ID, AUTH_TOKEN, Clock, stored_session
+from workers import reconcile, sessions
+
+
+@pytest.fixture
+def vts(sandbox_url: str) -> Iterator[VtsClient]:
+    client = VtsClient(base_url=sandbox_url, auth_id=AUTH_ID, auth_token=AUTH_TOKEN)
+    yield client
+    client.close()
+
+
+def _store_callback(redis_url: str, params: dict[str, str], received_ms: int) -> None:
+    """Store a callback as the web does, received at ``received_ms``, and never apply it."""
+
+    async def go() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        event = check("session", params)
+        message = messages.build(messages.APPLY_EVENT, event.id)
+        await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_stale_unapplied_callback_does_not_block_the_correction(
+    redis_client: redis.Redis, redis_url: str, vts: VtsClient, sandbox: httpx2.Client
+) -> None:
+    """VTS counts a call we never applied; one of its callbacks is stored but was lost on
+    its way to a worker. A recent one holds the correction; once it is older than the
+    patience, reconciliation sets VTS's totals."""
+    store, clock = Store(redis_client), Clock()
+    remote = vts.create_session({"first_party": "+14155552671", "second_party": "+14155552672"})
+    session = stored_session(redis_url, "ses_" + "d" * 32)
+    store.claim_vts_session(remote.session_uuid, session.id)
+    fields = {"vts_session_uuid": remote.session_uuid}
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields)
+    call = sandbox.post(f"/_sandbox/sessions/{remote.session_uuid}/calls", json={"caller": "vts"})
+    assert call.status_code == 202
+    lost = {"EventName": "SessionFirstPartyHangup", "SessionUUID": remote.session_uuid,
+            "SequenceNumber": "4", "BilledDuration": "60", "Amount": "0.00850"}  # fmt: skip
+    _store_callback(redis_url, lost, int(clock().timestamp() * 1000))
+    ctx = sessions.Context(store=store, vts=vts, public_base_url="", clock=clock)
+
+    for _ in range(2):  # a recent callback in flight: not drift yet, however long
+        reconcile.reconcile(ctx, session.id)
+        clock.moment += reconcile.SETTLE
+    assert store.get_session(session.id).call_count == 0  # type: ignore[union-attr]
+
+    clock.moment += reconcile.IN_FLIGHT_PATIENCE
+    reconcile.reconcile(ctx, session.id)
+    clock.moment += reconcile.SETTLE
+    reconcile.reconcile(ctx, session.id)
+    corrected = store.get_session(session.id)
+    assert corrected is not None
+    assert (corrected.call_count, corrected.interaction_count) == (2, 1)
+    assert (
+        corrected.billed_duration == vts.get_session(remote.session_uuid).total_call_billed_duration
+    )
+
+
+def test_a_difference_is_not_drift_until_vts_last_call_has_settled(
+    redis_client: redis.Redis, redis_url: str, vts: VtsClient, sandbox: httpx2.Client
+) -> None:
+    """VTS counts a call when it ends and sends its callbacks after: a difference that
+    holds still is left alone until SETTLE after VTS's last call ended, then corrected."""
+    store, clock = Store(redis_client), Clock()
+    remote = vts.create_session({"first_party": "+14155552673", "second_party": "+14155552674"})
+    session = stored_session(redis_url, "ses_" + "c" * 32)
+    store.claim_vts_session(remote.session_uuid, session.id)
+    fields = {"vts_session_uuid": remote.session_uuid}
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields)
+    body = {"caller": "vts", "duration": 600}  # ends ten minutes from now
+    assert sandbox.post(f"/_sandbox/sessions/{remote.session_uuid}/calls", json=body).is_success
+    ctx = sessions.Context(store=store, vts=vts, public_base_url="", clock=clock)
+
+    for _ in range(3):
+        reconcile.reconcile(ctx, session.id)
+        clock.moment += reconcile.SETTLE
+    assert store.get_session(session.id).call_count == 0  # type: ignore[union-attr]
+
+    clock.moment += timedelta(minutes=10)
+    reconcile.reconcile(ctx, session.id)
+    assert store.get_session(session.id).call_count == 2  # type: ignore[union-attr]
