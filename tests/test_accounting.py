@@ -280,6 +280,7 @@ def test_an_impossible_leg_value_writes_nothing(
         ("billed", "86401"),
         ("amount_nanos", "1000000000001"),
         ("reconcile_at", "soon"),
+        ("purge_at", ""),
         ("marker", ""),
     ],
 )
@@ -292,7 +293,7 @@ def test_the_apply_script_refuses_a_bad_argument_before_writing(
         "sequence": "1", "billed": "60", "amount_nanos": "8500000",
         "at": "2026-01-01T00:00:00Z", "entry": "{}", "virtual_number": "",
         "updated_at": "2026-01-01T00:00:00Z", "reconcile_at": "", "session_id": session_id,
-        "channel": "c", "status_prefix": "p:", "timeline_limit": 10,
+        "channel": "c", "status_prefix": "p:", "timeline_limit": 10, "purge_at": "1",
     }  # fmt: skip
     keys = [Keys.session(session_id), Keys.applied(session_id), "t", "s", "z", "f"]
     script = redis_client.register_script(scripts.APPLY_EVENT)

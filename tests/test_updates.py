@@ -84,7 +84,8 @@ def test_a_busy_session_is_retried_without_an_error_or_traceback(
     not as an error with a traceback) and applied once the session is free."""
     session = _active_session(api)
     store, token = Store(redis_client), uuid.uuid4().hex
-    assert store.lock_session(session["id"], token, 60_000)
+    # The create lets go of the session just after it shows active.
+    wait_until(lambda: store.lock_session(session["id"], token, 60_000), timeout=10)
     capsys.readouterr()
     assert api.patch(f"/v1/sessions/{session['id']}", json={"ring_timeout": 30}).status_code == 202
 
