@@ -99,6 +99,7 @@ class Settings:
     idempotency_ttl: int = 24 * 3600
     create_max_retries: int = 20
     reconcile_interval: float = 300.0
+    reconcile_settle: float = 30.0
     app_shares: tuple[tuple[str, int], ...] = ()
     vts_app_budget: int | None = None
     session_update_interval: float = 1.0
@@ -143,6 +144,9 @@ class Settings:
             ),
             reconcile_interval=env.optional(
                 "RECONCILE_INTERVAL", _positive_float, cls.reconcile_interval
+            ),
+            reconcile_settle=env.optional(
+                "RECONCILE_SETTLE", _positive_float, cls.reconcile_settle
             ),
             app_shares=env.optional("APP_SHARES", _app_shares, cls.app_shares),
             vts_app_budget=env.optional("VTS_APP_BUDGET", _positive_int, None),

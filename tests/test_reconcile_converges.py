@@ -62,12 +62,12 @@ def test_a_stale_unapplied_callback_does_not_block_the_correction(
 
     for _ in range(2):  # a recent callback in flight: not drift yet, however long
         reconcile.reconcile(ctx, session.id)
-        clock.moment += reconcile.SETTLE
+        clock.moment += ctx.reconcile_settle
     assert store.get_session(session.id).call_count == 0  # type: ignore[union-attr]
 
     clock.moment += reconcile.IN_FLIGHT_PATIENCE
     reconcile.reconcile(ctx, session.id)
-    clock.moment += reconcile.SETTLE
+    clock.moment += ctx.reconcile_settle
     reconcile.reconcile(ctx, session.id)
     corrected = store.get_session(session.id)
     assert corrected is not None
@@ -81,7 +81,7 @@ def test_a_difference_is_not_drift_until_vts_last_call_has_settled(
     redis_client: redis.Redis, redis_url: str, vts: VtsClient, sandbox: httpx2.Client
 ) -> None:
     """VTS counts a call when it ends and sends its callbacks after: a difference that
-    holds still is left alone until SETTLE after VTS's last call ended, then corrected."""
+    holds still is left alone until the settle time after VTS's last call ended, then corrected."""
     store, clock = Store(redis_client), Clock()
     remote = vts.create_session({"first_party": "+14155552673", "second_party": "+14155552674"})
     session = stored_session(redis_url, "ses_" + "c" * 32)
@@ -94,7 +94,7 @@ def test_a_difference_is_not_drift_until_vts_last_call_has_settled(
 
     for _ in range(3):
         reconcile.reconcile(ctx, session.id)
-        clock.moment += reconcile.SETTLE
+        clock.moment += ctx.reconcile_settle
     assert store.get_session(session.id).call_count == 0  # type: ignore[union-attr]
 
     clock.moment += timedelta(minutes=10)

@@ -1,7 +1,6 @@
-"""Worker process start-up: ``dramatiq workers.boot:setup workers.actors``.
-
-dramatiq calls ``setup`` in every worker process before importing the actor modules, so
-the broker is set before the actors bind to it, and each process builds its own clients.
+"""Worker process start-up: ``masking worker`` (:mod:`workers.supervisor`) calls ``setup``
+in every worker process before importing the actor modules, so the broker is set before
+the actors bind to it, and each process builds its own clients.
 """
 
 from __future__ import annotations
@@ -83,6 +82,7 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         public_base_url=settings.public_base_url,
         clock=_now,
         reconcile_every=timedelta(seconds=settings.reconcile_interval),
+        reconcile_settle=timedelta(seconds=settings.reconcile_settle),
         update_interval=settings.session_update_interval,
         budget_window=settings.vts_rate_window,
     )

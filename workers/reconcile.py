@@ -23,9 +23,6 @@ from workers.sessions import Context, locked
 log = structlog.get_logger(__name__)
 
 EXPIRY_GRACE = timedelta(seconds=5)
-# How long a difference with VTS must hold still before it counts as drift: longer than
-# a callback can take to reach us and be applied, a dead worker's recovery included.
-SETTLE = timedelta(seconds=30)
 # Callbacks stored longer ago than this and still not applied are not on their way: they
 # were lost with a crashed worker's message or dead-lettered. They no longer hold up a
 # correction (a replay applies them later, on top of it).
@@ -52,8 +49,8 @@ def reconcile(ctx: Context, session_id: str) -> None:
     """Compare the session with VTS's ``GET session``; VTS wins. Reschedules itself while
     the session lives.
 
-    A difference is acted on only once it has held still for ``SETTLE``: events still on
-    their way (VTS counts a call before its callbacks reach us) are not drift.
+    A difference is acted on only once it has held still for ``ctx.reconcile_settle``:
+    events still on their way (VTS counts a call before its callbacks reach us) are not drift.
     """
     session = ctx.store.get_session(session_id)
     if session is None or session.vts_session_uuid is None:
@@ -70,7 +67,7 @@ def reconcile(ctx: Context, session_id: str) -> None:
     if remote.status == "expired" and session.status in LIVE:
         _expire(ctx, session_id, "vts_says_expired")
     elif not settled:
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + SETTLE)
+        ctx.store.schedule("reconcile", session_id, ctx.clock() + ctx.reconcile_settle)
     elif session.status in LIVE:
         ctx.store.schedule("reconcile", session_id, ctx.clock() + ctx.reconcile_every)
     else:
@@ -105,9 +102,9 @@ def _settle(
     snapshot = json.dumps([totals, shown], sort_keys=True)
     since = ctx.clock() - IN_FLIGHT_PATIENCE
     waiting = ctx.store.events_in_flight(session.vts_session_uuid or "", since)
-    # VTS counts a call when it ends and sends its callbacks after: until SETTLE has
-    # passed since VTS's last call ended, the difference may be those callbacks.
-    recent = last_call_end is not None and ctx.clock() - last_call_end < SETTLE
+    # VTS counts a call when it ends and sends its callbacks after: until the settle time
+    # has passed since VTS's last call ended, the difference may be those callbacks.
+    recent = last_call_end is not None and ctx.clock() - last_call_end < ctx.reconcile_settle
     if ctx.store.note_unsettled(session.id, snapshot) != snapshot or waiting or recent:
         # Callbacks stored recently but not applied yet (a backlog, a worker restarting)
         # are not drift: wait for them, up to IN_FLIGHT_PATIENCE.

@@ -59,6 +59,9 @@ class Context:
     public_base_url: str
     clock: Callable[[], datetime]
     reconcile_every: timedelta = timedelta(minutes=5)
+    # How long a difference with VTS must hold still before it counts as drift: longer
+    # than a callback takes to reach us and be applied, a dead worker's recovery included.
+    reconcile_settle: timedelta = timedelta(seconds=30)
     # The least time between two VTS updates of one session, and the window of the apps'
     # VTS budgets (seconds): see ``update``.
     update_interval: float = 1.0
