@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from typing import Any
@@ -12,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import messages
+from service import messages, strictjson
+from service.metrics import metrics
 from service.models import LIVE, Session, Status, now
 from service.problems import FieldError, Problem
 from service.settings import Settings
@@ -23,9 +23,10 @@ from service.watcher import SessionWatcher
 log = structlog.get_logger(__name__)
 
 MAX_WAIT = 30
-_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9]+)", re.IGNORECASE)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _SESSION_ID = re.compile(r"^ses_[0-9a-f]{32}$")
+_LIMIT = re.compile(r"[0-9]{1,3}")  # ASCII digits: str.isdigit() also takes "²"
 
 
 def _store(request: Request) -> AsyncStore:
@@ -44,14 +45,18 @@ async def _json_body(request: Request) -> Any:
         raise Problem(415, "send the body as JSON with 'Content-Type: application/json'")
     raw = await request.body()
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "the body is not valid JSON", slug="malformed-json") from exc
+        return strictjson.loads(raw)
+    except strictjson.InvalidJson as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}", slug="malformed-json") from exc
 
 
 def _wait_seconds(request: Request) -> int:
     match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
-    return min(int(match.group(1)), MAX_WAIT) if match else 0
+    if match is None:
+        return 0
+    # Longer than MAX_WAIT anyway: never turn thousands of digits into an int.
+    digits = match.group(1)
+    return MAX_WAIT if len(digits) > 2 else min(int(digits), MAX_WAIT)
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -169,7 +174,7 @@ async def list_sessions(request: Request) -> Response:
     if status is not None and status not in Status.__members__.values():
         errors.append(FieldError("status", f"must be one of {', '.join(Status)}"))
     limit_raw = params.get("limit", "20")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 100:
+    if not _LIMIT.fullmatch(limit_raw) or not 1 <= int(limit_raw) <= 100:
         errors.append(FieldError("limit", "must be a whole number from 1 to 100"))
     if errors:
         raise Problem(422, "the query has invalid parameters", errors=errors)
@@ -181,6 +186,8 @@ async def list_sessions(request: Request) -> Response:
         )
     except InvalidCursor as exc:
         raise Problem(422, str(exc), errors=[FieldError("cursor", "invalid")]) from exc
+    if page.skipped:
+        metrics().unreadable_records.labels("session").inc(page.skipped)
     return JSONResponse(
         {"data": [s.to_resource() for s in page.sessions], "next_cursor": page.next_cursor}
     )

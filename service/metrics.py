@@ -38,6 +38,7 @@ class Metrics:
     rate_limit_wait_seconds: Counter
     recordings: Counter
     recording_bytes: Counter
+    unreadable_records: Counter
 
 
 _made: list[Metrics] = []
@@ -86,6 +87,9 @@ def _create() -> Metrics:
         ),
         recordings=Counter("masking_recordings", "Recording downloads", ["outcome"]),
         recording_bytes=Counter("masking_recording_bytes", "Recording bytes stored"),
+        unreadable_records=Counter(
+            "masking_unreadable_records", "Stored records skipped as unreadable", ["kind"]
+        ),
     )  # fmt: skip
 
 

@@ -68,8 +68,10 @@ def _url(value: Any) -> str:
 def _metadata(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid("must be a JSON object")
-    if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA:
-        raise _Invalid(f"must be at most {MAX_METADATA} bytes of JSON")
+    # Counted as stored: UTF-8, not with every non-ASCII character escaped.
+    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(encoded) > MAX_METADATA:
+        raise _Invalid(f"must be at most {MAX_METADATA} bytes of JSON (UTF-8)")
     return value
 
 

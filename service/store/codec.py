@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from service.models import Session, Status, iso, now
 from service.recordings import Recording
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,11 @@ class EventChange:
 
 @dataclass(frozen=True)
 class Page:
+    """``skipped``: stored sessions left out of the page because they cannot be read."""
+
     sessions: list[Session]
     next_cursor: str | None
+    skipped: int = 0
 
 
 class InvalidCursor(ValueError):
@@ -66,6 +73,31 @@ def text(value: bytes | str) -> str:
 
 def decode_session(raw: Mapping[bytes | str, bytes | str]) -> Session | None:
     return Session.from_fields({text(k): text(v) for k, v in raw.items()}) if raw else None
+
+
+def decode_sessions(
+    rows: Sequence[Mapping[bytes | str, bytes | str]],
+) -> tuple[list[Session], int]:
+    """The sessions ``rows`` hold, and how many were left out because they cannot be read.
+
+    One bad record (written by an older version, or by hand) must not break a whole list.
+    """
+    sessions, skipped = [], 0
+    for row in rows:
+        try:
+            session = decode_session(row)
+        except (KeyError, ValueError, TypeError) as exc:
+            skipped += 1
+            log.warning("session_unreadable", session_id=_row_id(row), error=type(exc).__name__)
+            continue
+        if session is not None:
+            sessions.append(session)
+    return sessions, skipped
+
+
+def _row_id(row: Mapping[bytes | str, bytes | str]) -> str | None:
+    found = row.get(b"id", row.get("id"))
+    return None if found is None else text(found)[:64]
 
 
 def decode_webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | None:
