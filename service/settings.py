@@ -23,7 +23,7 @@ from service.errors import ConfigurationError
 
 T = TypeVar("T")
 
-WebhookSignature = Literal["enforce", "log", "off"]
+WebhookSignature = Literal["enforce", "off"]
 LogFormat = Literal["json", "console"]
 
 
@@ -59,6 +59,7 @@ class Settings:
     api_keys: tuple[Secret, ...]
     vts_base_url: str = "https://api.vtscom.net"
     webhook_signature: WebhookSignature = "enforce"
+    vts_auth_token_previous: Secret | None = None
     recordings_dir: Path = Path("recordings")
     log_format: LogFormat = "json"
     log_level: str = "INFO"
@@ -91,7 +92,8 @@ class Settings:
             public_base_url=env.required("PUBLIC_BASE_URL", _http_url).rstrip("/"),
             api_keys=env.required("API_KEYS", _api_keys),
             vts_base_url=env.optional("VTS_BASE_URL", _http_url, cls.vts_base_url).rstrip("/"),
-            webhook_signature=env.optional("WEBHOOK_SIGNATURE", _signature_mode, "enforce"),
+            webhook_signature=_signature_for(env),
+            vts_auth_token_previous=env.optional("VTS_AUTH_TOKEN_PREVIOUS", Secret, None),
             recordings_dir=env.optional("RECORDINGS_DIR", Path, cls.recordings_dir),
             log_format=env.optional("LOG_FORMAT", _log_format, _default_log_format()),
             log_level=env.optional("LOG_LEVEL", _log_level, cls.log_level),
@@ -182,9 +184,25 @@ def _webhook_secret(raw: str) -> Secret:
 
 
 def _signature_mode(raw: str) -> WebhookSignature:
-    if raw not in ("enforce", "log", "off"):
-        raise ValueError("must be enforce, log or off")
+    if raw == "log":
+        raise ValueError(
+            "log is no longer a mode: during a VTS token rotation, set VTS_AUTH_TOKEN_PREVIOUS"
+        )
+    if raw not in ("enforce", "off"):
+        raise ValueError("must be enforce or off")
     return raw  # type: ignore[return-value]
+
+
+def _signature_for(env: _Env) -> WebhookSignature:
+    """``off`` only beside a VTS on loopback (the sandbox): unsigned callbacks would change
+    state, so no deployment that talks to the real VTS may run without signatures."""
+    mode: WebhookSignature = env.optional("WEBHOOK_SIGNATURE", _signature_mode, "enforce")
+    vts_host = urlsplit(env.optional("VTS_BASE_URL", _http_url, Settings.vts_base_url)).hostname
+    if mode == "off" and vts_host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigurationError(
+            "WEBHOOK_SIGNATURE", "off is for development only, with VTS_BASE_URL on loopback"
+        )
+    return mode
 
 
 def _log_format(raw: str) -> LogFormat:
