@@ -17,7 +17,7 @@ from service.models import LIVE, Session, Status, now
 from service.problems import FieldError, Problem
 from service.settings import Settings
 from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
-from service.validation import fingerprint, parse_create, parse_update
+from service.validation import Rules, fingerprint, parse_create, parse_update
 from service.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
@@ -111,7 +111,7 @@ async def create_session(request: Request) -> Response:
     settings = _settings(request)
     wait = _wait_seconds(request)
     key = _idempotency_key(request)
-    fields = parse_create(await _json_body(request), settings.phone_default_region)
+    fields = parse_create(await _json_body(request), Rules.from_settings(settings))
     session = _new_session(fields)
     message = messages.build(messages.CREATE_SESSION, session.id, request_id=session.request_id)
     idempotency = (request.state.api_key_id, key, fingerprint(fields)) if key else None

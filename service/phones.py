@@ -49,15 +49,34 @@ class InvalidNumber(ValueError):
     """The value is not a valid phone number. The message never repeats the value."""
 
 
+_TYPE = phonenumbers.PhoneNumberType
+# Our names for phonenumbers' number types, as ALLOWED_NUMBER_TYPES lists them, plus
+# "satellite" and "international-network" for the non-geographic codes that phonenumbers
+# calls mobile but cost like premium numbers.
+NUMBER_TYPES = {
+    _TYPE.FIXED_LINE: "fixed-line",
+    _TYPE.MOBILE: "mobile",
+    _TYPE.FIXED_LINE_OR_MOBILE: "fixed-line-or-mobile",
+    _TYPE.TOLL_FREE: "toll-free",
+    _TYPE.PREMIUM_RATE: "premium-rate",
+    _TYPE.SHARED_COST: "shared-cost",
+    _TYPE.VOIP: "voip",
+    _TYPE.PERSONAL_NUMBER: "personal",
+    _TYPE.PAGER: "pager",
+    _TYPE.UAN: "uan",
+    _TYPE.VOICEMAIL: "voicemail",
+    _TYPE.UNKNOWN: "unknown",
+}
+TYPE_NAMES = frozenset({*NUMBER_TYPES.values(), "satellite", "international-network"})
+DEFAULT_NUMBER_TYPES = frozenset({"mobile", "fixed-line", "fixed-line-or-mobile"})
+_SATELLITE = frozenset({870, 881})  # Inmarsat, Global Mobile Satellite System
+_NETWORKS = frozenset({882, 883})  # international networks, no country
+
+
 # A pure function of (value, region); parsing and validating cost ~16 µs a number, and
 # active users' numbers repeat. Errors are not cached (lru_cache never caches a raise).
 @lru_cache(maxsize=4096)
-def normalise(value: str, default_region: str | None = None) -> str:
-    """Return ``value`` as E.164 (``+14155552345``), or raise :class:`InvalidNumber`.
-
-    Without ``default_region`` the number must carry its country code; a bare run of
-    digits is read as E.164 without its ``+`` (VTS writes numbers that way).
-    """
+def _parse(value: str, default_region: str | None) -> phonenumbers.PhoneNumber:
     text = value.strip()
     if default_region is None and text[:1].isdigit():
         text = "+" + text
@@ -69,7 +88,42 @@ def normalise(value: str, default_region: str | None = None) -> str:
         ) from exc
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidNumber("not a valid phone number for its country")
+    return parsed
+
+
+def _e164(parsed: phonenumbers.PhoneNumber) -> str:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def normalise(value: str, default_region: str | None = None) -> str:
+    """Return ``value`` as E.164 (``+14155552345``), or raise :class:`InvalidNumber`.
+
+    Without ``default_region`` the number must carry its country code; a bare run of
+    digits is read as E.164 without its ``+`` (VTS writes numbers that way).
+    """
+    return _e164(_parse(value, default_region))
+
+
+def number_type(parsed: phonenumbers.PhoneNumber) -> str:
+    """The type of a valid number, by one of the names in :data:`TYPE_NAMES`."""
+    if parsed.country_code in _SATELLITE:
+        return "satellite"
+    if parsed.country_code in _NETWORKS:
+        return "international-network"
+    return NUMBER_TYPES.get(phonenumbers.number_type(parsed), "unknown")
+
+
+@lru_cache(maxsize=4096)
+def party(value: str, default_region: str | None, allowed: frozenset[str]) -> str:
+    """``value`` as E.164 if it may be a party to a session: a valid number of one of the
+    ``allowed`` types, without an extension. Else :class:`InvalidNumber` saying why."""
+    parsed = _parse(value, default_region)
+    if parsed.extension:
+        raise InvalidNumber("has an extension, which VTS cannot dial; give the number alone")
+    kind = number_type(parsed)
+    if kind not in allowed:
+        raise InvalidNumber(f"is a {kind} number; allowed are {', '.join(sorted(allowed))}")
+    return _e164(parsed)
 
 
 def mask(number: str) -> str:

@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from service.errors import ConfigurationError
+from service.phones import DEFAULT_NUMBER_TYPES, TYPE_NAMES
 
 T = TypeVar("T")
 
@@ -69,6 +70,7 @@ class Settings:
     vts_timeout: float = 10.0
     vts_connect_timeout: float = 3.0
     phone_default_region: str | None = None
+    allowed_number_types: frozenset[str] = DEFAULT_NUMBER_TYPES
     max_body_bytes: int = 64 * 1024
     idempotency_ttl: int = 24 * 3600
     create_max_retries: int = 20
@@ -105,6 +107,9 @@ class Settings:
                 "VTS_CONNECT_TIMEOUT", _positive_float, cls.vts_connect_timeout
             ),
             phone_default_region=env.optional("PHONE_DEFAULT_REGION", _region, None),
+            allowed_number_types=env.optional(
+                "ALLOWED_NUMBER_TYPES", _number_types, cls.allowed_number_types
+            ),
             create_max_retries=env.optional(
                 "VTS_CREATE_MAX_RETRIES", _positive_int, cls.create_max_retries
             ),
@@ -257,6 +262,17 @@ def _region(raw: str) -> str:
     if len(raw) != 2 or not raw.isalpha():
         raise ValueError("must be a two-letter region code such as US or GB")
     return raw.upper()
+
+
+def _number_types(raw: str) -> frozenset[str]:
+    types = frozenset(name.strip().lower() for name in raw.split(",") if name.strip())
+    unknown = sorted(types - TYPE_NAMES)
+    if unknown or not types:
+        raise ValueError(
+            f"unknown number type {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(sorted(TYPE_NAMES))}"
+        )
+    return types
 
 
 def _bool(raw: str) -> bool:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from service.models import CREATE_OPTIONS, UPDATE_OPTIONS
-from service.phones import InvalidNumber, normalise
+from service.phones import DEFAULT_NUMBER_TYPES, InvalidNumber, party
 from service.problems import FieldError, Problem
+from service.settings import Settings
 
 MAX_URL = 2048
 MAX_METADATA = 2048
@@ -112,7 +114,19 @@ def _check(
     return clean
 
 
-def _party(name: str, value: Any, region: str | None, errors: list[FieldError]) -> str | None:
+@dataclass(frozen=True)
+class Rules:
+    """What the deployment accepts in a create request (from the settings)."""
+
+    default_region: str | None = None
+    number_types: frozenset[str] = DEFAULT_NUMBER_TYPES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rules:
+        return cls(settings.phone_default_region, settings.allowed_number_types)
+
+
+def _party(name: str, value: Any, rules: Rules, errors: list[FieldError]) -> str | None:
     if value is None:
         errors.append(FieldError(name, "is required"))
         return None
@@ -120,21 +134,21 @@ def _party(name: str, value: Any, region: str | None, errors: list[FieldError]) 
         errors.append(FieldError(name, "must be a phone number string in E.164 form"))
         return None
     try:
-        return normalise(value, region)
+        return party(value, rules.default_region, rules.number_types)
     except InvalidNumber as exc:
         errors.append(FieldError(name, str(exc)))
         return None
 
 
-def parse_create(body: Any, default_region: str | None = None) -> dict[str, Any]:
+def parse_create(body: Any, rules: Rules = Rules()) -> dict[str, Any]:
     """Validate a create request; return its normalised fields or raise Problem(422)."""
     body = _object(body)
     errors: list[FieldError] = []
     others = {k: v for k, v in body.items() if k not in ("first_party", "second_party")}
     checkers = {**OPTION_CHECKERS, "callback_url": _url, "metadata": _metadata}
     clean = _check(others, checkers, errors)
-    first = _party("first_party", body.get("first_party"), default_region, errors)
-    second = _party("second_party", body.get("second_party"), default_region, errors)
+    first = _party("first_party", body.get("first_party"), rules, errors)
+    second = _party("second_party", body.get("second_party"), rules, errors)
     if first is not None and first == second:
         errors.append(FieldError("second_party", "must differ from first_party"))
     if errors:

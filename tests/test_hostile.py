@@ -9,7 +9,11 @@ import httpx2
 import pytest
 import redis
 
+from service.errors import ConfigurationError
+from service.problems import Problem
+from service.settings import Settings
 from service.store import Keys
+from service.validation import Rules, parse_create
 from tests.conftest import new_numbers
 
 PROBLEM = "application/problem+json"
@@ -87,3 +91,49 @@ def test_an_unreadable_stored_session_never_breaks_the_list(
     assert [s["id"] for s in response.json()["data"]] == [good]
     metrics = api.get("/metrics").text
     assert 'masking_unreadable_records_total{kind="session"}' in metrics
+
+
+@pytest.mark.parametrize(
+    ("number", "reason"),
+    [("+14155552345 ext. 99", "extension"),
+     ("+14155552345;ext=99", "extension"),
+     ("+19005550123", "premium-rate"),
+     ("+449098790123", "premium-rate"),
+     ("+881631234567", "satellite"),
+     ("+445512345678", "uan"),
+     ("+447012345678", "personal")],
+)  # fmt: skip
+def test_numbers_outside_the_policy_are_422(
+    api: httpx2.Client, redis_client: redis.Redis, number: str, reason: str
+) -> None:
+    """Extensions, premium-rate, satellite, UAN and personal numbers are refused, not stored."""
+    first, _ = new_numbers()
+    response = api.post("/v1/sessions", json={"first_party": first, "second_party": number})
+    body = _problem(response, 422)
+    (error,) = body["errors"]
+    assert error["field"] == "second_party"
+    assert reason in error["message"]
+    assert number[2:] not in response.text
+    assert redis_client.dbsize() == 0
+
+
+def test_allowed_number_types_are_configurable() -> None:
+    """ALLOWED_NUMBER_TYPES widens (or narrows) the policy; unknown type names are named."""
+    env = {
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "VTS_AUTH_ID": "MAXXXXXXXXXXXXXXXXXX",
+        "VTS_AUTH_TOKEN": "very-secret-token",
+        "PUBLIC_BASE_URL": "https://masking.example.com",
+        "API_KEYS": "first-key-0123456789",
+    }
+    assert Settings.from_env(env).allowed_number_types == {
+        "mobile", "fixed-line", "fixed-line-or-mobile"
+    }  # fmt: skip
+    wider = Settings.from_env(env | {"ALLOWED_NUMBER_TYPES": "mobile, premium-rate"})
+    body = {"first_party": "+19005550123", "second_party": "+447911123456"}
+    assert parse_create(body, Rules.from_settings(wider))["first_party"] == "+19005550123"
+    with pytest.raises(Problem) as refused:
+        parse_create({**body, "first_party": "+14155552345"}, Rules.from_settings(wider))
+    assert "fixed-line-or-mobile number" in refused.value.errors[0].message
+    with pytest.raises(ConfigurationError, match="ALLOWED_NUMBER_TYPES"):
+        Settings.from_env(env | {"ALLOWED_NUMBER_TYPES": "mobile,landline"})
