@@ -61,12 +61,14 @@ def _multiprocess_metrics_dir() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
-def _serve_worker_metrics(port: int) -> None:
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+def _serve_worker_metrics(host: str, port: int) -> None:
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    from service import metrics
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, registry=registry)
+    metrics.serve(registry, host, port)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -78,7 +80,7 @@ def worker(args: argparse.Namespace) -> None:
     from service import logs
 
     logs.configure(fmt=settings.log_format, level=settings.log_level)
-    _serve_worker_metrics(settings.metrics_port)
+    _serve_worker_metrics(settings.metrics_host, settings.metrics_port)
     argv = [
         "workers.boot:setup",
         "workers.actors",

@@ -10,14 +10,18 @@ routes, actors, queues and outcomes: never a phone number or a session id.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 import redis
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from service.store import Keys
@@ -138,3 +142,41 @@ class RedisCollector(Collector):
             label = field.decode() if isinstance(field, bytes) else str(field)
             family.add_metric([label], float(value))
         return family
+
+
+class _Handler(WSGIRequestHandler):
+    """wsgiref's handler without its ``Server`` header (it names the Python version) and
+    without a stderr line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        # As WSGIRequestHandler.handle, with a ServerHandler that names no software.
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        stdout: Any = self.wfile
+        handler = _AnonymousHandler(
+            self.rfile, stdout, self.get_stderr(), self.get_environ(), multithread=False
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+
+class _AnonymousHandler(ServerHandler):
+    server_software = ""
+
+
+def serve(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
+    """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread."""
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

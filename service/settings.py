@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import sys
@@ -77,9 +78,10 @@ class Settings:
     reconcile_interval: float = 300.0
     notification_secret: Secret | None = None
     metrics_port: int = 9191
+    metrics_host: str = "127.0.0.1"
     recording_hosts: tuple[str, ...] = ()
-    recording_allow_http: bool = False
-    recording_allow_private: bool = False
+    egress_allow_http: bool = False
+    egress_allow_private: bool = False
     recording_max_bytes: int = 200 * 1024 * 1024
     recording_timeout: float = 30.0
 
@@ -118,9 +120,17 @@ class Settings:
             ),
             notification_secret=env.optional("NOTIFICATION_SECRET", _webhook_secret, None),
             metrics_port=env.optional("METRICS_PORT", _port, cls.metrics_port),
+            metrics_host=env.optional("METRICS_HOST", _address, cls.metrics_host),
             recording_hosts=env.optional("RECORDING_HOSTS", _hostnames, cls.recording_hosts),
-            recording_allow_http=env.optional("RECORDING_ALLOW_HTTP", _bool, False),
-            recording_allow_private=env.optional("RECORDING_ALLOW_PRIVATE", _bool, False),
+            # RECORDING_ALLOW_*: the names from before notifications shared the policy.
+            egress_allow_http=env.optional(
+                "EGRESS_ALLOW_HTTP", _bool, env.optional("RECORDING_ALLOW_HTTP", _bool, False)
+            ),
+            egress_allow_private=env.optional(
+                "EGRESS_ALLOW_PRIVATE",
+                _bool,
+                env.optional("RECORDING_ALLOW_PRIVATE", _bool, False),
+            ),
             recording_max_bytes=env.optional(
                 "RECORDING_MAX_BYTES", _positive_int, cls.recording_max_bytes
             ),
@@ -239,6 +249,14 @@ def _port(raw: str) -> int:
     if not 0 < port < 65536:
         raise ValueError("must be a TCP port, 1 to 65535")
     return port
+
+
+def _address(raw: str) -> str:
+    """An IP address to listen on (``0.0.0.0`` or ``::`` for every interface)."""
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
 
 
 def _positive_int(raw: str) -> int:

@@ -1,7 +1,9 @@
 """Validation of app requests: clear per-field errors, values normalised (numbers to E.164).
 
 Our own bounds, since VTS documents none: session_expiry 60..86400 s, call_time_limit
-60..14400 s, ring_timeout 5..120 s, URLs up to 2048 characters, metadata up to 2 KiB of JSON.
+60..14400 s, ring_timeout 5..120 s, URLs up to 2048 characters of printable ASCII, metadata
+up to 2 KiB of JSON (UTF-8). ``callback_url`` must also pass the egress policy's checks
+that need no DNS (https, no credentials, no loopback or private address literal).
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.egress import EgressPolicy
 from service.models import CREATE_OPTIONS, UPDATE_OPTIONS
 from service.phones import DEFAULT_NUMBER_TYPES, InvalidNumber, party
 from service.problems import FieldError, Problem
@@ -61,10 +64,26 @@ def _format(value: Any) -> str:
 def _url(value: Any) -> str:
     if not isinstance(value, str) or len(value) > MAX_URL:
         raise _Invalid(f"must be an http(s) URL of at most {MAX_URL} characters")
+    # Printable ASCII only: a CR or LF would be refused by every HTTP client later on.
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        raise _Invalid("must be printable ASCII, without spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Invalid("must be an absolute http:// or https:// URL")
     return value
+
+
+def _callback_url(policy: EgressPolicy) -> Checker:
+    """The app's own receiver: a URL our egress policy lets us post to."""
+
+    def check(value: Any) -> str:
+        url = _url(value)
+        reason = policy.refusal(url)
+        if reason is not None:
+            raise _Invalid(reason)
+        return url
+
+    return check
 
 
 def _metadata(value: Any) -> dict[str, Any]:
@@ -120,10 +139,15 @@ class Rules:
 
     default_region: str | None = None
     number_types: frozenset[str] = DEFAULT_NUMBER_TYPES
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
-        return cls(settings.phone_default_region, settings.allowed_number_types)
+        return cls(
+            settings.phone_default_region,
+            settings.allowed_number_types,
+            EgressPolicy.from_settings(settings),
+        )
 
 
 def _party(name: str, value: Any, rules: Rules, errors: list[FieldError]) -> str | None:
@@ -145,7 +169,11 @@ def parse_create(body: Any, rules: Rules = Rules()) -> dict[str, Any]:
     body = _object(body)
     errors: list[FieldError] = []
     others = {k: v for k, v in body.items() if k not in ("first_party", "second_party")}
-    checkers = {**OPTION_CHECKERS, "callback_url": _url, "metadata": _metadata}
+    checkers = {
+        **OPTION_CHECKERS,
+        "callback_url": _callback_url(rules.egress),
+        "metadata": _metadata,
+    }
     clean = _check(others, checkers, errors)
     first = _party("first_party", body.get("first_party"), rules, errors)
     second = _party("second_party", body.get("second_party"), rules, errors)

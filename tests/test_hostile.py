@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 import redis
+from prometheus_client import CollectorRegistry, Counter
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from service import metrics
+from service.egress import EgressPolicy, build_client
 from service.errors import ConfigurationError
 from service.problems import Problem
 from service.settings import Settings
-from service.store import Keys
+from service.storage import LocalStorage
+from service.store import Keys, RecordingStore, Store
 from service.validation import Rules, parse_create
-from tests.conftest import new_numbers
+from tests.conftest import make_settings, new_numbers, stored_session
+from tests.servers import free_port, serve
+from workers import notifications
 
 PROBLEM = "application/problem+json"
+_ENV = {
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "VTS_AUTH_ID": "MAXXXXXXXXXXXXXXXXXX",
+    "VTS_AUTH_TOKEN": "very-secret-token",
+    "PUBLIC_BASE_URL": "https://masking.example.com",
+    "API_KEYS": "first-key-0123456789",
+}
 
 
 def _parties() -> str:
@@ -119,13 +140,7 @@ def test_numbers_outside_the_policy_are_422(
 
 def test_allowed_number_types_are_configurable() -> None:
     """ALLOWED_NUMBER_TYPES widens (or narrows) the policy; unknown type names are named."""
-    env = {
-        "REDIS_URL": "redis://127.0.0.1:1/0",
-        "VTS_AUTH_ID": "MAXXXXXXXXXXXXXXXXXX",
-        "VTS_AUTH_TOKEN": "very-secret-token",
-        "PUBLIC_BASE_URL": "https://masking.example.com",
-        "API_KEYS": "first-key-0123456789",
-    }
+    env = _ENV
     assert Settings.from_env(env).allowed_number_types == {
         "mobile", "fixed-line", "fixed-line-or-mobile"
     }  # fmt: skip
@@ -137,3 +152,175 @@ def test_allowed_number_types_are_configurable() -> None:
     assert "fixed-line-or-mobile number" in refused.value.errors[0].message
     with pytest.raises(ConfigurationError, match="ALLOWED_NUMBER_TYPES"):
         Settings.from_env(env | {"ALLOWED_NUMBER_TYPES": "mobile,landline"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://example.com/hook",
+     "https://127.0.0.1:8443/hook",
+     "https://[::1]:1/",
+     "https://localhost/hook",
+     "https://10.0.0.1/hook",
+     "https://169.254.169.254/latest/meta-data/",
+     "https://user:pass@example.com/hook",
+     "https://example.com/hook\r\nX-Injected: 1",
+     "https://example.com/h\u00f6ok",
+     "https://example.com/ hook"],
+)  # fmt: skip
+def test_callback_urls_outside_the_egress_policy_are_422(
+    api: httpx2.Client, redis_client: redis.Redis, url: str
+) -> None:
+    """callback_url: https only, no credentials, no loopback/private literal, no control
+    characters; refused at once (422), never stored to fail later."""
+    body = json.loads("{" + _parties() + "}") | {"callback_url": url}
+    problem = _problem(api.post("/v1/sessions", json=body), 422)
+    assert [e["field"] for e in problem["errors"]] == ["callback_url"]
+    assert redis_client.dbsize() == 0
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[str]]]:
+    """An app's receiver on loopback (plain http), keeping the paths it is sent."""
+    received: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        received.append(request.url.path)
+        return Response(status_code=204)
+
+    with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        yield url, received
+
+
+def _notifier(redis_client: redis.Redis, policy: EgressPolicy) -> notifications.Context:
+    return notifications.Context(
+        store=Store(redis_client),
+        http=build_client(policy, timeout=5),
+        signer=Webhook("whsec_" + "A" * 32),
+        policy=policy,
+    )
+
+
+@pytest.mark.parametrize(
+    "answers", [[["127.0.0.1"]], [["93.184.216.34"], ["127.0.0.1"]]], ids=["check", "connect"]
+)
+def test_notifications_never_reach_a_private_address(
+    redis_url: str,
+    redis_client: redis.Redis,
+    receiver: tuple[str, list[str]],
+    answers: list[list[str]],
+) -> None:
+    """A callback host that resolves to loopback, at the check or only at connect time
+    (DNS rebinding), gets nothing; the notification is given up, not retried."""
+    url, received = receiver
+    session = stored_session(redis_url, "ses_" + "a" * 32)
+    port = url.rsplit(":", 1)[1]
+    hook = f"http://receiver.test:{port}/hook"
+    redis_client.hset(Keys.session(session.id), "callback_url", hook)
+    replies = iter(answers * 2)
+    policy = EgressPolicy(allow_http=True, resolver=lambda host, port: next(replies))
+    ctx = _notifier(redis_client, policy)
+    with ctx.http:
+        notifications.send(ctx, session.id, "session.active", "n-1")
+    assert received == []
+    allowed = EgressPolicy(allow_http=True, allow_private=True, resolver=lambda h, p: ["127.0.0.1"])
+    ctx = _notifier(redis_client, allowed)
+    with ctx.http:
+        notifications.send(ctx, session.id, "session.active", "n-2")
+    assert received == ["/hook"]
+
+
+@pytest.fixture
+def settings(redis_url: str, web_port: int, tmp_path: Path) -> Settings:
+    """No sandbox: nothing here reaches VTS. Recordings in a directory of the test's own."""
+    return make_settings(
+        redis_url,
+        "http://127.0.0.1:1",
+        public_base_url=f"http://127.0.0.1:{web_port}",
+        recordings_dir=tmp_path / "recordings",
+    )
+
+
+AUDIO = b"RIFF\x24\x00\x00\x00WAVE" + bytes(range(32))
+
+
+@pytest.fixture
+def recording(settings: Settings, redis_client: redis.Redis) -> tuple[str, str]:
+    """A stored recording: (its path in the API, its ETag)."""
+    store = RecordingStore(redis_client)
+    pending = store.upsert_pending("ses_" + "b" * 32, "rec-uuid-1", "wav")
+    with LocalStorage(settings.recordings_dir).open_writer(pending.stored_name) as upload:
+        upload.write(AUDIO)
+        upload.commit()
+    sha256 = hashlib.sha256(AUDIO).hexdigest()
+    store.mark_stored(pending.id, size=len(AUDIO), sha256=sha256, content_type="audio/wav")
+    return f"/v1/recordings/{pending.id}", f'"{sha256}"'
+
+
+@pytest.mark.parametrize("tags", ["W/{etag}", '"other", {etag}', '"a",W/{etag} , "b"', "*"])
+def test_if_none_match_takes_weak_tags_lists_and_star(
+    api: httpx2.Client, recording: tuple[str, str], tags: str
+) -> None:
+    """If-None-Match naming the file among others, weakly, or as * is 304 (RFC 9110)."""
+    path, etag = recording
+    response = api.get(path, headers={"If-None-Match": tags.format(etag=etag)})
+    assert response.status_code == 304
+    assert response.headers["etag"] == etag
+    assert api.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "body"),
+    [("bytes=9-3", 200, AUDIO),
+     ("bytes=0-" + "9" * 5000, 206, AUDIO),
+     ("bytes=" + "9" * 5000 + "-", 416, b""),
+     ("bytes=\u0663-4", 200, AUDIO),
+     ("bytes=2-4", 206, AUDIO[2:5]),
+     ("bytes=-3", 206, AUDIO[-3:]),
+     ("bytes=1000-", 416, b"")],
+)  # fmt: skip
+def test_invalid_ranges_are_ignored_and_unsatisfiable_ones_are_416(
+    api: httpx2.Client, recording: tuple[str, str], header: str, status: int, body: bytes
+) -> None:
+    """An invalid Range is ignored (200); one outside the file is 416; never a 500."""
+    response = api.get(recording[0], headers={b"range": header.encode("utf-8")})
+    assert response.status_code == status, response.text
+    if status != 416:
+        assert response.content == body
+
+
+def test_range_under_a_stale_if_range_is_ignored(
+    api: httpx2.Client, recording: tuple[str, str]
+) -> None:
+    """If-Range with another tag means the client's copy is stale: the whole file (200)."""
+    path, etag = recording
+    stale = api.get(path, headers={"Range": "bytes=0-1", "If-Range": '"other"'})
+    assert (stale.status_code, stale.content) == (200, AUDIO)
+    fresh = api.get(path, headers={"Range": "bytes=0-1", "If-Range": etag})
+    assert (fresh.status_code, fresh.content) == (206, AUDIO[:2])
+
+
+def test_no_redirect_is_built_from_the_host_header(web_url: str) -> None:
+    """A path with a trailing slash is 404, not a redirect to the Host the client named."""
+    response = httpx2.get(web_url + "/healthz/", headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+def test_worker_metrics_listen_on_loopback_without_a_server_header() -> None:
+    """METRICS_HOST defaults to loopback; the metrics server does not name its software."""
+    assert Settings.from_env(_ENV).metrics_host == "127.0.0.1"
+    assert Settings.from_env(_ENV | {"METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    with pytest.raises(ConfigurationError, match="METRICS_HOST"):
+        Settings.from_env(_ENV | {"METRICS_HOST": "example.com"})
+    registry = CollectorRegistry()
+    Counter("probe", "A probe", registry=registry).inc()
+    port = free_port()
+    server = metrics.serve(registry, "127.0.0.1", port)
+    try:
+        response = httpx2.get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert response.status_code == 200
+    assert "probe_total 1.0" in response.text
+    assert "server" not in response.headers

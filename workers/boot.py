@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
-import httpx2
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from standardwebhooks.webhooks import Webhook
 
-from service import logs
+from service import egress, logs
 from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings, notification_secret
@@ -83,10 +82,12 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         clock=_now,
         reconcile_every=timedelta(seconds=settings.reconcile_interval),
     )
+    outbound = egress.EgressPolicy.from_settings(settings)
     notifier = notifications.Context(
         store=store,
-        http=httpx2.Client(timeout=notifications.TIMEOUT_SECONDS, follow_redirects=False),
+        http=egress.build_client(outbound, timeout=notifications.TIMEOUT_SECONDS),
         signer=Webhook(notification_secret(settings)),
+        policy=outbound,
     )
     policy = DownloadPolicy.from_settings(settings)
     downloads = recordings.Context(

@@ -1,7 +1,10 @@
 """Notifications to the app that asked for a session, at its ``callback_url``.
 
 Signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
-``webhook-signature`` headers; ``NOTIFICATION_SECRET``). Sent from their own queue, so a
+``webhook-signature`` headers; ``NOTIFICATION_SECRET``). Sent under the service's egress
+policy (:mod:`service.egress`): https, public addresses only (checked on the address
+connected to), no redirects followed; a destination the policy refuses is given up at
+once and logged, never retried or dead-lettered. Sent from their own queue, so a
 slow or failing receiver delays nothing else; retried with backoff, then given up (and
 logged). The body never holds the parties' numbers: the app knows them by session id.
 """
@@ -18,6 +21,7 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from service import messages
+from service.egress import EgressPolicy, EgressRefused, EgressUnresolved
 from service.errors import ServiceError
 from service.models import Session
 from service.store import Store
@@ -43,6 +47,7 @@ class Context:
     store: Store
     http: httpx2.Client
     signer: Webhook
+    policy: EgressPolicy
 
 
 def body(kind: str, session: Session, moment: datetime) -> dict[str, Any]:
@@ -66,8 +71,12 @@ def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None
         "webhook-signature": ctx.signer.sign(notification_id, moment, payload),
     }
     try:
+        ctx.policy.check(httpx2.URL(session.callback_url))
         response = ctx.http.post(session.callback_url, content=payload, headers=headers)
-    except httpx2.HTTPError as exc:
+    except EgressRefused as exc:
+        log.warning("app_notification_refused", kind=kind, reason=exc.reason)
+        return
+    except (httpx2.HTTPError, EgressUnresolved) as exc:
         raise ReceiverUnavailable(f"app receiver unreachable ({type(exc).__name__})") from None
     if not response.is_success:
         raise ReceiverUnavailable(f"app receiver answered {response.status_code}")
