@@ -4,7 +4,6 @@ changes, timeline entries, and decoding of what Redis returns."""
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -123,7 +122,7 @@ def encode_cursor(member: str) -> str:
 def decode_cursor(cursor: str) -> str:
     try:
         member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # binascii.Error, UnicodeDecodeError, or not ASCII at all
         raise InvalidCursor("cursor is not one this service gave out") from exc
     millis, _, session_id = member.partition(":")
     if not (millis.isdigit() and session_id):
