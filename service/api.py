@@ -54,9 +54,10 @@ def _wait_seconds(request: Request) -> int:
     match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
     if match is None:
         return 0
-    # Longer than MAX_WAIT anyway: never turn thousands of digits into an int.
+    # A preference that makes no sense is ignored (RFC 7240); thousands of digits are
+    # never turned into an int.
     digits = match.group(1)
-    return MAX_WAIT if len(digits) > 2 else min(int(digits), MAX_WAIT)
+    return 0 if len(digits) > 4 else min(int(digits), MAX_WAIT)
 
 
 def _idempotency_key(request: Request) -> str | None:

@@ -114,8 +114,9 @@ async def _ingest(request: Request, kind: Kind) -> Response:
         params = _form_params(query, strict=False)
     else:
         params = await _body_params(request)
-    # "off" exists for development beside the sandbox only (settings refuse it otherwise).
-    if settings.webhook_signature == "enforce" and not _verify(request, settings, params):
+    # "off" exists for development beside the sandbox only (settings refuse it otherwise);
+    # any other value enforces.
+    if settings.webhook_signature != "off" and not _verify(request, settings, params):
         log.warning("webhook_signature_invalid", kind=kind)
         metrics().webhook_signature_failures.labels(kind).inc()
         raise Problem(401, "missing or invalid X-VTS-Signature-V3")
