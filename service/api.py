@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from typing import Any
@@ -12,22 +11,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import messages
+from service import messages, strictjson
 from service.apps import AppRegistry, Budget
+from service.metrics import metrics
 from service.models import LIVE, Session, Status, iso, now
 from service.phones import mask
 from service.problems import FieldError, Problem
 from service.settings import Settings
 from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
-from service.validation import fingerprint, parse_create, parse_update
+from service.validation import Rules, fingerprint, parse_create, parse_update
 from service.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
 
 MAX_WAIT = 30
-_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9]+)", re.IGNORECASE)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _SESSION_ID = re.compile(r"^ses_[0-9a-f]{32}$")
+_LIMIT = re.compile(r"[0-9]{1,3}")  # ASCII digits: str.isdigit() also takes "²"
 
 
 def _store(request: Request) -> AsyncStore:
@@ -68,14 +69,19 @@ async def _json_body(request: Request) -> Any:
         raise Problem(415, "send the body as JSON with 'Content-Type: application/json'")
     raw = await request.body()
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "the body is not valid JSON", slug="malformed-json") from exc
+        return strictjson.loads(raw)
+    except strictjson.InvalidJson as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}", slug="malformed-json") from exc
 
 
 def _wait_seconds(request: Request) -> int:
     match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
-    return min(int(match.group(1)), MAX_WAIT) if match else 0
+    if match is None:
+        return 0
+    # A preference that makes no sense is ignored (RFC 7240); thousands of digits are
+    # never turned into an int.
+    digits = match.group(1)
+    return 0 if len(digits) > 4 else min(int(digits), MAX_WAIT)
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -133,7 +139,7 @@ async def create_session(request: Request) -> Response:
     settings = _settings(request)
     wait = _wait_seconds(request)
     key = _idempotency_key(request)
-    fields = parse_create(await _json_body(request), settings.phone_default_region)
+    fields = parse_create(await _json_body(request), Rules.from_settings(settings))
     app = _app(request)
     session = _new_session(fields, app)
     message = messages.build(
@@ -205,7 +211,7 @@ async def list_sessions(request: Request) -> Response:
     if status is not None and status not in Status.__members__.values():
         errors.append(FieldError("status", f"must be one of {', '.join(Status)}"))
     limit_raw = params.get("limit", "20")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 100:
+    if not _LIMIT.fullmatch(limit_raw) or not 1 <= int(limit_raw) <= 100:
         errors.append(FieldError("limit", "must be a whole number from 1 to 100"))
     if errors:
         raise Problem(422, "the query has invalid parameters", errors=errors)
@@ -218,6 +224,8 @@ async def list_sessions(request: Request) -> Response:
         )
     except InvalidCursor as exc:
         raise Problem(422, str(exc), errors=[FieldError("cursor", "invalid")]) from exc
+    if page.skipped:
+        metrics().unreadable_records.labels("session").inc(page.skipped)
     return JSONResponse(
         {"data": [s.to_resource() for s in page.sessions], "next_cursor": page.next_cursor}
     )

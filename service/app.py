@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> Starlette:
         *webhooks.routes(),
         *media.routes(),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestContext),
@@ -152,6 +152,10 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # Starlette would redirect "/path/" to "/path" with a Location built from the Host
+    # header, which the client chooses: unknown paths are plain 404s instead.
+    app.router.redirect_slashes = False
+    return app
 
 
 def from_env() -> Starlette:

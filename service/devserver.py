@@ -129,8 +129,8 @@ def _sandbox_env(port: int) -> dict[str, str]:
         "VTS_AUTH_ID": "MADEVSANDBOX0000001",
         "VTS_AUTH_TOKEN": secrets.token_urlsafe(24),
         # The sandbox serves recordings from loopback over plain http.
-        "RECORDING_ALLOW_HTTP": "true",
-        "RECORDING_ALLOW_PRIVATE": "true",
+        "EGRESS_ALLOW_HTTP": "true",
+        "EGRESS_ALLOW_PRIVATE": "true",
     }
 
 

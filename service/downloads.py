@@ -5,30 +5,34 @@ when every check passed (status, declared type, size limit, Content-Length, the 
 really being WAV or MP3); on any error the upload is aborted, so nothing partial is ever
 visible under the recording's name.
 
-The URL comes from a callback, so it is treated as hostile (SSRF). ``DownloadPolicy``
-allows exact host names only (VTS's API host and ``RECORDING_HOSTS``), https only, and
-public addresses only; redirects are followed by hand, to the same host only, at most
-``MAX_REDIRECTS`` times; VTS credentials go to ``auth_hosts`` only. ``build_client`` gives
-a client whose connections go to the very address that was checked, at connect time, so
-DNS rebinding between check and connect cannot reach a private address. With a client
-from elsewhere (a test's MockTransport) only the check made before each request applies.
+The URL comes from a callback, so it is treated as hostile (SSRF). ``DownloadPolicy`` is
+the service's egress policy (:mod:`service.egress`: https only, no credentials in the URL,
+public addresses only, checked on the address connected to) limited to exact host names
+(VTS's API host and ``RECORDING_HOSTS``); redirects are followed by hand, to the same host
+only, at most ``MAX_REDIRECTS`` times; VTS credentials go to VTS's own origin only. With a
+client from elsewhere (a test's MockTransport) only the check made before each request
+applies.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import socket
-from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
 
-import httpcore2
 import httpx2
 import structlog
 
+from service import egress
+from service.egress import (
+    EgressPolicy,
+    EgressRefused,
+    EgressUnresolved,
+    Resolver,
+    default_port,
+    origin,
+    resolve,
+)
 from service.errors import ServiceError
 from service.settings import Settings
 from service.storage import CHUNK_SIZE, Storage, Upload
@@ -90,34 +94,19 @@ class DownloadResult:
     content_type: str
 
 
-Resolver = Callable[[str, int], list[str]]
-
-
-def resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (OSError when it does not)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def is_public(address: str) -> bool:
-    """False for loopback, private, link-local, multicast, reserved, unspecified..."""
-    ip = ipaddress.ip_address(address.partition("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    special = ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-    return ip.is_global and not (special or ip.is_reserved or ip.is_unspecified)
-
-
 @dataclass(frozen=True)
 class DownloadPolicy:
-    """Where recordings may be fetched from, and how much of them.
+    """Where recordings may be fetched from, and how much of them: the service's egress
+    policy (:mod:`service.egress`) limited to ``hosts``.
 
+    VTS's credentials go only to ``auth_origins`` (``scheme://host:port``, see
+    :func:`service.egress.origin`): VTS's own origin, not any port of its host.
     ``allow_http`` and ``allow_private`` exist for the sandbox on loopback; never set
     them in production.
     """
 
     hosts: frozenset[str]
-    auth_hosts: frozenset[str]
+    auth_origins: frozenset[str]
     max_bytes: int
     allow_http: bool = False
     allow_private: bool = False
@@ -125,22 +114,27 @@ class DownloadPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DownloadPolicy:
-        api_host = (urlsplit(settings.vts_base_url).hostname or "").lower()
+        api = httpx2.URL(settings.vts_base_url)
         return cls(
-            hosts=frozenset({api_host, *settings.recording_hosts}),
-            auth_hosts=frozenset({api_host}),
+            hosts=frozenset({api.host, *settings.recording_hosts}),
+            auth_origins=frozenset({origin(api)}),
             max_bytes=settings.recording_max_bytes,
-            allow_http=settings.recording_allow_http,
-            allow_private=settings.recording_allow_private,
+            allow_http=settings.egress_allow_http,
+            allow_private=settings.egress_allow_private,
         )
+
+    @property
+    def egress(self) -> EgressPolicy:
+        return EgressPolicy(self.hosts, self.allow_http, self.allow_private, self.resolver)
 
     def check(self, url: httpx2.URL) -> None:
         """Raise RecordingRejected unless ``url`` may be fetched (its host is resolved)."""
-        if url.scheme != "https" and not (url.scheme == "http" and self.allow_http):
-            raise _refused(url, "scheme not allowed")
-        if url.userinfo:
-            raise _refused(url, "credentials in the URL")
-        self._permitted(url, url.port or _default_port(url.scheme))
+        try:
+            self.egress.check(url)
+        except EgressRefused as exc:
+            raise _refused(url, exc.reason) from None
+        except EgressUnresolved as exc:
+            raise RecordingUnavailable("the recording host name did not resolve") from exc
 
     def addresses(self, host: str, port: int) -> list[str]:
         """The addresses of an allowed ``host``, all permitted, to connect to.
@@ -148,22 +142,13 @@ class DownloadPolicy:
         Raises RecordingRejected (host or an address not allowed), RecordingUnavailable
         (the name does not resolve now).
         """
-        return self._permitted(httpx2.URL(scheme="https", host=host, port=port), port)
-
-    def _permitted(self, url: httpx2.URL, port: int) -> list[str]:
-        if url.host not in self.hosts:
-            raise _refused(url, "host not allowed")
+        url = httpx2.URL(scheme="https", host=host, port=port)
         try:
-            found = self.resolver(url.host, port)
-        except OSError as exc:
+            return self.egress.addresses(host, port)
+        except EgressRefused as exc:
+            raise _refused(url, exc.reason) from None
+        except EgressUnresolved as exc:
             raise RecordingUnavailable("the recording host name did not resolve") from exc
-        if not found or not (self.allow_private or all(map(is_public, found))):
-            raise _refused(url, "host address not allowed")
-        return found
-
-
-def _default_port(scheme: str) -> int:
-    return 443 if scheme == "https" else 80
 
 
 def _refused(url: httpx2.URL, reason: str) -> RecordingRejected:
@@ -171,60 +156,9 @@ def _refused(url: httpx2.URL, reason: str) -> RecordingRejected:
     return RecordingRejected(f"recording download refused: {reason}")
 
 
-class _GuardedBackend(httpcore2.NetworkBackend):
-    """Connects only to addresses the policy permits, resolved and checked right here."""
-
-    def __init__(self, policy: DownloadPolicy) -> None:
-        self._policy = policy
-        self._backend = httpcore2.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.NetworkStream:
-        error: Exception = httpcore2.ConnectError("no address to connect to")
-        for address in self._policy.addresses(host, port):
-            try:
-                return self._backend.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
-                error = exc
-        raise error
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-class GuardedTransport(httpx2.HTTPTransport):
-    """An HTTPTransport pinned to the policy's permitted addresses (TLS still checks the
-    certificate against the host name). No proxies: a proxy would connect for us."""
-
-    def __init__(self, policy: DownloadPolicy, limits: httpx2.Limits | None = None) -> None:
-        limits = limits or httpx2.Limits(max_connections=20, max_keepalive_connections=5)
-        super().__init__(trust_env=False, limits=limits)
-        # HTTPTransport takes no network backend, so its pool is replaced by one that has.
-        self._pool = httpcore2.ConnectionPool(
-            ssl_context=httpx2.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_GuardedBackend(policy),
-        )
-
-
 def build_client(policy: DownloadPolicy, *, timeout: float) -> httpx2.Client:
     """The client workers download with: guarded, no redirects, no environment proxies."""
-    return httpx2.Client(
-        transport=GuardedTransport(policy),
-        trust_env=False,
-        follow_redirects=False,
-        timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
-    )
+    return egress.build_client(policy, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -237,7 +171,7 @@ class _Job:
     def open(self, url: httpx2.URL) -> httpx2.Response:
         request = self.client.build_request("GET", url, headers=_HEADERS)
         request.headers.pop("Authorization", None)
-        credentials = self.auth if url.host in self.policy.auth_hosts else None
+        credentials = self.auth if origin(url) in self.policy.auth_origins else None
         auth = httpx2.BasicAuth(*credentials) if credentials else None
         return self.client.send(request, auth=auth, follow_redirects=False, stream=True)
 
@@ -294,7 +228,7 @@ def _redirect(url: httpx2.URL, response: httpx2.Response) -> httpx2.URL:
         raise _refused(url, "redirect to an invalid URL") from exc
     if url.scheme == "https" and target.scheme != "https":
         raise _refused(target, "redirect away from https")
-    ports = (url.port or _default_port(url.scheme), target.port or _default_port(target.scheme))
+    ports = (url.port or default_port(url.scheme), target.port or default_port(target.scheme))
     same_port = ports[0] == ports[1] or url.port is target.port is None  # http to https
     if target.host != url.host or not same_port:
         raise _refused(target, "redirect to another host")

@@ -1,8 +1,9 @@
 """VTS callback events: what arrives, checked and normalised.
 
 Both routes take the same shape: a flat mapping of string fields. The web checks what it
-must before making an event durable (the two ids, the formats of the fields we act on,
-sizes); the workers normalise the rest when they apply it.
+must before making an event durable (the two ids, the formats and bounds of the fields we
+act on, sizes); the workers normalise the rest when they apply it. Our bounds, since VTS
+documents none: durations 0 to 86,400 s, ``Amount`` 0 to 1000 with at most 5 decimals.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ MAX_VALUE = 2048
 _EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-_DIGITS = re.compile(r"^\d{1,12}$")
-_DECIMAL = re.compile(r"^-?\d{1,12}(\.\d{1,12})?$")
+_DIGITS = re.compile(r"^[0-9]{1,12}$")
+_SECONDS = re.compile(r"^[0-9]{1,5}$")
+_AMOUNT = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,5})?$")
 _FORMATS = {
     "SequenceNumber": _DIGITS,
-    "Duration": _DIGITS,
-    "BilledDuration": _DIGITS,
-    "RecordingDuration": _DIGITS,
-    "Amount": _DECIMAL,
+    "Duration": _SECONDS,
+    "BilledDuration": _SECONDS,
+    "RecordingDuration": _SECONDS,
+    "Amount": _AMOUNT,
 }
+# What one call leg can plausibly report: VTS documents no bounds, these are ours.
+MAX_SECONDS = 86_400
+MAX_AMOUNT = Decimal(1000)
 
 
 class Role(StrEnum):
@@ -191,4 +196,13 @@ def check(kind: Kind, params: Mapping[str, str]) -> Event:
         given = params.get(name)
         if given and not pattern.match(given):
             raise InvalidEvent(f"{name}: malformed")
+    _check_bounds(params)
     return Event(kind, dict(params))
+
+
+def _check_bounds(params: Mapping[str, str]) -> None:
+    for name in ("Duration", "BilledDuration", "RecordingDuration"):
+        if int(params.get(name) or 0) > MAX_SECONDS:
+            raise InvalidEvent(f"{name}: more than {MAX_SECONDS} seconds")
+    if Decimal(params.get("Amount") or 0) > MAX_AMOUNT:
+        raise InvalidEvent(f"Amount: more than {MAX_AMOUNT}")

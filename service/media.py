@@ -1,8 +1,11 @@
 """``GET /v1/recordings/{id}``: a stored recording, streamed from our storage; ``DELETE``.
 
-Byte ranges (one range per request; several are answered with the whole file, as HTTP
-allows), ``ETag`` = the sha256, ``If-None-Match``. A recording that is unknown, still
-pending or failed is 404: there is nothing to serve.
+Conditional and range requests as RFC 9110 has them: ``ETag`` = the sha256;
+``If-None-Match`` with one tag, a list, weak tags (compared weakly) or ``*`` → 304;
+one byte range per request → 206 (several are answered with the whole file, as HTTP
+allows), a range outside the file → 416, an invalid ``Range`` header is ignored (200), and
+so is any ``Range`` under an ``If-Range`` that does not name the current file. A recording
+that is unknown, still pending or failed is 404: there is nothing to serve.
 """
 
 from __future__ import annotations
@@ -22,21 +25,39 @@ from service.storage import NotStored, Storage
 from service.store import AsyncRecordingStore, AsyncStore, timeline_entry
 
 _ID = re.compile(r"^rec_[0-9a-f]{32}$")
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
+_ENTITY_TAG = re.compile(r'\s*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+# Larger than any file: longer digit strings are never turned into an int.
+_HUGE = 10**18
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) < 19 else _HUGE
+
+
+def _matches_any(header: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``etag`` (weak comparison) or is ``*``."""
+    if header.strip() == "*":
+        return True
+    return any(m.group(1) == etag for m in _ENTITY_TAG.finditer(header))
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The inclusive (first, last) byte the ``Range`` header asks for; None for all."""
-    if not header or "," in header:
-        return None
-    match = _RANGE.match(header.strip())
+    """The inclusive (first, last) byte the ``Range`` header asks for; None for all
+    (no header, several ranges, or an invalid one, which RFC 9110 says to ignore)."""
+    match = _RANGE.fullmatch(header.strip()) if header else None
     if match is None or not (match.group(1) or match.group(2)):
         return None
     first, last = match.group(1), match.group(2)
+    if first and last and _position(last) < _position(first):
+        return None  # invalid: ignored
     if not first:  # the last N bytes
-        start, end = max(0, size - int(last)), size - 1
+        start, end = max(0, size - _position(last)), size - 1
+        if _position(last) == 0:
+            start = size  # a suffix of no bytes cannot be satisfied
     else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
+        start = _position(first)
+        end = min(_position(last), size - 1) if last else size - 1
     if start >= size or start > end:
         raise Problem(
             416, "the requested range is outside the file",
@@ -68,9 +89,11 @@ async def get_recording(request: Request) -> Response:
     recording = await _stored(request)
     size, etag = recording.size or 0, f'"{recording.sha256}"'
     headers = {"etag": etag, "accept-ranges": "bytes", "cache-control": "private, max-age=3600"}
-    if request.headers.get("if-none-match") == etag:
+    if _matches_any(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)
-    wanted = _byte_range(request.headers.get("range"), size)
+    if_range = request.headers.get("if-range")
+    ranged = if_range is None or if_range.strip() == etag  # If-Range compares strongly
+    wanted = _byte_range(request.headers.get("range"), size) if ranged else None
     start, end = wanted or (0, size - 1)
     headers["content-length"] = str(end - start + 1)
     if wanted is not None:

@@ -12,15 +12,19 @@ actors, queues and outcomes: never a phone number or a session id.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 from dramatiq.common import dq_name
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from service.store import Keys
@@ -41,6 +45,7 @@ class Metrics:
     rate_limit_wait_seconds: Counter
     recordings: Counter
     recording_bytes: Counter
+    unreadable_records: Counter
 
 
 _made: list[Metrics] = []
@@ -89,6 +94,9 @@ def _create() -> Metrics:
         ),
         recordings=Counter("masking_recordings", "Recording downloads", ["outcome"]),
         recording_bytes=Counter("masking_recording_bytes", "Recording bytes stored"),
+        unreadable_records=Counter(
+            "masking_unreadable_records", "Stored records skipped as unreadable", ["kind"]
+        ),
     )  # fmt: skip
 
 
@@ -164,3 +172,40 @@ class ClusterCollector(Collector):
             return 0.0
         enqueued_ms = float(json.loads(raw).get("message_timestamp", time.time() * 1000))
         return max(0.0, time.time() - enqueued_ms / 1000)
+
+
+class _Handler(WSGIRequestHandler):
+    """wsgiref's handler without its ``Server`` header (it names the Python version) and
+    without a stderr line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        # As WSGIRequestHandler.handle, with a ServerHandler that names no software.
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        stdout: Any = self.wfile
+        handler = _AnonymousHandler(
+            self.rfile, stdout, self.get_stderr(), self.get_environ(), multithread=False
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+
+class _AnonymousHandler(ServerHandler):
+    server_software = ""
+
+
+def metrics_server(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
+    """A server of ``registry`` at ``http://host:port/metrics``, bound and listening; the
+    caller runs ``serve_forever``. Raises OSError when the port cannot be had."""
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    return make_server(host, port, make_wsgi_app(registry), Server, handler_class=_Handler)

@@ -15,6 +15,7 @@ from service.problems import Problem
 
 log = structlog.get_logger("service.http")
 
+MAX_LOGGED_PATH = 256
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -64,7 +65,8 @@ class RequestContext:
             log.info(
                 "http_request",
                 method=scope["method"],
-                route=template or scope["path"],
+                # A raw path is the client's: log only its start.
+                route=template or scope["path"][:MAX_LOGGED_PATH],
                 status=status,
                 duration_ms=round(seconds * 1000, 2),
             )

@@ -10,6 +10,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from service import strictjson
 from service.phones import mask
 
 
@@ -158,8 +159,8 @@ class Session:
             second_party=fields["second_party"],
             created_at=datetime.fromisoformat(fields["created_at"]),
             updated_at=datetime.fromisoformat(fields["updated_at"]),
-            options=json.loads(fields.get("options") or "{}"),
-            metadata=json.loads(fields.get("metadata") or "{}"),
+            options=strictjson.loads(fields.get("options") or "{}"),
+            metadata=strictjson.loads(fields.get("metadata") or "{}"),
             callback_url=fields.get("callback_url"),
             request_id=fields.get("request_id"),
             app=fields.get("app"),

@@ -23,6 +23,11 @@ _OPTION_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or null: how a session shows an option the app did not set."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -68,12 +73,23 @@ def _schemas() -> dict[str, Any]:
                 "callback_url": _URL,
                 "metadata": {"type": "object", "description": "at most 2 KiB of JSON"},
             },
+            "examples": [
+                {"first_party": "+14155552671", "second_party": "+14155552672"},
+                {
+                    "first_party": "+447911123456",
+                    "second_party": "+14155552672",
+                    "record": True,
+                    "session_expiry": 600,
+                    "metadata": {"ride": "r-1"},
+                },
+            ],
         },
         "UpdateSession": {
             "type": "object",
             "additionalProperties": False,
             "minProperties": 1,
             "properties": {name: _OPTION_SCHEMAS[name] for name in UPDATE_OPTIONS},
+            "examples": [{"session_expiry": 900}],
         },
         "Session": {
             "type": "object",
@@ -84,7 +100,7 @@ def _schemas() -> dict[str, Any]:
                 "virtual_number": nullable_string,
                 "first_party": _PHONE,
                 "second_party": _PHONE,
-                **{name: _OPTION_SCHEMAS[name] for name in CREATE_OPTIONS},
+                **{name: _nullable(_OPTION_SCHEMAS[name]) for name in CREATE_OPTIONS},
                 "callback_url": nullable_string,
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
@@ -213,8 +229,11 @@ def _paths() -> dict[str, Any]:
                 "summary": "Change expiry, recording, limits or play URLs",
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref("UpdateSession")}}},
-                "responses": {"202": session, "404": _problem("unknown session, or another app's"),
+                "responses": {"202": session, "400": _problem("malformed JSON"),
+                              "404": _problem("unknown session, or another app's"),
                               "409": _problem("session already ended"),
+                              "413": _problem("body over 64 KiB"),
+                              "415": _problem("body is not JSON"),
                               "429": _OVER_SHARE, **_ERRORS},
             },
             "delete": {"summary": "End the session now", "responses": {

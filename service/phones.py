@@ -15,21 +15,31 @@ import phonenumbers
 MASK = "***"
 
 # E.164 with or without "+", and the common written forms ("+1 415-555-2345",
-# "(415) 555-2345", "415.555.2345"). Bounded by non-word characters so that UUIDs,
-# ISO timestamps and hex ids are left alone.
+# "(415) 555-2345", "415 555 2345", "07911 123456"). Every quantifier is bounded and every
+# group is set off by a separator, so each starting position costs a small constant: the
+# whole search is linear in the text. A number may follow "_" (``party_14155552345``) but
+# not a letter, digit, "." or "-", nor be followed by them: ids, UUIDs, decimals and dates
+# are left alone.
 _PHONE_IN_TEXT = re.compile(
     r"""
-    (?<![\w.-])
+    (?<![^\W_]|[.+-])
     (?:
-        \+?\d{8,15}                                   # compact, e.g. +14155552345 or 14155552345
-      | \+\d{1,3}(?:[\s.-]?\(?\d{1,4}\)?){2,5}        # international, separated
-      | \(\d{2,4}\)\s?\d{3,4}[\s.-]\d{3,4}           # national with area code in parentheses
-      | \d{3}[.-]\d{3}[.-]\d{4}                       # national, dotted or dashed
+        \+?\d{8,15}                                          # +14155552345, 14155552345
+      | \+\d{1,3}(?:[ .-]\(?\d{1,4}\)?|\(\d{1,4}\)){2,5}   # +1 415-555-2345, +1 (415) 555 2345
+      | \(\d{2,4}\)[ ]?\d{3,4}[ .-]\d{3,4}                  # (415) 555-2345
+      | \d{3}([ .-])\d{3}\1\d{4}                           # 415 555 2345, 415.555.2345
+      | 0\d{2,4}[ ](?:\d{6,8}|\d{3,4}[ ]\d{3,4})             # 07911 123456, 020 7946 0958
     )
-    (?![\w-])
+    (?![^\W_]|[+-]|\.\d)
     """,
     re.VERBOSE,
 )
+# Unix time in seconds or milliseconds (2001 to 2033): 10 or 13 digits starting with 1.
+# No phone number is written that way: NANP numbers with their country code have 11 digits,
+# and national ones never start with 1.
+_EPOCH = re.compile(r"1\d{9}(?:\d{3})?")
+# What one string may cost: longer text is cut (and says so) before it is searched.
+MAX_TEXT = 16 * 1024
 
 
 _DIGIT = re.compile(r"\d")
@@ -39,15 +49,34 @@ class InvalidNumber(ValueError):
     """The value is not a valid phone number. The message never repeats the value."""
 
 
+_TYPE = phonenumbers.PhoneNumberType
+# Our names for phonenumbers' number types, as ALLOWED_NUMBER_TYPES lists them, plus
+# "satellite" and "international-network" for the non-geographic codes that phonenumbers
+# calls mobile but cost like premium numbers.
+NUMBER_TYPES = {
+    _TYPE.FIXED_LINE: "fixed-line",
+    _TYPE.MOBILE: "mobile",
+    _TYPE.FIXED_LINE_OR_MOBILE: "fixed-line-or-mobile",
+    _TYPE.TOLL_FREE: "toll-free",
+    _TYPE.PREMIUM_RATE: "premium-rate",
+    _TYPE.SHARED_COST: "shared-cost",
+    _TYPE.VOIP: "voip",
+    _TYPE.PERSONAL_NUMBER: "personal",
+    _TYPE.PAGER: "pager",
+    _TYPE.UAN: "uan",
+    _TYPE.VOICEMAIL: "voicemail",
+    _TYPE.UNKNOWN: "unknown",
+}
+TYPE_NAMES = frozenset({*NUMBER_TYPES.values(), "satellite", "international-network"})
+DEFAULT_NUMBER_TYPES = frozenset({"mobile", "fixed-line", "fixed-line-or-mobile"})
+_SATELLITE = frozenset({870, 881})  # Inmarsat, Global Mobile Satellite System
+_NETWORKS = frozenset({882, 883})  # international networks, no country
+
+
 # A pure function of (value, region); parsing and validating cost ~16 µs a number, and
 # active users' numbers repeat. Errors are not cached (lru_cache never caches a raise).
 @lru_cache(maxsize=4096)
-def normalise(value: str, default_region: str | None = None) -> str:
-    """Return ``value`` as E.164 (``+14155552345``), or raise :class:`InvalidNumber`.
-
-    Without ``default_region`` the number must carry its country code; a bare run of
-    digits is read as E.164 without its ``+`` (VTS writes numbers that way).
-    """
+def _parse(value: str, default_region: str | None) -> phonenumbers.PhoneNumber:
     text = value.strip()
     if default_region is None and text[:1].isdigit():
         text = "+" + text
@@ -59,7 +88,42 @@ def normalise(value: str, default_region: str | None = None) -> str:
         ) from exc
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidNumber("not a valid phone number for its country")
+    return parsed
+
+
+def _e164(parsed: phonenumbers.PhoneNumber) -> str:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def normalise(value: str, default_region: str | None = None) -> str:
+    """Return ``value`` as E.164 (``+14155552345``), or raise :class:`InvalidNumber`.
+
+    Without ``default_region`` the number must carry its country code; a bare run of
+    digits is read as E.164 without its ``+`` (VTS writes numbers that way).
+    """
+    return _e164(_parse(value, default_region))
+
+
+def number_type(parsed: phonenumbers.PhoneNumber) -> str:
+    """The type of a valid number, by one of the names in :data:`TYPE_NAMES`."""
+    if parsed.country_code in _SATELLITE:
+        return "satellite"
+    if parsed.country_code in _NETWORKS:
+        return "international-network"
+    return NUMBER_TYPES.get(phonenumbers.number_type(parsed), "unknown")
+
+
+@lru_cache(maxsize=4096)
+def party(value: str, default_region: str | None, allowed: frozenset[str]) -> str:
+    """``value`` as E.164 if it may be a party to a session: a valid number of one of the
+    ``allowed`` types, without an extension. Else :class:`InvalidNumber` saying why."""
+    parsed = _parse(value, default_region)
+    if parsed.extension:
+        raise InvalidNumber("has an extension, which VTS cannot dial; give the number alone")
+    kind = number_type(parsed)
+    if kind not in allowed:
+        raise InvalidNumber(f"is a {kind} number; allowed are {', '.join(sorted(allowed))}")
+    return _e164(parsed)
 
 
 def mask(number: str) -> str:
@@ -69,8 +133,19 @@ def mask(number: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every phone-number-like run of digits inside ``text``."""
+    """Mask every phone-number-like run of digits inside ``text``.
+
+    Costs time linear in ``text``, and at most that of :data:`MAX_TEXT` characters: longer
+    text is cut there.
+    """
+    if len(text) > MAX_TEXT:
+        text = text[:MAX_TEXT] + f"...[{len(text) - MAX_TEXT} more characters]"
     # Most text logged holds no digit at all; searching for one costs far less than sub.
     if _DIGIT.search(text) is None:
         return text
-    return _PHONE_IN_TEXT.sub(lambda m: mask(m.group(0)), text)
+    return _PHONE_IN_TEXT.sub(_masked, text)
+
+
+def _masked(match: re.Match[str]) -> str:
+    found = match.group(0)
+    return found if _EPOCH.fullmatch(found) else mask(found)

@@ -6,6 +6,7 @@ Only this module reads the environment. A missing or malformed variable raises
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -17,10 +18,11 @@ from urllib.parse import urlsplit
 
 from service import redis_clients
 from service.errors import ConfigurationError
+from service.phones import DEFAULT_NUMBER_TYPES, TYPE_NAMES
 
 T = TypeVar("T")
 
-WebhookSignature = Literal["enforce", "log", "off"]
+WebhookSignature = Literal["enforce", "off"]
 LogFormat = Literal["json", "console"]
 
 
@@ -84,6 +86,7 @@ class Settings:
     api_keys: tuple[AppKey, ...]
     vts_base_url: str = "https://api.vtscom.net"
     webhook_signature: WebhookSignature = "enforce"
+    vts_auth_token_previous: Secret | None = None
     recordings_dir: Path = Path("recordings")
     recordings_s3: S3Location | None = None
     session_retention: int = 30 * 24 * 3600
@@ -95,6 +98,7 @@ class Settings:
     vts_timeout: float = 10.0
     vts_connect_timeout: float = 3.0
     phone_default_region: str | None = None
+    allowed_number_types: frozenset[str] = DEFAULT_NUMBER_TYPES
     max_body_bytes: int = 64 * 1024
     idempotency_ttl: int = 24 * 3600
     create_max_retries: int = 20
@@ -106,9 +110,10 @@ class Settings:
     apps_refresh: float = 2.0
     metrics_port: int = 9191
     worker_shutdown_timeout: float = 25.0
+    metrics_host: str = "127.0.0.1"
     recording_hosts: tuple[str, ...] = ()
-    recording_allow_http: bool = False
-    recording_allow_private: bool = False
+    egress_allow_http: bool = False
+    egress_allow_private: bool = False
     recording_max_bytes: int = 200 * 1024 * 1024
     recording_timeout: float = 30.0
 
@@ -123,7 +128,8 @@ class Settings:
             public_base_url=env.required("PUBLIC_BASE_URL", _http_url).rstrip("/"),
             api_keys=env.required("API_KEYS", _api_keys),
             vts_base_url=env.optional("VTS_BASE_URL", _http_url, cls.vts_base_url).rstrip("/"),
-            webhook_signature=env.optional("WEBHOOK_SIGNATURE", _signature_mode, "enforce"),
+            webhook_signature=_signature_for(env),
+            vts_auth_token_previous=env.optional("VTS_AUTH_TOKEN_PREVIOUS", Secret, None),
             recordings_dir=env.optional("RECORDINGS_DIR", Path, cls.recordings_dir),
             recordings_s3=_s3_location(env),
             session_retention=env.optional(
@@ -139,6 +145,9 @@ class Settings:
                 "VTS_CONNECT_TIMEOUT", _positive_float, cls.vts_connect_timeout
             ),
             phone_default_region=env.optional("PHONE_DEFAULT_REGION", _region, None),
+            allowed_number_types=env.optional(
+                "ALLOWED_NUMBER_TYPES", _number_types, cls.allowed_number_types
+            ),
             create_max_retries=env.optional(
                 "VTS_CREATE_MAX_RETRIES", _positive_int, cls.create_max_retries
             ),
@@ -158,9 +167,17 @@ class Settings:
             worker_shutdown_timeout=env.optional(
                 "WORKER_SHUTDOWN_TIMEOUT", _positive_float, cls.worker_shutdown_timeout
             ),
+            metrics_host=env.optional("METRICS_HOST", _address, cls.metrics_host),
             recording_hosts=env.optional("RECORDING_HOSTS", _hostnames, cls.recording_hosts),
-            recording_allow_http=env.optional("RECORDING_ALLOW_HTTP", _bool, False),
-            recording_allow_private=env.optional("RECORDING_ALLOW_PRIVATE", _bool, False),
+            # RECORDING_ALLOW_*: the names from before notifications shared the policy.
+            egress_allow_http=env.optional(
+                "EGRESS_ALLOW_HTTP", _bool, env.optional("RECORDING_ALLOW_HTTP", _bool, False)
+            ),
+            egress_allow_private=env.optional(
+                "EGRESS_ALLOW_PRIVATE",
+                _bool,
+                env.optional("RECORDING_ALLOW_PRIVATE", _bool, False),
+            ),
             recording_max_bytes=env.optional(
                 "RECORDING_MAX_BYTES", _positive_int, cls.recording_max_bytes
             ),
@@ -287,9 +304,25 @@ def _app_shares(raw: str) -> tuple[tuple[str, int], ...]:
 
 
 def _signature_mode(raw: str) -> WebhookSignature:
-    if raw not in ("enforce", "log", "off"):
-        raise ValueError("must be enforce, log or off")
+    if raw == "log":
+        raise ValueError(
+            "log is no longer a mode: during a VTS token rotation, set VTS_AUTH_TOKEN_PREVIOUS"
+        )
+    if raw not in ("enforce", "off"):
+        raise ValueError("must be enforce or off")
     return raw  # type: ignore[return-value]
+
+
+def _signature_for(env: _Env) -> WebhookSignature:
+    """``off`` only beside a VTS on loopback (the sandbox): unsigned callbacks would change
+    state, so no deployment that talks to the real VTS may run without signatures."""
+    mode: WebhookSignature = env.optional("WEBHOOK_SIGNATURE", _signature_mode, "enforce")
+    vts_host = urlsplit(env.optional("VTS_BASE_URL", _http_url, Settings.vts_base_url)).hostname
+    if mode == "off" and vts_host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigurationError(
+            "WEBHOOK_SIGNATURE", "off is for development only, with VTS_BASE_URL on loopback"
+        )
+    return mode
 
 
 def _log_format(raw: str) -> LogFormat:
@@ -323,6 +356,14 @@ def _port(raw: str) -> int:
     return port
 
 
+def _address(raw: str) -> str:
+    """An IP address to listen on (``0.0.0.0`` or ``::`` for every interface)."""
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+
+
 def _positive_int(raw: str) -> int:
     value = _int(raw)
     if value <= 0:
@@ -344,6 +385,17 @@ def _region(raw: str) -> str:
     if len(raw) != 2 or not raw.isalpha():
         raise ValueError("must be a two-letter region code such as US or GB")
     return raw.upper()
+
+
+def _number_types(raw: str) -> frozenset[str]:
+    types = frozenset(name.strip().lower() for name in raw.split(",") if name.strip())
+    unknown = sorted(types - TYPE_NAMES)
+    if unknown or not types:
+        raise ValueError(
+            f"unknown number type {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(sorted(TYPE_NAMES))}"
+        )
+    return types
 
 
 def _bool(raw: str) -> bool:

@@ -1,7 +1,9 @@
 """Validation of app requests: clear per-field errors, values normalised (numbers to E.164).
 
 Our own bounds, since VTS documents none: session_expiry 60..86400 s, call_time_limit
-60..14400 s, ring_timeout 5..120 s, URLs up to 2048 characters, metadata up to 2 KiB of JSON.
+60..14400 s, ring_timeout 5..120 s, URLs up to 2048 characters of printable ASCII, metadata
+up to 2 KiB of JSON (UTF-8). ``callback_url`` must also pass the egress policy's checks
+that need no DNS (https, no credentials, no loopback or private address literal).
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.egress import EgressPolicy
 from service.models import CREATE_OPTIONS, UPDATE_OPTIONS
-from service.phones import InvalidNumber, normalise
+from service.phones import DEFAULT_NUMBER_TYPES, InvalidNumber, party
 from service.problems import FieldError, Problem
+from service.settings import Settings
 
 MAX_URL = 2048
 MAX_METADATA = 2048
@@ -59,17 +64,35 @@ def _format(value: Any) -> str:
 def _url(value: Any) -> str:
     if not isinstance(value, str) or len(value) > MAX_URL:
         raise _Invalid(f"must be an http(s) URL of at most {MAX_URL} characters")
+    # Printable ASCII only: a CR or LF would be refused by every HTTP client later on.
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        raise _Invalid("must be printable ASCII, without spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Invalid("must be an absolute http:// or https:// URL")
     return value
 
 
+def _callback_url(policy: EgressPolicy) -> Checker:
+    """The app's own receiver: a URL our egress policy lets us post to."""
+
+    def check(value: Any) -> str:
+        url = _url(value)
+        reason = policy.refusal(url)
+        if reason is not None:
+            raise _Invalid(reason)
+        return url
+
+    return check
+
+
 def _metadata(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid("must be a JSON object")
-    if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA:
-        raise _Invalid(f"must be at most {MAX_METADATA} bytes of JSON")
+    # Counted as stored: UTF-8, not with every non-ASCII character escaped.
+    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(encoded) > MAX_METADATA:
+        raise _Invalid(f"must be at most {MAX_METADATA} bytes of JSON (UTF-8)")
     return value
 
 
@@ -110,7 +133,24 @@ def _check(
     return clean
 
 
-def _party(name: str, value: Any, region: str | None, errors: list[FieldError]) -> str | None:
+@dataclass(frozen=True)
+class Rules:
+    """What the deployment accepts in a create request (from the settings)."""
+
+    default_region: str | None = None
+    number_types: frozenset[str] = DEFAULT_NUMBER_TYPES
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rules:
+        return cls(
+            settings.phone_default_region,
+            settings.allowed_number_types,
+            EgressPolicy.from_settings(settings),
+        )
+
+
+def _party(name: str, value: Any, rules: Rules, errors: list[FieldError]) -> str | None:
     if value is None:
         errors.append(FieldError(name, "is required"))
         return None
@@ -118,21 +158,25 @@ def _party(name: str, value: Any, region: str | None, errors: list[FieldError]) 
         errors.append(FieldError(name, "must be a phone number string in E.164 form"))
         return None
     try:
-        return normalise(value, region)
+        return party(value, rules.default_region, rules.number_types)
     except InvalidNumber as exc:
         errors.append(FieldError(name, str(exc)))
         return None
 
 
-def parse_create(body: Any, default_region: str | None = None) -> dict[str, Any]:
+def parse_create(body: Any, rules: Rules = Rules()) -> dict[str, Any]:
     """Validate a create request; return its normalised fields or raise Problem(422)."""
     body = _object(body)
     errors: list[FieldError] = []
     others = {k: v for k, v in body.items() if k not in ("first_party", "second_party")}
-    checkers = {**OPTION_CHECKERS, "callback_url": _url, "metadata": _metadata}
+    checkers = {
+        **OPTION_CHECKERS,
+        "callback_url": _callback_url(rules.egress),
+        "metadata": _metadata,
+    }
     clean = _check(others, checkers, errors)
-    first = _party("first_party", body.get("first_party"), default_region, errors)
-    second = _party("second_party", body.get("second_party"), default_region, errors)
+    first = _party("first_party", body.get("first_party"), rules, errors)
+    second = _party("second_party", body.get("second_party"), rules, errors)
     if first is not None and first == second:
         errors.append(FieldError("second_party", "must differ from first_party"))
     if errors:

@@ -530,7 +530,7 @@ def test_compose_lets_every_other_variable_be_set() -> None:
         if name not in COMPOSE_FIXED:
             assert re.fullmatch(rf"\$\{{{name}(:[-?].*)?\}}", str(value)), (name, value)
     assert {
-        "RECORDING_ALLOW_HTTP", "RECORDING_ALLOW_PRIVATE", "RECORDING_HOSTS",
+        "EGRESS_ALLOW_HTTP", "EGRESS_ALLOW_PRIVATE", "RECORDING_HOSTS",
         "PHONE_DEFAULT_REGION", "METRICS_PORT", "VTS_APP_BUDGET", "APP_SHARES",
     } <= set(environment)  # fmt: skip
 

@@ -26,6 +26,7 @@ from service.downloads import (
     build_client,
     download,
 )
+from service.egress import origin
 from service.errors import ConfigurationError
 from service.settings import Settings
 from service.storage import LocalStorage
@@ -115,7 +116,7 @@ def storage(tmp_path: Path) -> LocalStorage:
 # The sandbox and these servers are on loopback: happy paths must allow it explicitly.
 LOOPBACK = DownloadPolicy(
     hosts=frozenset({"127.0.0.1"}),
-    auth_hosts=frozenset({"127.0.0.1"}),
+    auth_origins=frozenset(),
     max_bytes=1024 * 1024,
     allow_http=True,
     allow_private=True,
@@ -123,7 +124,7 @@ LOOPBACK = DownloadPolicy(
 # What production enforces (bar https, so loopback servers can show a refusal).
 STRICT = DownloadPolicy(
     hosts=frozenset({"127.0.0.1", "localhost", "169.254.169.254", "10.0.0.1"}),
-    auth_hosts=frozenset(),
+    auth_origins=frozenset(),
     max_bytes=1024 * 1024,
     allow_http=True,
 )
@@ -226,18 +227,23 @@ def test_redirect_to_another_host_is_refused(
     assert other.requests == []
 
 
-def test_auth_is_sent_to_auth_hosts_only(media: Media, storage: LocalStorage) -> None:
-    """VTS's credentials go to its own host only; a client's own Authorization is dropped."""
-    policy = replace(LOOPBACK, auth_hosts=frozenset())
+def test_auth_is_sent_to_auth_origins_only(
+    media: Media, other: Media, storage: LocalStorage
+) -> None:
+    """VTS's credentials go to its own origin only (not another port of its host); a
+    client's own Authorization is dropped."""
     leaky = httpx2.Client(headers={"Authorization": "Bearer leaked"}, auth=("x", "y"))
     with leaky:
-        _get(media.url + "/rec.wav", storage, leaky, policy)
-    with build_client(LOOPBACK, timeout=5) as client:
+        _get(media.url + "/rec.wav", storage, leaky, LOOPBACK)
+    vts = replace(LOOPBACK, auth_origins=frozenset({origin(httpx2.URL(media.url))}))
+    with build_client(vts, timeout=5) as client:
         storage.delete("rec_1.wav")
-        _get(media.url + "/rec.wav", storage, client)
+        _get(media.url + "/rec.wav", storage, client, vts)
+        storage.delete("rec_1.wav")
+        _get(other.url + "/rec.wav", storage, client, vts)
     sent = [headers.get("authorization") for _, headers in media.requests]
-    assert sent[0] is None
-    assert sent[1] == httpx2.BasicAuth(*AUTH)._auth_header
+    assert sent == [None, httpx2.BasicAuth(*AUTH)._auth_header]
+    assert [headers.get("authorization") for _, headers in other.requests] == [None]
 
 
 @pytest.mark.parametrize(
@@ -463,13 +469,13 @@ def test_policy_from_settings() -> None:
     env = _env(RECORDING_HOSTS="media.vtscom.net, CDN.example.com.", RECORDING_MAX_BYTES="5")
     policy = DownloadPolicy.from_settings(Settings.from_env(env))
     assert policy.hosts == {"api.vtscom.net", "media.vtscom.net", "cdn.example.com"}
-    assert policy.auth_hosts == {"api.vtscom.net"}
+    assert policy.auth_origins == {"https://api.vtscom.net:443"}
     assert (policy.max_bytes, policy.allow_http, policy.allow_private) == (5, False, False)
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("RECORDING_HOSTS", "https://media.example.com"), ("RECORDING_ALLOW_PRIVATE", "maybe")],
+    [("RECORDING_HOSTS", "https://media.example.com"), ("EGRESS_ALLOW_PRIVATE", "maybe")],
 )
 def test_bad_recording_settings_are_named(name: str, value: str) -> None:
     """A malformed recording variable stops start-up with its name."""

@@ -45,8 +45,8 @@ def settings(redis_url: str, sandbox_url: str, web_port: int, tmp_path: Path) ->
         sandbox_url,
         public_base_url=f"http://127.0.0.1:{web_port}",
         recordings_dir=tmp_path / "recordings",
-        recording_allow_http=True,
-        recording_allow_private=True,
+        egress_allow_http=True,
+        egress_allow_private=True,
     )
 
 

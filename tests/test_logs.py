@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from service import logs
-from service.phones import mask_text
+from service.phones import MAX_TEXT, mask_text
 from tests.conftest import configure_test_logs
 
 NUMBER = "+14155552671"
@@ -75,23 +75,74 @@ def test_library_lines_use_the_same_pipeline(stream: io.StringIO) -> None:
     assert all(NUMBER[2:] not in r["event"] for r in records)
 
 
-@pytest.mark.parametrize(
-    "text",
-    [NUMBER, NUMBER[1:], "+1 415-555-2671", "(415) 555-2671", "415.555.2671",
-     "+1 (415) 555 2671", "tel:+14155552671", "https://x/y/14155552671?z=1"],
-)  # fmt: skip
-def test_every_written_form_of_a_number_is_masked(text: str) -> None:
-    """The common ways of writing a number are all masked, keeping the last four digits."""
-    masked = mask_text(f"before {text} after")
-    assert "555" not in masked
-    assert "2671" in masked
+# Each written form of a number, masked to its last four digits.
+MASKED = [
+    (NUMBER, "***2671"),
+    (NUMBER[1:], "***2671"),
+    ("+1 415-555-2671", "***2671"),
+    ("(415) 555-2671", "***2671"),
+    ("415.555.2671", "***2671"),
+    ("415 555 2345", "***2345"),
+    ("415-555-2345", "***2345"),
+    ("+1 (415) 555 2671", "***2671"),
+    ("+44 20 7946 0958", "***0958"),
+    ("020 7946 0958", "***0958"),
+    ("07911 123456", "***3456"),
+    ("tel:+14155552671", "tel:***2671"),
+    ("https://x/y/14155552671?z=1", "https://x/y/***2671?z=1"),
+    ("party_14155552345", "party_***2345"),
+    ("14155552671,14155552672", "***2671,***2672"),
+    ("+14155552345 ext. 99", "***2345 ext. 99"),
+]
+# What is not a phone number, left exactly as it is.
+LEFT_ALONE = [
+    "2026-11-27T22:22:10.123Z",
+    "2026-11-27 10:00:00",
+    '"message_timestamp": 1764504504505',
+    "epoch 1764504504",
+    "ts 1764504504.505",
+    "amount 0.00850",
+    "3e82ae9d-2c78-4d85-b1a4-6eae7dbafb36",
+    "ses_0123456789abcdef0123456789abcdef",
+    "rec_12345678901234567890123456789012",
+    "127.0.0.1:6379",
+    "192.168.100.200",
+    "took 1234 ms",
+    "version 1.2.3",
+]
 
 
-@pytest.mark.parametrize(
-    "text",
-    ["2026-11-27T22:22:10.123Z", "3e82ae9d-2c78-4d85-b1a4-6eae7dbafb36", "127.0.0.1:6379",
-     "took 1234 ms", "ses_0123456789abcdef0123456789abcdef"],
-)  # fmt: skip
+@pytest.mark.parametrize(("text", "expected"), MASKED)
+def test_every_written_form_of_a_number_is_masked(text: str, expected: str) -> None:
+    """The common ways of writing a number, spaced and national ones too, are masked."""
+    assert mask_text(f"before {text} after") == f"before {expected} after"
+
+
+@pytest.mark.parametrize("text", LEFT_ALONE)
 def test_timestamps_ids_and_addresses_are_left_alone(text: str) -> None:
     """What is not a phone number is not masked."""
     assert mask_text(text) == text
+
+
+def test_masking_cost_is_bounded_per_field() -> None:
+    """A huge crafted value is cut to MAX_TEXT before it is searched, and says so."""
+    crafted = ("/+1" + "1234567890123456789" + "x") * 50_000
+    masked = mask_text(crafted)
+    assert len(masked) < MAX_TEXT + 64
+    assert masked.endswith(f"[{len(crafted) - MAX_TEXT} more characters]")
+
+
+def test_request_line_keeps_a_bounded_path(stream: io.StringIO) -> None:
+    """The http_request line of an unmatched 60 KB path holds only its start."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from service.middleware import RequestContext
+
+    app = Starlette(routes=[])
+    app.add_middleware(RequestContext)
+    path = "/" + "+1" * 30_000
+    with TestClient(app) as client:
+        assert client.get(path).status_code == 404
+    (line,) = [r for r in _records(stream) if r["event"] == "http_request"]
+    assert len(line["route"]) <= 256

@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.settings import Settings
 from service.store.apps import AppStore
-from tests.conftest import new_numbers, wait_until
+from tests.conftest import make_settings, new_numbers, wait_until
 from tests.servers import serve
 
 
@@ -43,6 +44,18 @@ class Receiver:
 
     def kinds(self) -> list[str]:
         return [json.loads(r["body"])["type"] for r in self.received]
+
+
+@pytest.fixture
+def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
+    return make_settings(
+        redis_url,
+        sandbox_url,
+        public_base_url=f"http://127.0.0.1:{web_port}",
+        # The receiver is plain http on loopback: what production refuses.
+        egress_allow_http=True,
+        egress_allow_private=True,
+    )
 
 
 @pytest.fixture

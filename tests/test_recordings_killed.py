@@ -21,8 +21,8 @@ def system(redis_url: str, tmp_path: Path) -> Iterator[System]:
     with serve(create_sandbox_app(sandbox_with())) as sandbox_url:
         env = {
             "RECORDINGS_DIR": str(tmp_path / "recordings"),
-            "RECORDING_ALLOW_HTTP": "true",
-            "RECORDING_ALLOW_PRIVATE": "true",
+            "EGRESS_ALLOW_HTTP": "true",
+            "EGRESS_ALLOW_PRIVATE": "true",
         }
         system = System(redis_url, sandbox_url, tmp_path, extra_env=env).start()
         try:

@@ -38,8 +38,8 @@ def settings(redis_url: str, sandbox_url: str, web_port: int, recordings_dir: Pa
         sandbox_url,
         public_base_url=f"http://127.0.0.1:{web_port}",
         recordings_dir=recordings_dir,
-        recording_allow_http=True,
-        recording_allow_private=True,
+        egress_allow_http=True,
+        egress_allow_private=True,
         session_retention=RETENTION,
     )
 

@@ -181,8 +181,8 @@ def settings(
         public_base_url=f"http://127.0.0.1:{web_port}",
         recordings_dir=tmp_path / "unused",
         recordings_s3=location,
-        recording_allow_http=True,
-        recording_allow_private=True,
+        egress_allow_http=True,
+        egress_allow_private=True,
     )
 
 

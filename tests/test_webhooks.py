@@ -11,7 +11,8 @@ import httpx2
 import pytest
 import redis
 
-from service.settings import Settings
+from service.errors import ConfigurationError
+from service.settings import Secret, Settings
 from service.store import Keys
 from service.vts.signatures import new_nonce, v3_signature
 from tests.conftest import AUTH_TOKEN, make_settings
@@ -191,6 +192,14 @@ def test_bad_or_missing_signature_is_401_and_stores_nothing(
         _event(**{"Bad Field": "1"}),
         _event(**{f"F{i}": "1" for i in range(80)}),
         _event(SessionUUID="a\x00b"),
+        _event(Amount="9999999999"),
+        _event(Amount="-1"),
+        _event(Amount="-0.5"),
+        _event(Amount="0.000001"),
+        _event(Amount="1000.5"),
+        _event(Duration="86401"),
+        _event(BilledDuration="100000"),
+        _event(RecordingDuration="86401"),
     ],
 )
 def test_hostile_or_incomplete_events_are_400_and_store_nothing(
@@ -239,18 +248,82 @@ def test_unknown_event_names_are_kept(caller: Caller, redis_client: redis.Redis)
     assert _queued(redis_client) == 1
 
 
-@pytest.mark.parametrize("mode", ["log", "off"])
-def test_signature_modes_log_and_off_accept_unsigned(
-    redis_url: str, redis_client: redis.Redis, mode: str
-) -> None:
-    """In log and off modes an unsigned callback is accepted."""
+def test_signature_off_accepts_unsigned(redis_url: str, redis_client: redis.Redis) -> None:
+    """With signatures off (development beside the sandbox) an unsigned callback is taken."""
     from service.app import create_app
 
-    settings = make_settings(redis_url, "http://127.0.0.1:1", webhook_signature=mode)
+    settings = make_settings(redis_url, "http://127.0.0.1:1", webhook_signature="off")
     with serve(create_app(settings)) as url:
         response = httpx2.post(url + SESSION, data=_event())
     assert response.status_code == 200
     assert _queued(redis_client) == 1
+
+
+_ENV = {
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "VTS_AUTH_ID": "MAXXXXXXXXXXXXXXXXXX",
+    "VTS_AUTH_TOKEN": "very-secret-token",
+    "PUBLIC_BASE_URL": "https://masking.example.com",
+    "API_KEYS": "first-key-0123456789",
+}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"WEBHOOK_SIGNATURE": "log"},
+     {"WEBHOOK_SIGNATURE": "off"},
+     {"WEBHOOK_SIGNATURE": "off", "VTS_BASE_URL": "https://api.vtscom.net"}],
+)  # fmt: skip
+def test_no_mode_takes_unsigned_callbacks_beside_the_real_vts(env: dict[str, str]) -> None:
+    """log is gone, and off is refused at start-up unless VTS is on loopback (the sandbox)."""
+    with pytest.raises(ConfigurationError, match="WEBHOOK_SIGNATURE"):
+        Settings.from_env(_ENV | env)
+    sandbox = _ENV | {"WEBHOOK_SIGNATURE": "off", "VTS_BASE_URL": "http://127.0.0.1:8025"}
+    assert Settings.from_env(sandbox).webhook_signature == "off"
+
+
+def test_previous_token_is_accepted_during_rotation(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """With VTS_AUTH_TOKEN_PREVIOUS set, callbacks signed with either token are taken."""
+    from service.app import create_app
+
+    settings = make_settings(
+        redis_url, "http://127.0.0.1:1", vts_auth_token_previous=Secret("the-previous-token")
+    )
+    with serve(create_app(settings), port=int(settings.public_base_url.rsplit(":", 1)[1])) as url:
+        caller = Caller(url, settings.public_base_url)
+        assert caller.post(SESSION, _event(), token="the-previous-token").status_code == 200
+        assert caller.post(SESSION, _event(Duration="1"), token=AUTH_TOKEN).status_code == 200
+        assert caller.post(SESSION, _event(Duration="2"), token="a-third-token").status_code == 401
+        caller.client.close()
+    assert _queued(redis_client) == 2
+    assert Settings.from_env(_ENV | {"VTS_AUTH_TOKEN_PREVIOUS": "old"}).vts_auth_token_previous
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"&".join([b"a=1"] * 11_000), "application/x-www-form-urlencoded"),
+        (b"[" * 20_000, "application/json"),
+        (b'{"EventName": ' + b"7" * 5000 + b"}", "application/json"),
+        (b'{"EventName": NaN}', "application/json"),
+        (b'{"a": {"b": "c"}}', "application/json"),
+    ],
+)
+def test_costly_bodies_are_400_before_the_signature(
+    caller: Caller, redis_client: redis.Redis, content: bytes, content_type: str
+) -> None:
+    """Too many fields, deep or huge JSON: 400 before any signature work, nothing stored."""
+    response = caller.client.post(SESSION, content=content, headers={"content-type": content_type})
+    assert response.status_code == 400, response.text
+    assert (_stored(redis_client), _queued(redis_client)) == (0, 0)
+
+
+def test_too_many_query_fields_are_400(caller: Caller) -> None:
+    """A GET callback with more fields than an event has is 400 before it is split."""
+    query = "&".join(f"f{i}=1" for i in range(5_000))
+    assert caller.client.get(f"{SESSION}?{query}").status_code == 400
 
 
 def test_redis_unavailable_is_503(redis_client: redis.Redis) -> None:

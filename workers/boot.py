@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
-import httpx2
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from service import logs, redis_clients
+from service import egress, logs, redis_clients
 from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings
@@ -86,10 +85,12 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         update_interval=settings.session_update_interval,
         budget_window=settings.vts_rate_window,
     )
+    outbound = egress.EgressPolicy.from_settings(settings)
     notifier = notifications.Context(
         store=store,
-        http=httpx2.Client(timeout=notifications.TIMEOUT_SECONDS, follow_redirects=False),
+        http=egress.build_client(outbound, timeout=notifications.TIMEOUT_SECONDS),
         apps=AppStore(client),
+        policy=outbound,
     )
     policy = DownloadPolicy.from_settings(settings)
     recording_store, storage = RecordingStore(client), open_storage(settings)

@@ -2,8 +2,11 @@
 
 Signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
 ``webhook-signature`` headers) with the app's own secret; while a secret is being rotated,
-with both (two signatures in the header, so the app may verify with either). Sent from
-their own queue, so a
+with both (two signatures in the header, so the app may verify with either). Sent under
+the service's egress policy (:mod:`service.egress`): https, public addresses only
+(checked on the address connected to), no redirects followed; a destination the policy
+refuses is given up at once and logged, never retried or dead-lettered. Sent from their
+own queue, so a
 slow or failing receiver delays nothing else; retried with backoff, then given up (and
 logged). The body never holds the parties' numbers: the app knows them by session id.
 """
@@ -20,6 +23,7 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from service import messages
+from service.egress import EgressPolicy, EgressRefused, EgressUnresolved
 from service.errors import ServiceError
 from service.models import Session
 from service.settings import DEFAULT_APP
@@ -47,6 +51,7 @@ class Context:
     store: Store
     http: httpx2.Client
     apps: AppStore
+    policy: EgressPolicy
 
 
 def body(kind: str, session: Session, moment: datetime) -> dict[str, Any]:
@@ -70,8 +75,12 @@ def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None
         "webhook-signature": sign(ctx.apps, session.app, notification_id, moment, payload),
     }
     try:
+        ctx.policy.check(httpx2.URL(session.callback_url))
         response = ctx.http.post(session.callback_url, content=payload, headers=headers)
-    except httpx2.HTTPError as exc:
+    except EgressRefused as exc:
+        log.warning("app_notification_refused", kind=kind, reason=exc.reason)
+        return
+    except (httpx2.HTTPError, EgressUnresolved) as exc:
         raise ReceiverUnavailable(f"app receiver unreachable ({type(exc).__name__})") from None
     if not response.is_success:
         raise ReceiverUnavailable(f"app receiver answered {response.status_code}")

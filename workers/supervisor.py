@@ -64,7 +64,7 @@ class PortUnavailable(Exception):
 class Options:
     processes: int
     threads: int
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
     shutdown_timeout: float = 25.0
 
@@ -74,6 +74,7 @@ def run(settings: Settings, *, processes: int, threads: int) -> int:
     options = Options(
         processes,
         threads,
+        metrics_host=settings.metrics_host,
         metrics_port=settings.metrics_port,
         shutdown_timeout=settings.worker_shutdown_timeout,
     )
@@ -200,15 +201,15 @@ def _signals_blocked() -> Any:
 def _bind_metrics(host: str, first_port: int) -> Any:
     """The metrics server, bound to the first free port of the span (not yet serving)."""
     from prometheus_client import CollectorRegistry, multiprocess
-    from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+    from service.metrics import metrics_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    app = make_wsgi_app(registry)
     last = first_port + METRICS_PORT_SPAN - 1 if first_port else 0
     for port in range(first_port, last + 1):
         try:
-            return _wsgi_server(host, port, app, ThreadingWSGIServer)
+            return metrics_server(registry, host, port)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 reason = f"METRICS_PORT: cannot listen on {host}:{port}: {exc.strerror}"
@@ -217,16 +218,6 @@ def _bind_metrics(host: str, first_port: int) -> Any:
         f"METRICS_PORT: ports {first_port}-{last} on {host} are all in use "
         "(each worker on a host takes the first free one)"
     )
-
-
-def _wsgi_server(host: str, port: int, app: Any, server_class: Any) -> Any:
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    class QuietHandler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            """Scrapes are not news."""
-
-    return make_server(host, port, app, server_class, handler_class=QuietHandler)
 
 
 def _metrics_directory() -> tuple[Path, bool]:

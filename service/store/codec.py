@@ -4,15 +4,18 @@ changes, timeline entries, and decoding of what Redis returns."""
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from service.models import Session, Status, iso, now
 from service.recordings import Recording
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,11 @@ class Applied:
 
 @dataclass(frozen=True)
 class Page:
+    """``skipped``: stored sessions left out of the page because they cannot be read."""
+
     sessions: list[Session]
     next_cursor: str | None
+    skipped: int = 0
 
 
 class InvalidCursor(ValueError):
@@ -79,6 +85,31 @@ def text(value: bytes | str) -> str:
 
 def decode_session(raw: Mapping[bytes | str, bytes | str]) -> Session | None:
     return Session.from_fields({text(k): text(v) for k, v in raw.items()}) if raw else None
+
+
+def decode_sessions(
+    rows: Sequence[Mapping[bytes | str, bytes | str]],
+) -> tuple[list[Session], int]:
+    """The sessions ``rows`` hold, and how many were left out because they cannot be read.
+
+    One bad record (written by an older version, or by hand) must not break a whole list.
+    """
+    sessions, skipped = [], 0
+    for row in rows:
+        try:
+            session = decode_session(row)
+        except (KeyError, ValueError, TypeError) as exc:
+            skipped += 1
+            log.warning("session_unreadable", session_id=_row_id(row), error=type(exc).__name__)
+            continue
+        if session is not None:
+            sessions.append(session)
+    return sessions, skipped
+
+
+def _row_id(row: Mapping[bytes | str, bytes | str]) -> str | None:
+    found = row.get(b"id", row.get("id"))
+    return None if found is None else text(found)[:64]
 
 
 def decode_webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | None:
@@ -116,7 +147,7 @@ def decode_cursor(cursor: str, app: str) -> str:
     """The index member a cursor points at; InvalidCursor unless it is one of ``app``'s."""
     try:
         member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # binascii.Error, UnicodeDecodeError, or not ASCII at all
         raise InvalidCursor("cursor is not one this service gave out") from exc
     owner, _, rest = member.partition(":")
     millis, _, session_id = rest.partition(":")

@@ -23,6 +23,7 @@ from service.store.codec import (
     decode_cursor,
     decode_recording,
     decode_session,
+    decode_sessions,
     encode_cursor,
     flatten,
     index_member,
@@ -172,9 +173,9 @@ class AsyncStore:
             for member in page:
                 pipe.hgetall(Keys.session(member_session_id(member)))
             rows = await pipe.execute()
-        sessions = [s for s in map(decode_session, rows) if s is not None]
+        sessions, skipped = decode_sessions(rows)
         more = len(members) > limit
-        return Page(sessions, encode_cursor(page[-1]) if more and page else None)
+        return Page(sessions, encode_cursor(page[-1]) if more and page else None, skipped)
 
     async def enqueue_if_status(
         self,

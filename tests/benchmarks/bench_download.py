@@ -166,7 +166,11 @@ def _loopback_policy(max_bytes: int) -> DownloadPolicy:
     """The development policy: the sandbox's host, over http, on a private address."""
     hosts = frozenset({"127.0.0.1"})
     return DownloadPolicy(
-        hosts=hosts, auth_hosts=hosts, max_bytes=max_bytes, allow_http=True, allow_private=True
+        hosts=hosts,
+        auth_origins=frozenset(),
+        max_bytes=max_bytes,
+        allow_http=True,
+        allow_private=True,
     )
 
 

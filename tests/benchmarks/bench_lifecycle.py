@@ -85,8 +85,8 @@ def _system(directory: Path, sessions: int) -> Iterator[tuple[redis.Redis, str, 
         public_base_url=f"http://127.0.0.1:{web_port}",
         api_keys=(AppKey("bench", Secret(API_KEY)),),
         recordings_dir=directory / "recordings",
-        recording_allow_http=True,
-        recording_allow_private=True,
+        egress_allow_http=True,
+        egress_allow_private=True,
         log_level="WARNING",
     )
     from service import logs
