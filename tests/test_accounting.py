@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 import redis
 
-from service.events import ROLES, Role, check
+from service.events import ROLES, Event, Role, check
 from service.models import Status
 from service.store import Keys, Store, scripts
 from tests.conftest import Clock, store_event, stored_session
@@ -263,7 +263,9 @@ def test_an_impossible_leg_value_writes_nothing(
     """A leg end with an impossible Amount or BilledDuration changes no counter, leaves no
     applied marker, leaves the in-flight set, and is counted as invalid."""
     params = _events("SessionFirstPartyHangup")[0] | bad
-    _apply(ctx, redis_url, [params])
+    # The web refuses such a callback (400); one stored before that check, or put back by
+    # hand, must still change nothing here.
+    events.apply(ctx, store_event(redis_url, Event("session", params)), UUID)
     assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
     assert redis_client.scard(Keys.applied(session_id)) == 0
     assert redis_client.zcard(Keys.in_flight(UUID)) == 0
