@@ -50,7 +50,7 @@ def test_failed_message_is_listed_replayed_and_applied_once(
     event_id = store_event(redis_url, check("session", params))
     good = redis_client.hget(Keys.webhook(event_id), "params")
     redis_client.hset(Keys.webhook(event_id), "params", "{corrupt")
-    [letter] = wait_until(lambda: list(deadletters.dead_letters(store)), timeout=20)
+    [letter] = wait_until(lambda: list(deadletters.dead_letters(store)), timeout=60)
     assert letter.message["actor_name"] == "apply_event"
     assert "JSONDecodeError" in letter.error
     listed = _cli(redis_url, "dlq", "list")
