@@ -139,6 +139,24 @@ def make_settings(redis_url: str, vts_base_url: str, **overrides: Any) -> Settin
     return Settings(**values)
 
 
+def loopback_settings(redis_url: str, vts_url: str, web_port: int, **overrides: Any) -> Settings:
+    """Settings for a web on ``web_port`` whose recordings and notifications may go to
+    plain http on loopback (the sandbox, a test receiver): what production refuses."""
+    return make_settings(
+        redis_url,
+        vts_url,
+        public_base_url=f"http://127.0.0.1:{web_port}",
+        egress_allow_http=True,
+        egress_allow_private=True,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def recordings_dir(tmp_path: Path) -> Path:
+    return tmp_path / "recordings"
+
+
 @pytest.fixture
 def web_port() -> int:
     return free_port()

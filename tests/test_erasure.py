@@ -13,25 +13,13 @@ import redis
 
 from service.settings import Settings
 from service.store import Keys
-from tests.conftest import make_settings, wait_until
+from tests.conftest import loopback_settings, wait_until
 from tests.datalife import end, forms, holding, recorded_session
 
 
 @pytest.fixture
-def recordings_dir(tmp_path: Path) -> Path:
-    return tmp_path / "recordings"
-
-
-@pytest.fixture
 def settings(redis_url: str, sandbox_url: str, web_port: int, recordings_dir: Path) -> Settings:
-    return make_settings(
-        redis_url,
-        sandbox_url,
-        public_base_url=f"http://127.0.0.1:{web_port}",
-        recordings_dir=recordings_dir,
-        egress_allow_http=True,
-        egress_allow_private=True,
-    )
+    return loopback_settings(redis_url, sandbox_url, web_port, recordings_dir=recordings_dir)
 
 
 def _files(directory: Path) -> set[str]:

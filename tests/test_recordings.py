@@ -12,25 +12,12 @@ import httpx2
 import pytest
 
 from service.settings import Settings
-from tests.conftest import make_settings, new_numbers, wait_until
-
-
-@pytest.fixture
-def recordings_dir(tmp_path: Path) -> Path:
-    return tmp_path / "recordings"
+from tests.conftest import loopback_settings, new_numbers, wait_until
 
 
 @pytest.fixture
 def settings(redis_url: str, sandbox_url: str, web_port: int, recordings_dir: Path) -> Settings:
-    # The sandbox is on loopback over http: allowed here explicitly, as in development.
-    return make_settings(
-        redis_url,
-        sandbox_url,
-        public_base_url=f"http://127.0.0.1:{web_port}",
-        recordings_dir=recordings_dir,
-        egress_allow_http=True,
-        egress_allow_private=True,
-    )
+    return loopback_settings(redis_url, sandbox_url, web_port, recordings_dir=recordings_dir)
 
 
 def _recorded_call(

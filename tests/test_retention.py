@@ -20,27 +20,16 @@ from service.events import Event
 from service.models import Status
 from service.settings import Settings
 from service.store import AsyncStore, Keys, Store
-from tests.conftest import make_settings, stored_session, wait_until
+from tests.conftest import loopback_settings, stored_session, wait_until
 from tests.datalife import end, forms, holding, recorded_session
 
 RETENTION = 3
 
 
 @pytest.fixture
-def recordings_dir(tmp_path: Path) -> Path:
-    return tmp_path / "recordings"
-
-
-@pytest.fixture
 def settings(redis_url: str, sandbox_url: str, web_port: int, recordings_dir: Path) -> Settings:
-    return make_settings(
-        redis_url,
-        sandbox_url,
-        public_base_url=f"http://127.0.0.1:{web_port}",
-        recordings_dir=recordings_dir,
-        egress_allow_http=True,
-        egress_allow_private=True,
-        session_retention=RETENTION,
+    return loopback_settings(
+        redis_url, sandbox_url, web_port, recordings_dir=recordings_dir, session_retention=RETENTION
     )
 
 
