@@ -111,3 +111,19 @@ def test_a_retry_that_cannot_be_queued_is_not_lost(rig: Rig) -> None:
     assert went_down.wait(30)
     rig.server.start()
     wait_until(lambda: rig.done() == {"x"}, timeout=30, interval=0.1)
+
+
+def test_a_closing_consumer_puts_back_what_it_fetched_but_never_handed_out(rig: Rig) -> None:
+    """A consumer fetches messages in batches; when its worker stops between two of them,
+    the rest of the batch goes back on the queue at once instead of waiting in this
+    worker's acks set for its heartbeat to expire."""
+    note = _note_actor(rig)
+    for mark in "abcd":
+        note.send(mark)
+    consumer = rig.broker.consume(QUEUE, prefetch=4)
+    handed_out = next(consumer)
+    assert handed_out is not None
+    consumer.close()
+    held = rig.client.smembers(f"faults:__acks__.{rig.broker.broker_id}.{QUEUE}")
+    assert held == {handed_out.options["redis_message_id"].encode()}
+    assert rig.client.llen(f"faults:{QUEUE}") == 3

@@ -136,7 +136,8 @@ class GuardedConsumer(_RedisConsumer):
     that fails with anything but a connection error (a timeout, Redis still loading its
     AOF) is never retried. Here every Redis error is a connection error to dramatiq (so
     acks are retried), the delayed messages this consumer handed out are remembered until
-    acked, and whatever cannot be put back now is put back by the queue's next consumer.
+    acked, a batch fetched but not yet handed out goes back when the consumer closes,
+    and whatever cannot be put back now is put back by the queue's next consumer.
     """
 
     broker: PromptRedisBroker
@@ -176,8 +177,12 @@ class GuardedConsumer(_RedisConsumer):
         self.broker.put_back(self.queue_name, [m.options["redis_message_id"] for m in held])
 
     def close(self) -> None:
-        """Put back the delayed messages still held (dramatiq may have dropped them)."""
+        """Put back the delayed messages still held (dramatiq may have dropped them) and
+        the rest of the last fetched batch, which dramatiq leaves in the acks set."""
+        fetched = [dramatiq.Message.decode(data) for data in self.message_cache if data]
+        self.message_cache = []
         self.requeue(list(self._delayed.values()))
+        self.broker.put_back(self.queue_name, [m.options["redis_message_id"] for m in fetched])
 
     def _settled(self, message: MessageProxy) -> None:
         self._delayed.pop(message.options.get("redis_message_id", ""), None)
