@@ -33,7 +33,7 @@ def web(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service import logs
-    from service.app import create_app
+    from service.web.app import create_app
 
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     config = uvicorn.Config(

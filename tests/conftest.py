@@ -169,7 +169,7 @@ def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
 
 @pytest.fixture
 def web_url(settings: Settings, web_port: int) -> Iterator[str]:
-    from service.app import create_app
+    from service.web.app import create_app
 
     with serve(create_app(settings), port=web_port) as url:
         yield url

@@ -95,7 +95,7 @@ def _system(directory: Path, sessions: int) -> Iterator[tuple[redis.Redis, str, 
     try:
         with serve(sandbox_app) as sandbox_url:
             settings = Settings(**{**vars(settings), "vts_base_url": sandbox_url})
-            from service.app import create_app
+            from service.web.app import create_app
             from workers.broker import create_broker
 
             broker = create_broker(client)
