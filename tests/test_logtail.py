@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service import logtail
+from service.tools import logtail
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,13 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import deadletters, logs, redis_clients
+from service import logs, redis_clients
 from service.apps import AppRegistry
 from service.metrics import ClusterCollector
 from service.settings import Settings
 from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
+from service.tools import deadletters
 from service.web import api, media, openapi, webhooks
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
 from service.web.problems import Problem, handle_http_exception, handle_problem

@@ -87,7 +87,7 @@ def dev(args: argparse.Namespace) -> None:
 
 
 def logs(args: argparse.Namespace) -> None:
-    from service import logtail
+    from service.tools import logtail
 
     raise SystemExit(logtail.main(args.rest))
 
@@ -110,14 +110,14 @@ def _operator_store() -> Store:
 
 
 def apps(args: argparse.Namespace) -> None:
-    from service import appadmin
     from service.store.apps import AppStore
+    from service.tools import appadmin
 
     raise SystemExit(appadmin.run(AppStore(_operator_redis()), args, sys.stdout, sys.stderr))
 
 
 def dlq(args: argparse.Namespace) -> None:
-    from service import deadletters
+    from service.tools import deadletters
 
     store = _operator_store()
     if args.action == "list":
@@ -141,7 +141,7 @@ def dlq(args: argparse.Namespace) -> None:
 def replay_webhooks(args: argparse.Namespace) -> None:
     from datetime import datetime
 
-    from service import deadletters
+    from service.tools import deadletters
 
     store = _operator_store()
     if args.id:

@@ -1,0 +1,1 @@
+"""Operator tools: the ``masking`` command line and what its subcommands run."""
