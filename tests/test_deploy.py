@@ -27,12 +27,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from devkit.sandbox import server as sandbox
 from service import messages
 from service.metrics import ClusterCollector, metrics
 from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.tools import cli
-from service.vts import sandbox
 from service.web.app import create_app
 from workers import supervisor
 
@@ -314,13 +314,44 @@ def test_compose_healthcheck_asks_readyz() -> None:
 
 
 def test_compose_builds_its_image_from_the_dockerfile() -> None:
-    """Every compose service but Redis is built from deploy/Dockerfile as one image."""
+    """Every compose service but Redis is built from deploy/Dockerfile: the app's processes
+    as one production image, the sandbox from its own development target."""
     for name, service in _compose()["services"].items():
         if name == "redis":
             continue
         build = service["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-        assert service["image"].split(":")[0] == IMAGE
+        if name == "sandbox":
+            assert build["target"] == "sandbox"
+            assert service["image"].split(":")[0] != IMAGE
+        else:
+            assert "target" not in build
+            assert service["image"].split(":")[0] == IMAGE
+
+
+def test_the_production_image_leaves_out_development_code() -> None:
+    """The production stage is the Dockerfile's last (the default target), and no stage it
+    copies from holds devkit/ (the sandbox, the embedded Redis)."""
+    stages = _dockerfile_stages()
+    names = [args.split()[-1] for stage in stages for instruction, args in stage[:1]]
+    assert names[-1] == "runtime"
+    copies: dict[str, list[str]] = {}
+    for name, stage in zip(names, stages, strict=True):
+        base = stage[0][1].split()[0]
+        copies[name] = [f"--from={base} ."] + [
+            args for instruction, args in stage if instruction == "COPY"
+        ]
+    needed, seen = ["runtime"], set()
+    while needed:
+        name = needed.pop()
+        seen.add(name)
+        for args in copies[name]:
+            assert "devkit" not in args.split()[:-1], f"stage {name} copies devkit"
+            if args.startswith("--from="):
+                source = args.split()[0].removeprefix("--from=")
+                if source in copies and source not in seen:
+                    needed.append(source)
+    assert "sandbox-builder" not in seen
 
 
 def test_k8s_runs_the_image_built_from_the_dockerfile() -> None:
@@ -739,3 +770,25 @@ def test_dashboard_shows_every_signal_of_the_operations_guide() -> None:
     shown = {name for expr in _dashboard_expressions() for name in METRIC_NAME.findall(expr)}
     missing = {name for name in documented if not {name, f"{name}_bucket"} & shown}
     assert not missing, missing
+
+
+@pytest.mark.parametrize("command", [["sandbox"], ["dev"]])
+def test_development_commands_without_devkit_say_so(command: list[str]) -> None:
+    """In the production image (no devkit), `masking sandbox` and `masking dev` exit 2 with
+    one line saying they are development commands, not a traceback."""
+    code = (
+        "import sys\n"
+        "class NoDevkit:\n"  # as in the image: no package named devkit anywhere
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.partition('.')[0] == 'devkit':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name='devkit')\n"
+        "sys.meta_path.insert(0, NoDevkit())\n"
+        "from service.tools import cli\n"
+        f"cli.main({command!r})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert done.returncode == 2, done.stderr
+    assert "development command" in done.stderr
+    assert "Traceback" not in done.stderr

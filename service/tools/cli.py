@@ -8,6 +8,7 @@ import importlib
 import socket
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from service.errors import ConfigurationError
@@ -69,15 +70,27 @@ def worker(args: argparse.Namespace) -> None:
     raise SystemExit(supervisor.run(settings, processes=args.processes, threads=args.threads))
 
 
-def sandbox(args: argparse.Namespace) -> None:
-    from service.vts import sandbox as vts_sandbox
+def _development(name: str) -> ModuleType:
+    """A module of ``devkit``, which only a source checkout has (not the production image)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != "devkit":
+            raise
+        sys.stderr.write(
+            "masking: this is a development command; run it from a source checkout "
+            "(pip install -e '.[dev]')\n"
+        )
+        raise SystemExit(2) from None
 
-    vts_sandbox.main(args.rest)
+
+def sandbox(args: argparse.Namespace) -> None:
+    _development("devkit.sandbox.server").main(args.rest)
 
 
 def dev(args: argparse.Namespace) -> None:
-    from service import devserver
-    from service.embedded_redis import RedisServerMissing
+    devserver = _development("devkit.devserver")
+    from devkit.embedded_redis import RedisServerMissing
 
     try:
         raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from service.embedded_redis import EmbeddedRedis
+from devkit.embedded_redis import EmbeddedRedis
 from service.settings import environment
 from tests.benchmarks.common import find_wrk, wrk_arguments
 from tests.servers import free_port

@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.benchmarks.bench_download [--size-mb 500] [--rounds 3]
                                                         [--warmup 1]
 
-Starts the VTS sandbox (``python -m service.vts.sandbox``, its own uvicorn process on
+Starts the VTS sandbox (``python -m devkit.sandbox.server``, its own uvicorn process on
 loopback) and has it make one standalone WAV recording of ``--size-mb`` MB, streamed from
 its generator. Then, after ``--warmup`` untimed rounds, in alternating rounds, two
 worker-like processes each fetch it once:
@@ -305,7 +305,7 @@ def bench(size_mb: int, rounds: int, warmups: int) -> int:
         directory, port = Path(tmp), free_port()
         log_path = directory / "sandbox.log"
         command = [
-            sys.executable, "-m", "service.vts.sandbox", "--port", str(port),
+            sys.executable, "-m", "devkit.sandbox.server", "--port", str(port),
             "--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN,
         ]  # fmt: skip
         with (
