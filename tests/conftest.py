@@ -24,10 +24,10 @@ import redis.asyncio
 from devkit.embedded_redis import EmbeddedRedis
 from devkit.sandbox.server import SandboxConfig, create_sandbox_app, number_range
 from service import logs, messages
-from service.events import Event
 from service.models import Session, Status
 from service.settings import AppKey, Secret, Settings
 from service.store import AsyncStore
+from service.vts.callbacks import Event
 from tests.servers import free_port, serve
 
 API_KEY = "test-key-" + "0" * 16

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from service.events import LEG_ENDS, PARTIES_HANGUP
 from service.settings import environment
+from service.vts.callbacks import LEG_ENDS, PARTIES_HANGUP
 from service.vts.signatures import NONCE_DIGITS, NONCE_HEADERS, SIGNATURE_HEADERS, v3_signature
 from tests.servers import free_port
 
