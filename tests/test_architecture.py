@@ -12,22 +12,36 @@ import dramatiq
 from service import messages
 
 ROOT = Path(__file__).resolve().parent.parent
-# Modules that make up the HTTP front; the workers must not import them.
-WEB_MODULES = {
-    "service.web.app",
-    "service.web.api",
-    "service.web.middleware",
-    "service.web.watcher",
-    "service.web.validation",
-    "service.web.problems",
-    "service.web.openapi",
+# The parts of the tree, and what each may import besides itself (and other packages):
+# the web and the workers build on the core and never on each other; the operator tools
+# start the web (the workers only by name, through importlib); development code sees all
+# but the workers. Nothing installed in production imports ``devkit`` at module level.
+ALLOWED = {
+    "core": set(),
+    "web": {"core"},
+    "workers": {"core"},
+    "tools": {"core", "web", "devkit"},
+    "devkit": {"core", "web", "tools"},
 }
+PRODUCTION = ("service", "workers")
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+def _part(module: str) -> str | None:
+    """The part of the tree a dotted module name belongs to; None outside the project."""
+    top, _, rest = module.partition(".")
+    if top in ("workers", "devkit"):
+        return top
+    if top != "service":
+        return None
+    sub = rest.partition(".")[0]
+    if sub == "__main__":  # ``python -m service`` is the command line
+        return "tools"
+    return sub if sub in ("web", "tools") else "core"
+
+
+def _imported(nodes: list[ast.stmt] | ast.AST) -> set[str]:
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(nodes) if isinstance(nodes, ast.AST) else nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -36,22 +50,43 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _imports(path: Path) -> set[str]:
+    return _imported(ast.parse(path.read_text()))
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
 def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def test_web_and_core_never_import_the_workers() -> None:
-    """Nothing under service/ imports workers/."""
-    for path in _modules("service"):
-        offenders = {name for name in _imports(path) if name.split(".")[0] == "workers"}
-        assert not offenders, f"{path.relative_to(ROOT)} imports {offenders}"
+def test_each_part_imports_only_what_the_import_rule_allows() -> None:
+    """Every module of every part imports only its own part and the parts it may use."""
+    for package in (*PRODUCTION, "devkit"):
+        for path in _modules(package):
+            own = _part(_module_name(path))
+            assert own is not None
+            allowed = ALLOWED[own] | {own}
+            offenders = {m for m in _imports(path) if _part(m) not in (None, *allowed)}
+            assert not offenders, f"{path.relative_to(ROOT)} ({own}) imports {offenders}"
 
 
-def test_workers_never_import_the_web() -> None:
-    """Nothing under workers/ imports the HTTP front."""
-    for path in _modules("workers"):
-        offenders = _imports(path) & WEB_MODULES
-        assert not offenders, f"{path.relative_to(ROOT)} imports {offenders}"
+def test_production_code_never_imports_development_code_at_load() -> None:
+    """``devkit`` is not in the production image: what is imports it only inside the
+    functions of development commands."""
+    for package in PRODUCTION:
+        for path in _modules(package):
+            top_level = _imported(ast.parse(path.read_text()).body)
+            offenders = {m for m in top_level if _part(m) == "devkit"}
+            assert not offenders, f"{path.relative_to(ROOT)} imports {offenders}"
+
+
+def test_the_import_rule_knows_every_part_of_the_tree() -> None:
+    """A new subpackage of ``service`` is either core or one of the named parts."""
+    packages = {p.parent.name for p in (ROOT / "service").glob("*/__init__.py")}
+    assert packages == {"web", "tools", "store", "storage", "vts"}
 
 
 def test_every_route_of_the_contract_has_an_actor(broker: dramatiq.Broker) -> None:
@@ -87,7 +122,7 @@ def test_importing_modules_does_no_work() -> None:
     """Importing every module with an empty environment reads nothing and configures nothing."""
     names = [
         ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        for package in ("service", "workers")
+        for package in (*PRODUCTION, "devkit")
         for path in _modules(package)
         if path.name not in {"__main__.py", "actors.py"}  # actors bind after setup, by design
     ]

@@ -21,12 +21,6 @@ from service.messages import Outgoing
 from service.phones import mask_text
 from service.store import Store
 
-QUEUES = (
-    messages.SESSIONS_QUEUE,
-    messages.EVENTS_QUEUE,
-    messages.RECORDINGS_QUEUE,
-    messages.NOTIFICATIONS_QUEUE,
-)
 # Options dramatiq keeps about a message's past attempts: a replay starts afresh.
 _SPENT_OPTIONS = ("retries", "traceback", "requeue_timestamp", "redis_message_id", "eta")
 
@@ -76,7 +70,7 @@ class DeadLetter:
         return Outgoing(self.queue, message.message_id, redis_id, message.encode())
 
 
-def dead_letters(store: Store, queues: tuple[str, ...] = QUEUES) -> Iterator[DeadLetter]:
+def dead_letters(store: Store, queues: tuple[str, ...] = messages.QUEUES) -> Iterator[DeadLetter]:
     for queue in queues:
         letters = store.dead_letters(queue)
         notes = store.dead_letter_notes([redis_id for redis_id, _, _ in letters])

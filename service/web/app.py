@@ -19,14 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import logs, redis_clients
+from service import logs, messages, redis_clients
 from service.apps import AppRegistry
 from service.metrics import ClusterCollector
 from service.settings import Settings
 from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
-from service.tools import deadletters
 from service.web import api, media, openapi, webhooks
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
 from service.web.problems import Problem, handle_http_exception, handle_problem
@@ -115,7 +114,7 @@ def create_app(settings: Settings) -> Starlette:
         refresher = asyncio.create_task(_refresh_apps(registry, apps, settings.apps_refresh))
         app.state.cluster_metrics = CollectorRegistry()
         scrape_client = redis_clients.connect(settings.redis_url, socket_timeout=2)
-        app.state.cluster_metrics.register(ClusterCollector(scrape_client, deadletters.QUEUES))
+        app.state.cluster_metrics.register(ClusterCollector(scrape_client, messages.QUEUES))
         await app.state.watcher.start()
         log.info("web_started", vts_base_url=settings.vts_base_url)
         try:
