@@ -146,3 +146,22 @@ def test_request_line_keeps_a_bounded_path(stream: io.StringIO) -> None:
         assert client.get(path).status_code == 404
     (line,) = [r for r in _records(stream) if r["event"] == "http_request"]
     assert len(line["route"]) <= 256
+
+
+@pytest.mark.parametrize(
+    "incoming", ["14155552671", "call-4155552671", "req.14155552671.x", "+14155552671"]
+)
+def test_a_request_id_holding_a_number_is_replaced(stream: io.StringIO, incoming: str) -> None:
+    """An incoming X-Request-ID that holds a phone number is neither logged nor echoed: the
+    request gets an id of our own (request ids are logged as they are, unmasked)."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from service.web.middleware import RequestContext
+
+    app = Starlette(routes=[])
+    app.add_middleware(RequestContext)
+    with TestClient(app) as client:
+        answer = client.get("/nowhere", headers={"X-Request-ID": incoming})
+    assert "4155552671" not in answer.headers["x-request-id"]
+    assert "4155552671" not in stream.getvalue()

@@ -11,12 +11,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.apps import AppRegistry
 from service.metrics import metrics
+from service.phones import mask_text
 from service.web.problems import Problem
 
 log = structlog.get_logger("service.http")
 
 MAX_LOGGED_PATH = 256
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_DIGIT_RUN = re.compile(r"\d{10}")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -25,6 +27,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def _request_id(incoming: str | None) -> str:
+    """The caller's request id when it is sane; ours otherwise. Request ids are logged as
+    they are (unmasked), so one that may hold a phone number (ten digits in a row, or what
+    the log masking would mask) is never kept."""
+    if (
+        incoming
+        and _REQUEST_ID.match(incoming)
+        and not _DIGIT_RUN.search(incoming)
+        and mask_text(incoming) == incoming
+    ):
+        return incoming
+    return secrets.token_hex(16)
 
 
 class RequestContext:
@@ -38,8 +54,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(16)
+        request_id = _request_id(_header(scope, b"x-request-id"))
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
