@@ -34,9 +34,14 @@ def _components() -> dict[str, Any]:
     components["UpdateSession"]["minProperties"] = 1
     components["CreateSession"]["examples"] = [
         {"first_party": "+14155552671", "second_party": "+14155552672"},
-        {"first_party": "+447911123456", "second_party": "+14155552672", "record": True,
-         "session_expiry": 600, "metadata": {"ride": "r-1"}},
-    ]  # fmt: skip
+        {
+            "first_party": "+447911123456",
+            "second_party": "+14155552672",
+            "record": True,
+            "session_expiry": 600,
+            "metadata": {"ride": "r-1"},
+        },
+    ]
     components["UpdateSession"]["examples"] = [{"session_expiry": 900}]
     return components
 
@@ -140,23 +145,29 @@ def _create() -> dict[str, Any]:
         "ever seen half done.",
         "parameters": [
             _header_parameter("Idempotency-Key", "1 to 255 visible ASCII characters; per app"),
-            _header_parameter("Prefer", "`wait=N` (N <= 30): answer once the session "
-                              "has left `pending`, or after N seconds"),
-        ],  # fmt: skip
+            _header_parameter(
+                "Prefer",
+                "`wait=N` (N <= 30): answer once the session "
+                "has left `pending`, or after N seconds",
+            ),
+        ],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _ref("CreateSession")}},
         },
         "responses": {
-            "200": _json("Session", "the session has already ended (failed, or "
-                         "expired): after Prefer: wait, or replayed", *_CREATED_HEADERS),
-            "201": _json("Session", "active (after Prefer: wait, or replayed)",
-                         *_CREATED_HEADERS),
+            "200": _json(
+                "Session",
+                "the session has already ended (failed, or "
+                "expired): after Prefer: wait, or replayed",
+                *_CREATED_HEADERS,
+            ),
+            "201": _json("Session", "active (after Prefer: wait, or replayed)", *_CREATED_HEADERS),
             "202": _json("Session", "accepted; status pending", *_CREATED_HEADERS),
             **_BODY_ERRORS,
             "429": _OVER_SHARE,
             **_COMMON,
-        },  # fmt: skip
+        },
     }
 
 
@@ -165,13 +176,23 @@ def _list() -> dict[str, Any]:
         "operationId": "listSessions",
         "summary": "List the app's sessions, newest first",
         "parameters": [
-            {"name": "status", "in": "query",
-             "schema": {"type": "string", "enum": [s.value for s in Status]}},
-            {"name": "limit", "in": "query",
-             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-            {"name": "cursor", "in": "query", "schema": {"type": "string"},
-             "description": "`next_cursor` of the previous page"},
-        ],  # fmt: skip
+            {
+                "name": "status",
+                "in": "query",
+                "schema": {"type": "string", "enum": [s.value for s in Status]},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "`next_cursor` of the previous page",
+            },
+        ],
         "responses": {"200": _json("SessionList", "a page"), "422": _INVALID, **_COMMON},
     }
 
@@ -221,34 +242,55 @@ def _recording_get(operation_id: str, summary: str) -> dict[str, Any]:
         "operationId": operation_id,
         "summary": summary,
         "parameters": [
-            _header_parameter("Range", "one range, `bytes=first-last`, `bytes=first-` or "
-                              "`bytes=-suffix`; several are answered with the whole file"),
-            _header_parameter("If-None-Match", "an ETag (or a list, or `*`): 304 if it "
-                              "names this file"),
-            _header_parameter("If-Range", "the ETag: the range is served only if the "
-                              "file is still this one"),
-        ],  # fmt: skip
+            _header_parameter(
+                "Range",
+                "one range, `bytes=first-last`, `bytes=first-` or "
+                "`bytes=-suffix`; several are answered with the whole file",
+            ),
+            _header_parameter(
+                "If-None-Match", "an ETag (or a list, or `*`): 304 if it names this file"
+            ),
+            _header_parameter(
+                "If-Range", "the ETag: the range is served only if the file is still this one"
+            ),
+        ],
         "responses": {
-            "200": {"description": "the file", "headers": _headers(*file_headers),
-                    "content": {"audio/mpeg": audio, "audio/wav": audio}},
-            "206": {"description": "the requested byte range",
-                    "headers": _headers(*file_headers, "Content-Range"),
-                    "content": {"audio/mpeg": audio, "audio/wav": audio}},
-            "304": {"description": "not modified (If-None-Match)",
-                    "headers": _headers("ETag", "Accept-Ranges", "Cache-Control")},
+            "200": {
+                "description": "the file",
+                "headers": _headers(*file_headers),
+                "content": {"audio/mpeg": audio, "audio/wav": audio},
+            },
+            "206": {
+                "description": "the requested byte range",
+                "headers": _headers(*file_headers, "Content-Range"),
+                "content": {"audio/mpeg": audio, "audio/wav": audio},
+            },
+            "304": {
+                "description": "not modified (If-None-Match)",
+                "headers": _headers("ETag", "Accept-Ranges", "Cache-Control"),
+            },
             "404": _problem("unknown, pending or failed recording, or another app's"),
             "416": _problem("the range is outside the file", "Content-Range"),
             **_COMMON,
-        },  # fmt: skip
+        },
     }
 
 
 def _probe(operation_id: str, summary: str, extra: dict[str, Any]) -> dict[str, Any]:
     body = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
-    ok = {"description": "ok", "headers": _headers(),
-          "content": {"application/json": {"schema": body}}}  # fmt: skip
-    return {"get": {"operationId": operation_id, "summary": summary, "security": [],
-                    "responses": {"200": ok, **extra}}}  # fmt: skip
+    ok = {
+        "description": "ok",
+        "headers": _headers(),
+        "content": {"application/json": {"schema": body}},
+    }
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "security": [],
+            "responses": {"200": ok, **extra},
+        }
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -260,8 +302,11 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "listSessionEvents",
                 "summary": "The session's timeline",
-                "responses": {"200": _json("Timeline", "what happened, oldest first"),
-                              "404": _NOT_FOUND, **_COMMON},
+                "responses": {
+                    "200": _json("Timeline", "what happened, oldest first"),
+                    "404": _NOT_FOUND,
+                    **_COMMON,
+                },
             },
         },
         "/v1/sessions/{session_id}/erase": {
@@ -270,12 +315,14 @@ def _paths() -> dict[str, Any]:
                 "operationId": "eraseSession",
                 "summary": "Erase an ended session's personal data (idempotent)",
                 "description": "The parties keep their last 4 digits; metadata, recordings "
-                               "and stored callbacks are deleted; counters and the timeline "
-                               "stay, with an 'erased' entry.",
-                "responses": {"200": _json("Session", "the erased session"),
-                              "404": _NOT_FOUND,
-                              "409": _problem("session not ended yet: DELETE it first"),
-                              **_COMMON},
+                "and stored callbacks are deleted; counters and the timeline "
+                "stay, with an 'erased' entry.",
+                "responses": {
+                    "200": _json("Session", "the erased session"),
+                    "404": _NOT_FOUND,
+                    "409": _problem("session not ended yet: DELETE it first"),
+                    **_COMMON,
+                },
             },
         },
         "/v1/recordings/{recording_id}": {
@@ -285,14 +332,18 @@ def _paths() -> dict[str, Any]:
             "delete": {
                 "operationId": "deleteRecording",
                 "summary": "Delete a recording (its file is removed by a worker)",
-                "responses": {"204": {"description": "deleted", "headers": _headers()},
-                              "404": _NOT_FOUND, **_COMMON},
+                "responses": {
+                    "204": {"description": "deleted", "headers": _headers()},
+                    "404": _NOT_FOUND,
+                    **_COMMON,
+                },
             },
         },
         "/healthz": _probe("getHealth", "Liveness", {}),
-        "/readyz": _probe("getReadiness", "Readiness: Redis reachable",
-                          {"503": _problem("Redis unreachable")}),
-    }  # fmt: skip
+        "/readyz": _probe(
+            "getReadiness", "Readiness: Redis reachable", {"503": _problem("Redis unreachable")}
+        ),
+    }
 
 
 def _webhooks() -> dict[str, Any]:
@@ -300,9 +351,12 @@ def _webhooks() -> dict[str, Any]:
     signed = [
         _header_parameter("webhook-id", "the notification's id: the same on every retry"),
         _header_parameter("webhook-timestamp", "seconds since the epoch"),
-        _header_parameter("webhook-signature", "`v1,<base64 HMAC-SHA256>`, one per active "
-                          "secret of the app, separated by spaces (Standard Webhooks)"),
-    ]  # fmt: skip
+        _header_parameter(
+            "webhook-signature",
+            "`v1,<base64 HMAC-SHA256>`, one per active "
+            "secret of the app, separated by spaces (Standard Webhooks)",
+        ),
+    ]
     return {
         "sessionNotification": {
             "post": {
@@ -370,9 +424,13 @@ def _vts_callback(operation_id: str, summary: str) -> dict[str, Any]:
             "503": _problem("Redis cannot take the event; retry", "Retry-After"),
         },
     }
-    body = {"required": True, "content": {
-        "application/x-www-form-urlencoded": {"schema": fields},
-        "application/json": {"schema": fields}}}  # fmt: skip
+    body = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": fields},
+            "application/json": {"schema": fields},
+        },
+    }
     return {
         "get": {**operation, "operationId": f"{operation_id}ByQuery"},
         "post": {**operation, "operationId": operation_id, "requestBody": body},
@@ -381,9 +439,15 @@ def _vts_callback(operation_id: str, summary: str) -> dict[str, Any]:
 
 def _metrics(operation_id: str, summary: str) -> dict[str, Any]:
     text = {"text/plain": {"schema": {"type": "string"}}}
-    return {"get": {"operationId": operation_id, "summary": summary,
-                    "responses": {"200": {"description": "Prometheus text exposition format",
-                                          "content": text}}}}  # fmt: skip
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {
+                "200": {"description": "Prometheus text exposition format", "content": text}
+            },
+        }
+    }
 
 
 @cache
@@ -398,18 +462,23 @@ def internal_document() -> dict[str, Any]:
             "signature against PUBLIC_BASE_URL. " + _PROBLEM_TYPES,
         },
         "paths": {
-            "/webhooks/vts/session": _vts_callback("receiveVtsSessionEvent",
-                                                   "VTS session events (callback_url)"),
+            "/webhooks/vts/session": _vts_callback(
+                "receiveVtsSessionEvent", "VTS session events (callback_url)"
+            ),
             "/webhooks/vts/recording": _vts_callback(
-                "receiveVtsRecordingEvent", "VTS recording events (recording_callback_url)"),
+                "receiveVtsRecordingEvent", "VTS recording events (recording_callback_url)"
+            ),
             "/metrics": _metrics("getMetrics", "Prometheus metrics of this process"),
             "/metrics/cluster": _metrics(
-                "getClusterMetrics", "Prometheus metrics Redis holds for all processes: "
-                "scrape once per cluster"),
-        },  # fmt: skip
+                "getClusterMetrics",
+                "Prometheus metrics Redis holds for all processes: scrape once per cluster",
+            ),
+        },
         "components": {
-            "schemas": {"Problem": _components()["Problem"],
-                        "FieldProblem": _components()["FieldProblem"]},
+            "schemas": {
+                "Problem": _components()["Problem"],
+                "FieldProblem": _components()["FieldProblem"],
+            },
             "headers": _HEADERS,
-        },  # fmt: skip
+        },
     }
