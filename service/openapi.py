@@ -236,7 +236,10 @@ def _one_session() -> dict[str, Any]:
 
 
 def _recording_get(operation_id: str, summary: str) -> dict[str, Any]:
-    audio = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
+    # "binary" for generators of OpenAPI 3.0 lineage; contentMediaType as 3.1 has it.
+    def audio(media: str) -> dict[str, Any]:
+        return {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
+
     file_headers = ("ETag", "Accept-Ranges", "Cache-Control", "Content-Length")
     return {
         "operationId": operation_id,
@@ -258,12 +261,12 @@ def _recording_get(operation_id: str, summary: str) -> dict[str, Any]:
             "200": {
                 "description": "the file",
                 "headers": _headers(*file_headers),
-                "content": {"audio/mpeg": audio, "audio/wav": audio},
+                "content": {"audio/mpeg": audio("audio/mpeg"), "audio/wav": audio("audio/wav")},
             },
             "206": {
                 "description": "the requested byte range",
                 "headers": _headers(*file_headers, "Content-Range"),
-                "content": {"audio/mpeg": audio, "audio/wav": audio},
+                "content": {"audio/mpeg": audio("audio/mpeg"), "audio/wav": audio("audio/wav")},
             },
             "304": {
                 "description": "not modified (If-None-Match)",

@@ -46,7 +46,8 @@ def _templates() -> list[tuple[re.Pattern[str], str]]:
     ]
 
 
-def _validate(instance: Any, schema: dict[str, Any], what: str) -> None:
+def validate(instance: Any, schema: dict[str, Any], what: str) -> None:
+    """Fail unless ``instance`` matches ``schema`` (may be a $ref into the documents)."""
     wrapped = {"$ref": _ROOT + schema["$ref"]} if "$ref" in schema else schema
     validator = Draft202012Validator(wrapped, registry=_registry())
     errors = [
@@ -80,7 +81,7 @@ def _check_headers(response: httpx2.Response, documented: dict[str, Any], what: 
             continue
         schema = _resolve(spec)["schema"]
         typed: Any = int(value) if schema.get("type") == "integer" else value
-        _validate(typed, schema, f"{what} header {name}")
+        validate(typed, schema, f"{what} header {name}")
 
 
 def check(response: httpx2.Response) -> None:
@@ -97,7 +98,7 @@ def check(response: httpx2.Response) -> None:
         # No such route or method: a problem, whatever the path.
         assert response.status_code in (404, 405), f"{what}: undocumented operation"
         assert media == "application/problem+json", what
-        _validate(response.json(), _PROBLEM, what)
+        validate(response.json(), _PROBLEM, what)
         return
     responses = operation["responses"]
     spec = responses.get(str(response.status_code)) or responses.get(
@@ -113,4 +114,4 @@ def check(response: httpx2.Response) -> None:
         return
     assert media in content, f"{what}: content type {media!r} not in {sorted(content)}"
     if media.endswith("json"):
-        _validate(json.loads(response.content), content[media]["schema"], what)
+        validate(json.loads(response.content), content[media]["schema"], what)
