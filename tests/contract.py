@@ -33,9 +33,10 @@ def _combined() -> dict[str, Any]:
 
 
 @cache
-def _registry() -> Registry:
-    resource = Resource.from_contents(_combined(), default_specification=DRAFT202012)
-    return Registry().with_resource(_ROOT, resource)
+def _registry() -> Registry[Any]:
+    resource: Resource[Any] = Resource.from_contents(_combined(), default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource(_ROOT, resource)
+    return registry
 
 
 @cache
