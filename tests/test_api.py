@@ -380,3 +380,24 @@ def test_number_without_plus_says_the_country_code_is_missing(api: httpx2.Client
     assert error["field"] == "first_party"
     assert "missing country code" in error["message"]
     assert "4155552671" not in response.text
+
+
+def _nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("metadata", "status"),
+    [('{"x": ' + "1" * 31 + "}", 400), ('{"x": ' + "1" * 30 + "}", 202),
+     ('{"x": 0.' + "1" * 29 + "}", 400), ('{"x": 0.5}', 202),
+     ('{"x": ' + _nested(31) + "}", 400), ('{"x": ' + _nested(30) + "}", 202)],
+)  # fmt: skip
+def test_strict_json_bounds_hold_for_well_formed_bodies(
+    api: httpx2.Client, metadata: str, status: int
+) -> None:
+    """Valid JSON past our bounds (31-digit numbers, nesting past 32 levels) is 400 even
+    when the typed decoder could read it; just within them it is accepted."""
+    first, second = new_numbers()
+    raw = f'{{"first_party": "{first}", "second_party": "{second}", "metadata": {metadata}}}'
+    response = api.post("/v1/sessions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
