@@ -5,6 +5,8 @@ and a response check (tests/contract.py) that does refuse what breaks them."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -13,6 +15,7 @@ from openapi_spec_validator import validate
 
 from service import schemas
 from service.openapi import document, internal_document
+from service.problems import Problem
 from tests import contract
 
 OPERATIONS = {
@@ -142,3 +145,19 @@ def test_contract_check_refuses_what_breaks_the_document() -> None:
         contract.check(_response(418, page))
     with pytest.raises(AssertionError, match="breaks its schema"):
         contract.check(_response(404, {"title": "x"}, "/nowhere", "application/problem+json"))
+
+
+def test_every_problem_type_is_documented() -> None:
+    """docs/api.md names every problem type the code can answer."""
+    root = Path(__file__).resolve().parents[1]
+    documented = set(
+        re.findall(
+            r"^\| `([a-z-]+)`(?:, `([a-z-]+)`)? \|", (root / "docs/api.md").read_text(), re.M
+        )
+    )
+    names = {name for pair in documented for name in pair if name}
+    code = "".join(path.read_text() for path in (root / "service").rglob("*.py"))
+    slugs = set(re.findall(r'slug="([a-z-]+)"', code))
+    statuses = {400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503}
+    slugs |= {Problem(status, "x").slug for status in statuses}
+    assert slugs <= names, slugs - names
