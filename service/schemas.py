@@ -112,15 +112,13 @@ class SessionError(msgspec.Struct):
     message: str
 
 
-class Session(msgspec.Struct):
-    """A masked connection, as the service knows it now."""
+class NotificationSession(msgspec.Struct):
+    """The session as a notification shows it: without the parties' numbers."""
 
     id: str
     status: Status
     vts_session_uuid: str | None
     virtual_number: str | None
-    first_party: Phone
-    second_party: Phone
     record: bool | None
     record_file_format: Format | None
     session_expiry: SessionExpiry | None
@@ -137,10 +135,17 @@ class Session(msgspec.Struct):
     interaction_count: Count
     call_count: Count
     billed_duration: Annotated[int, msgspec.Meta(ge=0, description="seconds")]
-    call_amount: Annotated[str, msgspec.Meta(description="decimal, in the account's currency")]
+    call_amount: Annotated[str, msgspec.Meta(description="decimal")]
     recordings: list[Recording]
     error: SessionError | None
     metadata: Metadata
+
+
+class Session(NotificationSession):
+    """A masked connection, as the service knows it now."""
+
+    first_party: Phone
+    second_party: Phone
 
 
 class SessionList(msgspec.Struct):
@@ -226,35 +231,6 @@ NotificationType = Literal[
     "session.recording_stored",
     "session.expired",
 ]
-
-
-class NotificationSession(msgspec.Struct):
-    """The session as a notification shows it: without the parties' numbers."""
-
-    id: str
-    status: Status
-    vts_session_uuid: str | None
-    virtual_number: str | None
-    record: bool | None
-    record_file_format: Format | None
-    session_expiry: SessionExpiry | None
-    call_time_limit: CallTimeLimit | None
-    ring_timeout: RingTimeout | None
-    initiate_call_to_first_party: bool | None
-    first_party_play_url: str | None
-    second_party_play_url: str | None
-    callback_url: str | None
-    created_at: Moment
-    updated_at: Moment
-    expires_at: Moment | None
-    last_interaction_at: Moment | None
-    interaction_count: Count
-    call_count: Count
-    billed_duration: Annotated[int, msgspec.Meta(ge=0, description="seconds")]
-    call_amount: Annotated[str, msgspec.Meta(description="decimal")]
-    recordings: list[Recording]
-    error: SessionError | None
-    metadata: Metadata
 
 
 class Notification(msgspec.Struct):

@@ -83,7 +83,11 @@ def test_generated_client_creates_reads_lists_and_downloads(
     worker: dramatiq.Worker,
 ) -> None:
     """A generated client creates, reads and lists sessions and downloads a recording."""
-    client = generated.AuthenticatedClient(base_url=web_url, token=API_KEY, timeout=40.0)
+    with generated.AuthenticatedClient(base_url=web_url, token=API_KEY, timeout=40.0) as client:
+        _drive(generated, client, sandbox)
+
+
+def _drive(generated: ModuleType, client: Any, sandbox: httpx2.Client) -> None:
     first, second = new_numbers()
     body = _model(generated, "CreateSession")(
         first_party=first, second_party=second, record=True,
