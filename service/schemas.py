@@ -1,8 +1,8 @@
 """The app API's typed models: what a request may hold and what a response holds.
 
 One source for three things: the web decodes create and change requests with them
-(:mod:`service.validation`), encodes every session, list, timeline and notification with
-them, and :mod:`service.openapi` builds its JSON Schemas from them. A field added here is
+(:mod:`service.web.validation`), encodes every session, list, timeline and notification with
+them, and :mod:`service.web.openapi` builds its JSON Schemas from them. A field added here is
 validated, answered and documented at once.
 
 Bounds are our own (VTS documents none): session_expiry 60..86400 s, call_time_limit

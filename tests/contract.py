@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from service.openapi import document, internal_document
+from service.web.openapi import document, internal_document
 
 _ROOT = "urn:masking-openapi"
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}

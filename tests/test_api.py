@@ -10,9 +10,9 @@ import httpx2
 import pytest
 import redis
 
-from service.openapi import document, internal_document
-from service.problems import Problem
 from service.store import Keys
+from service.web.openapi import document, internal_document
+from service.web.problems import Problem
 from tests.conftest import new_numbers
 
 PROBLEM = "application/problem+json"
@@ -296,7 +296,7 @@ def test_health_and_openapi_need_no_key(web_url: str) -> None:
 
 def test_openapi_describes_every_route(web_url: str) -> None:
     """Every route the app serves is in one of the OpenAPI documents, with its methods."""
-    from service.app import create_app
+    from service.web.app import create_app
     from tests.conftest import make_settings
 
     app = create_app(make_settings("redis://127.0.0.1:1", "http://127.0.0.1:1"))

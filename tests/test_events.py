@@ -10,9 +10,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.events import Event, check
 from service.models import Status
 from service.store import Keys, Store
+from service.vts.callbacks import Event, check
 from tests.conftest import Clock, store_event, stored_session
 from workers import events
 

@@ -14,8 +14,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from service import schemas
-from service.openapi import document, internal_document
-from service.problems import Problem
+from service.web.openapi import document, internal_document
+from service.web.problems import Problem
 from tests import contract
 
 OPERATIONS = {

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.openapi import document
 from service.settings import Settings
+from service.web.openapi import document
 from tests import contract
 from tests.conftest import API_KEY, loopback_settings, new_numbers, wait_until
 from tests.servers import serve

@@ -25,9 +25,9 @@ from service import schemas, strictjson
 from service.egress import EgressPolicy
 from service.models import CREATE_OPTIONS, UPDATE_OPTIONS
 from service.phones import DEFAULT_NUMBER_TYPES, InvalidNumber, party
-from service.problems import FieldError, Problem
 from service.schemas import INT_BOUNDS, MAX_URL
 from service.settings import Settings
+from service.web.problems import FieldError, Problem
 
 __all__ = ["INT_BOUNDS", "MAX_URL", "Rules", "decode_create", "decode_update", "fingerprint"]
 
