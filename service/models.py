@@ -176,32 +176,5 @@ class Session:
             error_message=fields.get("error_message"),
         )
 
-    def to_resource(self) -> dict[str, Any]:
-        """The session as the HTTP API shows it."""
-        error = (
-            {"code": self.error_code, "message": self.error_message} if self.error_code else None
-        )
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "vts_session_uuid": self.vts_session_uuid,
-            "virtual_number": self.virtual_number,
-            "first_party": self.first_party,
-            "second_party": self.second_party,
-            **{name: self.options.get(name) for name in CREATE_OPTIONS},
-            "callback_url": self.callback_url,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "expires_at": iso(self.expires_at),
-            "last_interaction_at": iso(self.last_interaction_at),
-            "interaction_count": self.interaction_count,
-            "call_count": self.call_count,
-            "billed_duration": self.billed_duration,
-            "call_amount": str(self.call_amount),
-            "recordings": [],
-            "error": error,
-            "metadata": dict(self.metadata),
-        }
-
     def with_changes(self, **changes: Any) -> Session:
         return replace(self, **changes)

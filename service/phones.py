@@ -78,7 +78,8 @@ _NETWORKS = frozenset({882, 883})  # international networks, no country
 @lru_cache(maxsize=4096)
 def _parse(value: str, default_region: str | None) -> phonenumbers.PhoneNumber:
     text = value.strip()
-    if default_region is None and text[:1].isdigit():
+    guessed = default_region is None and text[:1].isdigit()
+    if guessed:
         text = "+" + text
     try:
         parsed = phonenumbers.parse(text, default_region)
@@ -87,6 +88,12 @@ def _parse(value: str, default_region: str | None) -> phonenumbers.PhoneNumber:
             "not a phone number; write it in E.164 form: +, country code, number"
         ) from exc
     if not phonenumbers.is_valid_number(parsed):
+        if guessed:
+            # Digits alone are read as E.164 without its "+"; when that is no valid
+            # number, the likely mistake is a national number without its country code.
+            raise InvalidNumber(
+                "missing country code; write the number in E.164 form: +, country code, number"
+            )
         raise InvalidNumber("not a valid phone number for its country")
     return parsed
 

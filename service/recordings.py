@@ -7,9 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
-
-from service.models import iso
 
 FORMATS = frozenset({"mp3", "wav"})
 
@@ -76,16 +73,3 @@ class Recording:
             content_type=fields.get("content_type") or None,
             error=fields.get("error") or None,
         )
-
-    def to_resource(self, url: str) -> dict[str, Any]:
-        """The recording as the HTTP API shows it inside a session; ``url`` serves it."""
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "format": self.format,
-            "duration": self.duration,
-            "size": self.size,
-            "sha256": self.sha256,
-            "url": url if self.status is RecordingStatus.STORED else None,
-            "created_at": iso(self.created_at),
-        }

@@ -177,8 +177,12 @@ def web_url(settings: Settings, web_port: int) -> Iterator[str]:
 
 @pytest.fixture
 def api(web_url: str) -> Iterator[httpx2.Client]:
+    """A client of the app API; each answer is checked against the OpenAPI documents."""
+    from tests import contract
+
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx2.Client(base_url=web_url, headers=headers, timeout=40) as client:
+    hooks = {"response": [contract.check]}
+    with httpx2.Client(base_url=web_url, headers=headers, timeout=40, event_hooks=hooks) as client:
         yield client
 
 

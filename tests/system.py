@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 
+from tests import contract
 from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, wait_until
 from tests.servers import free_port
 
@@ -45,6 +46,7 @@ class System:
             base_url=f"http://127.0.0.1:{self.port}",
             headers={"Authorization": f"Bearer {API_KEY}"},
             timeout=40,
+            event_hooks={"response": [contract.check]},
         )
         self.sandbox = httpx2.Client(
             base_url=self.sandbox_url, auth=(AUTH_ID, AUTH_TOKEN), timeout=70

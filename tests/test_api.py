@@ -11,10 +11,12 @@ import pytest
 import redis
 
 from service.store import Keys
-from service.web.openapi import document
+from service.web.openapi import document, internal_document
+from service.web.problems import Problem
 from tests.conftest import new_numbers
 
 PROBLEM = "application/problem+json"
+PROBLEM_BASE = "https://masking-service.example/problems/"
 
 
 def _body(**extra: Any) -> dict[str, Any]:
@@ -201,11 +203,12 @@ def test_same_idempotency_key_and_body_returns_the_same_session(api: httpx2.Clie
     assert again.headers["idempotent-replayed"] == "true"
 
 
-def test_idempotency_key_with_another_body_is_409(api: httpx2.Client) -> None:
-    """Reusing a key for a different request is a 409 conflict."""
+def test_idempotency_key_with_another_body_is_422(api: httpx2.Client) -> None:
+    """Reusing a key for a different request is 422 (409 is kept for one still in flight)."""
     api.post("/v1/sessions", json=_body(), headers={"Idempotency-Key": "k-2"})
     response = api.post("/v1/sessions", json=_body(), headers={"Idempotency-Key": "k-2"})
-    _assert_problem(response, 409)
+    problem = _assert_problem(response, 422)
+    assert problem["type"] == PROBLEM_BASE + "idempotency-key-reused"
 
 
 def test_invalid_idempotency_key_is_400(api: httpx2.Client) -> None:
@@ -292,17 +295,20 @@ def test_health_and_openapi_need_no_key(web_url: str) -> None:
 
 
 def test_openapi_describes_every_route(web_url: str) -> None:
-    """Every route the app serves is in the OpenAPI document, with its methods."""
+    """Every route the app serves is in one of the OpenAPI documents, with its methods."""
     from service.web.app import create_app
     from tests.conftest import make_settings
 
     app = create_app(make_settings("redis://127.0.0.1:1", "http://127.0.0.1:1"))
-    paths = document()["paths"]
+    paths = document()["paths"] | internal_document()["paths"]
     for route in app.routes:
         path = getattr(route, "path", "")
-        if path == "/openapi.json":
+        if path in ("/openapi.json", "/openapi-internal.json"):
             continue
-        methods = {m.lower() for m in getattr(route, "methods", set())} - {"head"}
+        methods = {m.lower() for m in getattr(route, "methods", set())}
+        if "head" in methods and "head" not in paths[path]:
+            methods.discard("head")  # Starlette answers HEAD wherever GET is
+            assert "get" in paths[path], path
         assert methods <= set(paths[path]), path
 
 
@@ -314,3 +320,84 @@ def test_request_id_is_echoed(api: httpx2.Client) -> None:
     )
     replaced = api.get("/healthz", headers={"X-Request-ID": "a b\tc"}).headers["x-request-id"]
     assert replaced != "a b\tc"
+
+
+def test_problem_types_are_absolute_urls(api: httpx2.Client) -> None:
+    """A problem's type is an absolute URL under the documented base, not a relative path."""
+    problem = _assert_problem(api.get("/v1/sessions/ses_" + "0" * 32), 404)
+    assert problem["type"] == PROBLEM_BASE + "not-found"
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503])
+def test_every_problem_status_has_its_own_title(status: int) -> None:
+    """No problem the service answers is titled with the generic "Error"."""
+    assert Problem(status, "x").body()["title"] != "Error"
+
+
+def test_range_problem_is_titled_range_not_satisfiable() -> None:
+    """The 416 problem says what it is."""
+    assert Problem(416, "x").body()["title"] == "Range not satisfiable"
+
+
+def test_honoured_wait_preference_is_acknowledged(api: httpx2.Client) -> None:
+    """Prefer: wait=N is answered with Preference-Applied: wait=N (capped at 30)."""
+    response = api.post("/v1/sessions", json=_body(), headers={"Prefer": "wait=1"})
+    assert response.status_code == 202
+    assert response.headers["preference-applied"] == "wait=1"
+    plain = api.post("/v1/sessions", json=_body())
+    assert "preference-applied" not in plain.headers
+
+
+def test_patch_accepts_merge_patch_json(api: httpx2.Client) -> None:
+    """PATCH takes application/merge-patch+json (RFC 7396) as well as application/json."""
+    session_id = api.post("/v1/sessions", json=_body()).json()["id"]
+    response = api.patch(
+        f"/v1/sessions/{session_id}",
+        content=json.dumps({"session_expiry": 900}),
+        headers={"content-type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize("field", ["first_party", "second_party"])
+def test_patch_of_a_party_says_it_cannot_be_changed(api: httpx2.Client, field: str) -> None:
+    """Changing a party is refused as such, not as an unknown field."""
+    session_id = api.post("/v1/sessions", json=_body()).json()["id"]
+    response = api.patch(f"/v1/sessions/{session_id}", json={field: "+14155550100"})
+    problem = _assert_problem(response, 422)
+    assert problem["errors"] == [
+        {"field": field, "message": "cannot be changed; create a new session instead"}
+    ]
+
+
+def test_number_without_plus_says_the_country_code_is_missing(api: httpx2.Client) -> None:
+    """A national number written without + and country code is named as such."""
+    response = api.post(
+        "/v1/sessions", json={"first_party": "4155552671", "second_party": "+14155552672"}
+    )
+    problem = _assert_problem(response, 422)
+    [error] = problem["errors"]
+    assert error["field"] == "first_party"
+    assert "missing country code" in error["message"]
+    assert "4155552671" not in response.text
+
+
+def _nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("metadata", "status"),
+    [('{"x": ' + "1" * 31 + "}", 400), ('{"x": ' + "1" * 30 + "}", 202),
+     ('{"x": 0.' + "1" * 29 + "}", 400), ('{"x": 0.5}', 202),
+     ('{"x": ' + _nested(31) + "}", 400), ('{"x": ' + _nested(30) + "}", 202)],
+)  # fmt: skip
+def test_strict_json_bounds_hold_for_well_formed_bodies(
+    api: httpx2.Client, metadata: str, status: int
+) -> None:
+    """Valid JSON past our bounds (31-digit numbers, nesting past 32 levels) is 400 even
+    when the typed decoder could read it; just within them it is accepted."""
+    first, second = new_numbers()
+    raw = f'{{"first_party": "{first}", "second_party": "{second}", "metadata": {metadata}}}'
+    response = api.post("/v1/sessions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text

@@ -203,6 +203,7 @@ def _notifier(redis_client: redis.Redis, policy: EgressPolicy) -> notifications.
         http=build_client(policy, timeout=5),
         apps=AppStore(redis_client),
         policy=policy,
+        recordings=RecordingStore(redis_client),
     )
 
 

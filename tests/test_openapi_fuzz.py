@@ -1,4 +1,4 @@
-"""The API fuzzed from its own OpenAPI document (schemathesis): over real HTTP on loopback,
+"""The API fuzzed from its own OpenAPI documents (schemathesis): over real HTTP on loopback,
 with real Redis, every operation answers without a 5xx, with a documented status, and
 with a body that matches its schema. Examples are few, so that the test takes seconds;
 ``HYPOTHESIS_EXAMPLES`` raises them for a longer run by hand."""
@@ -19,15 +19,29 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.web.app import create_app
-from service.web.openapi import document
+from service.web.openapi import document, internal_document
 from tests.conftest import API_KEY, make_settings
 from tests.servers import free_port, serve
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "12"))
 
 
-# Built from the document itself (a pure function): no server is needed to collect.
+# Built from the documents themselves (pure functions): no server is needed to collect.
 schema = schemathesis.openapi.from_dict(document())
+internal = schemathesis.openapi.from_dict(internal_document())
+_CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+_SETTINGS = hypothesis.settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +56,16 @@ def service_url(redis_url: str) -> Iterator[str]:
 
 
 @schema.parametrize()
-@hypothesis.settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-)
+@_SETTINGS
 def test_every_operation_keeps_its_contract(case: Any, service_url: str) -> None:
     """Whatever is sent: no 5xx, a documented status, a body matching its schema."""
     case.call_and_validate(
-        base_url=service_url,
-        headers={"Authorization": f"Bearer {API_KEY}"},
-        checks=[
-            schemathesis.checks.not_a_server_error,
-            status_code_conformance,
-            content_type_conformance,
-            response_schema_conformance,
-        ],
+        base_url=service_url, headers={"Authorization": f"Bearer {API_KEY}"}, checks=_CHECKS
     )
+
+
+@internal.parametrize()
+@_SETTINGS
+def test_every_internal_operation_keeps_its_contract(case: Any, service_url: str) -> None:
+    """VTS's callback routes and the metrics, fuzzed the same way (unsigned: 4xx)."""
+    case.call_and_validate(base_url=service_url, checks=_CHECKS)

@@ -91,6 +91,7 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         http=egress.build_client(outbound, timeout=notifications.TIMEOUT_SECONDS),
         apps=AppStore(client),
         policy=outbound,
+        recordings=RecordingStore(client),
     )
     policy = DownloadPolicy.from_settings(settings)
     recording_store, storage = RecordingStore(client), open_storage(settings)

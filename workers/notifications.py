@@ -13,21 +13,19 @@ logged). The body never holds the parties' numbers: the app knows them by sessio
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx2
 import structlog
 from standardwebhooks.webhooks import Webhook
 
-from service import messages
+from service import messages, schemas
 from service.egress import EgressPolicy, EgressRefused, EgressUnresolved
 from service.errors import ServiceError
 from service.models import Session
 from service.settings import DEFAULT_APP
-from service.store import Store
+from service.store import RecordingStore, Store
 from service.store.apps import AppStore
 
 log = structlog.get_logger(__name__)
@@ -52,13 +50,14 @@ class Context:
     http: httpx2.Client
     apps: AppStore
     policy: EgressPolicy
+    recordings: RecordingStore
 
 
-def body(kind: str, session: Session, moment: datetime) -> dict[str, Any]:
-    resource = session.to_resource()
-    for private in ("first_party", "second_party"):
-        resource.pop(private)
-    return {"type": kind, "timestamp": moment.isoformat(), "data": resource}
+def body(ctx: Context, kind: str, session: Session, moment: datetime) -> str:
+    """The JSON the app receives (OpenAPI ``webhooks``): the session as it is now, with
+    its recordings, without the parties' numbers."""
+    recordings = ctx.recordings.for_session(session.id)
+    return schemas.encode(schemas.notification(kind, session, recordings, moment)).decode()
 
 
 def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None:
@@ -67,7 +66,7 @@ def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None
     if session is None or not session.callback_url:
         return
     moment = datetime.now(UTC)
-    payload = json.dumps(body(kind, session, moment), separators=(",", ":"))
+    payload = body(ctx, kind, session, moment)
     headers = {
         "content-type": "application/json",
         "webhook-id": notification_id,

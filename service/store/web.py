@@ -338,3 +338,23 @@ class AsyncRecordingStore:
             for rec_id in sorted(text(i) for i in ids):
                 pipe.hgetall(RecordingKeys.recording(rec_id))
             return by_creation(await pipe.execute())
+
+    async def for_sessions(self, session_ids: Sequence[str]) -> dict[str, list[Recording]]:
+        """Each session's recordings, oldest first, in two round trips (for a page)."""
+        if not session_ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.smembers(RecordingKeys.session_recordings(session_id))
+            id_sets = await pipe.execute()
+        wanted = [sorted(text(i) for i in ids) for ids in id_sets]
+        if not any(wanted):
+            return {session_id: [] for session_id in session_ids}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rec_id in (rec_id for ids in wanted for rec_id in ids):
+                pipe.hgetall(RecordingKeys.recording(rec_id))
+            rows = iter(await pipe.execute())
+        return {
+            session_id: by_creation([next(rows) for _ in ids])
+            for session_id, ids in zip(session_ids, wanted, strict=True)
+        }

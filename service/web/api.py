@@ -6,12 +6,13 @@ import re
 import secrets
 from typing import Any
 
+import msgspec
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from service import messages, strictjson
+from service import messages, schemas
 from service.apps import AppRegistry, Budget
 from service.metrics import metrics
 from service.models import LIVE, Session, Status, iso, now
@@ -19,7 +20,7 @@ from service.phones import mask
 from service.settings import Settings
 from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
 from service.web.problems import FieldError, Problem
-from service.web.validation import Rules, fingerprint, parse_create, parse_update
+from service.web.validation import Rules, decode_create, decode_update, fingerprint
 from service.web.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
@@ -63,15 +64,29 @@ def _throttled(retry_after_ms: int) -> Problem:
     )
 
 
-async def _json_body(request: Request) -> Any:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise Problem(415, "send the body as JSON with 'Content-Type: application/json'")
-    raw = await request.body()
-    try:
-        return strictjson.loads(raw)
-    except strictjson.InvalidJson as exc:
-        raise Problem(400, f"the body is not valid JSON: {exc}", slug="malformed-json") from exc
+class JSON(Response):
+    """A response whose content is one of the API's typed models (service.schemas)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return schemas.encode(content)
+
+
+async def _json_body(request: Request, *, merge_patch: bool = False) -> bytes:
+    """The raw body, once its Content-Type says JSON (or, for PATCH, a JSON merge patch)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not (
+        merge_patch and content_type == "application/merge-patch+json"
+    ):
+        also = " or 'application/merge-patch+json'" if merge_patch else ""
+        raise Problem(415, f"send the body as JSON with 'Content-Type: application/json'{also}")
+    return await request.body()
+
+
+def _recordings(request: Request) -> AsyncRecordingStore:
+    store: AsyncRecordingStore = request.app.state.recordings
+    return store
 
 
 def _wait_seconds(request: Request) -> int:
@@ -139,7 +154,7 @@ async def create_session(request: Request) -> Response:
     settings = _settings(request)
     wait = _wait_seconds(request)
     key = _idempotency_key(request)
-    fields = parse_create(await _json_body(request), Rules.from_settings(settings))
+    fields = decode_create(await _json_body(request), Rules.from_settings(settings))
     app = _app(request)
     session = _new_session(fields, app)
     message = messages.build(
@@ -156,17 +171,23 @@ async def create_session(request: Request) -> Response:
     if outcome.result == "throttled":
         raise _throttled(outcome.retry_after_ms)
     if outcome.result == "conflict":
+        # The IETF draft on Idempotency-Key: 422 for a key reused with another body.
+        # The store creates a session and records its key in one step, so no request
+        # with a key is ever seen half done (the draft's 409).
         raise Problem(
-            409,
-            "this Idempotency-Key was used with a different request body",
+            422,
+            "this Idempotency-Key was used with a different request body; "
+            "use a new key for a new request",
             slug="idempotency-key-reused",
         )
     headers = {"idempotent-replayed": "true"} if outcome.result == "replay" else {}
+    if wait:
+        headers["preference-applied"] = f"wait={wait}"
     structlog.contextvars.bind_contextvars(session_id=outcome.session_id)
     # No line of its own: the request's http_request line carries the session_id.
     if outcome.result == "created" and not wait:
         # Answer with what was just stored: no second round trip on the hot path.
-        return JSONResponse(session.to_resource(), status_code=202, headers=_location(session))
+        return JSON(schemas.session(session), status_code=202, headers=_location(session))
     return await _answer(request, outcome.session_id, wait, headers)
 
 
@@ -192,16 +213,15 @@ async def _answer(
         raise Problem(503, "the session could not be read back; retry with the same key")
     if status is None:
         status = 202 if found.status is Status.PENDING else 201 if found.status in LIVE else 200
-    return JSONResponse(found.to_resource(), status_code=status, headers=_location(found) | headers)
+    recordings = await _recordings(request).for_session(session_id)
+    resource = schemas.session(found, recordings)
+    return JSON(resource, status_code=status, headers=_location(found) | headers)
 
 
 async def get_session(request: Request) -> Response:
     session = await _existing(request)
-    store: AsyncRecordingStore = request.app.state.recordings
-    recordings = await store.for_session(session.id)
-    resource = session.to_resource()
-    resource["recordings"] = [r.to_resource(f"/v1/recordings/{r.id}") for r in recordings]
-    return JSONResponse(resource)
+    recordings = await _recordings(request).for_session(session.id)
+    return JSON(schemas.session(session, recordings))
 
 
 async def list_sessions(request: Request) -> Response:
@@ -226,9 +246,9 @@ async def list_sessions(request: Request) -> Response:
         raise Problem(422, str(exc), errors=[FieldError("cursor", "invalid")]) from exc
     if page.skipped:
         metrics().unreadable_records.labels("session").inc(page.skipped)
-    return JSONResponse(
-        {"data": [s.to_resource() for s in page.sessions], "next_cursor": page.next_cursor}
-    )
+    recordings = await _recordings(request).for_sessions([s.id for s in page.sessions])
+    data = [schemas.session(s, recordings.get(s.id, ())) for s in page.sessions]
+    return JSON(schemas.SessionList(data=data, next_cursor=page.next_cursor))
 
 
 _LIST_PARAMS = frozenset({"status", "limit", "cursor"})
@@ -238,7 +258,7 @@ async def update_session(request: Request) -> Response:
     """Changes merge with those not yet sent to VTS (last writer wins per field): a burst
     of PATCHes to one session costs one VTS update per ``SESSION_UPDATE_INTERVAL``."""
     session_id = _session_id(request)
-    changes = parse_update(await _json_body(request))
+    changes = decode_update(await _json_body(request, merge_patch=True))
     app = _app(request)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     message = messages.build(messages.UPDATE_SESSION, session_id, request_id=request_id, app=app)
@@ -307,8 +327,14 @@ async def erase_session(request: Request) -> Response:
 
 async def session_events(request: Request) -> Response:
     session = await _existing(request)
-    events = await _store(request).timeline(session.id)
-    return JSONResponse({"session_id": session.id, "data": events})
+    entries = []
+    for raw in await _store(request).timeline(session.id):
+        try:
+            entries.append(schemas.timeline_entry(raw))
+        except msgspec.ValidationError:
+            # One entry written by an older version must not hide the whole timeline.
+            metrics().unreadable_records.labels("timeline").inc()
+    return JSON(schemas.Timeline(session_id=session.id, data=entries))
 
 
 def routes() -> list[Route]:

@@ -64,6 +64,10 @@ async def openapi_document(_: Request) -> Response:
     return JSONResponse(openapi.document())
 
 
+async def internal_openapi_document(_: Request) -> Response:
+    return JSONResponse(openapi.internal_document())
+
+
 async def _internal_error(_: Request, exc: Exception) -> Response:
     return Problem(500, "something went wrong on our side; it has been logged").response()
 
@@ -131,6 +135,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
+        Route("/openapi-internal.json", internal_openapi_document, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/metrics/cluster", cluster_metrics_text, methods=["GET"]),
         *api.routes(),

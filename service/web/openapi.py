@@ -1,55 +1,119 @@
-"""The OpenAPI 3.1 document for ``/openapi.json``: every route and schema of the app API."""
+"""The OpenAPI 3.1 documents: :func:`document` for apps (``/openapi.json``) and
+:func:`internal_document` for VTS's callbacks and the metrics (``/openapi-internal.json``).
+
+Their schemas are generated from the typed models the web decodes and encodes with
+(:mod:`service.schemas`), so the documents cannot drift from what is answered.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
 
-from service.models import CREATE_OPTIONS, UPDATE_OPTIONS, Status
-from service.web.validation import INT_BOUNDS, MAX_URL
+import msgspec
 
-_URL = {"type": "string", "format": "uri", "maxLength": MAX_URL}
-_PHONE = {"type": "string", "description": "E.164: +, country code, number", "maxLength": 32}
-_OPTION_SCHEMAS: dict[str, dict[str, Any]] = {
-    "record": {"type": "boolean"},
-    "record_file_format": {"type": "string", "enum": ["mp3", "wav"]},
-    **{
-        name: {"type": "integer", "minimum": low, "maximum": high, "description": "seconds"}
-        for name, (low, high) in INT_BOUNDS.items()
+from service import schemas
+from service.models import Status
+
+_MODELS = (
+    schemas.CreateSession,
+    schemas.UpdateSession,
+    schemas.Session,
+    schemas.SessionList,
+    schemas.Timeline,
+    schemas.Problem,
+    schemas.Notification,
+)
+
+
+@cache
+def _components() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        _MODELS, ref_template="#/components/schemas/{name}"
+    )
+    components["UpdateSession"]["minProperties"] = 1
+    components["CreateSession"]["examples"] = [
+        {"first_party": "+14155552671", "second_party": "+14155552672"},
+        {
+            "first_party": "+447911123456",
+            "second_party": "+14155552672",
+            "record": True,
+            "session_expiry": 600,
+            "metadata": {"ride": "r-1"},
+        },
+    ]
+    components["UpdateSession"]["examples"] = [{"session_expiry": 900}]
+    return components
+
+
+def _ref(name: str, kind: str = "schemas") -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "the request's id (yours if it was sane, else a new one): quote it "
+        "to operators, every log line of the request carries it",
+        "schema": {"type": "string"},
     },
-    "initiate_call_to_first_party": {"type": "boolean"},
-    "first_party_play_url": _URL,
-    "second_party_play_url": _URL,
+    "Location": {"description": "the session's URL", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when this answers an earlier request with the same "
+        "Idempotency-Key and body",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Preference-Applied": {
+        "description": "`wait=N` when `Prefer: wait=N` was honoured (N capped at 30)",
+        "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+    },
+    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}},
+    "WWW-Authenticate": {"schema": {"type": "string"}},
+    "ETag": {"description": "the file's sha256, quoted", "schema": {"type": "string"}},
+    "Accept-Ranges": {"schema": {"type": "string", "enum": ["bytes"]}},
+    "Content-Range": {
+        "description": "`bytes first-last/size` (206), `bytes */size` (416)",
+        "schema": {"type": "string"},
+    },
+    "Content-Length": {"schema": {"type": "integer"}},
+    "Cache-Control": {"schema": {"type": "string"}},
 }
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema``, or null: how a session shows an option the app did not set."""
-    return {**schema, "type": [schema["type"], "null"]}
+def _headers(*names: str) -> dict[str, Any]:
+    return {name: _ref(name, "headers") for name in ("X-Request-ID", *names)}
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _problem(description: str) -> dict[str, Any]:
+def _json(schema: str, description: str, *headers: str) -> dict[str, Any]:
     return {
         "description": description,
+        "headers": _headers(*headers),
+        "content": {"application/json": {"schema": _ref(schema)}},
+    }
+
+
+def _problem(description: str, *headers: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": _headers(*headers),
         "content": {"application/problem+json": {"schema": _ref("Problem")}},
     }
 
 
+_COMMON = {
+    "401": _problem("missing or invalid API key", "WWW-Authenticate"),
+    "503": _problem("storage unavailable; retry", "Retry-After"),
+}
+_INVALID = _problem("invalid fields or parameters; one entry per field in `errors`")
+_NOT_FOUND = _problem("unknown id, or another app's")
 _OVER_SHARE = _problem(
-    "the app is over its share of the VTS budget; retry after `Retry-After` seconds"
+    "the app is over its share of the VTS budget; retry after `Retry-After` seconds",
+    "Retry-After",
 )
-_ERRORS = {
-    "401": _problem("missing or invalid API key"),
-    "422": _problem("invalid fields; one entry per field in `errors`"),
-    "503": _problem("storage unavailable; retry"),
+_BODY_ERRORS = {
+    "400": _problem("the body is not JSON (or not within bounds: depth, number size, UTF-8)"),
+    "413": _problem("body over 64 KiB"),
+    "415": _problem("the Content-Type is not JSON"),
+    "422": _INVALID,
 }
 _SESSION_ID = {
     "name": "session_id",
@@ -57,118 +121,299 @@ _SESSION_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}$"},
 }
-
-
-def _schemas() -> dict[str, Any]:
-    nullable_string = {"type": ["string", "null"]}
-    return {
-        "CreateSession": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["first_party", "second_party"],
-            "properties": {
-                "first_party": _PHONE,
-                "second_party": _PHONE,
-                **{name: _OPTION_SCHEMAS[name] for name in CREATE_OPTIONS},
-                "callback_url": _URL,
-                "metadata": {"type": "object", "description": "at most 2 KiB of JSON"},
-            },
-            "examples": [
-                {"first_party": "+14155552671", "second_party": "+14155552672"},
-                {
-                    "first_party": "+447911123456",
-                    "second_party": "+14155552672",
-                    "record": True,
-                    "session_expiry": 600,
-                    "metadata": {"ride": "r-1"},
-                },
-            ],
-        },
-        "UpdateSession": {
-            "type": "object",
-            "additionalProperties": False,
-            "minProperties": 1,
-            "properties": {name: _OPTION_SCHEMAS[name] for name in UPDATE_OPTIONS},
-            "examples": [{"session_expiry": 900}],
-        },
-        "Session": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "status": {"type": "string", "enum": [s.value for s in Status]},
-                "vts_session_uuid": nullable_string,
-                "virtual_number": nullable_string,
-                "first_party": _PHONE,
-                "second_party": _PHONE,
-                **{name: _nullable(_OPTION_SCHEMAS[name]) for name in CREATE_OPTIONS},
-                "callback_url": nullable_string,
-                "created_at": {"type": "string", "format": "date-time"},
-                "updated_at": {"type": "string", "format": "date-time"},
-                "expires_at": nullable_string,
-                "last_interaction_at": nullable_string,
-                "interaction_count": {"type": "integer"},
-                "call_count": {"type": "integer"},
-                "billed_duration": {"type": "integer", "description": "seconds"},
-                "call_amount": {"type": "string", "description": "decimal"},
-                "recordings": {"type": "array", "items": {"type": "object"}},
-                "error": {
-                    "type": ["object", "null"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                },
-                "metadata": {"type": "object"},
-            },
-        },
-        "SessionList": {
-            "type": "object",
-            "properties": {
-                "data": {"type": "array", "items": _ref("Session")},
-                "next_cursor": nullable_string,
-            },
-        },
-        "Timeline": {
-            "type": "object",
-            "properties": {
-                "session_id": {"type": "string"},
-                "data": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-        "Problem": {
-            "type": "object",
-            "properties": {
-                "type": {"type": "string"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "errors": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-                    },
-                },
-            },
-        },
-    }
-
-
 _RECORDING_ID = {
     "name": "recording_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": "^rec_[0-9a-f]{32}$"},
 }
-
-_WEBHOOKS = {
-    "/webhooks/vts/session": "VTS session events (callback_url)",
-    "/webhooks/vts/recording": "VTS recording events (recording_callback_url)",
-}
+_SESSION_HEADERS = ("Location",)
+_CREATED_HEADERS = ("Location", "Idempotent-Replayed", "Preference-Applied")
 
 
-def _webhook(summary: str) -> dict[str, Any]:
+def _header_parameter(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "schema": {"type": "string"}, "description": description}
+
+
+def _create() -> dict[str, Any]:
+    return {
+        "operationId": "createSession",
+        "summary": "Ask for a masked connection",
+        "description": "The same Idempotency-Key with the same body answers the same "
+        "session (never a second VTS session); with another body it is 422. "
+        "A key is recorded with its session in one step, so no request with a key is "
+        "ever seen half done.",
+        "parameters": [
+            _header_parameter("Idempotency-Key", "1 to 255 visible ASCII characters; per app"),
+            _header_parameter(
+                "Prefer",
+                "`wait=N` (N <= 30): answer once the session "
+                "has left `pending`, or after N seconds",
+            ),
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("CreateSession")}},
+        },
+        "responses": {
+            "200": _json(
+                "Session",
+                "the session has already ended (failed, or "
+                "expired): after Prefer: wait, or replayed",
+                *_CREATED_HEADERS,
+            ),
+            "201": _json("Session", "active (after Prefer: wait, or replayed)", *_CREATED_HEADERS),
+            "202": _json("Session", "accepted; status pending", *_CREATED_HEADERS),
+            **_BODY_ERRORS,
+            "429": _OVER_SHARE,
+            **_COMMON,
+        },
+    }
+
+
+def _list() -> dict[str, Any]:
+    return {
+        "operationId": "listSessions",
+        "summary": "List the app's sessions, newest first",
+        "parameters": [
+            {
+                "name": "status",
+                "in": "query",
+                "schema": {"type": "string", "enum": [s.value for s in Status]},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "`next_cursor` of the previous page",
+            },
+        ],
+        "responses": {"200": _json("SessionList", "a page"), "422": _INVALID, **_COMMON},
+    }
+
+
+def _one_session() -> dict[str, Any]:
+    session = _json("Session", "the session", *_SESSION_HEADERS)
+    return {
+        "parameters": [_SESSION_ID],
+        "get": {
+            "operationId": "getSession",
+            "summary": "One session, with its recordings",
+            "responses": {"200": _json("Session", "the session"), "404": _NOT_FOUND, **_COMMON},
+        },
+        "patch": {
+            "operationId": "updateSession",
+            "summary": "Change expiry, recording, limits or play URLs",
+            "description": "A JSON merge patch (RFC 7396) of the options; `null` leaves an "
+            "option as it is. Parties and create-only options cannot be changed.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("UpdateSession")},
+                    "application/merge-patch+json": {"schema": _ref("UpdateSession")},
+                },
+            },
+            "responses": {
+                "202": session,
+                **_BODY_ERRORS,
+                "404": _NOT_FOUND,
+                "409": _problem("the session has ended and can no longer be changed"),
+                "429": _OVER_SHARE,
+                **_COMMON,
+            },
+        },
+        "delete": {
+            "operationId": "endSession",
+            "summary": "End the session now (ending an ended session changes nothing)",
+            "responses": {"202": session, "404": _NOT_FOUND, "429": _OVER_SHARE, **_COMMON},
+        },
+    }
+
+
+def _recording_get(operation_id: str, summary: str) -> dict[str, Any]:
+    # "binary" for generators of OpenAPI 3.0 lineage; contentMediaType as 3.1 has it.
+    def audio(media: str) -> dict[str, Any]:
+        return {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
+
+    file_headers = ("ETag", "Accept-Ranges", "Cache-Control", "Content-Length")
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": [
+            _header_parameter(
+                "Range",
+                "one range, `bytes=first-last`, `bytes=first-` or "
+                "`bytes=-suffix`; several are answered with the whole file",
+            ),
+            _header_parameter(
+                "If-None-Match", "an ETag (or a list, or `*`): 304 if it names this file"
+            ),
+            _header_parameter(
+                "If-Range", "the ETag: the range is served only if the file is still this one"
+            ),
+        ],
+        "responses": {
+            "200": {
+                "description": "the file",
+                "headers": _headers(*file_headers),
+                "content": {"audio/mpeg": audio("audio/mpeg"), "audio/wav": audio("audio/wav")},
+            },
+            "206": {
+                "description": "the requested byte range",
+                "headers": _headers(*file_headers, "Content-Range"),
+                "content": {"audio/mpeg": audio("audio/mpeg"), "audio/wav": audio("audio/wav")},
+            },
+            "304": {
+                "description": "not modified (If-None-Match)",
+                "headers": _headers("ETag", "Accept-Ranges", "Cache-Control"),
+            },
+            "404": _problem("unknown, pending or failed recording, or another app's"),
+            "416": _problem("the range is outside the file", "Content-Range"),
+            **_COMMON,
+        },
+    }
+
+
+def _probe(operation_id: str, summary: str, extra: dict[str, Any]) -> dict[str, Any]:
+    body = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+    ok = {
+        "description": "ok",
+        "headers": _headers(),
+        "content": {"application/json": {"schema": body}},
+    }
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "security": [],
+            "responses": {"200": ok, **extra},
+        }
+    }
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/sessions": {"post": _create(), "get": _list()},
+        "/v1/sessions/{session_id}": _one_session(),
+        "/v1/sessions/{session_id}/events": {
+            "parameters": [_SESSION_ID],
+            "get": {
+                "operationId": "listSessionEvents",
+                "summary": "The session's timeline",
+                "responses": {
+                    "200": _json("Timeline", "what happened, oldest first"),
+                    "404": _NOT_FOUND,
+                    **_COMMON,
+                },
+            },
+        },
+        "/v1/sessions/{session_id}/erase": {
+            "parameters": [_SESSION_ID],
+            "post": {
+                "operationId": "eraseSession",
+                "summary": "Erase an ended session's personal data (idempotent)",
+                "description": "The parties keep their last 4 digits; metadata, recordings "
+                "and stored callbacks are deleted; counters and the timeline "
+                "stay, with an 'erased' entry.",
+                "responses": {
+                    "200": _json("Session", "the erased session"),
+                    "404": _NOT_FOUND,
+                    "409": _problem("session not ended yet: DELETE it first"),
+                    **_COMMON,
+                },
+            },
+        },
+        "/v1/recordings/{recording_id}": {
+            "parameters": [_RECORDING_ID],
+            "get": _recording_get("getRecording", "A stored recording's audio"),
+            "head": _recording_get("getRecordingHead", "A stored recording's headers"),
+            "delete": {
+                "operationId": "deleteRecording",
+                "summary": "Delete a recording (its file is removed by a worker)",
+                "responses": {
+                    "204": {"description": "deleted", "headers": _headers()},
+                    "404": _NOT_FOUND,
+                    **_COMMON,
+                },
+            },
+        },
+        "/healthz": _probe("getHealth", "Liveness", {}),
+        "/readyz": _probe(
+            "getReadiness", "Readiness: Redis reachable", {"503": _problem("Redis unreachable")}
+        ),
+    }
+
+
+def _webhooks() -> dict[str, Any]:
+    """What an app's ``callback_url`` receives (OpenAPI 3.1 ``webhooks``)."""
+    signed = [
+        _header_parameter("webhook-id", "the notification's id: the same on every retry"),
+        _header_parameter("webhook-timestamp", "seconds since the epoch"),
+        _header_parameter(
+            "webhook-signature",
+            "`v1,<base64 HMAC-SHA256>`, one per active "
+            "secret of the app, separated by spaces (Standard Webhooks)",
+        ),
+    ]
+    return {
+        "sessionNotification": {
+            "post": {
+                "operationId": "receiveSessionNotification",
+                "summary": "A session changed: created (active), failed, call ended, "
+                "recording stored, expired",
+                "description": "Sent to the session's `callback_url` (https, public "
+                "addresses only), signed with the app's own secret, retried with backoff "
+                "until a 2xx. The body never holds the parties' numbers.",
+                "security": [],
+                "parameters": signed,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Notification")}},
+                },
+                "responses": {"2XX": {"description": "received; anything else is retried"}},
+            }
+        }
+    }
+
+
+_PROBLEM_TYPES = (
+    "Every problem's `type` is an absolute URL, "
+    "`https://masking-service.example/problems/<name>`: an identifier to match on, the same "
+    "in every deployment (docs/api.md lists the names)."
+)
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The app-facing document, served at ``/openapi.json``."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Masking service",
+            "version": "1.0.0",
+            "description": "Masked phone connections through VTS. " + _PROBLEM_TYPES,
+        },
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+        "webhooks": _webhooks(),
+        "components": {
+            "schemas": _components(),
+            "headers": _HEADERS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _vts_callback(operation_id: str, summary: str) -> dict[str, Any]:
     """A callback route for VTS: V3-signed, form or JSON body (POST) or query (GET)."""
+    fields = {"type": "object", "additionalProperties": {"type": ["string", "number"]}}
     operation = {
         "summary": summary,
-        "security": [],
         "parameters": [
             {"name": "X-VTS-Signature-V3", "in": "header", "schema": {"type": "string"}},
             {"name": "X-VTS-Signature-V3-Nonce", "in": "header", "schema": {"type": "string"}},
@@ -179,131 +424,64 @@ def _webhook(summary: str) -> dict[str, Any]:
             "401": _problem("bad or missing signature, or a replayed nonce"),
             "413": _problem("body over 64 KiB"),
             "415": _problem("neither form-encoded nor JSON"),
-            "503": _problem("Redis cannot take the event; retry"),
+            "503": _problem("Redis cannot take the event; retry", "Retry-After"),
         },
     }
-    return {"get": operation, "post": operation}
-
-
-def _paths() -> dict[str, Any]:
-    session = _json(_ref("Session"), "the session")
+    body = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": fields},
+            "application/json": {"schema": fields},
+        },
+    }
     return {
-        "/v1/sessions": {
-            "post": {
-                "summary": "Ask for a masked connection",
-                "parameters": [
-                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
-                    {"name": "Prefer", "in": "header", "schema": {"type": "string"},
-                     "description": "wait=N (N <= 30): answer once the session is active"},
-                ],
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": _ref("CreateSession")}}},
-                "responses": {
-                    "201": _json(_ref("Session"), "active (after Prefer: wait)"),
-                    "202": _json(_ref("Session"), "accepted; status pending"),
-                    "400": _problem("malformed JSON"),
-                    "409": _problem("Idempotency-Key reused with another body"),
-                    "413": _problem("body over 64 KiB"),
-                    "415": _problem("body is not JSON"),
-                    "429": _OVER_SHARE,
-                    **_ERRORS,
-                },
+        "get": {**operation, "operationId": f"{operation_id}ByQuery"},
+        "post": {**operation, "operationId": operation_id, "requestBody": body},
+    }
+
+
+def _metrics(operation_id: str, summary: str) -> dict[str, Any]:
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {
+                "200": {"description": "Prometheus text exposition format", "content": text}
             },
-            "get": {
-                "summary": "List sessions, newest first",
-                "parameters": [
-                    {"name": "status", "in": "query",
-                     "schema": {"type": "string", "enum": [s.value for s in Status]}},
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                ],
-                "responses": {"200": _json(_ref("SessionList"), "a page"), **_ERRORS},
-            },
-        },
-        "/v1/sessions/{session_id}": {
-            "parameters": [_SESSION_ID],
-            "get": {"summary": "One session", "responses": {
-                "200": session, "404": _problem("unknown session, or another app's"), **_ERRORS}},
-            "patch": {
-                "summary": "Change expiry, recording, limits or play URLs",
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": _ref("UpdateSession")}}},
-                "responses": {"202": session, "400": _problem("malformed JSON"),
-                              "404": _problem("unknown session, or another app's"),
-                              "409": _problem("session already ended"),
-                              "413": _problem("body over 64 KiB"),
-                              "415": _problem("body is not JSON"),
-                              "429": _OVER_SHARE, **_ERRORS},
-            },
-            "delete": {"summary": "End the session now", "responses": {
-                "202": session, "404": _problem("unknown session, or another app's"),
-                "429": _OVER_SHARE, **_ERRORS}},
-        },
-        "/v1/sessions/{session_id}/events": {
-            "parameters": [_SESSION_ID],
-            "get": {"summary": "The session's timeline", "responses": {
-                "200": _json(_ref("Timeline"), "what happened, oldest first"),
-                "404": _problem("unknown session, or another app's"), **_ERRORS}},
-        },
-        "/v1/sessions/{session_id}/erase": {
-            "parameters": [_SESSION_ID],
-            "post": {
-                "summary": "Erase an ended session's personal data (idempotent)",
-                "description": "The parties keep their last 4 digits; metadata, recordings "
-                               "and stored callbacks are deleted; counters and the timeline "
-                               "stay, with an 'erased' entry.",
-                "responses": {"200": session, "404": _problem("unknown session"),
-                              "409": _problem("session not ended yet: DELETE it first"),
-                              **_ERRORS},
-            },
-        },
-        "/v1/recordings/{recording_id}": {
-            "parameters": [_RECORDING_ID],
-            "get": {
-                "summary": "A stored recording's audio (Range requests supported)",
-                "responses": {
-                    "200": {"description": "the file", "content": {
-                        "audio/mpeg": {}, "audio/wav": {}}},
-                    "206": {"description": "the requested byte range"},
-                    "304": {"description": "not modified (If-None-Match)"},
-                    "404": _problem("unknown, pending or failed recording, or another app's"),
-                    "416": _problem("range outside the file"),
-                    **_ERRORS,
-                },
-            },
-            "delete": {
-                "summary": "Delete a recording (its file is removed by a worker)",
-                "responses": {"204": {"description": "deleted"},
-                              "404": _problem("unknown or already deleted recording"),
-                              **_ERRORS},
-            },
-        },
-        **{path: _webhook(summary) for path, summary in _WEBHOOKS.items()},
-        "/metrics": {"get": {"summary": "Prometheus metrics of this process",
-                             "security": [],
-                             "responses": {"200": {"description": "text exposition format"}}}},
-        "/metrics/cluster": {"get": {
-            "summary": "Prometheus metrics Redis holds for all processes: scrape once",
-            "security": [],
-            "responses": {"200": {"description": "text exposition format"}}}},
-        "/healthz": {"get": {"summary": "Liveness", "security": [],
-                             "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness: Redis reachable", "security": [],
-                            "responses": {"200": {"description": "ready"},
-                                          "503": _problem("Redis unreachable")}}},
-    }  # fmt: skip
+        }
+    }
 
 
 @cache
-def document() -> dict[str, Any]:
+def internal_document() -> dict[str, Any]:
+    """What VTS and Prometheus call: served at ``/openapi-internal.json``."""
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Masking service", "version": "1.0.0"},
-        "security": [{"bearer": []}],
-        "paths": _paths(),
+        "info": {
+            "title": "Masking service: VTS callbacks and metrics",
+            "version": "1.0.0",
+            "description": "Not for apps. VTS callbacks are authenticated by their V3 "
+            "signature against PUBLIC_BASE_URL. " + _PROBLEM_TYPES,
+        },
+        "paths": {
+            "/webhooks/vts/session": _vts_callback(
+                "receiveVtsSessionEvent", "VTS session events (callback_url)"
+            ),
+            "/webhooks/vts/recording": _vts_callback(
+                "receiveVtsRecordingEvent", "VTS recording events (recording_callback_url)"
+            ),
+            "/metrics": _metrics("getMetrics", "Prometheus metrics of this process"),
+            "/metrics/cluster": _metrics(
+                "getClusterMetrics",
+                "Prometheus metrics Redis holds for all processes: scrape once per cluster",
+            ),
+        },
         "components": {
-            "schemas": _schemas(),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Problem": _components()["Problem"],
+                "FieldProblem": _components()["FieldProblem"],
+            },
+            "headers": _HEADERS,
         },
     }

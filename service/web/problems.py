@@ -1,4 +1,9 @@
-"""Errors as ``application/problem+json`` (RFC 9457), with one entry per bad field."""
+"""Errors as ``application/problem+json`` (RFC 9457), with one entry per bad field.
+
+A problem's ``type`` is an absolute URL, :data:`TYPE_BASE` + a name (``not-found``,
+``idempotency-key-reused``...): an identifier apps can match on, the same in every
+deployment. docs/api.md lists every name.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://masking-service.example/problems/"
 
 _TITLES = {
     400: "Bad request",
@@ -21,6 +27,7 @@ _TITLES = {
     409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
+    416: "Range not satisfiable",
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
@@ -55,7 +62,7 @@ class Problem(Exception):
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "type": f"/problems/{self.slug}",
+            "type": TYPE_BASE + self.slug,
             "title": _TITLES.get(self.status, "Error"),
             "status": self.status,
             "detail": self.detail,

@@ -1,9 +1,12 @@
 """Validation of app requests: clear per-field errors, values normalised (numbers to E.164).
 
-Our own bounds, since VTS documents none: session_expiry 60..86400 s, call_time_limit
-60..14400 s, ring_timeout 5..120 s, URLs up to 2048 characters of printable ASCII, metadata
-up to 2 KiB of JSON (UTF-8). ``callback_url`` must also pass the egress policy's checks
-that need no DNS (https, no credentials, no loopback or private address literal).
+A body is first decoded with the API's typed models (:mod:`service.schemas`, which also
+give the OpenAPI document its schemas); one that does not fit them is read again strictly
+(:mod:`service.strictjson`) and checked field by field, so that the problem names every
+bad field at once, in words. Either way the same checks follow: bounds (see
+:mod:`service.schemas`), URLs of printable ASCII, metadata up to 2 KiB of JSON (UTF-8),
+numbers valid for the deployment, and a ``callback_url`` that passes the egress policy's
+checks that need no DNS (https, no credentials, no loopback or private address literal).
 """
 
 from __future__ import annotations
@@ -12,22 +15,25 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
+from service import schemas, strictjson
 from service.egress import EgressPolicy
 from service.models import CREATE_OPTIONS, UPDATE_OPTIONS
 from service.phones import DEFAULT_NUMBER_TYPES, InvalidNumber, party
+from service.schemas import INT_BOUNDS, MAX_URL
 from service.settings import Settings
 from service.web.problems import FieldError, Problem
 
-MAX_URL = 2048
+__all__ = ["INT_BOUNDS", "MAX_URL", "Rules", "decode_create", "decode_update", "fingerprint"]
+
 MAX_METADATA = 2048
-INT_BOUNDS = {
-    "session_expiry": (60, 86400),
-    "call_time_limit": (60, 14400),
-    "ring_timeout": (5, 120),
-}
+# Fields of a session that a change request cannot touch.
+FIXED = ("first_party", "second_party", "initiate_call_to_first_party", "callback_url", "metadata")
 
 Checker = Callable[[Any], Any]
 
@@ -73,12 +79,19 @@ def _url(value: Any) -> str:
     return value
 
 
+# A pure function of the policy and the text (no DNS); an app sends the same receiver
+# URL with every request, and parsing it costs more than all our other checks together.
+@lru_cache(maxsize=1024)
+def _refusal(policy: EgressPolicy, url: str) -> str | None:
+    return policy.refusal(url)
+
+
 def _callback_url(policy: EgressPolicy) -> Checker:
     """The app's own receiver: a URL our egress policy lets us post to."""
 
     def check(value: Any) -> str:
         url = _url(value)
-        reason = policy.refusal(url)
+        reason = _refusal(policy, url)
         if reason is not None:
             raise _Invalid(reason)
         return url
@@ -122,7 +135,9 @@ def _check(
     for name, value in body.items():
         checker = checkers.get(name)
         if checker is None:
-            errors.append(FieldError(name, "unknown field"))
+            known = name in FIXED
+            message = "cannot be changed; create a new session instead" if known else None
+            errors.append(FieldError(name, message or "unknown field"))
             continue
         if value is None:
             continue
@@ -194,6 +209,66 @@ def parse_update(body: Any) -> dict[str, Any]:
     if not clean:
         raise Problem(422, f"give at least one of: {', '.join(UPDATE_OPTIONS)}")
     return clean
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return strictjson.loads(raw)
+    except strictjson.InvalidJson as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}", slug="malformed-json") from exc
+
+
+_CREATE = msgspec.json.Decoder(schemas.CreateSession)
+_UPDATE = msgspec.json.Decoder(schemas.UpdateSession)
+# As strictjson bounds them: deeper metadata, or numbers it may refuse, take the slow path.
+_METADATA_DEPTH = strictjson.MAX_DEPTH - 1
+_LARGE = 10 ** (strictjson.MAX_DIGITS - 1)
+
+
+def _given(request: msgspec.Struct) -> dict[str, Any]:
+    return {
+        name: value
+        for name in request.__struct_fields__
+        if (value := getattr(request, name)) is not None
+    }
+
+
+def _plain(value: Any) -> bool:
+    """Whether decoded metadata is within strictjson's bounds for sure: not too deep, no
+    float (its text may have been too long), no integer near the digit limit."""
+    pending = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            if level > _METADATA_DEPTH:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+        elif isinstance(item, float) or (isinstance(item, int) and abs(item) >= _LARGE):
+            return False
+    return True
+
+
+def decode_create(raw: bytes, rules: Rules = Rules()) -> dict[str, Any]:
+    """The normalised fields of a create request's JSON body; Problem(400) for a body
+    that is not JSON within bounds, Problem(422) naming every invalid field."""
+    try:
+        request = _CREATE.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return parse_create(_loads(raw), rules)
+    if request.metadata and not _plain(request.metadata):
+        return parse_create(_loads(raw), rules)
+    return parse_create(_given(request), rules)
+
+
+def decode_update(raw: bytes) -> dict[str, Any]:
+    """The changes a change request's JSON body asks for; Problem(400) or (422) as
+    :func:`decode_create`."""
+    try:
+        request = _UPDATE.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return parse_update(_loads(raw))
+    return parse_update(_given(request))
 
 
 def fingerprint(request: Mapping[str, Any]) -> str:
