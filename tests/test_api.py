@@ -16,7 +16,14 @@ from service.web.problems import Problem
 from tests.conftest import new_numbers
 
 PROBLEM = "application/problem+json"
-PROBLEM_BASE = "https://masking-service.example/problems/"
+
+
+def _type_name(problem: dict[str, Any]) -> str:
+    """The name of an absolute problem type URL: what follows ``/problems/``."""
+    url = httpx2.URL(problem["type"])
+    assert url.is_absolute_url
+    assert url.path.startswith("/problems/")
+    return url.path.removeprefix("/problems/")
 
 
 def _body(**extra: Any) -> dict[str, Any]:
@@ -208,7 +215,7 @@ def test_idempotency_key_with_another_body_is_422(api: httpx2.Client) -> None:
     api.post("/v1/sessions", json=_body(), headers={"Idempotency-Key": "k-2"})
     response = api.post("/v1/sessions", json=_body(), headers={"Idempotency-Key": "k-2"})
     problem = _assert_problem(response, 422)
-    assert problem["type"] == PROBLEM_BASE + "idempotency-key-reused"
+    assert _type_name(problem) == "idempotency-key-reused"
 
 
 def test_invalid_idempotency_key_is_400(api: httpx2.Client) -> None:
@@ -323,20 +330,32 @@ def test_request_id_is_echoed(api: httpx2.Client) -> None:
 
 
 def test_problem_types_are_absolute_urls(api: httpx2.Client) -> None:
-    """A problem's type is an absolute URL under the documented base, not a relative path."""
+    """A problem's type is an absolute URL under the service's public address, not a
+    relative path."""
     problem = _assert_problem(api.get("/v1/sessions/ses_" + "0" * 32), 404)
-    assert problem["type"] == PROBLEM_BASE + "not-found"
+    assert _type_name(problem) == "not-found"
+
+
+def test_a_problem_type_url_leads_to_what_it_means(api: httpx2.Client) -> None:
+    """Following a problem's type gives a page saying what it means, without an API key;
+    an unknown type is a 404 problem."""
+    problem = _assert_problem(api.get("/v1/sessions/ses_" + "0" * 32), 404)
+    page = api.get(httpx2.URL(problem["type"]).path, headers={"Authorization": ""})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "No such session or recording" in page.text
+    _assert_problem(api.get("/problems/no-such-thing"), 404)
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503])
 def test_every_problem_status_has_its_own_title(status: int) -> None:
     """No problem the service answers is titled with the generic "Error"."""
-    assert Problem(status, "x").body()["title"] != "Error"
+    assert Problem(status, "x").body("http://x")["title"] != "Error"
 
 
 def test_range_problem_is_titled_range_not_satisfiable() -> None:
     """The 416 problem says what it is."""
-    assert Problem(416, "x").body()["title"] == "Range not satisfiable"
+    assert Problem(416, "x").body("http://x")["title"] == "Range not satisfiable"
 
 
 def test_honoured_wait_preference_is_acknowledged(api: httpx2.Client) -> None:

@@ -14,6 +14,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from service import schemas
+from service.web import problems
 from service.web.openapi import document, internal_document
 from service.web.problems import Problem
 from tests import contract
@@ -21,7 +22,7 @@ from tests import contract
 OPERATIONS = {
     "createSession", "listSessions", "getSession", "updateSession", "endSession",
     "eraseSession", "listSessionEvents", "getRecording", "getRecordingHead",
-    "deleteRecording", "getHealth", "getReadiness",
+    "deleteRecording", "getHealth", "getReadiness", "getProblemType",
 }  # fmt: skip
 
 
@@ -148,7 +149,8 @@ def test_contract_check_refuses_what_breaks_the_document() -> None:
 
 
 def test_every_problem_type_is_documented() -> None:
-    """docs/api.md names every problem type the code can answer."""
+    """docs/api.md names every problem type, and every type the code can answer has its
+    entry in problems.TYPES (which /problems/{name} serves)."""
     root = Path(__file__).resolve().parents[1]
     documented = set(
         re.findall(
@@ -160,4 +162,5 @@ def test_every_problem_type_is_documented() -> None:
     slugs = set(re.findall(r'slug="([a-z-]+)"', code))
     statuses = {400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503}
     slugs |= {Problem(status, "x").slug for status in statuses}
-    assert slugs <= names, slugs - names
+    assert slugs <= set(problems.TYPES), slugs - set(problems.TYPES)
+    assert names == set(problems.TYPES)

@@ -28,7 +28,7 @@ from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
 from service.web import api, media, openapi, webhooks
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
-from service.web.problems import Problem, handle_http_exception, handle_problem
+from service.web.problems import Problem, handle_http_exception, handle_problem, problem_type
 from service.web.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
@@ -68,15 +68,15 @@ async def internal_openapi_document(_: Request) -> Response:
     return JSONResponse(openapi.internal_document())
 
 
-async def _internal_error(_: Request, exc: Exception) -> Response:
-    return Problem(500, "something went wrong on our side; it has been logged").response()
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    problem = Problem(500, "something went wrong on our side; it has been logged")
+    return problem.response(request.scope)
 
 
-async def _store_unavailable(_: Request, exc: Exception) -> Response:
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
     log.error("redis_unavailable", error=type(exc).__name__)
-    return Problem(
-        503, "storage is unavailable; retry shortly", headers={"retry-after": "1"}
-    ).response()
+    problem = Problem(503, "storage is unavailable; retry shortly", headers={"retry-after": "1"})
+    return problem.response(request.scope)
 
 
 async def _sync_apps(registry: AppRegistry, store: AsyncAppStore) -> bool:
@@ -138,6 +138,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi-internal.json", internal_openapi_document, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/metrics/cluster", cluster_metrics_text, methods=["GET"]),
+        Route("/problems/{name}", problem_type, methods=["GET"]),
         *api.routes(),
         *webhooks.routes(),
         *media.routes(),
@@ -161,6 +162,8 @@ def create_app(settings: Settings) -> Starlette:
     # Starlette would redirect "/path/" to "/path" with a Location built from the Host
     # header, which the client chooses: unknown paths are plain 404s instead.
     app.router.redirect_slashes = False
+    # Problem types are URLs under the service's public address (see problems.py).
+    app.state.public_base_url = settings.public_base_url
     return app
 
 

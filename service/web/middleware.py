@@ -141,7 +141,7 @@ class BodyLimit:
         problem = Problem(413, f"request bodies are limited to {self.limit} bytes")
         # Tell the client we will not read the rest, so it stops sending.
         problem.headers["connection"] = "close"
-        await problem.response()(scope, receive, send)
+        await problem.response(scope)(scope, receive, send)
 
 
 class BearerAuth:
@@ -165,7 +165,7 @@ class BearerAuth:
                 "send a valid API key as 'Authorization: Bearer <key>'",
                 headers={"www-authenticate": 'Bearer realm="masking"'},
             )
-            await problem.response()(scope, receive, send)
+            await problem.response(scope)(scope, receive, send)
             return
         scope.setdefault("state", {})["app"] = name
         structlog.contextvars.bind_contextvars(app=name)

@@ -14,6 +14,7 @@ import msgspec
 
 from service import schemas
 from service.models import Status
+from service.web import problems
 
 _MODELS = (
     schemas.CreateSession,
@@ -342,6 +343,29 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/problems/{name}": {
+            "get": {
+                "operationId": "getProblemType",
+                "summary": "What a problem type means: each problem's `type` is this URL",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(problems.TYPES)},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "a short page for people",
+                        "headers": _headers(),
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "404": _problem("no such problem type"),
+                },
+            }
+        },
         "/healthz": _probe("getHealth", "Liveness", {}),
         "/readyz": _probe(
             "getReadiness", "Readiness: Redis reachable", {"503": _problem("Redis unreachable")}
@@ -382,9 +406,9 @@ def _webhooks() -> dict[str, Any]:
 
 
 _PROBLEM_TYPES = (
-    "Every problem's `type` is an absolute URL, "
-    "`https://masking-service.example/problems/<name>`: an identifier to match on, the same "
-    "in every deployment (docs/api.md lists the names)."
+    "Every problem's `type` is an absolute URL, `PUBLIC_BASE_URL/problems/<name>`: match "
+    "on the name, the same in every deployment; the URL serves a page saying what the "
+    "problem means (`getProblemType`)."
 )
 
 
