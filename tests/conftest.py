@@ -269,7 +269,7 @@ def store_event(redis_url: str, event: Event) -> str:
 
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.APPLY_EVENT, event.id)
+        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
         received_ms = int(datetime.now(UTC).timestamp() * 1000)
         await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
         await client.aclose()
@@ -292,7 +292,7 @@ def stored_session(redis_url: str, session_id: str) -> Session:
 
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.CREATE_SESSION, session.id)
+        message = messages.CREATE_SESSION.message(messages.SessionRef(session.id))
         await AsyncStore(client).create_session(
             session, message, idempotency=None, idempotency_ttl=60
         )

@@ -18,16 +18,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from service.downloads import (
-    DownloadPolicy,
+from service.downloads import DownloadPolicy, build_client, download
+from service.egress import origin
+from service.errors import (
+    ConfigurationError,
     RecordingNotReady,
     RecordingRejected,
     RecordingUnavailable,
-    build_client,
-    download,
 )
-from service.egress import origin
-from service.errors import ConfigurationError
 from service.settings import Settings
 from service.storage import LocalStorage
 from tests.servers import serve

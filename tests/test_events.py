@@ -10,6 +10,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from service.errors import EventNotReady
 from service.events import Event, check
 from service.models import Status
 from service.store import Keys, Store
@@ -83,7 +84,7 @@ def _apply_all(ctx: events.Context, ids: list[str], clock: Clock) -> None:
         for event_id in pending:
             try:
                 events.apply(ctx, event_id, UUID)
-            except events.EventNotReady:
+            except EventNotReady:
                 waiting.append(event_id)
         if not waiting:
             return
@@ -148,7 +149,7 @@ def test_event_before_the_session_is_known_waits_then_is_kept_aside(
 ) -> None:
     """An event for an unknown session waits for its create, then is set aside, not lost."""
     event_id = _ingest(redis_url, check("session", {**_call(1, "hangup")[0], "SessionUUID": "x-1"}))
-    with pytest.raises(events.EventNotReady):
+    with pytest.raises(EventNotReady):
         events.apply(ctx, event_id)
     clock.moment += events.ORPHAN_AFTER + timedelta(seconds=1)
     events.apply(ctx, event_id)

@@ -34,7 +34,7 @@ def _store_callback(redis_url: str, params: dict[str, str], received_ms: int) ->
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
         event = check("session", params)
-        message = messages.build(messages.APPLY_EVENT, event.id)
+        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
         await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
         await client.aclose()
 

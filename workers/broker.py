@@ -295,7 +295,9 @@ def create_broker(client: redis.Redis) -> RedisBroker:
         # dramatiq runs after_* hooks in reverse order: placed before Retries, LogContext
         # sees a message after Retries has decided its fate (retried, or dead-lettered).
         LogContext(store),
-        QuietRetries(max_retries=20, min_backoff=500, max_backoff=60_000),
+        # No policy of its own: every actor brings its job's (see service.messages); one
+        # that brought none would not be retried.
+        QuietRetries(max_retries=0),
         CurrentMessage(),
         MaskTracebacks(),
         Scheduler(lambda: store, clock=lambda: datetime.now(UTC)),

@@ -18,7 +18,7 @@ from decimal import Decimal, InvalidOperation
 import structlog
 
 from service import events
-from service.errors import ServiceError
+from service.errors import EventNotReady
 from service.events import Event, InvalidEvent, Role
 from service.models import iso, to_nanos
 from service.phones import InvalidNumber, normalise
@@ -35,10 +35,6 @@ RECONCILE_AFTER_END = timedelta(seconds=5)
 # Bounds of one leg's values: a day of talk, and more money than a day of talk costs.
 MAX_BILLED_SECONDS = 86_400
 MAX_AMOUNT = Decimal(1000)
-
-
-class EventNotReady(ServiceError):
-    """The event must wait (its session is not known yet)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from standardwebhooks.webhooks import Webhook
 
 from service import messages
 from service.egress import EgressPolicy, EgressRefused, EgressUnresolved
-from service.errors import ServiceError
+from service.errors import ReceiverUnavailable
+from service.messages import Notification
 from service.models import Session
 from service.settings import DEFAULT_APP
 from service.store import Store
@@ -40,10 +41,6 @@ KINDS = (
     "session.expired",
 )
 TIMEOUT_SECONDS = 5.0
-
-
-class ReceiverUnavailable(ServiceError):
-    """The app's receiver failed or did not answer; try again later."""
 
 
 @dataclass(frozen=True)
@@ -101,4 +98,4 @@ def queue(store: Store, session: Session, kind: str, tag: str = "") -> None:
     if not session.callback_url:
         return
     notification_id = f"{session.id}.{kind}{'.' + tag if tag else ''}"
-    store.enqueue(messages.build(messages.NOTIFY_APP, session.id, kind, notification_id))
+    store.enqueue(messages.NOTIFY_APP.message(Notification(session.id, kind, notification_id)))

@@ -17,25 +17,17 @@ from datetime import UTC, datetime, timedelta
 import httpx2
 import structlog
 
-from service.downloads import (
-    DownloadPolicy,
-    RecordingNotReady,
-    RecordingRejected,
-    download,
-)
+from service.downloads import DownloadPolicy, download
+from service.errors import EventNotReady, RecordingNotReady, RecordingPending, RecordingRejected
 from service.events import Event
 from service.metrics import metrics
 from service.recordings import Recording, RecordingStatus, recording_id
 from service.storage import Storage
 from service.store import Keys, RecordingStore, Store, timeline_entry
 from workers import notifications
-from workers.events import ORPHAN_AFTER, EventNotReady
+from workers.events import ORPHAN_AFTER
 
 log = structlog.get_logger(__name__)
-
-
-class RecordingPending(EventNotReady):
-    """VTS does not serve the recording yet; try again shortly."""
 
 
 @dataclass(frozen=True)

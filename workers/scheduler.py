@@ -20,6 +20,7 @@ import redis
 import structlog
 from dramatiq.middleware import Middleware
 
+from service import messages
 from service.store import Store
 
 log = structlog.get_logger(__name__)
@@ -27,13 +28,6 @@ log = structlog.get_logger(__name__)
 TICK_SECONDS = 0.5
 LEAD_TTL_MS = 5_000
 RECOVER_EVERY_SECONDS = 5.0
-# The actor that runs each kind of timer.
-TASK_ACTORS = {
-    "reconcile": "reconcile_session",
-    "expire": "expire_if_due",
-    "update": "update_session",
-    "purge": "purge_session",
-}
 
 
 class Scheduler(Middleware):
@@ -70,9 +64,8 @@ class Scheduler(Middleware):
         if not store.lead(self._token, LEAD_TTL_MS):
             return 0
         due = store.take_due(self._clock())
-        for task, session_id in due:
-            actor = broker.get_actor(TASK_ACTORS[task])
-            actor.send(session_id)
+        if due:
+            store.enqueue(*(_message(task, session_id) for task, session_id in due))
         self._recover(broker)
         return len(due)
 
@@ -81,3 +74,9 @@ class Scheduler(Middleware):
         if recover is not None and time.monotonic() - self._recovered_at >= RECOVER_EVERY_SECONDS:
             self._recovered_at = time.monotonic()
             recover()
+
+
+def _message(task: str, session_id: str) -> messages.Outgoing:
+    """The message of the job that the timer ``task`` runs for the session."""
+    job = messages.TIMERS[task]
+    return job.message(job.payload(session_id))

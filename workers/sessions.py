@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 
 from service.errors import (
-    ServiceError,
+    SessionBusy,
+    SessionNotReady,
     VtsNotFound,
     VtsOutcomeUnknown,
     VtsRejected,
@@ -30,7 +31,6 @@ from service.store import Store, timeline_entry
 from service.vts.client import VtsClient
 from service.vts.models import VtsSession
 from workers import leases, notifications
-from workers.leases import SessionBusy
 
 log = structlog.get_logger(__name__)
 
@@ -44,10 +44,6 @@ LOOKUP_SLACK = timedelta(seconds=60)
 # Answers after which VTS has certainly not created anything: refused before sending
 # (None), rate limited, or unavailable. A 500, 502 or 504 may come after the work was done.
 _NOT_ACTED_ON = frozenset({None, 429, 503})
-
-
-class SessionNotReady(ServiceError):
-    """The session has no VTS session yet (its create is still running); try again."""
 
 
 @dataclass(frozen=True)

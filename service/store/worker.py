@@ -328,13 +328,14 @@ class Store:
             pipe.zrem(Keys.schedule(), *(f"{task}:{session_id}" for task in _TIMERS))
             pipe.execute()
 
-    def enqueue(self, message: Outgoing) -> None:
-        """Queue a message from a worker (the same two writes dramatiq's enqueue makes)."""
+    def enqueue(self, *messages: Outgoing) -> None:
+        """Queue messages from a worker or a tool, in one transaction (for each, the two
+        writes dramatiq's enqueue makes)."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                Keys.queue_messages(message.queue_name), message.redis_message_id, message.payload
-            )
-            pipe.rpush(Keys.queue(message.queue_name), message.redis_message_id)
+            for message in messages:
+                queue = message.queue_name
+                pipe.hset(Keys.queue_messages(queue), message.redis_message_id, message.payload)
+                pipe.rpush(Keys.queue(queue), message.redis_message_id)
             pipe.execute()
 
     def note_unsettled(self, session_id: str, snapshot: str | None) -> str | None:
