@@ -103,3 +103,20 @@ def test_a_message_that_does_not_fit_is_dead_lettered_at_once(
     note = redis_client.get(Keys.dead_letter_note(bad.redis_message_id))
     assert note is not None
     assert b"ValidationError" in note
+
+
+def test_the_dependencies_are_closed_when_the_worker_has_shut_down(
+    broker: dramatiq.Broker, settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The worker's HTTP clients are closed by its shutdown, not left to the process's end."""
+    from workers import boot
+
+    deps = boot.build(settings, redis_client)
+    broker.dependencies = deps  # type: ignore[attr-defined]
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    assert not deps.receivers.is_closed
+    worker.stop()
+    broker.middleware[:] = [m for m in broker.middleware if type(m).__name__ != "_WorkerMiddleware"]
+    assert deps.receivers.is_closed
+    assert deps.downloads.is_closed

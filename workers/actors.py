@@ -14,8 +14,8 @@ from dramatiq.middleware import CurrentMessage
 from service import messages
 from service.messages import EventRef, Exhausted, Job, Notification, SessionRef, SessionUpdate
 from service.phones import mask_text
-from workers import events, notifications, reconcile, recordings, retention, sessions
-from workers.boot import resources
+from workers import dependencies, events, notifications, reconcile, recordings, retention, sessions
+from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
@@ -27,31 +27,26 @@ def _cause(exc: BaseException) -> BaseException:
     return exc.__cause__ if isinstance(exc, dramatiq.Retry) and exc.__cause__ else exc
 
 
-def _max_retries(job: Job[Any]) -> int:
-    """The job's declared limit, unless the settings set it (VTS_CREATE_MAX_RETRIES)."""
-    if job is messages.CREATE_SESSION:
-        return resources().settings.create_max_retries
-    return job.retry.max_retries
-
-
-def declare(job: Job[P], work: Callable[[P], None]) -> dramatiq.Actor[Any, None]:
-    """The actor of ``job``: decodes the payload and runs ``work`` on it. A failure the
-    job's policy retries becomes a Retry, logged as one warning line without a traceback
-    (a retry is not an error); waits that are part of the work are logged at info."""
+def declare(job: Job[P], work: Callable[[Dependencies, P], None]) -> dramatiq.Actor[Any, None]:
+    """The actor of ``job``: decodes the payload and runs ``work`` on it with the
+    dependencies of the broker the actor runs on. A failure the job's policy retries
+    becomes a Retry, logged as one warning line without a traceback (a retry is not an
+    error); waits that are part of the work are logged at info."""
     policy = job.retry
     retried = policy.retried
 
     def perform(*args: Any, **kwargs: Any) -> None:
         payload = job.decode(args, kwargs)
         try:
-            work(payload)
+            work(dependencies.of(actor.broker), payload)
         except retried as exc:
             level = log.info if isinstance(exc, policy.waits) else log.warning
             level("work_retrying", reason=type(exc).__name__, detail=mask_text(str(exc))[:200])
             raise dramatiq.Retry(type(exc).__name__, delay=messages.delay_ms(exc)) from exc
 
     def retry_when(retries: int, exc: BaseException) -> bool:
-        return policy.allows(retries, _cause(exc), max_retries=_max_retries(job))
+        limit = dependencies.of(actor.broker).max_retries(job)
+        return policy.allows(retries, _cause(exc), max_retries=limit)
 
     perform.__name__ = perform.__qualname__ = job.name
     options: dict[str, Any] = {}
@@ -68,19 +63,20 @@ def declare(job: Job[P], work: Callable[[P], None]) -> dramatiq.Actor[Any, None]
         max_backoff=policy.max_backoff_ms,
         **options,
     )
-    return decorate(perform)
+    actor: dramatiq.Actor[Any, None] = decorate(perform)
+    return actor
 
 
-def create_session(payload: SessionRef) -> None:
+def create_session(deps: Dependencies, payload: SessionRef) -> None:
     message = CurrentMessage.get_current_message()
     replay = bool(message and message.options.get(messages.REPLAY_OPTION))
-    sessions.create(resources().sessions, payload.session_id, replay)
+    sessions.create(deps, payload.session_id, replay)
 
 
-def create_session_exhausted(payload: Exhausted) -> None:
+def create_session_exhausted(deps: Dependencies, payload: Exhausted) -> None:
     given_up = _given_up(messages.CREATE_SESSION, payload)
     reason = "the session could not be created at VTS; try again later"
-    sessions.fail(resources().sessions.store, given_up.session_id, sessions.GAVE_UP, reason)
+    sessions.fail(deps.store, given_up.session_id, sessions.GAVE_UP, reason)
 
 
 def _given_up(job: Job[P], exhausted: Exhausted) -> P:
@@ -88,54 +84,52 @@ def _given_up(job: Job[P], exhausted: Exhausted) -> P:
     return job.decode(exhausted.message.get("args", ()), exhausted.message.get("kwargs", {}))
 
 
-def update_session(payload: SessionUpdate) -> None:
-    sessions.update(resources().sessions, payload.session_id, payload.changes)
+def update_session(deps: Dependencies, payload: SessionUpdate) -> None:
+    sessions.update(deps, payload.session_id, payload.changes)
 
 
-def update_session_exhausted(payload: Exhausted) -> None:
+def update_session_exhausted(deps: Dependencies, payload: Exhausted) -> None:
     given_up = _given_up(messages.UPDATE_SESSION, payload)
-    sessions.give_up_update(resources().sessions, given_up.session_id)
+    sessions.give_up_update(deps, given_up.session_id)
 
 
-def expire_session(payload: SessionRef) -> None:
-    sessions.expire(resources().sessions, payload.session_id)
+def expire_session(deps: Dependencies, payload: SessionRef) -> None:
+    sessions.expire(deps, payload.session_id)
 
 
-def reconcile_session(payload: SessionRef) -> None:
-    reconcile.reconcile(resources().sessions, payload.session_id)
+def reconcile_session(deps: Dependencies, payload: SessionRef) -> None:
+    reconcile.reconcile(deps, payload.session_id)
 
 
-def expire_if_due(payload: SessionRef) -> None:
-    reconcile.expire_if_due(resources().sessions, payload.session_id)
+def expire_if_due(deps: Dependencies, payload: SessionRef) -> None:
+    reconcile.expire_if_due(deps, payload.session_id)
 
 
-def purge_session(payload: SessionRef) -> None:
-    retention.purge(resources().retention, payload.session_id)
+def purge_session(deps: Dependencies, payload: SessionRef) -> None:
+    retention.purge(deps, payload.session_id)
 
 
-def apply_event(payload: EventRef) -> None:
-    events.apply(resources().events, payload.event_id, payload.session_uuid)
+def apply_event(deps: Dependencies, payload: EventRef) -> None:
+    events.apply(deps, payload.event_id, payload.session_uuid)
 
 
-def apply_recording_event(payload: EventRef) -> None:
+def apply_recording_event(deps: Dependencies, payload: EventRef) -> None:
     # The message names the VTS session as apply_event's does; the stored record has it.
-    recordings.apply(resources().recordings, payload.event_id)
+    recordings.apply(deps, payload.event_id)
 
 
-def recording_download_exhausted(payload: Exhausted) -> None:
+def recording_download_exhausted(deps: Dependencies, payload: Exhausted) -> None:
     given_up = _given_up(messages.APPLY_RECORDING_EVENT, payload)
-    recordings.give_up(resources().recordings, given_up.event_id)
+    recordings.give_up(deps, given_up.event_id)
 
 
-def delete_recording_files(payload: SessionRef) -> None:
-    retention.delete_files(resources().retention, payload.session_id)
+def delete_recording_files(deps: Dependencies, payload: SessionRef) -> None:
+    retention.delete_files(deps, payload.session_id)
 
 
-def notify_app(payload: Notification) -> None:
+def notify_app(deps: Dependencies, payload: Notification) -> None:
     # An app's receiver being down is not our failure: a warning, not an error.
-    notifications.send(
-        resources().notifications, payload.session_id, payload.kind, payload.notification_id
-    )
+    notifications.send(deps, payload.session_id, payload.kind, payload.notification_id)
 
 
 declare(messages.CREATE_SESSION, create_session)

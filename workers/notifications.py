@@ -14,7 +14,6 @@ logged). The body never holds the parties' numbers: the app knows them by sessio
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,13 +22,14 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from service import messages
-from service.egress import EgressPolicy, EgressRefused, EgressUnresolved
+from service.egress import EgressRefused, EgressUnresolved
 from service.errors import ReceiverUnavailable
 from service.messages import Notification
 from service.models import Session
 from service.settings import DEFAULT_APP
 from service.store import Store
 from service.store.apps import AppStore
+from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
@@ -43,14 +43,6 @@ KINDS = (
 TIMEOUT_SECONDS = 5.0
 
 
-@dataclass(frozen=True)
-class Context:
-    store: Store
-    http: httpx2.Client
-    apps: AppStore
-    policy: EgressPolicy
-
-
 def body(kind: str, session: Session, moment: datetime) -> dict[str, Any]:
     resource = session.to_resource()
     for private in ("first_party", "second_party"):
@@ -58,9 +50,9 @@ def body(kind: str, session: Session, moment: datetime) -> dict[str, Any]:
     return {"type": kind, "timestamp": moment.isoformat(), "data": resource}
 
 
-def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None:
+def send(deps: Dependencies, session_id: str, kind: str, notification_id: str) -> None:
     """POST the notification; raises ReceiverUnavailable on a network error or non-2xx."""
-    session = ctx.store.get_session(session_id)
+    session = deps.store.get_session(session_id)
     if session is None or not session.callback_url:
         return
     moment = datetime.now(UTC)
@@ -69,11 +61,11 @@ def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None
         "content-type": "application/json",
         "webhook-id": notification_id,
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": sign(ctx.apps, session.app, notification_id, moment, payload),
+        "webhook-signature": sign(deps.apps, session.app, notification_id, moment, payload),
     }
     try:
-        ctx.policy.check(httpx2.URL(session.callback_url))
-        response = ctx.http.post(session.callback_url, content=payload, headers=headers)
+        deps.egress.check(httpx2.URL(session.callback_url))
+        response = deps.receivers.post(session.callback_url, content=payload, headers=headers)
     except EgressRefused as exc:
         log.warning("app_notification_refused", kind=kind, reason=exc.reason)
         return
