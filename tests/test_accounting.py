@@ -210,7 +210,7 @@ def test_every_order_of_a_call_gives_the_same_totals(
     ids = [store_event(redis_url, check("session", p)) for p in params]
     moment = Clock()()
     changes = [
-        events.change(check("session", p), event_id=i, now=moment)
+        events.plan_change(check("session", p), event_id=i, now=moment)
         for p, i in zip(params, ids, strict=True)
     ]
     counters = ("interaction_count", "call_count", "billed_duration", "call_amount_nanos",
@@ -314,7 +314,7 @@ def test_a_duplicate_and_a_missing_session_are_told_apart(
 ) -> None:
     """The script's other outcomes: ``duplicate`` for a marker seen, ``missing`` without a
     session."""
-    change = events.change(
+    change = events.plan_change(
         check("session", _events("SessionFirstPartyHangup")[0]), event_id="e2", now=Clock()()
     )
     assert store.apply_event(session_id, change).outcome == "applied"

@@ -61,15 +61,15 @@ def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) ->
         return
     structlog.contextvars.bind_contextvars(session_id=session_id)
     try:
-        planned = change(event, event_id=event_id, now=deps.clock())
+        planned = plan_change(event, event_id=event_id, now=deps.clock())
     except InvalidEvent as exc:
         deps.store.set_aside(event_id, event.session_uuid, "invalid")
         log.warning("event_invalid", reason=str(exc))
         return
-    _after(deps, session_id, event_id, event, deps.store.apply_event(session_id, planned))
+    _follow_up(deps, session_id, event_id, event, deps.store.apply_event(session_id, planned))
 
 
-def _after(
+def _follow_up(
     deps: Dependencies, session_id: str, event_id: str, event: Event, applied: Applied
 ) -> None:
     if applied.outcome == "invalid":
@@ -103,7 +103,7 @@ def _reconcile_at(role: Role, now: datetime) -> datetime | None:
     return None
 
 
-def change(event: Event, *, event_id: str, now: datetime) -> EventChange:
+def plan_change(event: Event, *, event_id: str, now: datetime) -> EventChange:
     """What ``event`` does, in the terms of the store's apply script. Raises InvalidEvent
     when a value it would count is impossible."""
     role = events.role_of(event.name)
