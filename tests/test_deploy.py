@@ -32,7 +32,6 @@ from service.app import create_app
 from service.metrics import ClusterCollector, metrics
 from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
-from service.vts import sandbox
 from workers import supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,8 +164,6 @@ def _masking(argv: list[str]) -> argparse.Namespace:
     assert argv[0] == "masking", argv
     try:
         args = cli.parse(argv[1:])
-        if args.command == "sandbox":
-            sandbox._parser().parse_args(args.rest)
     except SystemExit:
         pytest.fail(f"not a valid masking command: {argv}")
     return args
