@@ -246,7 +246,12 @@ def _command(
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="masking", description=__doc__)
+    parser = Parser(
+        prog="masking",
+        description="The masking service: its processes, development tools and operator commands.",
+        epilog="Every subcommand: --host/--port where something listens, ISO 8601 times with "
+        "their zone, errors on one line with exit status 2. See: masking COMMAND -h.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(commands, "web", web, "the HTTP front (uvicorn)")
