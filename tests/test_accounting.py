@@ -1,4 +1,4 @@
-"""Each event role's accounting (``service.events.ROLES`` and ``apply_event.lua``): what it
+"""Each event role's accounting (``service.vts.callbacks.ROLES`` and ``apply_event.lua``): what it
 adds, that the totals never depend on the order of arrival, and that an impossible value
 writes nothing."""
 
@@ -14,9 +14,9 @@ from decimal import Decimal
 import pytest
 import redis
 
-from service.events import ROLES, Event, Role, check
 from service.models import Status
 from service.store import Keys, Store, scripts
+from service.vts.callbacks import ROLES, Event, Role, check
 from tests.conftest import Clock, store_event, stored_session
 from workers import events
 from workers.dependencies import Dependencies

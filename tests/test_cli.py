@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service import cli
+from service.tools import cli
 
 MASKING = str(Path(sys.executable).parent / "masking")
 

@@ -18,7 +18,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from service.downloads import DownloadPolicy, build_client, download
 from service.egress import origin
 from service.errors import (
     ConfigurationError,
@@ -29,6 +28,7 @@ from service.errors import (
 from service.settings import Settings
 from service.storage import LocalStorage
 from tests.servers import serve
+from workers.downloads import DownloadPolicy, build_client, download
 
 AUTH = ("MAACCOUNT", "token-that-must-stay-secret")
 PUBLIC_IP = "93.184.216.34"

@@ -12,9 +12,9 @@ import redis
 import redis.asyncio
 
 from service.errors import EventNotReady
-from service.events import Event, check
 from service.models import Status
 from service.store import Keys, Store
+from service.vts.callbacks import Event, check
 from tests.conftest import Clock, store_event, stored_session
 from workers import events
 from workers.dependencies import Dependencies

@@ -250,7 +250,7 @@ def test_unknown_event_names_are_kept(caller: Caller, redis_client: redis.Redis)
 
 def test_signature_off_accepts_unsigned(redis_url: str, redis_client: redis.Redis) -> None:
     """With signatures off (development beside the sandbox) an unsigned callback is taken."""
-    from service.app import create_app
+    from service.web.app import create_app
 
     settings = make_settings(redis_url, "http://127.0.0.1:1", webhook_signature="off")
     with serve(create_app(settings)) as url:
@@ -286,7 +286,7 @@ def test_previous_token_is_accepted_during_rotation(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     """With VTS_AUTH_TOKEN_PREVIOUS set, callbacks signed with either token are taken."""
-    from service.app import create_app
+    from service.web.app import create_app
 
     settings = make_settings(
         redis_url, "http://127.0.0.1:1", vts_auth_token_previous=Secret("the-previous-token")
@@ -328,7 +328,7 @@ def test_too_many_query_fields_are_400(caller: Caller) -> None:
 
 def test_redis_unavailable_is_503(redis_client: redis.Redis) -> None:
     """When Redis cannot take the event the answer is 503, so VTS retries."""
-    from service.app import create_app
+    from service.web.app import create_app
 
     settings = make_settings("redis://127.0.0.1:1/0", "http://127.0.0.1:1", webhook_signature="off")
     with serve(create_app(settings)) as url:

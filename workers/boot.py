@@ -13,7 +13,6 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from service import egress, logs, messages, redis_clients
-from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings
 from service.storage import open_storage
@@ -24,6 +23,7 @@ from service.vts.ratelimit import RateLimiter
 from workers import notifications
 from workers.broker import create_broker
 from workers.dependencies import Dependencies
+from workers.downloads import DownloadPolicy, build_client
 
 
 def build(settings: Settings, client: redis.Redis) -> Dependencies:

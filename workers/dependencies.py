@@ -16,13 +16,13 @@ from typing import Any
 import dramatiq
 import httpx2
 
-from service.downloads import DownloadPolicy
 from service.egress import EgressPolicy
 from service.messages import Job
 from service.storage import Storage
 from service.store import RecordingStore, Store
 from service.store.apps import AppStore
 from service.vts.client import VtsClient
+from workers.downloads import DownloadPolicy
 from workers.leases import LEASE
 
 

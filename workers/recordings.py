@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 
 import structlog
 
-from service.downloads import download
 from service.errors import EventNotReady, RecordingNotReady, RecordingPending, RecordingRejected
-from service.events import Event
 from service.metrics import metrics
 from service.recordings import Recording, RecordingStatus, recording_id
 from service.store import Keys, timeline_entry
+from service.vts.callbacks import Event
 from workers import notifications
 from workers.dependencies import Dependencies
+from workers.downloads import download
 from workers.events import ORPHAN_AFTER
 
 log = structlog.get_logger(__name__)

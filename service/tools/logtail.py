@@ -271,7 +271,7 @@ def main(
     environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run ``masking logs`` with ``argv`` (its arguments); returns the exit status."""
-    from service import cli
+    from service.tools import cli
 
     args = cli.parse(["logs", *(sys.argv[1:] if argv is None else argv)])
     try:

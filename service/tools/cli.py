@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, NoReturn
 import redis
 
 from service.errors import ConfigurationError, ServiceError
-from service.logtail import LEVELS
 from service.settings import Settings, redis_url_from_env
+from service.tools.logtail import LEVELS
 
 if TYPE_CHECKING:
     from service.store import Store
@@ -100,7 +100,7 @@ def web(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service import logs
-    from service.app import create_app
+    from service.web.app import create_app
 
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     config = uvicorn.Config(
@@ -134,8 +134,8 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def dev(args: argparse.Namespace) -> None:
-    from service import devserver
-    from service.embedded_redis import RedisServerMissing
+    from devkit import devserver
+    from devkit.embedded_redis import RedisServerMissing
 
     try:
         raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))
@@ -144,7 +144,7 @@ def dev(args: argparse.Namespace) -> None:
 
 
 def sandbox(args: argparse.Namespace) -> None:
-    from service.vts import sandbox as vts_sandbox
+    from devkit.sandbox import server as vts_sandbox
 
     try:
         config = vts_sandbox.SandboxConfig(
@@ -163,7 +163,7 @@ def sandbox(args: argparse.Namespace) -> None:
 
 
 def logs(args: argparse.Namespace) -> None:
-    from service import logtail
+    from service.tools import logtail
 
     try:
         status = logtail.run_command(args, stdin=sys.stdin, stdout=sys.stdout, environ=os.environ)
@@ -186,14 +186,14 @@ def _operator_store() -> Store:
 
 
 def apps(args: argparse.Namespace) -> None:
-    from service import appadmin
     from service.store.apps import AppStore
+    from service.tools import appadmin
 
     raise SystemExit(appadmin.run(AppStore(_operator_redis()), args, sys.stdout, sys.stderr))
 
 
 def dlq(args: argparse.Namespace) -> None:
-    from service import deadletters
+    from service.tools import deadletters
 
     store = _operator_store()
     if args.action == "list":
@@ -217,7 +217,7 @@ def dlq(args: argparse.Namespace) -> None:
 
 
 def replay_webhooks(args: argparse.Namespace) -> None:
-    from service import deadletters
+    from service.tools import deadletters
 
     if args.until is not None and args.since is None:
         raise UsageError("--until goes with --since")
