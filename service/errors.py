@@ -54,3 +54,65 @@ class VtsNotFound(VtsRejected):
 
 class StoreUnavailable(ServiceError):
     """Redis could not be reached or did not answer in time."""
+
+
+class WorkNotReady(ServiceError):
+    """A job must wait for something that is on its way; try again shortly.
+
+    ``retry_after`` (seconds) is how soon, or None for the job's backoff.
+    """
+
+    retry_after: float | None = None
+
+
+class EventNotReady(WorkNotReady):
+    """The event must wait: its session is not known yet (its create is still running)."""
+
+    retry_after: float | None = 0.2
+
+
+class RecordingPending(EventNotReady):
+    """VTS does not serve the recording yet; try again after the job's backoff."""
+
+    retry_after: float | None = None
+
+
+class SessionNotReady(ServiceError):
+    """The session has no VTS session yet (its create is still running); try again."""
+
+
+class SessionBusy(ServiceError):
+    """Another worker is acting on this session right now; try again shortly."""
+
+
+class ReceiverUnavailable(ServiceError):
+    """The app's receiver failed or did not answer; try again later."""
+
+
+class RecordingError(ServiceError):
+    """A recording could not be downloaded. Messages hold no URL and no secret."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class RecordingNotReady(RecordingError):
+    """VTS answered 404: the file is not there yet (it often is a little later)."""
+
+
+class RecordingUnavailable(RecordingError):
+    """A network error, a 5xx/408/425/429 or an incomplete body: try again later.
+
+    ``retry_after`` is the host's ``Retry-After`` in seconds, when it gave one.
+    """
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(reason, status=status)
+        self.retry_after = retry_after
+
+
+class RecordingRejected(RecordingError):
+    """Refused by policy or by the host (other 4xx): retrying will not help."""

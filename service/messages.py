@@ -1,18 +1,39 @@
-"""The message contract between the web and the workers.
+"""The job contract between the web and the workers: every job is declared here, once.
 
-The web enqueues by actor name through this module; the workers declare actors with the
-same names and queues (a test checks both sides agree). Messages carry ids, never phone
-numbers: an actor reads what it needs from the store. The request id rides in the message
-options so that every worker log line can be tied to the HTTP request that caused it.
+A :class:`Job` names its actor and queue, the type of its payload, its retry policy and
+which failures are transient. The web and the workers both enqueue through
+:meth:`Job.message`, the one encoder of dramatiq's wire format (the store writes what it
+returns, inside the Lua script that changes state along with it); the workers declare one
+actor per job from the same declaration (a test checks both sides agree).
+
+Payloads carry ids, never phone numbers: an actor reads what it needs from the store.
+They travel as dramatiq's positional ``args`` (a payload's fields in order), so a message
+queued by an earlier version still decodes. The request id and the app that asked ride in
+the message options, so that every worker log line can be tied to the HTTP request that
+caused it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import uuid4
 
 import dramatiq
+import msgspec
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+
+from service.errors import (
+    EventNotReady,
+    ReceiverUnavailable,
+    RecordingUnavailable,
+    SessionBusy,
+    SessionNotReady,
+    VtsUnavailable,
+    WorkNotReady,
+)
 
 SESSIONS_QUEUE = "sessions"
 EVENTS_QUEUE = "events"
@@ -20,36 +41,94 @@ RECORDINGS_QUEUE = "recordings"
 NOTIFICATIONS_QUEUE = "notifications"
 QUEUES = (SESSIONS_QUEUE, EVENTS_QUEUE, RECORDINGS_QUEUE, NOTIFICATIONS_QUEUE)
 
-
-@dataclass(frozen=True)
-class ActorRoute:
-    actor_name: str
-    queue_name: str
-
-
-CREATE_SESSION = ActorRoute("create_session", SESSIONS_QUEUE)
-UPDATE_SESSION = ActorRoute("update_session", SESSIONS_QUEUE)
-EXPIRE_SESSION = ActorRoute("expire_session", SESSIONS_QUEUE)
-
-APPLY_EVENT = ActorRoute("apply_event", EVENTS_QUEUE)
-APPLY_RECORDING_EVENT = ActorRoute("apply_recording_event", RECORDINGS_QUEUE)
-NOTIFY_APP = ActorRoute("notify_app", NOTIFICATIONS_QUEUE)
-DELETE_RECORDING_FILES = ActorRoute("delete_recording_files", RECORDINGS_QUEUE)
-
-ROUTES = (
-    CREATE_SESSION,
-    UPDATE_SESSION,
-    EXPIRE_SESSION,
-    APPLY_EVENT,
-    APPLY_RECORDING_EVENT,
-    NOTIFY_APP,
-    DELETE_RECORDING_FILES,
-)
-
-
 # Set in the options of a dead letter put back by an operator: work given up before may
 # be taken up again (a create whose retries ran out).
 REPLAY_OPTION = "replay"
+
+
+# Payloads: one small struct per shape, validated when a worker decodes the message.
+
+
+class SessionRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """Work on one session."""
+
+    session_id: str
+
+
+class SessionUpdate(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """Send a session's pending changes to VTS. ``changes`` is only set by messages queued
+    before changes were kept in Redis."""
+
+    session_id: str
+    changes: dict[str, Any] | None = None
+
+
+class EventRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A stored VTS callback, and its VTS session when the web knew it (one round trip
+    less for the worker)."""
+
+    event_id: str
+    session_uuid: str | None = None
+
+
+class Notification(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A notification to the app that asked for the session; ``notification_id`` is the
+    same on every retry (the app's receiver deduplicates by it)."""
+
+    session_id: str
+    kind: str
+    notification_id: str
+
+
+class Exhausted(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """What dramatiq sends a job's ``on_exhausted`` job when its retries run out: the
+    given-up message (as a dict) and its retry count."""
+
+    message: dict[str, Any]
+    retry_info: dict[str, Any]
+
+
+P = TypeVar("P", bound=msgspec.Struct)
+
+# Redis is our own state: while it is away (a restart, a failover) every job waits for it
+# however long that takes, and is never given up.
+ALWAYS_TRANSIENT: tuple[type[Exception], ...] = (redis.RedisError,)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed job is tried again, and how soon.
+
+    Besides Redis errors (always retried): ``waits`` are part of the work (an event whose
+    session is still being created), bounded in time by the work itself, and retried as
+    long as they are raised; ``transient`` failures are retried up to ``max_retries``
+    times. Anything else (a bug, a rejection) is never retried. The delay is the one the
+    failure names (``retry_after`` in seconds: VTS's Retry-After, an event's short wait),
+    else a backoff doubling from ``min_backoff_ms`` up to ``max_backoff_ms``.
+    """
+
+    transient: tuple[type[Exception], ...] = ()
+    max_retries: int = 0
+    waits: tuple[type[WorkNotReady], ...] = ()
+    min_backoff_ms: int = 500
+    max_backoff_ms: int = 15_000
+
+    @property
+    def retried(self) -> tuple[type[Exception], ...]:
+        """Every failure this policy may retry."""
+        return (*ALWAYS_TRANSIENT, *self.waits, *self.transient)
+
+    def allows(self, retries: int, failure: BaseException, *, max_retries: int) -> bool:
+        """Whether ``failure`` is retried after ``retries`` retries already made."""
+        if isinstance(failure, ALWAYS_TRANSIENT + self.waits):
+            return True
+        return isinstance(failure, self.transient) and retries < max_retries
+
+
+def delay_ms(failure: BaseException) -> int | None:
+    """The wait ``failure`` names, in ms (None: the policy's backoff)."""
+    retry_after = getattr(failure, "retry_after", None)
+    return int(retry_after * 1000) if retry_after is not None else None
 
 
 @dataclass(frozen=True)
@@ -62,28 +141,170 @@ class Outgoing:
     payload: bytes
 
 
-def build(
-    route: ActorRoute,
-    *args: Any,
-    request_id: str | None = None,
-    app: str | None = None,
-    **kwargs: Any,
+@dataclass(frozen=True)
+class Job(Generic[P]):
+    """One kind of work: its actor's name and queue, its payload type, its retry policy,
+    the job told when retries run out, and a time limit when it differs from the
+    broker's."""
+
+    name: str
+    queue: str
+    payload: type[P]
+    retry: RetryPolicy
+    on_exhausted: Job[Exhausted] | None = None
+    time_limit_ms: int | None = None
+
+    def message(
+        self, payload: P, *, request_id: str | None = None, app: str | None = None
+    ) -> Outgoing:
+        """The message for ``payload``. ``request_id`` and ``app`` (the name of the app
+        that asked) ride in the options, for the worker's log lines."""
+        if type(payload) is not self.payload:
+            raise TypeError(f"{self.name} takes a {self.payload.__name__}")
+        options: dict[str, Any] = {}
+        if request_id is not None:
+            options["request_id"] = request_id
+        if app is not None:
+            options["app"] = app
+        return encode(self.queue, self.name, msgspec.to_builtins(payload), {}, options)
+
+    def decode(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> P:
+        """The payload of a message's ``args``/``kwargs``; raises msgspec.ValidationError
+        when they do not fit (such a message is never retried)."""
+        if kwargs:
+            fields = self.payload.__struct_fields__
+            unknown = set(kwargs) - set(fields[len(args) :])
+            if unknown:
+                raise msgspec.ValidationError(f"{self.name} takes no argument {sorted(unknown)}")
+            defaults = self.payload.__struct_defaults__
+            first_default = len(fields) - len(defaults)
+            args = [*args]
+            for index in range(len(args), len(fields)):
+                fallback = defaults[index - first_default] if index >= first_default else None
+                args.append(kwargs.get(fields[index], fallback))
+        return msgspec.convert(args, self.payload)
+
+
+def encode(
+    queue_name: str,
+    actor_name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    options: Mapping[str, Any],
+    *,
+    message_id: str | None = None,
 ) -> Outgoing:
-    """``request_id`` and ``app`` (the name of the app that asked) ride in the options, for
-    the worker's log lines."""
+    """A message in dramatiq's wire format, with a fresh Redis id (its message id too,
+    unless given: a renewed dead letter keeps its own)."""
     # One uuid4 serves as both ids: each only has to be unique, and a uuid4 costs ~2 µs.
-    message_id = str(uuid4())
-    options: dict[str, Any] = {"redis_message_id": message_id}
-    if request_id is not None:
-        options["request_id"] = request_id
-    if app is not None:
-        options["app"] = app
+    redis_id = str(uuid4())
     message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=route.queue_name,
-        actor_name=route.actor_name,
-        args=args,
-        kwargs=kwargs,
-        options=options,
-        message_id=message_id,
+        queue_name=queue_name,
+        actor_name=actor_name,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        options={**options, "redis_message_id": redis_id},
+        message_id=message_id or redis_id,
     )
-    return Outgoing(route.queue_name, message_id, message_id, message.encode())
+    return Outgoing(queue_name, message.message_id, redis_id, message.encode())
+
+
+_SESSION_WORK = RetryPolicy(
+    transient=(VtsUnavailable, SessionBusy, SessionNotReady), max_retries=20
+)
+# Bookkeeping after work is given up: only Redis can fail it, and Redis passes.
+_BOOKKEEPING = RetryPolicy()
+# Storage hiccups (boto3 has retried within the call already).
+_STORAGE = RetryPolicy(
+    transient=(OSError, BotoCoreError, ClientError),
+    max_retries=20,
+    min_backoff_ms=1_000,
+    max_backoff_ms=60_000,
+)
+
+CREATE_SESSION_EXHAUSTED = Job("create_session_exhausted", SESSIONS_QUEUE, Exhausted, _BOOKKEEPING)
+# VTS_CREATE_MAX_RETRIES sets its max_retries (see workers.dependencies).
+CREATE_SESSION = Job(
+    "create_session",
+    SESSIONS_QUEUE,
+    SessionRef,
+    _SESSION_WORK,
+    on_exhausted=CREATE_SESSION_EXHAUSTED,
+)
+UPDATE_SESSION_EXHAUSTED = Job("update_session_exhausted", SESSIONS_QUEUE, Exhausted, _BOOKKEEPING)
+UPDATE_SESSION = Job(
+    "update_session",
+    SESSIONS_QUEUE,
+    SessionUpdate,
+    _SESSION_WORK,
+    on_exhausted=UPDATE_SESSION_EXHAUSTED,
+)
+EXPIRE_SESSION = Job("expire_session", SESSIONS_QUEUE, SessionRef, _SESSION_WORK)
+RECONCILE_SESSION = Job("reconcile_session", SESSIONS_QUEUE, SessionRef, _SESSION_WORK)
+EXPIRE_IF_DUE = Job("expire_if_due", SESSIONS_QUEUE, SessionRef, _SESSION_WORK)
+PURGE_SESSION = Job("purge_session", SESSIONS_QUEUE, SessionRef, _STORAGE)
+
+# An event waits as long as its work says (it bounds the wait).
+APPLY_EVENT = Job("apply_event", EVENTS_QUEUE, EventRef, RetryPolicy(waits=(EventNotReady,)))
+
+RECORDING_DOWNLOAD_EXHAUSTED = Job(
+    "recording_download_exhausted",
+    RECORDINGS_QUEUE,
+    Exhausted,
+    RetryPolicy(min_backoff_ms=1_000, max_backoff_ms=60_000),
+)
+# Waiting for the session, or for VTS to serve the file, is bounded in time by the work;
+# network errors and 5xx are retried up to a limit.
+APPLY_RECORDING_EVENT = Job(
+    "apply_recording_event",
+    RECORDINGS_QUEUE,
+    EventRef,
+    RetryPolicy(
+        transient=(RecordingUnavailable,),
+        max_retries=20,
+        waits=(EventNotReady,),
+        min_backoff_ms=1_000,
+        max_backoff_ms=60_000,
+    ),
+    on_exhausted=RECORDING_DOWNLOAD_EXHAUSTED,
+    # Long enough for a large recording over a slow link; the download has its own timeouts.
+    time_limit_ms=30 * 60_000,
+)
+DELETE_RECORDING_FILES = Job("delete_recording_files", RECORDINGS_QUEUE, SessionRef, _STORAGE)
+
+# 1 s doubling to 5 min: about an hour of attempts before an app's receiver is given up on.
+NOTIFY_APP = Job(
+    "notify_app",
+    NOTIFICATIONS_QUEUE,
+    Notification,
+    RetryPolicy(
+        transient=(ReceiverUnavailable,),
+        max_retries=16,
+        min_backoff_ms=1_000,
+        max_backoff_ms=300_000,
+    ),
+)
+
+JOBS: tuple[Job[Any], ...] = (
+    CREATE_SESSION,
+    CREATE_SESSION_EXHAUSTED,
+    UPDATE_SESSION,
+    UPDATE_SESSION_EXHAUSTED,
+    EXPIRE_SESSION,
+    RECONCILE_SESSION,
+    EXPIRE_IF_DUE,
+    PURGE_SESSION,
+    APPLY_EVENT,
+    APPLY_RECORDING_EVENT,
+    RECORDING_DOWNLOAD_EXHAUSTED,
+    DELETE_RECORDING_FILES,
+    NOTIFY_APP,
+)
+
+# The job each kind of timer in the store's schedule runs, with the session's id.
+TIMERS: Mapping[str, Job[Any]] = {
+    "reconcile": RECONCILE_SESSION,
+    "expire": EXPIRE_IF_DUE,
+    "update": UPDATE_SESSION,
+    "purge": PURGE_SESSION,
+}

@@ -29,6 +29,7 @@ from service.settings import AppKey, Secret, Settings
 from service.store import AsyncStore
 from service.vts.callbacks import Event
 from tests.servers import free_port, serve
+from workers.dependencies import Dependencies
 
 API_KEY = "test-key-" + "0" * 16
 AUTH_ID = "MATESTACCOUNT000001"
@@ -199,14 +200,26 @@ def broker(redis_url: str) -> dramatiq.Broker:
 
 
 @pytest.fixture
+def deps(redis_url: str, redis_client: redis.Redis, recordings_dir: Path) -> Iterator[Dependencies]:
+    """A worker's dependencies, for calling work functions directly: a test swaps in its
+    clock or VTS client with ``dataclasses.replace`` (VTS is unreachable otherwise)."""
+    from workers import boot
+
+    settings = make_settings(redis_url, "http://127.0.0.1:9", recordings_dir=recordings_dir)
+    built = boot.build(settings, redis_client)
+    yield built
+    built.close()
+
+
+@pytest.fixture
 def worker(
     broker: dramatiq.Broker, settings: Settings, redis_client: redis.Redis
 ) -> Iterator[dramatiq.Worker]:
-    """A real dramatiq worker (threads in this process) with resources for ``settings``."""
+    """A real dramatiq worker (threads in this process) with dependencies for ``settings``
+    (closed when it stops)."""
     from workers import boot
 
-    resources = boot.build(settings, redis_client)
-    boot.install(resources)
+    broker.dependencies = boot.build(settings, redis_client)  # type: ignore[attr-defined]
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=50)
     worker.start()
     try:
@@ -217,7 +230,6 @@ def worker(
         broker.middleware[:] = [
             m for m in broker.middleware if type(m).__name__ != "_WorkerMiddleware"
         ]
-        resources.close()
 
 
 def new_numbers() -> tuple[str, str]:
@@ -273,7 +285,7 @@ def store_event(redis_url: str, event: Event) -> str:
 
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.APPLY_EVENT, event.id)
+        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
         received_ms = int(datetime.now(UTC).timestamp() * 1000)
         await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
         await client.aclose()
@@ -296,7 +308,7 @@ def stored_session(redis_url: str, session_id: str) -> Session:
 
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.CREATE_SESSION, session.id)
+        message = messages.CREATE_SESSION.message(messages.SessionRef(session.id))
         await AsyncStore(client).create_session(
             session, message, idempotency=None, idempotency_ttl=60
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -18,6 +19,7 @@ from service.store import Keys, Store, scripts
 from service.vts.callbacks import ROLES, Event, Role, check
 from tests.conftest import Clock, store_event, stored_session
 from workers import events
+from workers.dependencies import Dependencies
 
 UUID = "6a0c3f6e-2222-4333-8444-955566667777"
 LEG = {"Duration": "42", "BilledDuration": "60", "Amount": "0.00850"}
@@ -29,8 +31,8 @@ def store(redis_client: redis.Redis) -> Store:
 
 
 @pytest.fixture
-def ctx(store: Store) -> events.Context:
-    return events.Context(store=store, clock=Clock())
+def ctx(deps: Dependencies) -> Dependencies:
+    return replace(deps, clock=Clock())
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def _events(
     ]
 
 
-def _apply(ctx: events.Context, redis_url: str, params: list[dict[str, str]]) -> list[str]:
+def _apply(ctx: Dependencies, redis_url: str, params: list[dict[str, str]]) -> list[str]:
     ids = [store_event(redis_url, check("session", p)) for p in params]
     for event_id in ids:
         events.apply(ctx, event_id, UUID)
@@ -106,7 +108,7 @@ HANGUP_FAMILY = (
 
 
 def test_progress_opens_a_call_and_counts_nothing(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """Role progress: the session is in_progress, no counter moves."""
     _apply(ctx, redis_url, _events("SessionFirstPartyInitiated", "SessionFirstPartyAnswer"))
@@ -115,7 +117,7 @@ def test_progress_opens_a_call_and_counts_nothing(
 
 
 def test_leg_end_adds_one_call_its_seconds_and_amount(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """Role leg_end: one call, its BilledDuration and Amount; no interaction."""
     _apply(ctx, redis_url, _events("SessionFirstPartyHangup", "SessionSecondPartyFailed"))
@@ -123,7 +125,7 @@ def test_leg_end_adds_one_call_its_seconds_and_amount(
 
 
 def test_leg_complete_pairs_with_the_other_partys_neighbour(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """Role leg_complete: a leg end; two answered legs of both parties side by side in
     sequence are one interaction, counted once whichever arrives first."""
@@ -135,7 +137,7 @@ def test_leg_complete_pairs_with_the_other_partys_neighbour(
 
 
 def test_leg_complete_alone_is_no_interaction(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """A caller's answered leg whose called party never answered is no interaction."""
     _apply(ctx, redis_url, _events(*UNANSWERED_INBOUND))
@@ -144,7 +146,7 @@ def test_leg_complete_alone_is_no_interaction(
 
 
 def test_parties_hangup_is_one_interaction(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """Role parties_hangup: one interaction, no leg counted."""
     _apply(ctx, redis_url, _events("SessionPartiesHangup"))
@@ -152,7 +154,7 @@ def test_parties_hangup_is_one_interaction(
 
 
 def test_timeout_expires_the_session(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """Role timeout: the session is expired, and a later call event does not revive it."""
     _apply(ctx, redis_url, _events("SessionTimeout", "SessionFirstPartyAnswer"))
@@ -160,7 +162,7 @@ def test_timeout_expires_the_session(
 
 
 def test_number_replaces_the_virtual_number(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """Role number: VirtualNumber becomes the session's number."""
     replaced = {"SessionVirtualNumberReplaced": {"VirtualNumber": "14152000077"}}
@@ -169,7 +171,7 @@ def test_number_replaces_the_virtual_number(
 
 
 def test_note_changes_nothing_but_the_timeline(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
     """Role note: on the timeline, no counter, not counted as unknown."""
     shown = redis_client.llen(Keys.timeline(session_id))
@@ -180,7 +182,7 @@ def test_note_changes_nothing_but_the_timeline(
 
 
 def test_unknown_is_kept_and_counted(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
     """Role unknown: on the timeline and counted, no counter moves."""
     shown = redis_client.llen(Keys.timeline(session_id))
@@ -191,7 +193,7 @@ def test_unknown_is_kept_and_counted(
 
 
 def test_an_inbound_call_answered_by_the_virtual_number_is_one_interaction(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """SessionVirtualNumberAnswer instead of SessionFirstPartyAnswer: both parties talked."""
     _apply(ctx, redis_url, _events(*INBOUND))
@@ -208,7 +210,7 @@ def test_every_order_of_a_call_gives_the_same_totals(
     ids = [store_event(redis_url, check("session", p)) for p in params]
     moment = Clock()()
     changes = [
-        events.change(check("session", p), event_id=i, now=moment)
+        events.plan_change(check("session", p), event_id=i, now=moment)
         for p, i in zip(params, ids, strict=True)
     ]
     counters = ("interaction_count", "call_count", "billed_duration", "call_amount_nanos",
@@ -227,7 +229,7 @@ def test_every_order_of_a_call_gives_the_same_totals(
 
 
 def test_calls_in_reverse_order_with_duplicates_count_exactly(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str
 ) -> None:
     """Four calls of every shape, delivered backwards and each twice, with no clock moving:
     exact totals at once (nothing waits for an earlier event)."""
@@ -253,7 +255,7 @@ def test_calls_in_reverse_order_with_duplicates_count_exactly(
     ],
 )
 def test_an_impossible_leg_value_writes_nothing(
-    ctx: events.Context,
+    ctx: Dependencies,
     store: Store,
     session_id: str,
     redis_url: str,
@@ -312,7 +314,7 @@ def test_a_duplicate_and_a_missing_session_are_told_apart(
 ) -> None:
     """The script's other outcomes: ``duplicate`` for a marker seen, ``missing`` without a
     session."""
-    change = events.change(
+    change = events.plan_change(
         check("session", _events("SessionFirstPartyHangup")[0]), event_id="e2", now=Clock()()
     )
     assert store.apply_event(session_id, change).outcome == "applied"

@@ -89,33 +89,76 @@ def test_the_import_rule_knows_every_part_of_the_tree() -> None:
     assert packages == {"web", "tools", "store", "storage", "vts"}
 
 
-def test_every_route_of_the_contract_has_an_actor(broker: dramatiq.Broker) -> None:
-    """Each actor the web enqueues for exists in the workers, on the same queue."""
-    for route in messages.ROUTES:
-        actor = broker.get_actor(route.actor_name)
-        assert actor.queue_name == route.queue_name
+def test_every_job_of_the_contract_has_its_actor(broker: dramatiq.Broker) -> None:
+    """Each job's actor exists, on the job's queue, with the job's retry policy."""
+    for job in messages.JOBS:
+        actor = broker.get_actor(job.name)
+        assert actor.queue_name == job.queue, job.name
+        options = actor.options
+        assert options["max_retries"] == job.retry.max_retries, job.name
+        assert options["min_backoff"] == job.retry.min_backoff_ms, job.name
+        assert options["max_backoff"] == job.retry.max_backoff_ms, job.name
+        exhausted = job.on_exhausted.name if job.on_exhausted else None
+        assert options.get("on_retry_exhausted") == exhausted, job.name
+        assert options.get("time_limit") == job.time_limit_ms, job.name
 
 
-def test_every_scheduler_task_has_an_actor(broker: dramatiq.Broker) -> None:
-    """Each kind of timer the scheduler fires has its actor."""
-    from workers.scheduler import TASK_ACTORS
-
-    for actor_name in TASK_ACTORS.values():
-        broker.get_actor(actor_name)
+def test_every_actor_is_a_job_of_the_contract(broker: dramatiq.Broker) -> None:
+    """The workers declare no actor the contract does not know, internal ones included."""
+    assert set(broker.get_declared_actors()) == {job.name for job in messages.JOBS}
 
 
-def test_every_actor_is_in_the_contract_or_internal(broker: dramatiq.Broker) -> None:
-    """The workers declare no actor the contract does not know, besides their own helpers."""
-    internal = {
-        "create_session_exhausted",
-        "reconcile_session",
-        "expire_if_due",
-        "purge_session",
-        "recording_download_exhausted",
-        "update_session_exhausted",
+def test_every_timer_runs_a_job_of_the_contract() -> None:
+    """Each kind of timer the scheduler fires names a job that takes a session id."""
+    for task, job in messages.TIMERS.items():
+        assert job in messages.JOBS, task
+        outgoing = job.message(job.payload("ses_" + "a" * 32))
+        assert outgoing.queue_name == job.queue
+
+
+def test_no_global_retry_policy(broker: dramatiq.Broker) -> None:
+    """The broker's Retries middleware retries nothing by itself; each actor brings its own."""
+    from dramatiq.middleware import Retries
+
+    (retries,) = [m for m in broker.middleware if isinstance(m, Retries)]
+    assert retries.max_retries == 0
+    assert retries.retry_when is None
+    for name in broker.get_declared_actors():
+        assert callable(broker.get_actor(name).options["retry_when"]), name
+
+
+def _string_literals(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
     }
-    declared = set(broker.get_declared_actors())
-    assert declared - internal == {route.actor_name for route in messages.ROUTES}
+
+
+# The same words, meaning something else: the VTS client labels its calls (metrics, logs)
+# with VTS's own actions.
+_NOT_ACTOR_NAMES = {"vts/client.py": {"create_session", "update_session", "expire_session"}}
+
+
+def test_actor_names_are_written_only_in_the_contract() -> None:
+    """No module but the contract spells an actor's name: they all refer to its jobs."""
+    names = {job.name for job in messages.JOBS}
+    contract = ROOT / "service" / "messages.py"
+    for path in [*_modules("service"), *_modules("workers")]:
+        if path == contract:
+            continue
+        where = str(path.relative_to(ROOT))
+        allowed = next((v for k, v in _NOT_ACTOR_NAMES.items() if where.endswith(k)), set())
+        spelled = _string_literals(path) & names - allowed
+        assert not spelled, f"{where} spells {spelled}"
+
+
+def test_actor_name_literals_are_found(tmp_path: Path) -> None:
+    """The check above sees a name written as a string, in any expression."""
+    module = tmp_path / "module.py"
+    module.write_text('broker.get_actor(f"{x}", "notify_app")\n')
+    assert "notify_app" in _string_literals(module)
 
 
 def test_importing_modules_does_no_work() -> None:

@@ -45,7 +45,7 @@ def _replay_the_create(store: Store) -> None:
     letters = [
         letter
         for letter in deadletters.dead_letters(store, (messages.SESSIONS_QUEUE,))
-        if letter.message["actor_name"] == messages.CREATE_SESSION.actor_name
+        if letter.message["actor_name"] == messages.CREATE_SESSION.name
     ]
     assert len(letters) == 1
     assert deadletters.replay(store, letters[0])
@@ -53,7 +53,7 @@ def _replay_the_create(store: Store) -> None:
 
 def _dead_create(store: Store) -> bool:
     return any(
-        letter.message["actor_name"] == messages.CREATE_SESSION.actor_name
+        letter.message["actor_name"] == messages.CREATE_SESSION.name
         for letter in deadletters.dead_letters(store, (messages.SESSIONS_QUEUE,))
     )
 

@@ -27,7 +27,6 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from devkit.sandbox import server as sandbox
 from service import messages
 from service.metrics import ClusterCollector, metrics
 from service.settings import AppKey, Secret, Settings
@@ -166,8 +165,6 @@ def _masking(argv: list[str]) -> argparse.Namespace:
     assert argv[0] == "masking", argv
     try:
         args = cli.parse(argv[1:])
-        if args.command == "sandbox":
-            sandbox._parser().parse_args(args.rest)
     except SystemExit:
         pytest.fail(f"not a valid masking command: {argv}")
     return args
@@ -772,7 +769,7 @@ def test_dashboard_shows_every_signal_of_the_operations_guide() -> None:
     assert not missing, missing
 
 
-@pytest.mark.parametrize("command", [["sandbox"], ["dev"]])
+@pytest.mark.parametrize("command", [["sandbox", "--auth-id", "MA1", "--auth-token", "t"], ["dev"]])
 def test_development_commands_without_devkit_say_so(command: list[str]) -> None:
     """In the production image (no devkit), `masking sandbox` and `masking dev` exit 2 with
     one line saying they are development commands, not a traceback."""

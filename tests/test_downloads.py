@@ -19,18 +19,16 @@ from starlette.routing import Route
 from structlog.testing import capture_logs
 
 from service.egress import origin
-from service.errors import ConfigurationError
-from service.settings import Settings
-from service.storage import LocalStorage
-from tests.servers import serve
-from workers.downloads import (
-    DownloadPolicy,
+from service.errors import (
+    ConfigurationError,
     RecordingNotReady,
     RecordingRejected,
     RecordingUnavailable,
-    build_client,
-    download,
 )
+from service.settings import Settings
+from service.storage import LocalStorage
+from tests.servers import serve
+from workers.downloads import DownloadPolicy, build_client, download
 
 AUTH = ("MAACCOUNT", "token-that-must-stay-secret")
 PUBLIC_IP = "93.184.216.34"

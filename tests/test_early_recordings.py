@@ -36,7 +36,7 @@ def test_a_recording_event_waits_past_the_download_retries_for_its_session(
     received_ms = str(int(time.time() * 1000))
     fields = {"kind": "recording", "params": json.dumps(params), "received_ms": received_ms}
     redis_client.hset(Keys.webhook(event.id), mapping=fields)  # type: ignore[arg-type]
-    Store(redis_client).enqueue(messages.build(messages.APPLY_RECORDING_EVENT, event.id))
+    Store(redis_client).enqueue(messages.APPLY_RECORDING_EVENT.message(messages.EventRef(event.id)))
     waits: list[str] = []
 
     def waited_enough() -> bool:

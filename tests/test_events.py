@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -10,11 +11,13 @@ import pytest
 import redis
 import redis.asyncio
 
+from service.errors import EventNotReady
 from service.models import Status
 from service.store import Keys, Store
 from service.vts.callbacks import Event, check
 from tests.conftest import Clock, store_event, stored_session
 from workers import events
+from workers.dependencies import Dependencies
 
 UUID = "5f0c3f6e-1111-4222-8333-944455556666"
 
@@ -30,8 +33,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def ctx(store: Store, clock: Clock) -> events.Context:
-    return events.Context(store=store, clock=clock)
+def ctx(deps: Dependencies, clock: Clock) -> Dependencies:
+    return replace(deps, clock=clock)
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def _call(first_seq: int, family: str, billed: int = 60) -> list[dict[str, str]]
     ]
 
 
-def _apply_all(ctx: events.Context, ids: list[str], clock: Clock) -> None:
+def _apply_all(ctx: Dependencies, ids: list[str], clock: Clock) -> None:
     """Apply in the given order, retrying held events as the actor would."""
     pending = list(ids)
     for _ in range(100):
@@ -83,7 +86,7 @@ def _apply_all(ctx: events.Context, ids: list[str], clock: Clock) -> None:
         for event_id in pending:
             try:
                 events.apply(ctx, event_id, UUID)
-            except events.EventNotReady:
+            except EventNotReady:
                 waiting.append(event_id)
         if not waiting:
             return
@@ -93,7 +96,7 @@ def _apply_all(ctx: events.Context, ids: list[str], clock: Clock) -> None:
 
 @pytest.mark.parametrize("family", ["hangup", "complete"])
 def test_shuffled_duplicated_events_count_exactly(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock, family: str
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock, family: str
 ) -> None:
     """Three calls' events, shuffled and each delivered twice, count exactly once."""
     size = len(_call(1, family))
@@ -111,7 +114,7 @@ def test_shuffled_duplicated_events_count_exactly(
 
 
 def test_a_live_call_shows_in_progress(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """The session is in_progress while a call is live, active after it."""
     call = _call(1, "hangup")
@@ -122,7 +125,7 @@ def test_a_live_call_shows_in_progress(
 
 
 def test_an_event_whose_predecessor_is_missing_is_applied_at_once(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """No event waits for an earlier one: the third of a call applies with no clock move."""
     call = _call(1, "hangup")
@@ -131,7 +134,7 @@ def test_an_event_whose_predecessor_is_missing_is_applied_at_once(
 
 
 def test_a_late_answer_does_not_reopen_an_ended_call(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """The call event with the highest sequence number decides whether a call is live."""
     call = _call(1, "hangup")
@@ -144,11 +147,11 @@ def test_a_late_answer_does_not_reopen_an_ended_call(
 
 
 def test_event_before_the_session_is_known_waits_then_is_kept_aside(
-    ctx: events.Context, redis_client: redis.Redis, redis_url: str, clock: Clock
+    ctx: Dependencies, redis_client: redis.Redis, redis_url: str, clock: Clock
 ) -> None:
     """An event for an unknown session waits for its create, then is set aside, not lost."""
     event_id = _ingest(redis_url, check("session", {**_call(1, "hangup")[0], "SessionUUID": "x-1"}))
-    with pytest.raises(events.EventNotReady):
+    with pytest.raises(EventNotReady):
         events.apply(ctx, event_id)
     clock.moment += events.ORPHAN_AFTER + timedelta(seconds=1)
     events.apply(ctx, event_id)
@@ -157,7 +160,7 @@ def test_event_before_the_session_is_known_waits_then_is_kept_aside(
 
 
 def test_timeout_expires_and_number_replaced_updates(
-    ctx: events.Context, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """SessionVirtualNumberReplaced changes the number; SessionTimeout expires."""
     replaced = {"EventName": "SessionVirtualNumberReplaced", "SessionUUID": UUID,
@@ -172,7 +175,7 @@ def test_timeout_expires_and_number_replaced_updates(
 
 
 def test_unknown_events_are_counted_without_effect(
-    ctx: events.Context, store: Store, session_id: str, redis_client: redis.Redis, redis_url: str,
+    ctx: Dependencies, store: Store, session_id: str, redis_client: redis.Redis, redis_url: str,
     clock: Clock,
 ) -> None:  # fmt: skip
     """An event name we do not know changes no counter, but is counted and on the timeline."""

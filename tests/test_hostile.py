@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,13 @@ from service.egress import EgressPolicy, build_client
 from service.errors import ConfigurationError
 from service.settings import Settings
 from service.storage import LocalStorage
-from service.store import Keys, RecordingStore, Store
-from service.store.apps import AppStore
+from service.store import Keys, RecordingStore
 from service.web.problems import Problem
 from service.web.validation import Rules, parse_create
 from tests.conftest import make_settings, new_numbers, stored_session
 from tests.servers import free_port, serve
 from workers import notifications
+from workers.dependencies import Dependencies
 
 PROBLEM = "application/problem+json"
 _ENV = {
@@ -197,14 +198,9 @@ def receiver() -> Iterator[tuple[str, list[str]]]:
         yield url, received
 
 
-def _notifier(redis_client: redis.Redis, policy: EgressPolicy) -> notifications.Context:
-    return notifications.Context(
-        store=Store(redis_client),
-        http=build_client(policy, timeout=5),
-        apps=AppStore(redis_client),
-        policy=policy,
-        recordings=RecordingStore(redis_client),
-    )
+def _notifier(deps: Dependencies, policy: EgressPolicy) -> Dependencies:
+    """``deps`` sending notifications under ``policy``."""
+    return replace(deps, receivers=build_client(policy, timeout=5), egress=policy)
 
 
 @pytest.mark.parametrize(
@@ -213,6 +209,7 @@ def _notifier(redis_client: redis.Redis, policy: EgressPolicy) -> notifications.
 def test_notifications_never_reach_a_private_address(
     redis_url: str,
     redis_client: redis.Redis,
+    deps: Dependencies,
     receiver: tuple[str, list[str]],
     answers: list[list[str]],
 ) -> None:
@@ -225,13 +222,13 @@ def test_notifications_never_reach_a_private_address(
     redis_client.hset(Keys.session(session.id), "callback_url", hook)
     replies = iter(answers * 2)
     policy = EgressPolicy(allow_http=True, resolver=lambda host, port: next(replies))
-    ctx = _notifier(redis_client, policy)
-    with ctx.http:
+    ctx = _notifier(deps, policy)
+    with ctx.receivers:
         notifications.send(ctx, session.id, "session.active", "n-1")
     assert received == []
     allowed = EgressPolicy(allow_http=True, allow_private=True, resolver=lambda h, p: ["127.0.0.1"])
-    ctx = _notifier(redis_client, allowed)
-    with ctx.http:
+    ctx = _notifier(deps, allowed)
+    with ctx.receivers:
         notifications.send(ctx, session.id, "session.active", "n-2")
     assert received == ["/hook"]
 
@@ -339,6 +336,7 @@ def test_worker_metrics_listen_on_loopback_without_a_server_header() -> None:
 def test_notifications_ignore_proxy_variables(
     redis_url: str,
     redis_client: redis.Redis,
+    deps: Dependencies,
     receiver: tuple[str, list[str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -350,7 +348,7 @@ def test_notifications_ignore_proxy_variables(
     url, received = receiver
     session = stored_session(redis_url, "ses_" + "c" * 32)
     redis_client.hset(Keys.session(session.id), "callback_url", f"{url}/hook")
-    ctx = _notifier(redis_client, EgressPolicy(allow_http=True, allow_private=True))
-    with ctx.http:
+    ctx = _notifier(deps, EgressPolicy(allow_http=True, allow_private=True))
+    with ctx.receivers:
         notifications.send(ctx, session.id, "session.active", "n-3")
     assert received == ["/hook"]

@@ -14,7 +14,7 @@ import redis
 from service.models import FINAL, Status
 from service.settings import Settings
 from service.store import Keys, Store
-from service.store.codec import text
+from service.store.codec import decode_str
 from tests.conftest import make_settings, new_numbers, wait_until
 from tests.datalife import contents, end, recorded_session
 
@@ -56,10 +56,10 @@ def _owner(client: redis.Redis, key: str) -> str | None:
         return match.group(1)
     if _RECORDING_KEY.fullmatch(key):
         owner = client.hget(key, "session_id")
-        return text(owner) if owner else ""
+        return decode_str(owner) if owner else ""
     if _CLAIM_KEY.fullmatch(key):
         claim = client.get(key)
-        return text(claim) if claim else ""
+        return decode_str(claim) if claim else ""
     return None
 
 
@@ -74,7 +74,7 @@ def _bounded(client: redis.Redis, key: str) -> bool:
     status = client.hget(Keys.session(owner), "status")
     if status is None:
         return False
-    if Status(text(status)) not in FINAL:
+    if Status(decode_str(status)) not in FINAL:
         return True
     return client.zscore(Keys.schedule(), f"purge:{owner}") is not None
 

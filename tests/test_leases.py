@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 import redis
 
+from service.errors import SessionBusy
 from service.models import Status
 from service.store import Keys, Store
 from tests.conftest import stored_session, wait_until
@@ -32,7 +33,7 @@ def test_a_lease_is_renewed_while_its_work_runs(store: Store) -> None:
     with leases.held(store, SESSION, lease):
         until = time.monotonic() + 4 * lease.total_seconds()
         while time.monotonic() < until:
-            with pytest.raises(leases.SessionBusy), leases.held(store, SESSION, lease):
+            with pytest.raises(SessionBusy), leases.held(store, SESSION, lease):
                 pass
             time.sleep(0.05)
     with leases.held(store, SESSION, lease):  # released at the end
@@ -75,7 +76,7 @@ def test_a_killed_holders_session_is_free_within_seconds(store: Store, redis_url
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "holding"
-        with pytest.raises(leases.SessionBusy), leases.held(store, SESSION):
+        with pytest.raises(SessionBusy), leases.held(store, SESSION):
             pass
         os.kill(holder.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -89,7 +90,7 @@ def test_a_killed_holders_session_is_free_within_seconds(store: Store, redis_url
         try:
             with leases.held(store, SESSION):
                 return True
-        except leases.SessionBusy:
+        except SessionBusy:
             return False
 
     wait_until(free, timeout=20, interval=0.1)

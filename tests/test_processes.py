@@ -106,7 +106,7 @@ def _force_a_failure_quoting_a_number(system: System, redis_url: str) -> str:
     received_ms = str(int(time.time() * 1000))
     record = {"kind": "session", "params": json.dumps(params), "received_ms": received_ms}
     client.hset(Keys.webhook(event_id), mapping=record)  # type: ignore[arg-type]
-    message = messages.build(messages.APPLY_EVENT, event_id)
+    message = messages.APPLY_EVENT.message(messages.EventRef(event_id))
     Store(client).enqueue(message)
     client.close()
     return message.message_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx2
@@ -18,7 +19,8 @@ from service.store import AsyncStore, Store
 from service.vts.callbacks import check
 from service.vts.client import VtsClient
 from tests.conftest import AUTH_ID, AUTH_TOKEN, Clock, stored_session
-from workers import reconcile, sessions
+from workers import reconcile
+from workers.dependencies import Dependencies
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def _store_callback(redis_url: str, params: dict[str, str], received_ms: int) ->
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
         event = check("session", params)
-        message = messages.build(messages.APPLY_EVENT, event.id)
+        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
         await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
         await client.aclose()
 
@@ -42,7 +44,11 @@ def _store_callback(redis_url: str, params: dict[str, str], received_ms: int) ->
 
 
 def test_a_stale_unapplied_callback_does_not_block_the_correction(
-    redis_client: redis.Redis, redis_url: str, vts: VtsClient, sandbox: httpx2.Client
+    redis_client: redis.Redis,
+    redis_url: str,
+    vts: VtsClient,
+    sandbox: httpx2.Client,
+    deps: Dependencies,
 ) -> None:
     """VTS counts a call we never applied; one of its callbacks is stored but was lost on
     its way to a worker. A recent one holds the correction; once it is older than the
@@ -58,7 +64,7 @@ def test_a_stale_unapplied_callback_does_not_block_the_correction(
     lost = {"EventName": "SessionFirstPartyHangup", "SessionUUID": remote.session_uuid,
             "SequenceNumber": "4", "BilledDuration": "60", "Amount": "0.00850"}  # fmt: skip
     _store_callback(redis_url, lost, int(clock().timestamp() * 1000))
-    ctx = sessions.Context(store=store, vts=vts, public_base_url="", clock=clock)
+    ctx = replace(deps, store=store, vts=vts, clock=clock)
 
     for _ in range(2):  # a recent callback in flight: not drift yet, however long
         reconcile.reconcile(ctx, session.id)
@@ -78,7 +84,11 @@ def test_a_stale_unapplied_callback_does_not_block_the_correction(
 
 
 def test_a_difference_is_not_drift_until_vts_last_call_has_settled(
-    redis_client: redis.Redis, redis_url: str, vts: VtsClient, sandbox: httpx2.Client
+    redis_client: redis.Redis,
+    redis_url: str,
+    vts: VtsClient,
+    sandbox: httpx2.Client,
+    deps: Dependencies,
 ) -> None:
     """VTS counts a call when it ends and sends its callbacks after: a difference that
     holds still is left alone until the settle time after VTS's last call ended, then corrected."""
@@ -90,7 +100,7 @@ def test_a_difference_is_not_drift_until_vts_last_call_has_settled(
     store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields)
     body = {"caller": "vts", "duration": 600}  # ends ten minutes from now
     assert sandbox.post(f"/_sandbox/sessions/{remote.session_uuid}/calls", json=body).is_success
-    ctx = sessions.Context(store=store, vts=vts, public_base_url="", clock=clock)
+    ctx = replace(deps, store=store, vts=vts, clock=clock)
 
     for _ in range(3):
         reconcile.reconcile(ctx, session.id)

@@ -111,7 +111,7 @@ def test_callback_index_is_trimmed_by_age(redis_url: str, redis_client: redis.Re
 
     async def ingest() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.build(messages.APPLY_EVENT, event.id)
+        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
         await AsyncStore(client).ingest_webhook(
             event, message, nonce=None, received_ms=1_700_000_000_000
         )

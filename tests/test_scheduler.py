@@ -3,6 +3,7 @@ leader's entries come back, and overdue sessions expire without VTS's event."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import dramatiq
@@ -14,8 +15,8 @@ from service.models import Status
 from service.store import Keys, Store
 from tests.conftest import Clock, stored_session, wait_until
 from workers import reconcile
+from workers.dependencies import Dependencies
 from workers.scheduler import Scheduler
-from workers.sessions import Context
 
 
 @pytest.fixture
@@ -28,29 +29,32 @@ def _queued(client: redis.Redis, queue: str = "sessions") -> int:
 
 
 def test_only_one_scheduler_leads_and_each_timer_fires_once(
-    broker: dramatiq.Broker, store: Store, redis_client: redis.Redis
+    broker: dramatiq.Broker, store: Store, redis_client: redis.Redis, deps: Dependencies
 ) -> None:
     """Two schedulers (two processes): one leads, and a due timer is enqueued once."""
     clock = Clock()
-    first, second = Scheduler(lambda: store, clock), Scheduler(lambda: store, clock)
+    deps = replace(deps, clock=clock)
+    first, second = Scheduler(), Scheduler()
     for n in range(5):
         store.schedule("reconcile", f"ses_{n}", clock.moment - timedelta(seconds=1))
-    fired = first.tick(broker) + second.tick(broker) + first.tick(broker) + second.tick(broker)
+    ticks = (first, second, first, second)
+    fired = sum(scheduler.tick(deps, broker) for scheduler in ticks)
     assert fired == 5
     assert _queued(redis_client) == 5
 
 
 def test_taken_timers_come_back_after_their_lease(
-    broker: dramatiq.Broker, store: Store, redis_client: redis.Redis
+    broker: dramatiq.Broker, store: Store, deps: Dependencies
 ) -> None:
     """A timer taken but never rescheduled (its process died) fires again after the lease."""
     clock = Clock()
-    scheduler = Scheduler(lambda: store, clock)
+    deps = replace(deps, clock=clock)
+    scheduler = Scheduler()
     store.schedule("expire", "ses_x", clock.moment)
-    assert scheduler.tick(broker) == 1
-    assert scheduler.tick(broker) == 0
+    assert scheduler.tick(deps, broker) == 1
+    assert scheduler.tick(deps, broker) == 0
     clock.moment += timedelta(seconds=61)
-    assert scheduler.tick(broker) == 1
+    assert scheduler.tick(deps, broker) == 1
 
 
 def test_a_leader_that_stops_renewing_is_replaced(store: Store) -> None:
@@ -70,12 +74,12 @@ def _active_session(redis_url: str, store: Store, expires_at: datetime) -> str:
 
 
 def test_an_overdue_session_expires_without_vts(
-    store: Store, redis_url: str, redis_client: redis.Redis
+    store: Store, redis_url: str, redis_client: redis.Redis, deps: Dependencies
 ) -> None:
     """When expires_at has passed and VTS said nothing, the session becomes expired."""
     clock = Clock()
     session_id = _active_session(redis_url, store, clock.moment + timedelta(seconds=30))
-    ctx = Context(store=store, vts=None, public_base_url="", clock=clock)  # type: ignore[arg-type]
+    ctx = replace(deps, clock=clock)
     reconcile.expire_if_due(ctx, session_id)
     assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
     clock.moment += timedelta(seconds=31)

@@ -119,11 +119,11 @@ def test_changes_given_up_on_do_not_hold_back_the_next_ones(
     before = _queued_updates(redis_client)
     assert api.patch(path, json={"ring_timeout": 20}).status_code == 202
     assert _queued_updates(redis_client) == before == 1
-    resources = boot.build(settings, redis_client)
+    deps = boot.build(settings, redis_client)
     try:
-        sessions.give_up_update(resources.sessions, session_id.json()["id"])
+        sessions.give_up_update(deps, session_id.json()["id"])
     finally:
-        resources.close()
+        deps.close()
     failed = [e for e in api.get(f"{path}/events").json()["data"] if e["type"] == "update_failed"]
     assert [e["changes"] for e in failed] == [["record", "ring_timeout"]]
     assert api.patch(path, json={"ring_timeout": 30}).status_code == 202

@@ -178,7 +178,7 @@ def test_a_full_log_pipe_cannot_keep_the_tree_alive(
         children = tree.wait_running()
         # Each of these logs two lines: far more than the pipe's 64 KiB.
         for index in range(2000):
-            store.enqueue(messages.build(messages.APPLY_EVENT, f"evt_missing{index}"))
+            store.enqueue(messages.APPLY_EVENT.message(messages.EventRef(f"evt_missing{index}")))
         wait_until(lambda: store.client.llen(Keys.queue("events")) < 1900, timeout=30)
         tree.process.terminate()
         tree.process.wait(STOP_DEADLINE)

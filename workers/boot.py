@@ -1,18 +1,18 @@
 """Worker process start-up: ``masking worker`` (:mod:`workers.supervisor`) calls ``setup``
 in every worker process before importing the actor modules, so the broker is set before
-the actors bind to it, and each process builds its own clients.
+the actors bind to it, and each process builds its own dependencies, which the broker
+carries (see :mod:`workers.dependencies`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from service import egress, logs, redis_clients
+from service import egress, logs, messages, redis_clients
 from service.metrics import metrics
 from service.settings import Settings
 from service.storage import open_storage
@@ -20,44 +20,14 @@ from service.store import Keys, RecordingStore, Store
 from service.store.apps import AppStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
-from workers import events, notifications, recordings, retention, sessions
+from workers import notifications
 from workers.broker import create_broker
+from workers.dependencies import Dependencies
 from workers.downloads import DownloadPolicy, build_client
 
 
-@dataclass(frozen=True)
-class Resources:
-    settings: Settings
-    sessions: sessions.Context
-    events: events.Context
-    notifications: notifications.Context
-    recordings: recordings.Context
-    retention: retention.Context
-
-    def close(self) -> None:
-        self.sessions.vts.close()
-        self.notifications.http.close()
-        self.recordings.http.close()
-
-
-_resources: Resources | None = None
-
-
-def resources() -> Resources:
-    """This process's resources; set by ``setup`` before any actor runs."""
-    if _resources is None:
-        raise RuntimeError("worker resources used before workers.boot.setup() ran")
-    return _resources
-
-
-def install(built: Resources) -> None:
-    """Make ``built`` this process's resources (``setup`` does it; tests do it too)."""
-    global _resources  # noqa: PLW0603  (one per process, by dramatiq's design)
-    _resources = built
-
-
-def build(settings: Settings, client: redis.Redis) -> Resources:
-    """The clients the actors use, sharing ``client`` (which must not decode responses)."""
+def build(settings: Settings, client: redis.Redis) -> Dependencies:
+    """The process's dependencies, sharing ``client`` (which must not decode responses)."""
     limiter = RateLimiter(
         client,
         Keys.vts_rate_limit(settings.vts_auth_id),
@@ -74,39 +44,26 @@ def build(settings: Settings, client: redis.Redis) -> Resources:
         connect_timeout=settings.vts_connect_timeout,
         observe=_observe_vts,
     )
-    store = Store(client, retention=settings.session_retention)
-    context = sessions.Context(
-        store=store,
+    outbound = egress.EgressPolicy.from_settings(settings)
+    download_policy = DownloadPolicy.from_settings(settings)
+    return Dependencies(
+        store=Store(client, retention=settings.session_retention),
+        recordings=RecordingStore(client),
+        apps=AppStore(client),
+        storage=open_storage(settings),
         vts=vts,
         public_base_url=settings.public_base_url,
+        receivers=egress.build_client(outbound, timeout=notifications.TIMEOUT_SECONDS),
+        egress=outbound,
+        downloads=build_client(download_policy, timeout=settings.recording_timeout),
+        download_policy=download_policy,
+        vts_auth=(settings.vts_auth_id, settings.vts_auth_token.reveal()),
         clock=_now,
         reconcile_every=timedelta(seconds=settings.reconcile_interval),
         reconcile_settle=timedelta(seconds=settings.reconcile_settle),
         update_interval=settings.session_update_interval,
         budget_window=settings.vts_rate_window,
-    )
-    outbound = egress.EgressPolicy.from_settings(settings)
-    notifier = notifications.Context(
-        store=store,
-        http=egress.build_client(outbound, timeout=notifications.TIMEOUT_SECONDS),
-        apps=AppStore(client),
-        policy=outbound,
-        recordings=RecordingStore(client),
-    )
-    policy = DownloadPolicy.from_settings(settings)
-    recording_store, storage = RecordingStore(client), open_storage(settings)
-    downloads = recordings.Context(
-        store=store,
-        recordings=recording_store,
-        storage=storage,
-        http=build_client(policy, timeout=settings.recording_timeout),
-        policy=policy,
-        auth=(settings.vts_auth_id, settings.vts_auth_token.reveal()),
-        clock=_now,
-    )
-    lifecycle = retention.Context(store=store, recordings=recording_store, storage=storage)
-    return Resources(
-        settings, context, events.Context(store=store, clock=_now), notifier, downloads, lifecycle
+        retry_limits={messages.CREATE_SESSION.name: settings.create_max_retries},
     )
 
 
@@ -132,7 +89,6 @@ def setup() -> RedisBroker:
     client = redis_clients.connect(
         settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
     )
-    install(build(settings, client))
-    broker = create_broker(client)
+    broker = create_broker(client, build(settings, client))
     dramatiq.set_broker(broker)
     return broker

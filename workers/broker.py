@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -29,6 +28,8 @@ from dramatiq.middleware import (
 from service.metrics import metrics
 from service.phones import mask_text
 from service.store import DRAMATIQ_NAMESPACE, Store
+from workers import dependencies
+from workers.dependencies import Dependencies
 from workers.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
@@ -48,9 +49,8 @@ class LogContext(Middleware):
     when it enqueued.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self) -> None:
         self._local = threading.local()
-        self._store = store
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
@@ -80,7 +80,7 @@ class LogContext(Middleware):
         outcome = "ok" if exception is None else type(exception).__name__
         metrics().messages.labels(message.actor_name, _kind_of(exception)).inc()
         if exception is not None and message.failed:
-            self._note_dead_letter(message, exception)
+            self._note_dead_letter(dependencies.of(broker).store, message, exception)
         metrics().message_seconds.labels(message.actor_name).observe(seconds)
         log.info(
             "message_processed",
@@ -90,14 +90,16 @@ class LogContext(Middleware):
         )
         structlog.contextvars.clear_contextvars()
 
-    def _note_dead_letter(self, message: MessageProxy, exception: BaseException) -> None:
+    def _note_dead_letter(
+        self, store: Store, message: MessageProxy, exception: BaseException
+    ) -> None:
         # A Retry given up stands for the failure it retried: name that one.
         cause = exception.__cause__ if isinstance(exception, dramatiq.Retry) else None
         failure = cause or exception
         error = mask_text(f"{type(failure).__name__}: {failure}")[:500]
         log.error("message_dead_lettered", error=error, exc_info=failure)
         try:
-            self._store.note_dead_letter(message.options["redis_message_id"], error)
+            store.note_dead_letter(message.options["redis_message_id"], error)
         except redis.RedisError as exc:
             log.warning("dead_letter_note_failed", reason=type(exc).__name__)
 
@@ -191,7 +193,8 @@ class GuardedConsumer(_RedisConsumer):
 class PromptRedisBroker(RedisBroker):
     """dramatiq's Redis broker, polling an idle queue at least every ``max_poll_ms``, with
     consumers that survive Redis going away (``GuardedConsumer``) and an enqueue that
-    waits for Redis to come back rather than fail.
+    waits for Redis to come back rather than fail. It carries the process's
+    ``dependencies`` for its actors and middleware (see :mod:`workers.dependencies`).
 
     The stock consumer backs off up to the worker timeout (1 s, not settable from the
     CLI) when a queue is empty, so the first message after a quiet spell could wait that
@@ -203,8 +206,9 @@ class PromptRedisBroker(RedisBroker):
     # until Redis takes it: failing it would lose a message dramatiq has already acked.
     enqueue_backoff_seconds = (0.1, 2.0)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dependencies: Dependencies | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.dependencies = dependencies
         self._stranded: dict[str, set[str]] = {}
         self._stranded_lock = threading.Lock()
 
@@ -283,9 +287,20 @@ class QuietRetries(Retries):
         self.logger.setLevel(logging.WARNING)
 
 
-def create_broker(client: redis.Redis) -> RedisBroker:
-    """A broker sharing ``client`` (which must not decode responses)."""
-    store = Store(client)
+class CloseDependencies(Middleware):
+    """Closes the broker's dependencies once the worker has shut down: after its actors
+    have finished (dramatiq's ``before_worker_shutdown`` comes before they have, and an
+    actor still downloading would lose its client under it)."""
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        found: Dependencies | None = getattr(broker, "dependencies", None)
+        if found is not None:
+            found.close()
+
+
+def create_broker(client: redis.Redis, deps: Dependencies | None = None) -> PromptRedisBroker:
+    """A broker sharing ``client`` (which must not decode responses), carrying ``deps``
+    (tests may give them later: ``broker.dependencies = ...``)."""
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=TIME_LIMIT_MS),
@@ -294,15 +309,19 @@ def create_broker(client: redis.Redis) -> RedisBroker:
         Pipelines(),
         # dramatiq runs after_* hooks in reverse order: placed before Retries, LogContext
         # sees a message after Retries has decided its fate (retried, or dead-lettered).
-        LogContext(store),
-        QuietRetries(max_retries=20, min_backoff=500, max_backoff=60_000),
+        LogContext(),
+        # No policy of its own: every actor brings its job's (see service.messages); one
+        # that brought none would not be retried.
+        QuietRetries(max_retries=0),
         CurrentMessage(),
         MaskTracebacks(),
-        Scheduler(lambda: store, clock=lambda: datetime.now(UTC)),
+        Scheduler(),
+        CloseDependencies(),
     ]
     return PromptRedisBroker(
         client=client,
         namespace=DRAMATIQ_NAMESPACE,
         middleware=middleware,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        dependencies=deps,
     )

@@ -33,7 +33,11 @@ from service.egress import (
     origin,
     resolve,
 )
-from service.errors import ServiceError
+from service.errors import (
+    RecordingNotReady,
+    RecordingRejected,
+    RecordingUnavailable,
+)
 from service.settings import Settings
 from service.storage import CHUNK_SIZE, Storage, Upload
 
@@ -56,35 +60,6 @@ _AUDIO_TYPES = {
 }
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 _SNIFF_BYTES = 12
-
-
-class RecordingError(ServiceError):
-    """A recording could not be downloaded. Messages hold no URL and no secret."""
-
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-class RecordingNotReady(RecordingError):
-    """VTS answered 404: the file is not there yet (it often is a little later)."""
-
-
-class RecordingUnavailable(RecordingError):
-    """A network error, a 5xx/408/425/429 or an incomplete body: try again later.
-
-    ``retry_after`` is the host's ``Retry-After`` in seconds, when it gave one.
-    """
-
-    def __init__(
-        self, reason: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(reason, status=status)
-        self.retry_after = retry_after
-
-
-class RecordingRejected(RecordingError):
-    """Refused by policy or by the host (other 4xx): retrying will not help."""
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,19 @@ changes nothing and is counted as ``invalid``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 import structlog
 
-from service.errors import ServiceError
+from service.errors import EventNotReady
 from service.models import iso, to_nanos
 from service.phones import InvalidNumber, normalise
-from service.store import Applied, EventChange, Store, timeline_entry
+from service.store import Applied, EventChange, timeline_entry
 from service.vts import callbacks
 from service.vts.callbacks import Event, InvalidEvent, Role
 from workers import notifications
+from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
@@ -37,52 +36,44 @@ MAX_BILLED_SECONDS = 86_400
 MAX_AMOUNT = Decimal(1000)
 
 
-class EventNotReady(ServiceError):
-    """The event must wait (its session is not known yet)."""
-
-
-@dataclass(frozen=True)
-class Context:
-    store: Store
-    clock: Callable[[], datetime]
-
-
-def apply(ctx: Context, event_id: str, session_uuid: str | None = None) -> None:
+def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) -> None:
     """Apply the stored callback ``event_id`` (of VTS session ``session_uuid``, when the
     message names it: one round trip less). Raises EventNotReady while it must wait."""
     if session_uuid:
-        stored, session_id = ctx.store.webhook_and_session(event_id, session_uuid)
+        stored, session_id = deps.store.webhook_and_session(event_id, session_uuid)
     else:
-        stored = ctx.store.webhook(event_id)
-        session_id = ctx.store.session_for_vts(stored[1]["SessionUUID"]) if stored else None
+        stored = deps.store.webhook(event_id)
+        session_id = deps.store.session_for_vts(stored[1]["SessionUUID"]) if stored else None
     if stored is None:
         log.warning("event_expired_before_applied", event_id=event_id)
         return
     _, params, received_ms = stored
     event = Event("session", params)
-    age = ctx.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
+    age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
     structlog.contextvars.bind_contextvars(
         vts_session_uuid=event.session_uuid, vts_event=event.name, sequence=event.sequence
     )
     if session_id is None:
         if age < ORPHAN_AFTER:
             raise EventNotReady("the session of this event is not known yet")
-        ctx.store.keep_orphan(event_id, received_ms, event.session_uuid)
+        deps.store.keep_orphan(event_id, received_ms, event.session_uuid)
         log.warning("event_orphaned", event_id=event_id)
         return
     structlog.contextvars.bind_contextvars(session_id=session_id)
     try:
-        planned = change(event, event_id=event_id, now=ctx.clock())
+        planned = plan_change(event, event_id=event_id, now=deps.clock())
     except InvalidEvent as exc:
-        ctx.store.set_aside(event_id, event.session_uuid, "invalid")
+        deps.store.set_aside(event_id, event.session_uuid, "invalid")
         log.warning("event_invalid", reason=str(exc))
         return
-    _after(ctx, session_id, event_id, event, ctx.store.apply_event(session_id, planned))
+    _follow_up(deps, session_id, event_id, event, deps.store.apply_event(session_id, planned))
 
 
-def _after(ctx: Context, session_id: str, event_id: str, event: Event, applied: Applied) -> None:
+def _follow_up(
+    deps: Dependencies, session_id: str, event_id: str, event: Event, applied: Applied
+) -> None:
     if applied.outcome == "invalid":
-        ctx.store.set_aside(event_id, event.session_uuid, "invalid")
+        deps.store.set_aside(event_id, event.session_uuid, "invalid")
         log.warning("event_invalid", reason=applied.before)
         return
     if applied.outcome != "applied":
@@ -92,15 +83,15 @@ def _after(ctx: Context, session_id: str, event_id: str, event: Event, applied: 
     if not applied.wants_news:
         return
     if applied.after == "expired" and applied.before != "expired":
-        _notify(ctx, session_id, "session.expired")
+        _notify(deps, session_id, "session.expired")
     if applied.interactions:
-        _notify(ctx, session_id, "session.call_ended", tag=str(event.sequence or event.id))
+        _notify(deps, session_id, "session.call_ended", tag=str(event.sequence or event.id))
 
 
-def _notify(ctx: Context, session_id: str, kind: str, tag: str = "") -> None:
-    session = ctx.store.get_session(session_id)
+def _notify(deps: Dependencies, session_id: str, kind: str, tag: str = "") -> None:
+    session = deps.store.get_session(session_id)
     if session is not None:
-        notifications.queue(ctx.store, session, kind, tag)
+        notifications.queue(deps.store, session, kind, tag)
 
 
 def _reconcile_at(role: Role, now: datetime) -> datetime | None:
@@ -112,7 +103,7 @@ def _reconcile_at(role: Role, now: datetime) -> datetime | None:
     return None
 
 
-def change(event: Event, *, event_id: str, now: datetime) -> EventChange:
+def plan_change(event: Event, *, event_id: str, now: datetime) -> EventChange:
     """What ``event`` does, in the terms of the store's apply script. Raises InvalidEvent
     when a value it would count is impossible."""
     role = callbacks.role_of(event.name)

@@ -18,16 +18,12 @@ from datetime import timedelta
 import redis
 import structlog
 
-from service.errors import ServiceError
+from service.errors import SessionBusy
 from service.store import Store
 
 log = structlog.get_logger(__name__)
 
 LEASE = timedelta(seconds=5)
-
-
-class SessionBusy(ServiceError):
-    """Another worker is acting on this session right now; try again shortly."""
 
 
 @contextmanager

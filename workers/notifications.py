@@ -13,7 +13,6 @@ logged). The body never holds the parties' numbers: the app knows them by sessio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx2
@@ -21,12 +20,14 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from service import messages, schemas
-from service.egress import EgressPolicy, EgressRefused, EgressUnresolved
-from service.errors import ServiceError
+from service.egress import EgressRefused, EgressUnresolved
+from service.errors import ReceiverUnavailable
+from service.messages import Notification
 from service.models import Session
 from service.settings import DEFAULT_APP
-from service.store import RecordingStore, Store
+from service.store import Store
 from service.store.apps import AppStore
+from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
@@ -40,42 +41,29 @@ KINDS = (
 TIMEOUT_SECONDS = 5.0
 
 
-class ReceiverUnavailable(ServiceError):
-    """The app's receiver failed or did not answer; try again later."""
-
-
-@dataclass(frozen=True)
-class Context:
-    store: Store
-    http: httpx2.Client
-    apps: AppStore
-    policy: EgressPolicy
-    recordings: RecordingStore
-
-
-def body(ctx: Context, kind: str, session: Session, moment: datetime) -> str:
+def body(deps: Dependencies, kind: str, session: Session, moment: datetime) -> str:
     """The JSON the app receives (OpenAPI ``webhooks``): the session as it is now, with
     its recordings, without the parties' numbers."""
-    recordings = ctx.recordings.for_session(session.id)
+    recordings = deps.recordings.for_session(session.id)
     return schemas.encode(schemas.notification(kind, session, recordings, moment)).decode()
 
 
-def send(ctx: Context, session_id: str, kind: str, notification_id: str) -> None:
+def send(deps: Dependencies, session_id: str, kind: str, notification_id: str) -> None:
     """POST the notification; raises ReceiverUnavailable on a network error or non-2xx."""
-    session = ctx.store.get_session(session_id)
+    session = deps.store.get_session(session_id)
     if session is None or not session.callback_url:
         return
     moment = datetime.now(UTC)
-    payload = body(ctx, kind, session, moment)
+    payload = body(deps, kind, session, moment)
     headers = {
         "content-type": "application/json",
         "webhook-id": notification_id,
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": sign(ctx.apps, session.app, notification_id, moment, payload),
+        "webhook-signature": sign(deps.apps, session.app, notification_id, moment, payload),
     }
     try:
-        ctx.policy.check(httpx2.URL(session.callback_url))
-        response = ctx.http.post(session.callback_url, content=payload, headers=headers)
+        deps.egress.check(httpx2.URL(session.callback_url))
+        response = deps.receivers.post(session.callback_url, content=payload, headers=headers)
     except EgressRefused as exc:
         log.warning("app_notification_refused", kind=kind, reason=exc.reason)
         return
@@ -100,4 +88,4 @@ def queue(store: Store, session: Session, kind: str, tag: str = "") -> None:
     if not session.callback_url:
         return
     notification_id = f"{session.id}.{kind}{'.' + tag if tag else ''}"
-    store.enqueue(messages.build(messages.NOTIFY_APP, session.id, kind, notification_id))
+    store.enqueue(messages.NOTIFY_APP.message(Notification(session.id, kind, notification_id)))

@@ -18,7 +18,8 @@ from service.models import LIVE, Session, Status, to_nanos
 from service.store import Keys, timeline_entry
 from service.vts.models import VtsSession
 from workers import notifications
-from workers.sessions import Context, locked
+from workers.dependencies import Dependencies
+from workers.sessions import locked
 
 log = structlog.get_logger(__name__)
 
@@ -45,33 +46,33 @@ def truth(vts: VtsSession) -> dict[str, int]:
     }
 
 
-def reconcile(ctx: Context, session_id: str) -> None:
+def reconcile(deps: Dependencies, session_id: str) -> None:
     """Compare the session with VTS's ``GET session``; VTS wins. Reschedules itself while
     the session lives.
 
-    A difference is acted on only once it has held still for ``ctx.reconcile_settle``:
+    A difference is acted on only once it has held still for ``deps.reconcile_settle``:
     events still on their way (VTS counts a call before its callbacks reach us) are not drift.
     """
-    session = ctx.store.get_session(session_id)
+    session = deps.store.get_session(session_id)
     if session is None or session.vts_session_uuid is None:
-        ctx.store.unschedule("reconcile", session_id)
+        deps.store.unschedule("reconcile", session_id)
         return
-    with locked(ctx, session_id):
+    with locked(deps, session_id):
         try:
-            remote = ctx.vts.get_session(session.vts_session_uuid)
+            remote = deps.vts.get_session(session.vts_session_uuid)
         except VtsNotFound:
             log.warning("reconcile_vts_session_unknown")
-            ctx.store.unschedule("reconcile", session_id)
+            deps.store.unschedule("reconcile", session_id)
             return
-        settled = _settle(ctx, session, truth(remote), _last_call_end(remote))
+        settled = _settle(deps, session, truth(remote), _last_call_end(remote))
     if remote.status == "expired" and session.status in LIVE:
-        _expire(ctx, session_id, "vts_says_expired")
+        _expire(deps, session_id, "vts_says_expired")
     elif not settled:
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + ctx.reconcile_settle)
+        deps.store.schedule("reconcile", session_id, deps.clock() + deps.reconcile_settle)
     elif session.status in LIVE:
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + ctx.reconcile_every)
+        deps.store.schedule("reconcile", session_id, deps.clock() + deps.reconcile_every)
     else:
-        ctx.store.unschedule("reconcile", session_id)
+        deps.store.unschedule("reconcile", session_id)
 
 
 def _shown(session: Session) -> dict[str, int]:
@@ -91,51 +92,51 @@ def _last_call_end(remote: VtsSession) -> datetime | None:
 
 
 def _settle(
-    ctx: Context, session: Session, totals: dict[str, int], last_call_end: datetime | None
+    deps: Dependencies, session: Session, totals: dict[str, int], last_call_end: datetime | None
 ) -> bool:
     """Return True when our counters agree with VTS (now, or after correcting them)."""
     shown = _shown(session)
     if shown == totals:
-        ctx.store.note_unsettled(session.id, None)
+        deps.store.note_unsettled(session.id, None)
         log.info("reconciled", drift=False)
         return True
     snapshot = json.dumps([totals, shown], sort_keys=True)
-    since = ctx.clock() - IN_FLIGHT_PATIENCE
-    waiting = ctx.store.events_in_flight(session.vts_session_uuid or "", since)
+    since = deps.clock() - IN_FLIGHT_PATIENCE
+    waiting = deps.store.events_in_flight(session.vts_session_uuid or "", since)
     # VTS counts a call when it ends and sends its callbacks after: until the settle time
     # has passed since VTS's last call ended, the difference may be those callbacks.
-    recent = last_call_end is not None and ctx.clock() - last_call_end < ctx.reconcile_settle
-    if ctx.store.note_unsettled(session.id, snapshot) != snapshot or waiting or recent:
+    recent = last_call_end is not None and deps.clock() - last_call_end < deps.reconcile_settle
+    if deps.store.note_unsettled(session.id, snapshot) != snapshot or waiting or recent:
         # Callbacks stored recently but not applied yet (a backlog, a worker restarting)
         # are not drift: wait for them, up to IN_FLIGHT_PATIENCE.
         log.info("reconcile_unsettled", events_in_flight=waiting, call_just_ended=recent)
         return False
-    before = ctx.store.reconcile(session.id, totals)
+    before = deps.store.reconcile(session.id, totals)
     drift = {name: totals[name] - before[name] for name in totals if totals[name] != before[name]}
-    ctx.store.note_unsettled(session.id, None)
-    ctx.store.count(Keys.reconcile_stats(), "sessions_with_drift")
+    deps.store.note_unsettled(session.id, None)
+    deps.store.count(Keys.reconcile_stats(), "sessions_with_drift")
     for name, difference in drift.items():
-        ctx.store.count(Keys.reconcile_stats(), name, abs(difference))
-    ctx.store.add_timeline(session.id, timeline_entry("reconciled", drift=drift))
+        deps.store.count(Keys.reconcile_stats(), name, abs(difference))
+    deps.store.add_timeline(session.id, timeline_entry("reconciled", drift=drift))
     log.warning("reconciliation_drift", drift=drift)
     return True
 
 
-def expire_if_due(ctx: Context, session_id: str) -> None:
+def expire_if_due(deps: Dependencies, session_id: str) -> None:
     """Expire a live session whose ``expires_at`` has passed; otherwise check again then."""
-    session = ctx.store.get_session(session_id)
+    session = deps.store.get_session(session_id)
     if session is None or session.status not in LIVE or session.expires_at is None:
-        ctx.store.unschedule("expire", session_id)
+        deps.store.unschedule("expire", session_id)
         return
-    if session.expires_at > ctx.clock():
-        ctx.store.schedule("expire", session_id, session.expires_at + EXPIRY_GRACE)
+    if session.expires_at > deps.clock():
+        deps.store.schedule("expire", session_id, session.expires_at + EXPIRY_GRACE)
         return
-    ctx.store.unschedule("expire", session_id)
-    _expire(ctx, session_id, "expiry_passed")
+    deps.store.unschedule("expire", session_id)
+    _expire(deps, session_id, "expiry_passed")
 
 
-def _expire(ctx: Context, session_id: str, reason: str) -> None:
-    result, _ = ctx.store.transition(
+def _expire(deps: Dependencies, session_id: str, reason: str) -> None:
+    result, _ = deps.store.transition(
         session_id,
         Status.EXPIRED,
         allowed=list(LIVE),
@@ -143,7 +144,7 @@ def _expire(ctx: Context, session_id: str, reason: str) -> None:
     )
     if result == "ok":
         log.info("session_expired", reason=reason)
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + timedelta(seconds=5))
-        session = ctx.store.get_session(session_id)
+        deps.store.schedule("reconcile", session_id, deps.clock() + timedelta(seconds=5))
+        session = deps.store.get_session(session_id)
         if session is not None:
-            notifications.queue(ctx.store, session, "session.expired")
+            notifications.queue(deps.store, session, "session.expired")

@@ -10,60 +10,37 @@ and 5xx are retried by the actor's policy; a refusal (not allowed, too big, not 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-import httpx2
 import structlog
 
+from service.errors import EventNotReady, RecordingNotReady, RecordingPending, RecordingRejected
 from service.metrics import metrics
 from service.recordings import Recording, RecordingStatus, recording_id
-from service.storage import Storage
-from service.store import Keys, RecordingStore, Store, timeline_entry
+from service.store import Keys, timeline_entry
 from service.vts.callbacks import Event
 from workers import notifications
-from workers.downloads import (
-    DownloadPolicy,
-    RecordingNotReady,
-    RecordingRejected,
-    download,
-)
-from workers.events import ORPHAN_AFTER, EventNotReady
+from workers.dependencies import Dependencies
+from workers.downloads import download
+from workers.events import ORPHAN_AFTER
 
 log = structlog.get_logger(__name__)
 
 
-class RecordingPending(EventNotReady):
-    """VTS does not serve the recording yet; try again shortly."""
-
-
-@dataclass(frozen=True)
-class Context:
-    store: Store
-    recordings: RecordingStore
-    storage: Storage
-    http: httpx2.Client
-    policy: DownloadPolicy
-    auth: tuple[str, str]
-    clock: Callable[[], datetime]
-    ready_within: timedelta = timedelta(minutes=10)
-
-
-def apply(ctx: Context, event_id: str) -> None:
+def apply(deps: Dependencies, event_id: str) -> None:
     """Handle one stored recording callback. Raises EventNotReady (retry) while its session
     is unknown or VTS still answers 404; RecordingUnavailable (retry) on network errors."""
-    stored = ctx.store.webhook(event_id)
+    stored = deps.store.webhook(event_id)
     if stored is None:
         return
     _, params, received_ms = stored
     event = Event("recording", params)
     received = datetime.fromtimestamp(received_ms / 1000, UTC)
-    session_id = ctx.store.session_for_vts(event.session_uuid)
+    session_id = deps.store.session_for_vts(event.session_uuid)
     if session_id is None:
-        if ctx.clock() - received < ORPHAN_AFTER:
+        if deps.clock() - received < ORPHAN_AFTER:
             raise EventNotReady("the session of this recording is not known yet")
-        ctx.store.keep_orphan(event_id, received_ms)
+        deps.store.keep_orphan(event_id, received_ms)
         return
     structlog.contextvars.bind_contextvars(session_id=session_id, vts_event=event.name)
     uuid = params.get("RecordingUUID", "")
@@ -71,23 +48,23 @@ def apply(ctx: Context, event_id: str) -> None:
         log.warning("recording_event_without_uuid")
         return
     if event.name == "SessionRecordingCompleted":
-        _completed(ctx, session_id, event, received)
+        _completed(deps, session_id, event, received)
     elif event.name == "SessionRecordingFailed":
-        _register(ctx, session_id, event)
-        fail(ctx, recording_id(uuid), "VTS could not record the call")
+        _register(deps, session_id, event)
+        fail(deps, recording_id(uuid), "VTS could not record the call")
     else:
-        _note(ctx, session_id, event, uuid)
+        _note(deps, session_id, event, uuid)
 
 
-def _note(ctx: Context, session_id: str, event: Event, uuid: str) -> None:
-    if ctx.store.mark_once(Keys.applied(session_id), f"recording:{event.name}:{uuid}"):
+def _note(deps: Dependencies, session_id: str, event: Event, uuid: str) -> None:
+    if deps.store.mark_once(Keys.applied(session_id), f"recording:{event.name}:{uuid}"):
         entry = timeline_entry("recording", name=event.name, recording_id=recording_id(uuid))
-        ctx.store.add_timeline(session_id, entry)
+        deps.store.add_timeline(session_id, entry)
 
 
-def _register(ctx: Context, session_id: str, event: Event) -> Recording | None:
+def _register(deps: Dependencies, session_id: str, event: Event) -> Recording | None:
     try:
-        return ctx.recordings.upsert_pending(
+        return deps.recordings.upsert_pending(
             session_id,
             event.params["RecordingUUID"],
             event.params.get("RecordingFormat") or "mp3",
@@ -98,8 +75,8 @@ def _register(ctx: Context, session_id: str, event: Event) -> Recording | None:
         return None
 
 
-def _completed(ctx: Context, session_id: str, event: Event, received: datetime) -> None:
-    recording = _register(ctx, session_id, event)
+def _completed(deps: Dependencies, session_id: str, event: Event, received: datetime) -> None:
+    recording = _register(deps, session_id, event)
     if recording is None or recording.status is RecordingStatus.STORED:
         return
     url = event.params.get("RecordingURL", "")
@@ -107,52 +84,52 @@ def _completed(ctx: Context, session_id: str, event: Event, received: datetime) 
         result = download(
             url,
             dest_name=recording.stored_name,
-            storage=ctx.storage,
-            client=ctx.http,
-            policy=ctx.policy,
-            auth=ctx.auth,
+            storage=deps.storage,
+            client=deps.downloads,
+            policy=deps.download_policy,
+            auth=deps.vts_auth,
         )
     except RecordingNotReady as exc:
-        if ctx.clock() - received < ctx.ready_within:
+        if deps.clock() - received < deps.recording_ready_within:
             raise RecordingPending("VTS does not serve the recording yet") from exc
-        fail(ctx, recording.id, f"not available within {ctx.ready_within.seconds} s")
+        fail(deps, recording.id, f"not available within {deps.recording_ready_within.seconds} s")
         return
     except RecordingRejected as exc:
-        fail(ctx, recording.id, str(exc))
+        fail(deps, recording.id, str(exc))
         return
-    _stored(ctx, recording, result.size, result.sha256, result.content_type)
+    _stored(deps, recording, result.size, result.sha256, result.content_type)
 
 
-def _stored(ctx: Context, recording: Recording, size: int, sha256: str, kind: str) -> None:
-    if not ctx.recordings.mark_stored(recording.id, size=size, sha256=sha256, content_type=kind):
+def _stored(deps: Dependencies, recording: Recording, size: int, sha256: str, kind: str) -> None:
+    if not deps.recordings.mark_stored(recording.id, size=size, sha256=sha256, content_type=kind):
         # Deleted, erased or purged while it downloaded: the file must not outlive it.
-        ctx.storage.delete(recording.stored_name)
+        deps.storage.delete(recording.stored_name)
         log.info("recording_discarded", recording_id=recording.id)
         return
     metrics().recordings.labels("stored").inc()
     metrics().recording_bytes.inc(size)
     entry = timeline_entry("recording_stored", recording_id=recording.id, size=size)
-    ctx.store.add_timeline(recording.session_id, entry)
+    deps.store.add_timeline(recording.session_id, entry)
     log.info("recording_stored", recording_id=recording.id, size=size)
-    session = ctx.store.get_session(recording.session_id)
+    session = deps.store.get_session(recording.session_id)
     if session is not None:
-        notifications.queue(ctx.store, session, "session.recording_stored", recording.id)
+        notifications.queue(deps.store, session, "session.recording_stored", recording.id)
 
 
-def give_up(ctx: Context, event_id: str) -> None:
+def give_up(deps: Dependencies, event_id: str) -> None:
     """Retries are exhausted for this event: its recording, if any, has failed."""
-    stored = ctx.store.webhook(event_id)
+    stored = deps.store.webhook(event_id)
     uuid = stored[1].get("RecordingUUID") if stored else None
     if uuid:
-        fail(ctx, recording_id(uuid), "VTS kept failing to serve the recording")
+        fail(deps, recording_id(uuid), "VTS kept failing to serve the recording")
 
 
-def fail(ctx: Context, rec_id: str, reason: str) -> None:
+def fail(deps: Dependencies, rec_id: str, reason: str) -> None:
     """Mark the recording failed (a stored one stays stored) and say so on the timeline."""
-    recording = ctx.recordings.get(rec_id)
-    if recording is None or not ctx.recordings.mark_failed(rec_id, reason):
+    recording = deps.recordings.get(rec_id)
+    if recording is None or not deps.recordings.mark_failed(rec_id, reason):
         return
     metrics().recordings.labels("failed").inc()
     entry = timeline_entry("recording_failed", recording_id=rec_id, reason=reason)
-    ctx.store.add_timeline(recording.session_id, entry)
+    deps.store.add_timeline(recording.session_id, entry)
     log.warning("recording_failed", recording_id=rec_id, reason=reason)

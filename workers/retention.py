@@ -8,45 +8,35 @@ after, so a purge cut short leaves records that point at what is left, and runs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import structlog
 
 from service.models import FINAL
 from service.recordings import RecordingStatus
-from service.storage import Storage
-from service.store import RecordingStore, Store
+from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class Context:
-    store: Store
-    recordings: RecordingStore
-    storage: Storage
-
-
-def purge(ctx: Context, session_id: str) -> None:
+def purge(deps: Dependencies, session_id: str) -> None:
     """Delete an ended session, its records and its recordings' files. Idempotent."""
-    session = ctx.store.get_session(session_id)
+    session = deps.store.get_session(session_id)
     if session is not None and session.status not in FINAL:
-        ctx.store.unschedule("purge", session_id)
+        deps.store.unschedule("purge", session_id)
         log.warning("purge_of_live_session_skipped", session_id=session_id)
         return
-    recordings = ctx.recordings.for_session(session_id)
+    recordings = deps.recordings.for_session(session_id)
     for recording in recordings:
-        ctx.storage.delete(recording.stored_name)
-    ctx.store.purge_session(session_id, [r.id for r in recordings])
+        deps.storage.delete(recording.stored_name)
+    deps.store.purge_session(session_id, [r.id for r in recordings])
     log.info("session_purged", session_id=session_id, recordings=len(recordings))
 
 
-def delete_files(ctx: Context, session_id: str) -> None:
+def delete_files(deps: Dependencies, session_id: str) -> None:
     """Delete the files of the session's recordings marked deleted (by the app, or by an
     erasure). Idempotent."""
     deleted = [
-        r for r in ctx.recordings.for_session(session_id) if r.status is RecordingStatus.DELETED
+        r for r in deps.recordings.for_session(session_id) if r.status is RecordingStatus.DELETED
     ]
     for recording in deleted:
-        ctx.storage.delete(recording.stored_name)
+        deps.storage.delete(recording.stored_name)
     log.info("recording_files_deleted", session_id=session_id, recordings=len(deleted))

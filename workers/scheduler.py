@@ -11,8 +11,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -20,28 +18,21 @@ import redis
 import structlog
 from dramatiq.middleware import Middleware
 
-from service.store import Store
+from service import messages
+from workers import dependencies
+from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
 TICK_SECONDS = 0.5
 LEAD_TTL_MS = 5_000
 RECOVER_EVERY_SECONDS = 5.0
-# The actor that runs each kind of timer.
-TASK_ACTORS = {
-    "reconcile": "reconcile_session",
-    "expire": "expire_if_due",
-    "update": "update_session",
-    "purge": "purge_session",
-}
 
 
 class Scheduler(Middleware):
     """Starts the scheduler thread when a worker process boots, stops it at shutdown."""
 
-    def __init__(self, store: Callable[[], Store], clock: Callable[[], datetime]) -> None:
-        self._store = store
-        self._clock = clock
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._token = uuid.uuid4().hex
         self._thread: threading.Thread | None = None
@@ -60,19 +51,18 @@ class Scheduler(Middleware):
     def _run(self, broker: dramatiq.Broker) -> None:
         while not self._stop.wait(TICK_SECONDS):
             try:
-                self.tick(broker)
+                self.tick(dependencies.of(broker), broker)
             except (redis.RedisError, OSError) as exc:
                 log.warning("scheduler_tick_failed", error=type(exc).__name__)
 
-    def tick(self, broker: dramatiq.Broker) -> int:
+    def tick(self, deps: Dependencies, broker: dramatiq.Broker) -> int:
         """If this process leads, enqueue what is due; return how many."""
-        store = self._store()
+        store = deps.store
         if not store.lead(self._token, LEAD_TTL_MS):
             return 0
-        due = store.take_due(self._clock())
-        for task, session_id in due:
-            actor = broker.get_actor(TASK_ACTORS[task])
-            actor.send(session_id)
+        due = store.take_due(deps.clock())
+        if due:
+            store.enqueue(*(_message(task, session_id) for task, session_id in due))
         self._recover(broker)
         return len(due)
 
@@ -81,3 +71,9 @@ class Scheduler(Middleware):
         if recover is not None and time.monotonic() - self._recovered_at >= RECOVER_EVERY_SECONDS:
             self._recovered_at = time.monotonic()
             recover()
+
+
+def _message(task: str, session_id: str) -> messages.Outgoing:
+    """The message of the job that the timer ``task`` runs for the session."""
+    job = messages.TIMERS[task]
+    return job.message(job.payload(session_id))

@@ -9,16 +9,16 @@ rejections are recorded on the session.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
 from service.errors import (
-    ServiceError,
+    SessionBusy,
+    SessionNotReady,
     VtsNotFound,
     VtsOutcomeUnknown,
     VtsRejected,
@@ -27,10 +27,9 @@ from service.errors import (
 from service.models import FINAL, LIVE, Session, Status, iso
 from service.phones import mask_text
 from service.store import Store, timeline_entry
-from service.vts.client import VtsClient
 from service.vts.models import VtsSession
 from workers import leases, notifications
-from workers.leases import SessionBusy
+from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
@@ -46,32 +45,9 @@ LOOKUP_SLACK = timedelta(seconds=60)
 _NOT_ACTED_ON = frozenset({None, 429, 503})
 
 
-class SessionNotReady(ServiceError):
-    """The session has no VTS session yet (its create is still running); try again."""
-
-
-@dataclass(frozen=True)
-class Context:
-    """What session work needs: the store, the VTS client, where VTS calls us back, a clock."""
-
-    store: Store
-    vts: VtsClient
-    public_base_url: str
-    clock: Callable[[], datetime]
-    reconcile_every: timedelta = timedelta(minutes=5)
-    # How long a difference with VTS must hold still before it counts as drift: longer
-    # than a callback takes to reach us and be applied, a dead worker's recovery included.
-    reconcile_settle: timedelta = timedelta(seconds=30)
-    # The least time between two VTS updates of one session, and the window of the apps'
-    # VTS budgets (seconds): see ``update``.
-    update_interval: float = 1.0
-    budget_window: float = 5.0
-    lock_lease: timedelta = leases.LEASE
-
-
-def locked(ctx: Context, session_id: str) -> AbstractContextManager[str]:
+def locked(deps: Dependencies, session_id: str) -> AbstractContextManager[str]:
     """Hold the session's lease (see :mod:`workers.leases`); yields the fence token."""
-    return leases.held(ctx.store, session_id, ctx.lock_lease)
+    return leases.held(deps.store, session_id, deps.lock_lease)
 
 
 # The code a create given up after its retries leaves; only such a session is created
@@ -79,7 +55,7 @@ def locked(ctx: Context, session_id: str) -> AbstractContextManager[str]:
 GAVE_UP = "create_failed"
 
 
-def create(ctx: Context, session_id: str, replay: bool = False) -> None:
+def create(deps: Dependencies, session_id: str, replay: bool = False) -> None:
     """Create the session at VTS, exactly once per session.
 
     An earlier attempt whose outcome is unknown (sent, but no answer; or the worker died)
@@ -89,26 +65,26 @@ def create(ctx: Context, session_id: str, replay: bool = False) -> None:
     VTS has the session.
     Raises VtsUnavailable (retry) or SessionBusy (retry).
     """
-    session = ctx.store.get_session(session_id)
+    session = deps.store.get_session(session_id)
     if session is None or Status(session.status) not in _creatable(session, replay=replay):
         return
-    with locked(ctx, session_id) as fence:
-        uncertain_since = ctx.store.open_create_attempt(session_id, ctx.clock())
-        if uncertain_since is not None and _adopt_existing(ctx, session, uncertain_since, fence):
+    with locked(deps, session_id) as fence:
+        uncertain_since = deps.store.open_create_attempt(session_id, deps.clock())
+        if uncertain_since is not None and _adopt_existing(deps, session, uncertain_since, fence):
             return
         try:
-            created = ctx.vts.create_session(vts_create_params(session, ctx.public_base_url))
+            created = deps.vts.create_session(vts_create_params(session, deps.public_base_url))
         except VtsOutcomeUnknown:
             log.warning("vts_create_outcome_unknown")
             raise
         except VtsUnavailable as exc:
             if exc.status in _NOT_ACTED_ON:
-                ctx.store.close_create_attempt(session_id)
+                deps.store.close_create_attempt(session_id)
             raise
         except VtsRejected as exc:
-            fail(ctx.store, session_id, "vts_rejected", exc.reason, fence=fence)
+            fail(deps.store, session_id, "vts_rejected", exc.reason, fence=fence)
             return
-        _activate(ctx, session, created, adopted=False, fence=fence)
+        _activate(deps, session, created, adopted=False, fence=fence)
 
 
 def _creatable(session: Session, *, replay: bool) -> list[Status]:
@@ -118,15 +94,15 @@ def _creatable(session: Session, *, replay: bool) -> list[Status]:
     return [Status.PENDING]
 
 
-def _adopt_existing(ctx: Context, session: Session, since: datetime, fence: str) -> bool:
-    candidates = ctx.vts.list_sessions(
+def _adopt_existing(deps: Dependencies, session: Session, since: datetime, fence: str) -> bool:
+    candidates = deps.vts.list_sessions(
         first_party=session.first_party,
         second_party=session.second_party,
         created_since=since - LOOKUP_SLACK,
     )
     for candidate in sorted(candidates, key=_created_or_min):
-        if ctx.store.claim_vts_session(candidate.session_uuid, session.id) == session.id:
-            _activate(ctx, session, candidate, adopted=True, fence=fence)
+        if deps.store.claim_vts_session(candidate.session_uuid, session.id) == session.id:
+            _activate(deps, session, candidate, adopted=True, fence=fence)
             return True
     log.info("vts_session_lookup_found_none", candidates=len(candidates))
     return False
@@ -137,15 +113,15 @@ def _created_or_min(candidate: VtsSession) -> datetime:
 
 
 def _activate(
-    ctx: Context, session: Session, created: VtsSession, *, adopted: bool, fence: str
+    deps: Dependencies, session: Session, created: VtsSession, *, adopted: bool, fence: str
 ) -> None:
     """Store what VTS created. Its claim is written first, so that if storing fails (Redis
     away, the lease lost) the next attempt adopts this VTS session rather than make
     another. Raises SessionBusy when the lease has passed to another worker."""
-    owner = ctx.store.claim_vts_session(created.session_uuid, session.id)
+    owner = deps.store.claim_vts_session(created.session_uuid, session.id)
     if owner != session.id:
         log.error("vts_session_claimed_by_another", other_session_id=owner)
-    expires_at = created.expiry_time or _expiry(ctx, session)
+    expires_at = created.expiry_time or _expiry(deps, session)
     fields = {
         "vts_session_uuid": created.session_uuid,
         "virtual_number": created.virtual_number or "",
@@ -157,7 +133,7 @@ def _activate(
     allowed = (
         [Status.PENDING, Status.FAILED] if session.status is Status.FAILED else [Status.PENDING]
     )
-    result, _ = ctx.store.transition(
+    result, _ = deps.store.transition(
         session.id, Status.ACTIVE, allowed=allowed, fields=fields, entry=entry, fence=fence
     )
     if result == "fenced":
@@ -165,14 +141,14 @@ def _activate(
     structlog.contextvars.bind_contextvars(vts_session_uuid=created.session_uuid)
     log.info("session_created", adopted=adopted, result=result)
     if result == "ok":
-        ctx.store.schedule("expire", session.id, expires_at + EXPIRY_GRACE)
-        ctx.store.schedule("reconcile", session.id, ctx.clock() + ctx.reconcile_every)
-        notifications.queue(ctx.store, session, "session.active")
+        deps.store.schedule("expire", session.id, expires_at + EXPIRY_GRACE)
+        deps.store.schedule("reconcile", session.id, deps.clock() + deps.reconcile_every)
+        notifications.queue(deps.store, session, "session.active")
 
 
-def _expiry(ctx: Context, session: Session) -> datetime:
+def _expiry(deps: Dependencies, session: Session) -> datetime:
     seconds = int(session.options.get("session_expiry") or 3600)
-    return ctx.clock() + timedelta(seconds=seconds)
+    return deps.clock() + timedelta(seconds=seconds)
 
 
 def fail(
@@ -202,62 +178,62 @@ def _notify(store: Store, session_id: str, result: str, kind: str) -> None:
         notifications.queue(store, session, kind)
 
 
-def update(ctx: Context, session_id: str, changes: Mapping[str, Any] | None = None) -> None:
+def update(deps: Dependencies, session_id: str, changes: Mapping[str, Any] | None = None) -> None:
     """Send every change asked for the session and not yet sent (the web merges them, last
     writer wins per field) to VTS in one update; changes asked meanwhile go in a follow-up
     ``update_interval`` later. ``changes`` are those of a message queued before changes
     were kept in Redis. Raises SessionNotReady while pending.
     """
-    session = _live_session(ctx, session_id)
+    session = _live_session(deps, session_id)
     if session is None or session.vts_session_uuid is None:
-        _finish_update(ctx, session_id)
+        _finish_update(deps, session_id)
         return
     vts_session_uuid = session.vts_session_uuid
-    with locked(ctx, session_id) as fence:
+    with locked(deps, session_id) as fence:
         # Read again under the lock: an update that just finished may have changed options.
-        session = ctx.store.get_session(session_id) or session
-        app, pending = ctx.store.pending_update(session_id)
+        session = deps.store.get_session(session_id) or session
+        app, pending = deps.store.pending_update(session_id)
         if app:
             structlog.contextvars.bind_contextvars(app=app)
         wanted = {**(changes or {}), **{k: json.loads(v) for k, v in pending.items()}}
         if wanted:
-            _send_update(ctx, session, vts_session_uuid, wanted, fence)
-        interval = ctx.update_interval if wanted else 0.0
-        ctx.store.finish_update(
-            session_id, app, pending, interval=interval, window=ctx.budget_window
+            _send_update(deps, session, vts_session_uuid, wanted, fence)
+        interval = deps.update_interval if wanted else 0.0
+        deps.store.finish_update(
+            session_id, app, pending, interval=interval, window=deps.budget_window
         )
 
 
-def give_up_update(ctx: Context, session_id: str) -> None:
+def give_up_update(deps: Dependencies, session_id: str) -> None:
     """Drop the changes that could not be sent to VTS (retries exhausted), so that the next
     change asked starts an update of its own rather than waiting on this one."""
-    _, pending = ctx.store.pending_update(session_id)
-    ctx.store.add_timeline(session_id, timeline_entry("update_failed", changes=sorted(pending)))
+    _, pending = deps.store.pending_update(session_id)
+    deps.store.add_timeline(session_id, timeline_entry("update_failed", changes=sorted(pending)))
     log.warning("session_update_given_up", changes=sorted(pending))
-    _finish_update(ctx, session_id)
+    _finish_update(deps, session_id)
 
 
-def _finish_update(ctx: Context, session_id: str) -> None:
+def _finish_update(deps: Dependencies, session_id: str) -> None:
     """Drop what is pending, unsent (the session can no longer be updated, or the update
     was given up)."""
-    app, pending = ctx.store.pending_update(session_id)
-    ctx.store.finish_update(session_id, app, pending, interval=0.0, window=ctx.budget_window)
+    app, pending = deps.store.pending_update(session_id)
+    deps.store.finish_update(session_id, app, pending, interval=0.0, window=deps.budget_window)
 
 
 def _send_update(
-    ctx: Context,
+    deps: Dependencies,
     session: Session,
     vts_session_uuid: str,
     changes: Mapping[str, Any],
     fence: str,
 ) -> None:
     try:
-        updated = ctx.vts.update_session(vts_session_uuid, changes)
+        updated = deps.vts.update_session(vts_session_uuid, changes)
     except VtsNotFound:
-        _mark_expired(ctx, session.id, reason="vts_unknown_session", fence=fence)
+        _mark_expired(deps, session.id, reason="vts_unknown_session", fence=fence)
         return
     except VtsRejected as exc:
-        ctx.store.add_timeline(
+        deps.store.add_timeline(
             session.id, timeline_entry("update_rejected", message=mask_text(exc.reason))
         )
         log.warning("session_update_rejected", reason=mask_text(exc.reason))
@@ -267,9 +243,9 @@ def _send_update(
     if "session_expiry" in changes:
         expiry = updated.expiry_time if updated else None
         fields["expires_at"] = (
-            iso(expiry or _expiry(ctx, session.with_changes(options=options))) or ""
+            iso(expiry or _expiry(deps, session.with_changes(options=options))) or ""
         )
-    ctx.store.transition(
+    deps.store.transition(
         session.id,
         None,
         allowed=list(LIVE),
@@ -280,22 +256,22 @@ def _send_update(
     log.info("session_updated", changes=sorted(changes))
 
 
-def expire(ctx: Context, session_id: str) -> None:
+def expire(deps: Dependencies, session_id: str) -> None:
     """End the session at VTS now. Raises SessionNotReady while the create is running."""
-    session = _live_session(ctx, session_id)
+    session = _live_session(deps, session_id)
     if session is None or session.vts_session_uuid is None:
         return
-    with locked(ctx, session_id) as fence:
+    with locked(deps, session_id) as fence:
         try:
-            ctx.vts.expire_session(session.vts_session_uuid)
+            deps.vts.expire_session(session.vts_session_uuid)
         except VtsNotFound:
             log.info("vts_session_already_gone")
-        _mark_expired(ctx, session_id, reason="ended_by_app", fence=fence)
-        ctx.store.schedule("reconcile", session_id, ctx.clock() + EXPIRY_GRACE)
+        _mark_expired(deps, session_id, reason="ended_by_app", fence=fence)
+        deps.store.schedule("reconcile", session_id, deps.clock() + EXPIRY_GRACE)
 
 
-def _live_session(ctx: Context, session_id: str) -> Session | None:
-    session = ctx.store.get_session(session_id)
+def _live_session(deps: Dependencies, session_id: str) -> Session | None:
+    session = deps.store.get_session(session_id)
     if session is None or session.status in FINAL:
         return None
     if session.status is Status.PENDING:
@@ -303,8 +279,8 @@ def _live_session(ctx: Context, session_id: str) -> Session | None:
     return session
 
 
-def _mark_expired(ctx: Context, session_id: str, *, reason: str, fence: str) -> None:
-    result, _ = ctx.store.transition(
+def _mark_expired(deps: Dependencies, session_id: str, *, reason: str, fence: str) -> None:
+    result, _ = deps.store.transition(
         session_id,
         Status.EXPIRED,
         allowed=list(LIVE),
@@ -314,7 +290,7 @@ def _mark_expired(ctx: Context, session_id: str, *, reason: str, fence: str) -> 
     if result == "fenced":
         raise SessionBusy("the session's lease passed to another worker")
     log.info("session_expired", reason=reason)
-    _notify(ctx.store, session_id, result, "session.expired")
+    _notify(deps.store, session_id, result, "session.expired")
 
 
 def vts_create_params(session: Session, public_base_url: str) -> dict[str, Any]:

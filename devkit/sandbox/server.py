@@ -36,12 +36,12 @@ Run it with ``python -m devkit.sandbox.server --auth-id ID --auth-token TOKEN``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
 import hmac
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -368,43 +368,16 @@ class _Sandbox:
         return Response(status_code=204)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Serve the VTS sandbox.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8025)
-    parser.add_argument("--auth-id", required=True)
-    parser.add_argument("--auth-token", required=True)
-    parser.add_argument("--dialect", choices=["envelope", "bare"], default="envelope")
-    parser.add_argument("--pool-size", type=int, default=50, help=f"1 to {MAX_POOL}")
-    parser.add_argument("--rate-limit", type=int, default=300, help="requests per window")
-    parser.add_argument("--rate-window", type=float, default=5.0, help="seconds")
-    parser.add_argument(
-        "--event-family", choices=["hangup", "complete"], default="hangup", help="session events"
-    )
-    parser.add_argument(
-        "--billing-increment", type=int, default=60, help="seconds a leg is billed by"
-    )
-    return parser
+def serve(config: SandboxConfig, *, host: str, port: int) -> None:
+    """Serve the sandbox with one worker: its state lives in this one process."""
+    uvicorn.run(create_sandbox_app(config), host=host, port=port, workers=1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the sandbox with one worker: its state lives in this one process."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        config = SandboxConfig(
-            auth_id=args.auth_id,
-            auth_token=args.auth_token,
-            dialect=args.dialect,
-            number_pool=number_range(args.pool_size),
-            rate_limit=args.rate_limit,
-            rate_window=args.rate_window,
-            event_family=args.event_family,
-            billing_increment=args.billing_increment,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    uvicorn.run(create_sandbox_app(config), host=args.host, port=args.port, workers=1)
+    """``python -m devkit.sandbox.server``: the same as ``masking sandbox``."""
+    from service.tools import cli
+
+    cli.main(["sandbox", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

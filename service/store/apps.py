@@ -7,7 +7,7 @@ TTL. A managed key is stored only as its SHA-256 digest.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ import redis.asyncio
 
 from service.apps import check_name, key_digest, key_id, new_key, new_notification_secret
 from service.models import iso, now
-from service.store.codec import text
+from service.store.codec import decode_str
 from service.store.keys import AppKeys
 
 MAX_KEYS_PER_APP = 2
@@ -85,7 +85,9 @@ class AppStore:
     def all(self) -> list[AppRecord]:
         key_ids = self._key_ids()
         raw: dict[bytes, bytes] = self.client.hgetall(AppKeys.apps())  # type: ignore[assignment]
-        records = [_decode(text(n), r, key_ids.get(text(n), [])) for n, r in raw.items()]
+        records = [
+            _decode(decode_str(n), r, key_ids.get(decode_str(n), [])) for n, r in raw.items()
+        ]
         return sorted(records, key=lambda record: record.name)
 
     def revoke(self, target: str) -> list[str]:
@@ -117,13 +119,15 @@ class AppStore:
             raw = self.client.hget(AppKeys.apps(), name)
         return list(json.loads(raw or b"{}")["notification_secrets"])
 
-    def _change_secrets(self, name: str, change: Any) -> AppRecord:
+    def _change_secrets(self, name: str, rewrite: Callable[[list[str]], list[str]]) -> AppRecord:
+        """Replace the app's notification secrets by ``rewrite`` of them, atomically."""
+
         def update(pipe: redis.client.Pipeline) -> None:
             raw = pipe.hget(AppKeys.apps(), name)
             if raw is None:
                 raise UnknownApp(f"no app named {name}")
             data = json.loads(raw)
-            data["notification_secrets"] = change(data["notification_secrets"])
+            data["notification_secrets"] = rewrite(data["notification_secrets"])
             pipe.multi()
             pipe.hset(AppKeys.apps(), name, json.dumps(data))
 
@@ -135,7 +139,7 @@ class AppStore:
 
     def _managed(self) -> dict[str, str]:
         raw: dict[bytes, bytes] = self.client.hgetall(AppKeys.keys())  # type: ignore[assignment]
-        return {text(digest): json.loads(entry)["app"] for digest, entry in raw.items()}
+        return {decode_str(digest): json.loads(entry)["app"] for digest, entry in raw.items()}
 
     def _key_ids(self) -> dict[str, list[str]]:
         ids: dict[str, list[str]] = {}
@@ -153,7 +157,7 @@ class AsyncAppStore:
     async def managed_keys(self) -> dict[str, str]:
         """Every managed key's digest and its app."""
         raw = await self.client.hgetall(AppKeys.keys())
-        return {text(digest): json.loads(entry)["app"] for digest, entry in raw.items()}
+        return {decode_str(digest): json.loads(entry)["app"] for digest, entry in raw.items()}
 
     async def register(self, names: Iterable[str]) -> None:
         """Give each configured app a record (and so a notification secret) if it has none,

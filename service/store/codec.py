@@ -79,12 +79,15 @@ def timeline_entry(kind: str, **detail: Any) -> str:
     return _COMPACT_JSON.encode({"at": iso(now()), "type": kind, **detail})
 
 
-def text(value: bytes | str) -> str:
+def decode_str(value: bytes | str) -> str:
+    """A Redis reply as text (our clients do not decode responses, to share dramatiq's)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def decode_session(raw: Mapping[bytes | str, bytes | str]) -> Session | None:
-    return Session.from_fields({text(k): text(v) for k, v in raw.items()}) if raw else None
+    return (
+        Session.from_fields({decode_str(k): decode_str(v) for k, v in raw.items()}) if raw else None
+    )
 
 
 def decode_sessions(
@@ -109,17 +112,19 @@ def decode_sessions(
 
 def _row_id(row: Mapping[bytes | str, bytes | str]) -> str | None:
     found = row.get(b"id", row.get("id"))
-    return None if found is None else text(found)[:64]
+    return None if found is None else decode_str(found)[:64]
 
 
 def decode_webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | None:
     if not raw:
         return None
-    fields = {text(k): text(v) for k, v in raw.items()}
+    fields = {decode_str(k): decode_str(v) for k, v in raw.items()}
     return fields["kind"], json.loads(fields["params"]), int(fields["received_ms"])
 
 
-def flatten(fields: Mapping[str, str]) -> list[str]:
+def hash_args(fields: Mapping[str, str]) -> list[str]:
+    """``fields`` as the flat field, value, field, value... list a script's ARGV takes
+    (HSET's form)."""
     return [item for pair in fields.items() for item in pair]
 
 
@@ -161,7 +166,11 @@ def statuses(allowed: Sequence[Status]) -> str:
 
 
 def decode_recording(raw: Mapping[bytes | str, bytes | str]) -> Recording | None:
-    return Recording.from_fields({text(k): text(v) for k, v in raw.items()}) if raw else None
+    return (
+        Recording.from_fields({decode_str(k): decode_str(v) for k, v in raw.items()})
+        if raw
+        else None
+    )
 
 
 def by_creation(rows: Sequence[Mapping[bytes | str, bytes | str]]) -> list[Recording]:

@@ -15,7 +15,7 @@ from service.recordings import (
     stored_name,
 )
 from service.store import scripts
-from service.store.codec import by_creation, decode_recording, flatten, text
+from service.store.codec import by_creation, decode_recording, decode_str, hash_args
 from service.store.keys import Keys, RecordingKeys
 
 
@@ -59,9 +59,9 @@ class RecordingStore:
                 RecordingKeys.session_recordings(session_id),
                 Keys.session(session_id),
             ],
-            args=[rec_id, iso(now()) or "", *flatten(fields)],
+            args=[rec_id, iso(now()) or "", *hash_args(fields)],
         )
-        return None if text(result) == "missing" else self.get(rec_id)
+        return None if decode_str(result) == "missing" else self.get(rec_id)
 
     def mark_stored(self, rec_id: str, *, size: int, sha256: str, content_type: str) -> bool:
         """The file is in storage; False if the recording is unknown. Idempotent."""
@@ -84,9 +84,9 @@ class RecordingStore:
     ) -> bool:
         result = self._mark(
             keys=[RecordingKeys.recording(rec_id)],
-            args=[" ".join(allowed), to.value, iso(now()) or "", *flatten(fields)],
+            args=[" ".join(allowed), to.value, iso(now()) or "", *hash_args(fields)],
         )
-        return text(result) == "ok"
+        return decode_str(result) == "ok"
 
     def get(self, rec_id: str) -> Recording | None:
         return decode_recording(self.client.hgetall(RecordingKeys.recording(rec_id)))
@@ -95,6 +95,6 @@ class RecordingStore:
         """The session's recordings, oldest first."""
         ids = self.client.smembers(RecordingKeys.session_recordings(session_id))
         with self.client.pipeline(transaction=False) as pipe:
-            for rec_id in sorted(text(i) for i in ids):
+            for rec_id in sorted(decode_str(i) for i in ids):
                 pipe.hgetall(RecordingKeys.recording(rec_id))
             return by_creation(pipe.execute())

@@ -23,12 +23,12 @@ from service.store.codec import (
     decode_recording,
     decode_session,
     decode_sessions,
+    decode_str,
     encode_cursor,
-    flatten,
+    hash_args,
     index_member,
     member_session_id,
     statuses,
-    text,
     timeline_entry,
 )
 from service.store.keys import (
@@ -55,7 +55,7 @@ def _budget_args(budget: Budget) -> list[int]:
 
 
 def _throttled_or(result: Any) -> tuple[str, str]:
-    return text(result[0]), text(result[1])
+    return decode_str(result[0]), decode_str(result[1])
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
@@ -105,10 +105,10 @@ class AsyncStore:
                 message.redis_message_id,
                 message.payload,
                 str(event.sequence) if event.kind == "session" and event.sequence else "",
-                *flatten(fields),
+                *hash_args(fields),
             ],
         )
-        return text(result)
+        return decode_str(result)
 
     async def create_session(
         self,
@@ -148,7 +148,7 @@ class AsyncStore:
                 fingerprint,
                 idempotency_ttl,
                 *_budget_args(budget),
-                *flatten(session.to_fields()),
+                *hash_args(session.to_fields()),
             ],
         )
         outcome, detail = _throttled_or(result)
@@ -168,7 +168,7 @@ class AsyncStore:
         members = await self.client.zrevrangebylex(
             Keys.index(status), start, lowest, start=0, num=limit + 1
         )
-        page = [text(m) for m in members[:limit]]
+        page = [decode_str(m) for m in members[:limit]]
         async with self.client.pipeline(transaction=False) as pipe:
             for member in page:
                 pipe.hgetall(Keys.session(member_session_id(member)))
@@ -252,7 +252,7 @@ class AsyncStore:
                 PENDING_UPDATE_TTL,
                 TIMELINE_LIMIT,
                 f"update:{session_id}",
-                *flatten(fields),
+                *hash_args(fields),
             ],
         )
         return _throttled_or(result)
@@ -260,7 +260,7 @@ class AsyncStore:
     async def owner(self, session_id: str) -> str | None:
         """The app the session belongs to (None when there is no such session)."""
         found = await self.client.hget(Keys.session(session_id), "app")
-        return text(found) if found else None
+        return decode_str(found) if found else None
 
     async def erase_session(
         self, session: Session, message: Outgoing, *, masked: tuple[str, str], at: str, entry: str
@@ -294,8 +294,8 @@ class AsyncStore:
                 Keys.webhook(""),
             ],
         )
-        status = text(current)
-        return text(result), Status(status) if status else None
+        status = decode_str(current)
+        return decode_str(result), Status(status) if status else None
 
     async def timeline(self, session_id: str) -> list[dict[str, Any]]:
         raw = await self.client.lrange(Keys.timeline(session_id), 0, -1)
@@ -326,7 +326,7 @@ class AsyncRecordingStore:
             ],
             args=[iso(now()) or "", entry, message.redis_message_id, message.payload],
         )
-        return text(result)
+        return decode_str(result)
 
     async def get(self, rec_id: str) -> Recording | None:
         return decode_recording(await self.client.hgetall(RecordingKeys.recording(rec_id)))
@@ -335,7 +335,7 @@ class AsyncRecordingStore:
         """The session's recordings, oldest first."""
         ids = await self.client.smembers(RecordingKeys.session_recordings(session_id))
         async with self.client.pipeline(transaction=False) as pipe:
-            for rec_id in sorted(text(i) for i in ids):
+            for rec_id in sorted(decode_str(i) for i in ids):
                 pipe.hgetall(RecordingKeys.recording(rec_id))
             return by_creation(await pipe.execute())
 
@@ -347,7 +347,7 @@ class AsyncRecordingStore:
             for session_id in session_ids:
                 pipe.smembers(RecordingKeys.session_recordings(session_id))
             id_sets = await pipe.execute()
-        wanted = [sorted(text(i) for i in ids) for ids in id_sets]
+        wanted = [sorted(decode_str(i) for i in ids) for ids in id_sets]
         if not any(wanted):
             return {session_id: [] for session_id in session_ids}
         async with self.client.pipeline(transaction=False) as pipe:

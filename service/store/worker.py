@@ -15,10 +15,10 @@ from service.store.codec import (
     Applied,
     EventChange,
     decode_session,
+    decode_str,
     decode_webhook,
-    flatten,
+    hash_args,
     statuses,
-    text,
 )
 from service.store.keys import (
     CHANNEL,
@@ -93,11 +93,11 @@ class Store:
                 TIMELINE_LIMIT,
                 self._purge_due(),
                 fence or "",
-                *flatten(changes),
+                *hash_args(changes),
             ],
         )
-        status = text(current)
-        return text(result), Status(status) if status else None
+        status = decode_str(current)
+        return decode_str(result), Status(status) if status else None
 
     def open_create_attempt(self, session_id: str, moment: datetime) -> datetime | None:
         """Note that a create request is about to be sent.
@@ -109,7 +109,7 @@ class Store:
         if self.client.hsetnx(key, "create_uncertain_since", iso(moment) or ""):
             return None
         stored = self.client.hget(key, "create_uncertain_since")
-        return datetime.fromisoformat(text(stored)) if stored else moment
+        return datetime.fromisoformat(decode_str(stored)) if stored else moment
 
     def close_create_attempt(self, session_id: str) -> None:
         """The last attempt certainly created nothing at VTS."""
@@ -118,7 +118,7 @@ class Store:
     def claim_vts_session(self, session_uuid: str, session_id: str) -> str:
         """Tie a VTS session to ours; return the session that owns it (first claim wins)."""
         owner = self._claim(keys=[Keys.vts_session(session_uuid)], args=[session_id])
-        return text(owner)
+        return decode_str(owner)
 
     def lock_session(self, session_id: str, token: str, ttl_ms: int) -> bool:
         """Take the session's work lock, so one VTS call at a time acts on it."""
@@ -135,7 +135,7 @@ class Store:
         """The changes asked for the session and not yet sent to VTS (option -> its JSON
         value, as stored), and the app that asked."""
         raw = self.client.hgetall(AppKeys.pending_update(session_id))
-        fields = {text(k): text(v) for k, v in raw.items()}
+        fields = {decode_str(k): decode_str(v) for k, v in raw.items()}
         changes = {k: v for k, v in fields.items() if not k.startswith("~")}
         return fields.get("~app"), changes
 
@@ -167,10 +167,10 @@ class Store:
                 round(window * 1000),
                 f"update:{session_id}",
                 f"{session_id}:{iso(now())}",
-                *flatten(sent),
+                *hash_args(sent),
             ],
         )
-        return text(result)
+        return decode_str(result)
 
     def add_timeline(self, session_id: str, entry: str) -> None:
         key = Keys.timeline(session_id)
@@ -191,11 +191,11 @@ class Store:
             pipe.hgetall(Keys.webhook(event_id))
             pipe.get(Keys.vts_session(session_uuid))
             raw, owner = pipe.execute()
-        return decode_webhook(raw), (text(owner) if owner else None)
+        return decode_webhook(raw), (decode_str(owner) if owner else None)
 
     def session_for_vts(self, session_uuid: str) -> str | None:
         owner = self.client.get(Keys.vts_session(session_uuid))
-        return text(owner) if owner else None
+        return decode_str(owner) if owner else None
 
     def apply_event(self, session_id: str, change: EventChange) -> Applied:
         """Apply one event's effect exactly once (see ``apply_event.lua``); a redelivered
@@ -231,7 +231,13 @@ class Store:
             ],
             args=[json.dumps(arguments, separators=(",", ":"))],
         )
-        return Applied(text(outcome), text(before), text(after), int(interactions), bool(news))
+        return Applied(
+            decode_str(outcome),
+            decode_str(before),
+            decode_str(after),
+            int(interactions),
+            bool(news),
+        )
 
     def _purge_due(self) -> int:
         """When a session that ends now is purged (epoch ms)."""
@@ -277,7 +283,7 @@ class Store:
         due = self._take_due(
             keys=[Keys.schedule()], args=[int(moment.timestamp() * 1000), limit, lease_ms]
         )
-        pairs = (text(entry).partition(":") for entry in due)
+        pairs = (decode_str(entry).partition(":") for entry in due)
         return [(task, session_id) for task, _, session_id in pairs]
 
     def lead(self, token: str, ttl_ms: int) -> bool:
@@ -290,7 +296,7 @@ class Store:
         args = [item for name in truth for item in (name, truth[name])]
         before = self._reconcile(keys=[Keys.session(session_id)], args=args)
         self.client.publish(CHANNEL, session_id)
-        return {name: int(text(value)) for name, value in zip(truth, before, strict=True)}
+        return {name: int(decode_str(value)) for name, value in zip(truth, before, strict=True)}
 
     def purge_session(self, session_id: str, recording_ids: Sequence[str]) -> None:
         """Delete the session and everything hanging off it: timeline, applied events,
@@ -299,7 +305,7 @@ class Store:
         caller's to delete first."""
         key = Keys.session(session_id)
         member, uuid, idempotency = (
-            text(v) if v else None
+            decode_str(v) if v else None
             for v in self.client.hmget(key, ["index_member", "vts_session_uuid", "idempotency_key"])
         )
         with self.client.pipeline(transaction=False) as pipe:
@@ -313,10 +319,10 @@ class Store:
         doomed += [RecordingKeys.recording(rec_id) for rec_id in recording_ids]
         if uuid:
             doomed += [Keys.in_flight(uuid), Keys.callbacks(uuid)]
-            doomed += [Keys.webhook(text(event_id)) for event_id in callbacks]
-            if claim is not None and text(claim) == session_id:
+            doomed += [Keys.webhook(decode_str(event_id)) for event_id in callbacks]
+            if claim is not None and decode_str(claim) == session_id:
                 doomed.append(Keys.vts_session(uuid))
-        if idempotency and idempotent_for is not None and text(idempotent_for) == session_id:
+        if idempotency and idempotent_for is not None and decode_str(idempotent_for) == session_id:
             doomed.append(idempotency)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(*doomed)
@@ -328,13 +334,14 @@ class Store:
             pipe.zrem(Keys.schedule(), *(f"{task}:{session_id}" for task in _TIMERS))
             pipe.execute()
 
-    def enqueue(self, message: Outgoing) -> None:
-        """Queue a message from a worker (the same two writes dramatiq's enqueue makes)."""
+    def enqueue(self, *messages: Outgoing) -> None:
+        """Queue messages from a worker or a tool, in one transaction (for each, the two
+        writes dramatiq's enqueue makes)."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                Keys.queue_messages(message.queue_name), message.redis_message_id, message.payload
-            )
-            pipe.rpush(Keys.queue(message.queue_name), message.redis_message_id)
+            for message in messages:
+                queue = message.queue_name
+                pipe.hset(Keys.queue_messages(queue), message.redis_message_id, message.payload)
+                pipe.rpush(Keys.queue(queue), message.redis_message_id)
             pipe.execute()
 
     def note_unsettled(self, session_id: str, snapshot: str | None) -> str | None:
@@ -347,14 +354,14 @@ class Store:
             else:
                 pipe.hset(key, "reconcile_unsettled", snapshot)
             previous = pipe.execute()[0]
-        return text(previous) if previous else None
+        return decode_str(previous) if previous else None
 
     def dead_letters(self, queue: str) -> list[tuple[str, float, bytes]]:
         """The queue's dead letters: (redis message id, when it died (epoch s), message)."""
         entries: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
             Keys.dead_letters(queue), 0, -1, withscores=True
         )
-        ids = [text(member) for member, _ in entries]
+        ids = [decode_str(member) for member, _ in entries]
         payloads: list[bytes | None] = (
             self.client.hmget(Keys.dead_letter_messages(queue), ids) if ids else []  # type: ignore[assignment]
         )
@@ -375,7 +382,7 @@ class Store:
         notes: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
             [Keys.dead_letter_note(i) for i in redis_ids]
         )
-        return [text(n) if n is not None else None for n in notes]
+        return [decode_str(n) if n is not None else None for n in notes]
 
     def replay_dead_letter(self, queue: str, redis_id: str, message: Outgoing) -> bool:
         """Put ``message`` (the dead letter, renewed) back on ``queue``, atomically."""
@@ -396,7 +403,7 @@ class Store:
         found: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
             Keys.webhooks(), since_ms, until_ms
         )
-        return [text(i) for i in found]
+        return [decode_str(i) for i in found]
 
     def mark_once(self, key: str, marker: str) -> bool:
         """Add ``marker`` to the set ``key``; False if it was already there."""

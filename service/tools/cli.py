@@ -1,36 +1,103 @@
-"""The ``masking`` command: ``web``, ``worker``, ``sandbox``, ``dev``, and the operator
-commands ``logs``, ``dlq``, ``replay-webhooks`` and ``apps`` (which need only ``REDIS_URL``)."""
+"""The ``masking`` command. The processes: ``web`` and ``worker``; for development: ``dev``
+(everything on one machine) and ``sandbox`` (a stand-in for VTS); for operators: ``logs``
+(filter JSON log lines), and ``dlq``, ``replay-webhooks`` and ``apps``, which need only
+``REDIS_URL``.
+
+One parser serves every subcommand, with shared conventions: ``--host``/``--port`` wherever
+something listens (the web's port defaults to ``PORT``), times in ISO 8601 with a zone,
+and an error is one line on standard error with exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from service.errors import ConfigurationError
+import redis
+
+from service.errors import ConfigurationError, ServiceError
 from service.settings import Settings, redis_url_from_env
+from service.tools.logtail import LEVELS
 
 if TYPE_CHECKING:
-    import redis
-
     from service.store import Store
 
 
-def _settings() -> Settings:
+class UsageError(ServiceError):
+    """A command cannot do what it was asked; the message says why and what to do."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} -h)\n")
+
+
+# --- conventions shared by the subcommands -------------------------------------------------
+
+
+def iso_time(text: str) -> datetime:
+    """An ISO 8601 time with its zone (``Z`` or an offset): a time without one is refused
+    rather than read as this machine's local time."""
     try:
-        return Settings.from_env()
-    except ConfigurationError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
-        raise SystemExit(2) from None
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-27T10:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone: add Z or an offset such as +01:00"
+        )
+    return moment
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (1 to 65535): {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count of lines: {text!r}")
+    return int(text)
+
+
+def _listening(
+    p: argparse.ArgumentParser, *, host: str | None, port: int | None, what: str
+) -> None:
+    """The ``--host``/``--port`` pair of a command that listens (``host`` None: no --host)."""
+    if host is not None:
+        p.add_argument("--host", default=host, help=f"the address to listen on (default {host})")
+    p.add_argument("--port", type=_port, default=port, help=what)
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
 
 
 def web(args: argparse.Namespace) -> None:
     settings = _settings()
-    listener = _listen(args.host, settings.port if args.port is None else args.port)
+    named = "--port" if args.port is not None else "PORT"
+    listener = _listen(args.host, settings.port if args.port is None else args.port, named)
     import uvicorn
 
     from service import logs
@@ -47,7 +114,7 @@ def web(args: argparse.Namespace) -> None:
     uvicorn.Server(config).run(sockets=[listener])
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, named: str) -> socket.socket:
     """The web's socket, bound before anything starts, so a taken port stops us at once."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family)
@@ -56,10 +123,7 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.bind((host, port))
     except OSError as exc:
         listener.close()
-        sys.stderr.write(
-            f"configuration error: PORT: cannot listen on {host}:{port}: {exc.strerror}\n"
-        )
-        raise SystemExit(2) from None
+        raise ConfigurationError(named, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return listener
 
 
@@ -77,15 +141,9 @@ def _development(name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name != "devkit":
             raise
-        sys.stderr.write(
-            "masking: this is a development command; run it from a source checkout "
-            "(pip install -e '.[dev]')\n"
-        )
-        raise SystemExit(2) from None
-
-
-def sandbox(args: argparse.Namespace) -> None:
-    _development("devkit.sandbox.server").main(args.rest)
+        raise UsageError(
+            "this is a development command; run it from a source checkout (pip install -e '.[dev]')"
+        ) from None
 
 
 def dev(args: argparse.Namespace) -> None:
@@ -95,25 +153,43 @@ def dev(args: argparse.Namespace) -> None:
     try:
         raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))
     except RedisServerMissing as exc:
-        sys.stderr.write(f"masking dev: {exc}\n")
-        raise SystemExit(2) from None
+        raise UsageError(str(exc)) from None
+
+
+def sandbox(args: argparse.Namespace) -> None:
+    vts_sandbox = _development("devkit.sandbox.server")
+
+    try:
+        config = vts_sandbox.SandboxConfig(
+            auth_id=args.auth_id,
+            auth_token=args.auth_token,
+            dialect=args.dialect,
+            number_pool=vts_sandbox.number_range(args.pool_size),
+            rate_limit=args.rate_limit,
+            rate_window=args.rate_window,
+            event_family=args.event_family,
+            billing_increment=args.billing_increment,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    vts_sandbox.serve(config, host=args.host, port=args.port)
 
 
 def logs(args: argparse.Namespace) -> None:
     from service.tools import logtail
 
-    raise SystemExit(logtail.main(args.rest))
+    try:
+        status = logtail.run_command(args, stdin=sys.stdin, stdout=sys.stdout, environ=os.environ)
+    except FileNotFoundError as exc:
+        raise UsageError(f"no such file: {exc.filename}") from None
+    raise SystemExit(status)
 
 
 def _operator_redis() -> redis.Redis:
     """Redis for an operator command: only ``REDIS_URL`` is read (no VTS credentials)."""
     from service import redis_clients
 
-    try:
-        return redis_clients.connect(redis_url_from_env())
-    except ConfigurationError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
-        raise SystemExit(2) from None
+    return redis_clients.connect(redis_url_from_env())
 
 
 def _operator_store() -> Store:
@@ -137,13 +213,15 @@ def dlq(args: argparse.Namespace) -> None:
         for letter in deadletters.dead_letters(store):
             sys.stdout.write(letter.summary() + "\n")
         return
+    if args.all == (args.id is not None):
+        raise UsageError(f"dlq {args.action} takes an ID or --all (see: masking dlq list)")
     letters = (
         list(deadletters.dead_letters(store))
         if args.all
-        else [d for d in [deadletters.find(store, args.id or "")] if d is not None]
+        else [d for d in [deadletters.find(store, args.id)] if d is not None]
     )
     if not letters:
-        raise SystemExit("no such dead letter (see: masking dlq list)")
+        raise UsageError("no such dead letter (see: masking dlq list)")
     for letter in letters:
         if args.action == "show":
             sys.stdout.write(letter.details() + "\n")
@@ -152,55 +230,144 @@ def dlq(args: argparse.Namespace) -> None:
 
 
 def replay_webhooks(args: argparse.Namespace) -> None:
-    from datetime import datetime
-
     from service.tools import deadletters
 
+    if args.until is not None and args.since is None:
+        raise UsageError("--until goes with --since")
     store = _operator_store()
     if args.id:
         ids = list(args.id)
     else:
-        since = datetime.fromisoformat(args.since).timestamp() * 1000
-        until = datetime.fromisoformat(args.until).timestamp() * 1000 if args.until else "+inf"
-        ids = store.webhooks_between(int(since), until if isinstance(until, str) else int(until))
+        until = int(args.until.timestamp() * 1000) if args.until else "+inf"
+        ids = store.webhooks_between(int(args.since.timestamp() * 1000), until)
     count = deadletters.replay_webhooks(store, ids)
     sys.stdout.write(f"queued {count} stored callbacks again\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="masking", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+# --- the parser ------------------------------------------------------------------------------
 
-    p = commands.add_parser("web", help="the HTTP front (uvicorn)")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, help="the port to listen on (default: PORT, else 8000)")
-    p.set_defaults(run=web)
 
-    p = commands.add_parser("worker", help="the dramatiq workers")
-    p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--threads", type=int, default=8)
-    p.set_defaults(run=worker)
+def _command(
+    commands: argparse._SubParsersAction[Parser],
+    name: str,
+    run: Callable[[argparse.Namespace], None],
+    summary: str,
+) -> Parser:
+    p = commands.add_parser(name, help=summary, description=summary)
+    p.set_defaults(run=run)
+    return p
 
-    p = commands.add_parser("dev", help="everything, for development: Redis, sandbox, web, worker")
-    p.add_argument("--port", type=int, help="the web's port (default: PORT, else 8000)")
-    p.add_argument("--sandbox-port", type=int, default=8025)
-    p.set_defaults(run=dev)
 
-    p = commands.add_parser("dlq", help="dead letters: list, show ID, replay ID|--all")
-    p.add_argument("action", choices=["list", "show", "replay"])
-    p.add_argument("id", nargs="?")
-    p.add_argument("--all", action="store_true", help="every dead letter (show, replay)")
-    p.set_defaults(run=dlq)
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="masking",
+        description="The masking service: its processes, development tools and operator commands.",
+        epilog="Every subcommand: --host/--port where something listens, ISO 8601 times with "
+        "their zone, errors on one line with exit status 2. See: masking COMMAND -h.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("replay-webhooks", help="queue stored VTS callbacks again")
+    p = _command(commands, "web", web, "the HTTP front (uvicorn)")
+    _listening(
+        p, host="0.0.0.0", port=None, what="the port to listen on (default: PORT, else 8000)"
+    )
+
+    p = _command(commands, "worker", worker, "the dramatiq worker processes")
+    p.add_argument("--processes", type=_positive, default=2, help="worker processes (default 2)")
+    p.add_argument("--threads", type=_positive, default=8, help="threads in each (default 8)")
+
+    p = _command(commands, "dev", dev, "everything, for development: Redis, sandbox, web, worker")
+    _listening(p, host=None, port=None, what="the web's port (default: PORT, else 8000)")
+    p.add_argument("--sandbox-port", type=_port, default=8025, help="the sandbox's (default 8025)")
+
+    _sandbox_command(commands)
+    _logs_command(commands)
+    _dlq_command(commands)
+
+    p = _command(commands, "replay-webhooks", replay_webhooks, "queue stored VTS callbacks again")
     chosen = p.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--id", action="append", help="a callback id (repeatable)")
-    chosen.add_argument("--since", help="ISO time: callbacks received since then")
-    p.add_argument("--until", help="ISO time: ... and until then (default: now)")
-    p.set_defaults(run=replay_webhooks)
+    chosen.add_argument(
+        "--since",
+        type=iso_time,
+        metavar="TIME",
+        help="callbacks received since then (ISO 8601 with a zone)",
+    )
+    p.add_argument(
+        "--until",
+        type=iso_time,
+        metavar="TIME",
+        help="... and until then (ISO 8601 with a zone; default: now)",
+    )
 
-    p = commands.add_parser("apps", help="apps and their keys and notification secrets")
-    actions = p.add_subparsers(dest="action", required=True)
+    _apps_command(commands)
+    return parser
+
+
+def _sandbox_command(commands: argparse._SubParsersAction[Parser]) -> None:
+    p = _command(commands, "sandbox", sandbox, "the VTS sandbox (development, tests, demos)")
+    _listening(p, host="127.0.0.1", port=8025, what="the port to listen on (default 8025)")
+    p.add_argument("--auth-id", required=True, help="the Auth ID clients must use")
+    p.add_argument("--auth-token", required=True, help="the Auth Token clients must use")
+    p.add_argument(
+        "--dialect",
+        choices=["envelope", "bare"],
+        default="envelope",
+        help="how answers are shaped (default envelope)",
+    )
+    p.add_argument("--pool-size", type=int, default=50, help="virtual numbers, 1 to 10000")
+    p.add_argument("--rate-limit", type=int, default=300, help="requests per window")
+    p.add_argument("--rate-window", type=float, default=5.0, help="seconds")
+    p.add_argument(
+        "--event-family",
+        choices=["hangup", "complete"],
+        default="hangup",
+        help="which session events a call sends (default hangup)",
+    )
+    p.add_argument("--billing-increment", type=int, default=60, help="seconds a leg is billed by")
+
+
+def _logs_command(commands: argparse._SubParsersAction[Parser]) -> None:
+    p = _command(commands, "logs", logs, "filter and pretty-print JSON log lines")
+    p.add_argument("file", nargs="?", help="a log file (default: standard input)")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="print lines as they are added to FILE"
+    )
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="with -f: first print the last N lines of FILE (default 0: only new ones)",
+    )
+    p.add_argument("--session", help="our session id or VTS's SessionUUID")
+    p.add_argument("--request", help="a request id")
+    p.add_argument(
+        "--level", type=str.lower, choices=list(LEVELS), default="debug", help="minimum level"
+    )
+    p.add_argument("--event", action="append", default=[], help="name or glob; repeatable")
+    p.add_argument("--actor", help="a dramatiq actor name")
+    p.add_argument(
+        "--color",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on a terminal, unless NO_COLOR is set",
+    )
+    p.add_argument("--json-only", action="store_true", help="drop non-JSON lines")
+    p.add_argument("--raw", action="store_true", help="print matching lines as JSON")
+
+
+def _dlq_command(commands: argparse._SubParsersAction[Parser]) -> None:
+    p = _command(commands, "dlq", dlq, "dead letters: list, show ID|--all, replay ID|--all")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("id", nargs="?", help="a dead letter's id (from: masking dlq list)")
+    p.add_argument("--all", action="store_true", help="every dead letter (show, replay)")
+
+
+def _apps_command(commands: argparse._SubParsersAction[Parser]) -> None:
+    p = _command(commands, "apps", apps, "apps and their keys and notification secrets")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="every app, its key ids and number of secrets")
     a = actions.add_parser("create", help="a new key for an app (the app is created if new)")
     a.add_argument("name")
@@ -211,34 +378,25 @@ def build_parser() -> argparse.ArgumentParser:
     change = a.add_mutually_exclusive_group()
     change.add_argument("--rotate", action="store_true", help="a new secret, the old one kept")
     change.add_argument("--drop-previous", action="store_true", help="forget the old one")
-    p.set_defaults(run=apps)
-
-    # These two forward their arguments, --help included, to their own parsers.
-    p = commands.add_parser("sandbox", add_help=False, help="the VTS sandbox (masking sandbox -h)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=sandbox)
-
-    p = commands.add_parser("logs", add_help=False, help="filter JSON log lines (masking logs -h)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=logs)
-    return parser
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv``; forwarding commands get every argument after their name in ``rest``."""
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if not hasattr(args, "rest"):
-        if unknown:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        return args
-    # REMAINDER only starts at the first positional, so leading options come back as
-    # unknown, in order, before it; a "--" separator is accepted for compatibility.
-    rest = [*unknown, *args.rest]
-    args.rest = rest[1:] if rest[:1] == ["--"] else rest
-    return args
+    return build_parser().parse_args(argv)
+
+
+def fail(command: str, message: str) -> NoReturn:
+    """End ``masking COMMAND`` with ``message`` on one line and exit status 2."""
+    sys.stderr.write(f"masking {command}: {message}\n")
+    raise SystemExit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except ConfigurationError as exc:
+        fail(args.command, f"configuration error: {exc}")
+    except ServiceError as exc:
+        fail(args.command, str(exc))
+    except redis.RedisError as exc:
+        fail(args.command, f"Redis: {type(exc).__name__}: {exc} (is REDIS_URL right?)")

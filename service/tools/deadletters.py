@@ -12,9 +12,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
-
-import dramatiq
 
 from service import messages
 from service.messages import Outgoing
@@ -58,16 +55,14 @@ class DeadLetter:
         """The same work as a fresh message, for its queue."""
         options = {k: v for k, v in self.message.get("options", {}).items()
                    if k not in _SPENT_OPTIONS}  # fmt: skip
-        redis_id = str(uuid4())
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=self.queue,
-            actor_name=self.message["actor_name"],
-            args=tuple(self.message.get("args", ())),
-            kwargs=self.message.get("kwargs", {}),
-            options={**options, "redis_message_id": redis_id, messages.REPLAY_OPTION: True},
-            message_id=self.message.get("message_id", redis_id),
+        return messages.encode(
+            self.queue,
+            self.message["actor_name"],
+            self.message.get("args", ()),
+            self.message.get("kwargs", {}),
+            {**options, messages.REPLAY_OPTION: True},
+            message_id=self.message.get("message_id"),
         )
-        return Outgoing(self.queue, message.message_id, redis_id, message.encode())
 
 
 def dead_letters(store: Store, queues: tuple[str, ...] = messages.QUEUES) -> Iterator[DeadLetter]:
@@ -89,11 +84,11 @@ def replay(store: Store, letter: DeadLetter) -> bool:
 
 def replay_webhooks(store: Store, event_ids: list[str]) -> int:
     """Queue the stored callbacks ``event_ids`` for processing again; return how many."""
-    routes = {"session": messages.APPLY_EVENT, "recording": messages.APPLY_RECORDING_EVENT}
+    jobs = {"session": messages.APPLY_EVENT, "recording": messages.APPLY_RECORDING_EVENT}
     count = 0
     for event_id in event_ids:
         stored = store.webhook(event_id)
         if stored is not None:
-            store.enqueue(messages.build(routes[stored[0]], event_id))
+            store.enqueue(jobs[stored[0]].message(messages.EventRef(event_id)))
             count += 1
     return count

@@ -256,41 +256,6 @@ def run(lines: Iterable[str | None], options: Options, out: TextIO, *, live: boo
     return records
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="masking logs", description="Filter and pretty-print JSON log lines."
-    )
-    parser.add_argument("file", nargs="?", help="a log file (default: standard input)")
-    parser.add_argument(
-        "-f", "--follow", action="store_true", help="print lines as they are added to FILE"
-    )
-    parser.add_argument(
-        "-n", "--lines", type=_count, default=0, metavar="N",
-        help="with -f: first print the last N lines of FILE (default 0: only new ones)",
-    )  # fmt: skip
-    parser.add_argument("--session", help="our session id or VTS's SessionUUID")
-    parser.add_argument("--request", help="a request id")
-    parser.add_argument(
-        "--level", type=str.lower, choices=list(LEVELS), default="debug", help="minimum level"
-    )
-    parser.add_argument("--event", action="append", default=[], help="name or glob; repeatable")
-    parser.add_argument("--actor", help="a dramatiq actor name")
-    parser.add_argument(
-        "--color", action=argparse.BooleanOptionalAction, default=None,
-        help="default: on a terminal, unless NO_COLOR is set",
-    )  # fmt: skip
-    parser.add_argument("--json-only", action="store_true", help="drop non-JSON lines")
-    parser.add_argument("--raw", action="store_true", help="print matching lines as JSON")
-    return parser
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a count of lines: {text}")
-    return value
-
-
 def _options(args: argparse.Namespace, out: TextIO, environ: Mapping[str, str]) -> Options:
     matcher = Filter(args.session, args.request, args.level, tuple(args.event), args.actor)
     # https://no-color.org: a set, non-empty NO_COLOR turns colours off unless asked for.
@@ -305,14 +270,31 @@ def main(
     stdout: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Run ``masking logs``; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    out = stdout or sys.stdout
-    options = _options(args, out, os.environ if environ is None else environ)
+    """Run ``masking logs`` with ``argv`` (its arguments); returns the exit status."""
+    from service.tools import cli
+
+    args = cli.parse(["logs", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run_command(
+            args,
+            stdin=stdin or sys.stdin,
+            stdout=stdout or sys.stdout,
+            environ=os.environ if environ is None else environ,
+        )
+    except FileNotFoundError as exc:
+        cli.fail("logs", f"no such file: {exc.filename}")
+
+
+def run_command(
+    args: argparse.Namespace, *, stdin: TextIO, stdout: TextIO, environ: Mapping[str, str]
+) -> int:
+    """Carry out ``masking logs`` as parsed into ``args``; returns the exit status. Raises
+    FileNotFoundError when the file named does not exist."""
+    out = stdout
+    options = _options(args, out, environ)
     try:
         if args.file is None or args.file == "-":
-            records = run(read_lines(stdin or sys.stdin), options, out, live=True)
+            records = run(read_lines(stdin), options, out, live=True)
         elif args.follow:
             records = run(follow(Path(args.file), last=args.lines), options, out, live=False)
         else:
@@ -324,8 +306,6 @@ def main(
                 "masking logs: no JSON log line in the input, so no filter applied; "
                 "the service writes JSON with LOG_FORMAT=json\n"
             )
-    except FileNotFoundError as exc:
-        parser.error(f"no such file: {exc.filename}")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

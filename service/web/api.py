@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from service import messages, schemas
 from service.apps import AppRegistry, Budget
+from service.messages import SessionRef, SessionUpdate
 from service.metrics import metrics
 from service.models import LIVE, Session, Status, iso, now
 from service.phones import mask
@@ -157,8 +158,8 @@ async def create_session(request: Request) -> Response:
     fields = decode_create(await _json_body(request), Rules.from_settings(settings))
     app = _app(request)
     session = _new_session(fields, app)
-    message = messages.build(
-        messages.CREATE_SESSION, session.id, request_id=session.request_id, app=app
+    message = messages.CREATE_SESSION.message(
+        SessionRef(session.id), request_id=session.request_id, app=app
     )
     idempotency = (app, key, fingerprint(fields)) if key else None
     outcome = await _store(request).create_session(
@@ -261,7 +262,9 @@ async def update_session(request: Request) -> Response:
     changes = decode_update(await _json_body(request, merge_patch=True))
     app = _app(request)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    message = messages.build(messages.UPDATE_SESSION, session_id, request_id=request_id, app=app)
+    message = messages.UPDATE_SESSION.message(
+        SessionUpdate(session_id), request_id=request_id, app=app
+    )
     entry = timeline_entry(
         "update_requested", changes=sorted(changes), request_id=request_id, app=app
     )
@@ -292,7 +295,9 @@ async def delete_session(request: Request) -> Response:
     session_id = _session_id(request)
     app = _app(request)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    message = messages.build(messages.EXPIRE_SESSION, session_id, request_id=request_id, app=app)
+    message = messages.EXPIRE_SESSION.message(
+        SessionRef(session_id), request_id=request_id, app=app
+    )
     entry = timeline_entry("end_requested", request_id=request_id, app=app)
     allowed = [Status.PENDING, *LIVE]
     result, detail = await _store(request).enqueue_if_status(
@@ -308,7 +313,7 @@ async def erase_session(request: Request) -> Response:
     """Erase an ended session's personal data; erasing it again changes nothing."""
     session = await _existing(request)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    message = messages.build(messages.DELETE_RECORDING_FILES, session.id, request_id=request_id)
+    message = messages.DELETE_RECORDING_FILES.message(SessionRef(session.id), request_id=request_id)
     entry = timeline_entry("erased", request_id=request_id)
     masked = (mask(session.first_party), mask(session.second_party))
     result, current = await _store(request).erase_session(

@@ -120,8 +120,8 @@ async def delete_recording(request: Request) -> Response:
     rec_id = recording.id
     store: AsyncRecordingStore = request.app.state.recordings
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    message = messages.build(
-        messages.DELETE_RECORDING_FILES, recording.session_id, request_id=request_id
+    message = messages.DELETE_RECORDING_FILES.message(
+        messages.SessionRef(recording.session_id), request_id=request_id
     )
     entry = timeline_entry("recording_deleted", recording_id=rec_id, request_id=request_id)
     if await store.delete(recording, message, entry) == "missing":

@@ -33,7 +33,7 @@ from service.web.problems import Problem
 
 log = structlog.get_logger(__name__)
 
-_ROUTE_OF: dict[Kind, messages.ActorRoute] = {
+_JOB_OF: dict[Kind, messages.Job[messages.EventRef]] = {
     "session": messages.APPLY_EVENT,
     "recording": messages.APPLY_RECORDING_EVENT,
 }
@@ -127,7 +127,7 @@ async def _ingest(request: Request, kind: Kind) -> Response:
     store: AsyncStore = request.app.state.store
     # The VTS session id rides along (an id, not a number): the worker then reads the
     # event and finds our session in one round trip.
-    message = messages.build(_ROUTE_OF[kind], event.id, event.session_uuid)
+    message = _JOB_OF[kind].message(messages.EventRef(event.id, event.session_uuid))
     nonce = _first_header(request, NONCE_HEADERS) or None
     result = await store.ingest_webhook(
         event, message, nonce=nonce, received_ms=int(time.time() * 1000)

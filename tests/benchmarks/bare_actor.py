@@ -14,14 +14,20 @@ from __future__ import annotations
 import os
 
 import dramatiq
+import msgspec
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from service.messages import ActorRoute
+from service.messages import Job, RetryPolicy
 from service.store import DRAMATIQ_NAMESPACE
 from workers.broker import HEARTBEAT_TIMEOUT_MS
 
-ROUTE = ActorRoute("bench_bare_apply", "bench-bare")
+
+class Item(msgspec.Struct, array_like=True, frozen=True):
+    item_id: str
+
+
+JOB = Job("bench_bare_apply", "bench-bare", Item, RetryPolicy())
 SEEN_KEY = "bench:bare-actor:seen"
 LOG_KEY = "bench:bare-actor:log"
 STATS_KEY = "bench:bare-actor:stats"
@@ -47,5 +53,5 @@ def setup() -> RedisBroker:
             pipe.hincrby(STATS_KEY, "applied", 1)
             pipe.execute()
 
-    dramatiq.actor(actor_name=ROUTE.actor_name, queue_name=ROUTE.queue_name, broker=broker)(apply)
+    dramatiq.actor(actor_name=JOB.name, queue_name=JOB.queue, broker=broker)(apply)
     return broker

@@ -139,7 +139,7 @@ async def _create(redis_url: str, sessions: list[Session]) -> None:
             *(
                 store.create_session(
                     s,
-                    messages.build(messages.CREATE_SESSION, s.id),
+                    messages.CREATE_SESSION.message(messages.SessionRef(s.id)),
                     idempotency=None,
                     idempotency_ttl=60,
                 )
@@ -178,7 +178,9 @@ async def _ingest(redis_url: str, events: list[Event]) -> None:
                 *(
                     store.ingest_webhook(
                         event,
-                        messages.build(messages.APPLY_EVENT, event.id, event.session_uuid),
+                        messages.APPLY_EVENT.message(
+                            messages.EventRef(event.id, event.session_uuid)
+                        ),
                         nonce=nonce(),
                         received_ms=received_ms,
                     )
@@ -250,7 +252,7 @@ def _bare_run(
 ) -> Throughput:
     store = Store(client)
     for index in range(args.events):
-        store.enqueue(messages.build(bare_actor.ROUTE, f"item-{index}"))
+        store.enqueue(bare_actor.JOB.message(bare_actor.Item(f"item-{index}")))
     command = [
         sys.executable, "-m", "dramatiq", "tests.benchmarks.bare_actor:setup",
         "tests.benchmarks.bare_actor", "--processes", "1", "--threads", str(args.threads),

@@ -96,23 +96,20 @@ def _system(directory: Path, sessions: int) -> Iterator[tuple[redis.Redis, str, 
         with serve(sandbox_app) as sandbox_url:
             settings = Settings(**{**vars(settings), "vts_base_url": sandbox_url})
             from service.web.app import create_app
+            from workers import boot
             from workers.broker import create_broker
 
-            broker = create_broker(client)
+            broker = create_broker(client, boot.build(settings, client))
             dramatiq.set_broker(broker)
             import workers.actors  # noqa: F401  (declares the actors on this broker)
-            from workers import boot
 
-            resources = boot.build(settings, client)
-            boot.install(resources)
             worker = dramatiq.Worker(broker, worker_threads=16, worker_timeout=100)
             worker.start()
             try:
                 with serve(create_app(settings), port=web_port) as web_url:
                     yield client, web_url, sandbox_url
             finally:
-                worker.stop()
-                resources.close()
+                worker.stop()  # closes the broker's dependencies
     finally:
         client.close()
         server.stop()
