@@ -18,7 +18,7 @@ from service.models import Status
 from service.store import Keys, Store, scripts
 from service.vts.callbacks import ROLES, Event, Role, check
 from tests.conftest import Clock, store_event, stored_session
-from workers import events
+from workers import accounting
 from workers.dependencies import Dependencies
 
 UUID = "6a0c3f6e-2222-4333-8444-955566667777"
@@ -60,7 +60,7 @@ def _events(
 def _apply(ctx: Dependencies, redis_url: str, params: list[dict[str, str]]) -> list[str]:
     ids = [store_event(redis_url, check("session", p)) for p in params]
     for event_id in ids:
-        events.apply(ctx, event_id, UUID)
+        accounting.apply(ctx, event_id, UUID)
     return ids
 
 
@@ -210,7 +210,7 @@ def test_every_order_of_a_call_gives_the_same_totals(
     ids = [store_event(redis_url, check("session", p)) for p in params]
     moment = Clock()()
     changes = [
-        events.plan_change(check("session", p), event_id=i, now=moment)
+        accounting.plan_change(check("session", p), event_id=i, now=moment)
         for p, i in zip(params, ids, strict=True)
     ]
     counters = ("interaction_count", "call_count", "billed_duration", "call_amount_nanos",
@@ -267,7 +267,7 @@ def test_an_impossible_leg_value_writes_nothing(
     params = _events("SessionFirstPartyHangup")[0] | bad
     # The web refuses such a callback (400); one stored before that check, or put back by
     # hand, must still change nothing here.
-    events.apply(ctx, store_event(redis_url, Event("session", params)), UUID)
+    accounting.apply(ctx, store_event(redis_url, Event("session", params)), UUID)
     assert _totals(store, session_id) == (0, 0, 0, Decimal(0))
     assert redis_client.scard(Keys.applied(session_id)) == 0
     assert redis_client.zcard(Keys.in_flight(UUID)) == 0
@@ -314,7 +314,7 @@ def test_a_duplicate_and_a_missing_session_are_told_apart(
 ) -> None:
     """The script's other outcomes: ``duplicate`` for a marker seen, ``missing`` without a
     session."""
-    change = events.plan_change(
+    change = accounting.plan_change(
         check("session", _events("SessionFirstPartyHangup")[0]), event_id="e2", now=Clock()()
     )
     assert store.apply_event(session_id, change).outcome == "applied"

@@ -16,7 +16,7 @@ from service.models import Status
 from service.store import Keys, Store
 from service.vts.callbacks import Event, check
 from tests.conftest import Clock, store_event, stored_session
-from workers import events
+from workers import accounting
 from workers.dependencies import Dependencies
 
 UUID = "5f0c3f6e-1111-4222-8333-944455556666"
@@ -85,7 +85,7 @@ def _apply_all(ctx: Dependencies, ids: list[str], clock: Clock) -> None:
         waiting = []
         for event_id in pending:
             try:
-                events.apply(ctx, event_id, UUID)
+                accounting.apply(ctx, event_id, UUID)
             except EventNotReady:
                 waiting.append(event_id)
         if not waiting:
@@ -129,7 +129,7 @@ def test_an_event_whose_predecessor_is_missing_is_applied_at_once(
 ) -> None:
     """No event waits for an earlier one: the third of a call applies with no clock move."""
     call = _call(1, "hangup")
-    events.apply(ctx, _ingest(redis_url, check("session", call[2])))
+    accounting.apply(ctx, _ingest(redis_url, check("session", call[2])))
     assert store.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
 
 
@@ -152,9 +152,9 @@ def test_event_before_the_session_is_known_waits_then_is_kept_aside(
     """An event for an unknown session waits for its create, then is set aside, not lost."""
     event_id = _ingest(redis_url, check("session", {**_call(1, "hangup")[0], "SessionUUID": "x-1"}))
     with pytest.raises(EventNotReady):
-        events.apply(ctx, event_id)
-    clock.moment += events.ORPHAN_AFTER + timedelta(seconds=1)
-    events.apply(ctx, event_id)
+        accounting.apply(ctx, event_id)
+    clock.moment += accounting.ORPHAN_AFTER + timedelta(seconds=1)
+    accounting.apply(ctx, event_id)
     assert redis_client.zscore(Keys.orphan_events(), event_id) is not None
     assert redis_client.hget(Keys.event_stats(), "orphaned") == b"1"
 

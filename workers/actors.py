@@ -14,7 +14,7 @@ from dramatiq.middleware import CurrentMessage
 from service import messages
 from service.messages import EventRef, Exhausted, Job, Notification, SessionRef, SessionUpdate
 from service.phones import mask_text
-from workers import dependencies, events, notifications, reconcile, recordings, retention, sessions
+from workers import accounting, archive, dependencies, notifications, reconcile, retention, sessions
 from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
@@ -110,17 +110,17 @@ def purge_session(deps: Dependencies, payload: SessionRef) -> None:
 
 
 def apply_event(deps: Dependencies, payload: EventRef) -> None:
-    events.apply(deps, payload.event_id, payload.session_uuid)
+    accounting.apply(deps, payload.event_id, payload.session_uuid)
 
 
 def apply_recording_event(deps: Dependencies, payload: EventRef) -> None:
     # The message names the VTS session as apply_event's does; the stored record has it.
-    recordings.apply(deps, payload.event_id)
+    archive.apply(deps, payload.event_id)
 
 
 def recording_download_exhausted(deps: Dependencies, payload: Exhausted) -> None:
     given_up = _given_up(messages.APPLY_RECORDING_EVENT, payload)
-    recordings.give_up(deps, given_up.event_id)
+    archive.give_up(deps, given_up.event_id)
 
 
 def delete_recording_files(deps: Dependencies, payload: SessionRef) -> None:

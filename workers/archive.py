@@ -20,9 +20,9 @@ from service.recordings import Recording, RecordingStatus, recording_id
 from service.store import Keys, timeline_entry
 from service.vts.callbacks import Event
 from workers import notifications
+from workers.accounting import ORPHAN_AFTER
 from workers.dependencies import Dependencies
 from workers.downloads import download
-from workers.events import ORPHAN_AFTER
 
 log = structlog.get_logger(__name__)
 
