@@ -38,6 +38,7 @@ class Rig:
             middleware=[Retries(max_retries=5, min_backoff=100, max_backoff=200)],
             heartbeat_timeout=15_000,
         )
+        self.broker.acks_check_seconds = 1.0
         self.worker: dramatiq.Worker | None = None
 
     def start_worker(self) -> dramatiq.Worker:
@@ -127,3 +128,19 @@ def test_a_closing_consumer_puts_back_what_it_fetched_but_never_handed_out(rig: 
     held = rig.client.smembers(f"faults:__acks__.{rig.broker.broker_id}.{QUEUE}")
     assert held == {handed_out.options["redis_message_id"].encode()}
     assert rig.client.llen(f"faults:{QUEUE}") == 3
+
+
+def test_a_fetch_whose_reply_was_lost_is_put_back_after_the_reconnect(rig: Rig) -> None:
+    """Redis may run a fetch and go away before its reply arrives (redis-py may even send
+    the fetch again on a new connection, unseen): the messages sit in this live worker's
+    acks set though nothing in the worker holds them. They go back on the queue and are
+    processed by the same worker."""
+    note = _note_actor(rig)
+    for mark in "ab":
+        note.send(mark)
+    rig.broker.do_fetch(QUEUE, 2)  # it ran; its reply never reached anyone
+    rig.start_worker()
+    rig.restart_redis()
+    wait_until(lambda: rig.done() == {"a", "b"}, timeout=30, interval=0.1)
+    acks = f"faults:__acks__.{rig.broker.broker_id}.{QUEUE}"
+    wait_until(lambda: rig.client.scard(acks) == 0, timeout=10)

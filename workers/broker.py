@@ -139,7 +139,9 @@ class GuardedConsumer(_RedisConsumer):
     AOF) is never retried. Here every Redis error is a connection error to dramatiq (so
     acks are retried), the delayed messages this consumer handed out are remembered until
     acked, a batch fetched but not yet handed out goes back when the consumer closes,
-    and whatever cannot be put back now is put back by the queue's next consumer.
+    whatever cannot be put back now is put back by the queue's next consumer, and after a
+    failed connection the next consumer puts back what a fetch whose reply was lost left
+    in this worker's acks set (see ``PromptRedisBroker.put_back_unheld``).
     """
 
     broker: PromptRedisBroker
@@ -151,11 +153,19 @@ class GuardedConsumer(_RedisConsumer):
     def __next__(self) -> MessageProxy | None:
         try:
             self.broker.put_back_stranded(self.queue_name)
+            if not self.message_cache:
+                self.broker.put_back_unheld(self.queue_name)
             message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        except ConnectionClosed:  # dramatiq's own translation of redis.ConnectionError
+            self.broker.connection_failed(self.queue_name)
+            raise
         except redis.RedisError as exc:
+            self.broker.connection_failed(self.queue_name)
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
-        if message is not None and "eta" in message.options:
-            self._delayed[message.options["redis_message_id"]] = message
+        if message is not None:
+            self.broker.hold(self.queue_name, message.options["redis_message_id"])
+            if "eta" in message.options:
+                self._delayed[message.options["redis_message_id"]] = message
         return message
 
     def ack(self, message: MessageProxy) -> None:
@@ -164,6 +174,8 @@ class GuardedConsumer(_RedisConsumer):
             super().ack(message)  # type: ignore[no-untyped-call]
         except redis.RedisError as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        # Only once Redis has it: until then the message is this worker's.
+        self.broker.release(self.queue_name, [message.options["redis_message_id"]])
 
     def nack(self, message: MessageProxy) -> None:
         self._settled(message)
@@ -171,12 +183,15 @@ class GuardedConsumer(_RedisConsumer):
             super().nack(message)  # type: ignore[no-untyped-call]
         except redis.RedisError as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        self.broker.release(self.queue_name, [message.options["redis_message_id"]])
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         held = list(messages)
         for message in held:
             self._settled(message)
-        self.broker.put_back(self.queue_name, [m.options["redis_message_id"] for m in held])
+        redis_ids = [m.options["redis_message_id"] for m in held]
+        self.broker.put_back(self.queue_name, redis_ids)
+        self.broker.release(self.queue_name, redis_ids)
 
     def close(self) -> None:
         """Put back the delayed messages still held (dramatiq may have dropped them) and
@@ -202,6 +217,8 @@ class PromptRedisBroker(RedisBroker):
     """
 
     max_poll_ms = 100
+    # How often a consumer compares this worker's acks set with what it holds.
+    acks_check_seconds = 10.0
     # An enqueue from a worker (a retry, a delayed message coming due, a timer) is tried
     # until Redis takes it: failing it would lose a message dramatiq has already acked.
     enqueue_backoff_seconds = (0.1, 2.0)
@@ -210,6 +227,11 @@ class PromptRedisBroker(RedisBroker):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.dependencies = dependencies
         self._stranded: dict[str, set[str]] = {}
+        # Per queue: the redis ids of messages handed out and not yet settled, and whether
+        # the queue's connection has failed since its acks set was last checked.
+        self._held: dict[str, set[str]] = {}
+        self._suspect: set[str] = set()
+        self._acks_checked: dict[str, float] = {}
         self._stranded_lock = threading.Lock()
 
     @property
@@ -239,6 +261,45 @@ class PromptRedisBroker(RedisBroker):
         except redis.RedisError:
             with self._stranded_lock:
                 self._stranded.setdefault(queue_name, set()).update(redis_ids)
+
+    def hold(self, queue_name: str, redis_id: str) -> None:
+        """Note a message handed out to this worker, until it is acked, nacked or put back."""
+        with self._stranded_lock:
+            self._held.setdefault(queue_name, set()).add(redis_id)
+
+    def release(self, queue_name: str, redis_ids: list[str]) -> None:
+        with self._stranded_lock:
+            self._held.get(queue_name, set()).difference_update(redis_ids)
+
+    def connection_failed(self, queue_name: str) -> None:
+        """A command of ``queue_name``'s consumer failed: a fetch may have run in Redis
+        whose reply never arrived."""
+        with self._stranded_lock:
+            self._suspect.add(queue_name)
+
+    def put_back_unheld(self, queue_name: str) -> None:
+        """Put back what this worker's acks set holds for ``queue_name`` but nothing in the
+        worker does: the messages of a fetch that ran in Redis while its reply was lost
+        (Redis went away, or redis-py's own retry sent the fetch again). dramatiq would
+        keep them until this process dies. Checked after a failed connection and every
+        ``acks_check_seconds``; called by the queue's consumer between batches; raises
+        RedisError."""
+        now = time.monotonic()
+        with self._stranded_lock:
+            due = now - self._acks_checked.get(queue_name, now) >= self.acks_check_seconds
+            if queue_name not in self._suspect and not due:
+                self._acks_checked.setdefault(queue_name, now)
+                return
+            self._acks_checked[queue_name] = now
+        acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+        in_acks = {_text(member) for member in self.client.smembers(acks)}
+        with self._stranded_lock:
+            unheld = in_acks - self._held.get(queue_name, set())
+            self._suspect.discard(queue_name)
+        if unheld:
+            # A message acked meanwhile is no longer in the acks set: requeue skips it.
+            self.do_requeue(queue_name, *unheld)
+            log.info("broker_messages_put_back", queue=queue_name, count=len(unheld))
 
     def put_back_stranded(self, queue_name: str) -> None:
         """Put back what an earlier consumer of ``queue_name`` could not; raises RedisError."""
@@ -275,6 +336,10 @@ class PromptRedisBroker(RedisBroker):
                 ],
                 keys=[self.namespace],
             )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class QuietRetries(Retries):
