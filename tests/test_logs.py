@@ -146,3 +146,53 @@ def test_request_line_keeps_a_bounded_path(stream: io.StringIO) -> None:
         assert client.get(path).status_code == 404
     (line,) = [r for r in _records(stream) if r["event"] == "http_request"]
     assert len(line["route"]) <= 256
+
+
+def test_lines_from_many_threads_never_interleave(stream: io.StringIO) -> None:
+    """structlog's lines and the stdlib's share one stream and one lock: every line written
+    from 8 threads at once is one whole JSON object."""
+    import threading
+
+    def write(index: int) -> None:
+        for n in range(200):
+            structlog.get_logger("t").info("ours", thread=index, n=n, pad="x" * 300)
+            logging.getLogger("dramatiq.worker").warning("theirs %d %d", index, n)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = _records(stream)
+    assert len(records) == 8 * 200 * 2
+    assert {r["logger"] for r in records} == {"t", "dramatiq.worker"}
+
+
+def test_positional_arguments_and_levels(stream: io.StringIO) -> None:
+    """``log.info("... %s", x)`` is formatted (and masked); lines below the level are not
+    written; ``warn`` and ``exception`` name their stdlib levels."""
+    log = structlog.get_logger("t")
+    log.debug("hidden")
+    log.info("calling %s now", NUMBER)
+    log.warn("careful")
+    try:
+        raise KeyError("k")
+    except KeyError:
+        log.exception("failed")
+    records = _records(stream)
+    assert [(r["event"], r["level"]) for r in records] == [
+        ("calling ***2671 now", "info"),
+        ("careful", "warning"),
+        ("failed", "error"),
+    ]
+
+
+def test_a_line_that_cannot_be_written_is_dropped() -> None:
+    """A closed stream loses the line; the caller (a request, a message) carries on."""
+    closed = io.StringIO()
+    logs.configure(fmt="json", level="INFO", stream=closed, cache_loggers=False)
+    try:
+        closed.close()
+        structlog.get_logger("t").info("lost")
+    finally:
+        configure_test_logs()
