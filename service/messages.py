@@ -8,11 +8,11 @@ options so that every worker log line can be tied to the HTTP request that cause
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
-
-import dramatiq
 
 SESSIONS_QUEUE = "sessions"
 EVENTS_QUEUE = "events"
@@ -77,12 +77,18 @@ def build(
         options["request_id"] = request_id
     if app is not None:
         options["app"] = app
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=route.queue_name,
-        actor_name=route.actor_name,
-        args=args,
-        kwargs=kwargs,
-        options=options,
-        message_id=message_id,
-    )
-    return Outgoing(route.queue_name, message_id, message_id, message.encode())
+    # dramatiq's wire format (what ``dramatiq.Message(...).encode()`` writes with its
+    # default JSON encoder, field for field), without building the dataclass to encode it.
+    fields = {
+        "queue_name": route.queue_name,
+        "actor_name": route.actor_name,
+        "args": args,
+        "kwargs": kwargs,
+        "options": options,
+        "message_id": message_id,
+        "message_timestamp": int(time.time() * 1000),
+    }
+    return Outgoing(route.queue_name, message_id, message_id, _encode(fields).encode())
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
