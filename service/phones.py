@@ -8,7 +8,8 @@ tracebacks); it errs on the side of masking any long run of digits.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import Any
 
 import phonenumbers
 from phonenumbers.phonenumberutil import _number_type_helper
@@ -98,12 +99,15 @@ def _valid_type(parsed: phonenumbers.PhoneNumber) -> int | None:
     """``number_type(parsed)`` if ``is_valid_number(parsed)``, else None.
 
     The two together, with the number's region found once: each of them looks it up, and
-    for a country code shared by many regions (NANP's +1: about 25) that means matching
-    the number against region after region, most of the cost of validating it.
+    for a country code shared by many regions (NANP's +1: 25) that means matching the
+    number against region after region, most of the cost of validating it.
     """
-    region = phonenumbers.region_code_for_number(parsed)
     country_code = parsed.country_code
-    if region is None or country_code is None:
+    if country_code is None:
+        return None
+    national = phonenumbers.national_significant_number(parsed)
+    region, kind = _region_of(country_code, national)
+    if region is None:
         return None
     # What is_valid_number_for_region(parsed, region) checks, then the type it computes.
     metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
@@ -114,9 +118,43 @@ def _valid_type(parsed: phonenumbers.PhoneNumber) -> int | None:
         and country_code != phonenumbers.country_code_for_valid_region(region)
     ):
         return None
-    national = phonenumbers.national_significant_number(parsed)
-    kind = int(_number_type_helper(national, metadata))
+    if kind is None:
+        kind = int(_number_type_helper(national, metadata))
     return None if kind == _TYPE.UNKNOWN else kind
+
+
+def _region_of(country_code: int, national: str) -> tuple[str | None, int | None]:
+    """``region_code_for_number``'s answer, and the number's type when finding the region
+    took computing it. The same search as phonenumbers', in its order, with each region's
+    leading-digits pattern compiled once rather than looked up for every number."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code)
+    if regions is None:
+        return None, None
+    if len(regions) == 1:
+        return regions[0], None
+    for region, metadata, leading in _regions(country_code):
+        if leading is not None:
+            if leading.match(national):
+                return region, None
+        else:
+            kind = int(_number_type_helper(national, metadata))
+            if kind != _TYPE.UNKNOWN:
+                return region, kind
+    return None, None
+
+
+@cache
+def _regions(country_code: int) -> tuple[tuple[str, Any, re.Pattern[str] | None], ...]:
+    """The regions of ``country_code`` that have metadata, in phonenumbers' order, each
+    with its metadata and compiled leading-digits pattern (None when it has none)."""
+    found = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region.upper(), None)
+        if metadata is None:
+            continue
+        leading = metadata.leading_digits
+        found.append((region, metadata, None if leading is None else re.compile(leading)))
+    return tuple(found)
 
 
 def _e164(parsed: phonenumbers.PhoneNumber) -> str:
