@@ -318,7 +318,8 @@ async def probe(
         httpx2.AsyncClient(limits=httpx2.Limits(max_connections=200), timeout=30) as http,
     ):
         await pubsub.subscribe(CHANNEL)
-        watcher = asyncio.create_task(_watch(pubsub, AsyncStore(client), result))
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(_watch(pubsub, AsyncStore(client), result, stop))
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.1
         posts = []
@@ -331,8 +332,10 @@ async def probe(
         deadline = loop.time() + 10
         while len(result.shown) < len(plan) and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        # Told to stop rather than cancelled: a cancellation that lands inside the
+        # pubsub's read can be swallowed, and the benchmark then waits forever.
+        stop.set()
+        await watcher
     await client.aclose()
     return result
 
@@ -373,11 +376,14 @@ async def _post(
         result.failures += 1
 
 
-async def _watch(pubsub: redis.asyncio.client.PubSub, store: AsyncStore, result: Probe) -> None:
+async def _watch(
+    pubsub: redis.asyncio.client.PubSub, store: AsyncStore, result: Probe, stop: asyncio.Event
+) -> None:
     shown: dict[str, int] = {}
     loop = asyncio.get_running_loop()
-    async for message in pubsub.listen():
-        if message["type"] != "message":
+    while not stop.is_set():
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is None or message["type"] != "message":
             continue
         session_id = message["data"].decode()
         session = await store.get_session(session_id)
