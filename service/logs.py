@@ -81,6 +81,12 @@ def _render_json() -> Processor:
     return render
 
 
+# The handler of the last ``configure``: where structlog's lines are written. Looked up
+# per line, as the stdlib looks up its handlers, so a logger cached before a later
+# ``configure`` (a worker process re-configuring after the fork) writes to the new one.
+_output: list[logging.StreamHandler[TextIO]] = []
+
+
 class LineWriter:
     """Where structlog's own lines go: straight to the handler's stream, under the
     handler's lock, so they never interleave with library lines written by the handler.
@@ -90,12 +96,11 @@ class LineWriter:
     A line that cannot be written is dropped, as the stdlib handler drops it.
     """
 
-    def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
-        self._handler = handler
+    def __init__(self, name: str) -> None:
         self.name = name
 
     def msg(self, line: str) -> None:
-        handler = self._handler
+        handler = _output[0]
         handler.acquire()
         try:
             stream = handler.stream
@@ -109,14 +114,9 @@ class LineWriter:
     debug = info = warning = warn = error = err = exception = critical = fatal = log = msg
 
 
-class LineWriterFactory:
+def _line_writer(*args: Any) -> LineWriter:
     """structlog's logger factory: a :class:`LineWriter` named as ``get_logger`` was."""
-
-    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
-        self._handler = handler
-
-    def __call__(self, *args: Any) -> LineWriter:
-        return LineWriter(self._handler, str(args[0]) if args else "root")
+    return LineWriter(str(args[0]) if args else "root")
 
 
 def configure(
@@ -150,6 +150,7 @@ def configure(
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    _output[:] = [handler]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -170,7 +171,7 @@ def configure(
             mask_phone_numbers,
             renderer,
         ],
-        logger_factory=LineWriterFactory(handler),
+        logger_factory=_line_writer,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),

@@ -196,3 +196,19 @@ def test_a_line_that_cannot_be_written_is_dropped() -> None:
         structlog.get_logger("t").info("lost")
     finally:
         configure_test_logs()
+
+
+def test_a_logger_cached_before_configure_writes_where_the_last_configure_said() -> None:
+    """A worker process configures again after the fork: loggers its parent already used
+    (and cached) write to the new stream, as the stdlib's loggers do."""
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        logs.configure(fmt="json", level="INFO", stream=first, cache_loggers=True)
+        log = structlog.get_logger("cached")
+        log.info("before")
+        logs.configure(fmt="json", level="INFO", stream=second, cache_loggers=True)
+        log.info("after")
+    finally:
+        configure_test_logs()
+    assert [json.loads(line)["event"] for line in first.getvalue().splitlines()] == ["before"]
+    assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["after"]
