@@ -21,13 +21,13 @@ import pytest
 import redis
 import redis.asyncio
 
+from devkit.embedded_redis import EmbeddedRedis
+from devkit.sandbox.server import SandboxConfig, create_sandbox_app, number_range
 from service import logs, messages
-from service.embedded_redis import EmbeddedRedis
-from service.events import Event
 from service.models import Session, Status
 from service.settings import AppKey, Secret, Settings
 from service.store import AsyncStore
-from service.vts.sandbox import SandboxConfig, create_sandbox_app, number_range
+from service.vts.callbacks import Event
 from tests.servers import free_port, serve
 
 API_KEY = "test-key-" + "0" * 16
@@ -169,7 +169,7 @@ def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
 
 @pytest.fixture
 def web_url(settings: Settings, web_port: int) -> Iterator[str]:
-    from service.app import create_app
+    from service.web.app import create_app
 
     with serve(create_app(settings), port=web_port) as url:
         yield url

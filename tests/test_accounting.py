@@ -1,4 +1,4 @@
-"""Each event role's accounting (``service.events.ROLES`` and ``apply_event.lua``): what it
+"""Each event role's accounting (``service.vts.callbacks.ROLES`` and ``apply_event.lua``): what it
 adds, that the totals never depend on the order of arrival, and that an impossible value
 writes nothing."""
 
@@ -13,11 +13,11 @@ from decimal import Decimal
 import pytest
 import redis
 
-from service.events import ROLES, Event, Role, check
 from service.models import Status
 from service.store import Keys, Store, scripts
+from service.vts.callbacks import ROLES, Event, Role, check
 from tests.conftest import Clock, store_event, stored_session
-from workers import events
+from workers import accounting as events
 
 UUID = "6a0c3f6e-2222-4333-8444-955566667777"
 LEG = {"Duration": "42", "BilledDuration": "60", "Amount": "0.00850"}

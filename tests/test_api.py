@@ -10,8 +10,8 @@ import httpx2
 import pytest
 import redis
 
-from service.openapi import document
 from service.store import Keys
+from service.web.openapi import document
 from tests.conftest import new_numbers
 
 PROBLEM = "application/problem+json"
@@ -293,7 +293,7 @@ def test_health_and_openapi_need_no_key(web_url: str) -> None:
 
 def test_openapi_describes_every_route(web_url: str) -> None:
     """Every route the app serves is in the OpenAPI document, with its methods."""
-    from service.app import create_app
+    from service.web.app import create_app
     from tests.conftest import make_settings
 
     app = create_app(make_settings("redis://127.0.0.1:1", "http://127.0.0.1:1"))

@@ -14,13 +14,13 @@ from service import messages
 ROOT = Path(__file__).resolve().parent.parent
 # Modules that make up the HTTP front; the workers must not import them.
 WEB_MODULES = {
-    "service.app",
-    "service.api",
-    "service.middleware",
-    "service.watcher",
-    "service.validation",
-    "service.problems",
-    "service.openapi",
+    "service.web.app",
+    "service.web.api",
+    "service.web.middleware",
+    "service.web.watcher",
+    "service.web.validation",
+    "service.web.problems",
+    "service.web.openapi",
 }
 
 

@@ -11,7 +11,7 @@ import redis.asyncio
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 
-from service.batching import GroupCommit, pack_command
+from service.store.batching import GroupCommit, pack_command
 
 # Echoes its key and argument; fails for the argument "fail".
 ECHO = """

@@ -11,9 +11,10 @@ import httpx2
 import pytest
 import redis
 
-from service import deadletters, messages
+from service import messages
 from service.settings import Settings
 from service.store import Store
+from service.tools import deadletters
 from tests.conftest import make_settings, new_numbers, wait_until
 
 

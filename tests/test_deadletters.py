@@ -12,9 +12,9 @@ import httpx2
 import redis
 import redis.asyncio
 
-from service import deadletters
-from service.events import check
 from service.store import Keys, Store
+from service.tools import deadletters
+from service.vts.callbacks import check
 from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, new_numbers, store_event, wait_until
 
 

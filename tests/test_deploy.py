@@ -27,12 +27,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from service import cli, messages
-from service.app import create_app
+from devkit.sandbox import server as sandbox
+from service import messages
 from service.metrics import ClusterCollector, metrics
 from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
-from service.vts import sandbox
+from service.tools import cli
+from service.web.app import create_app
 from workers import supervisor
 
 ROOT = Path(__file__).resolve().parents[1]

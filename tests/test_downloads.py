@@ -18,7 +18,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from service.downloads import (
+from service.egress import origin
+from service.errors import ConfigurationError
+from service.settings import Settings
+from service.storage import LocalStorage
+from tests.servers import serve
+from workers.downloads import (
     DownloadPolicy,
     RecordingNotReady,
     RecordingRejected,
@@ -26,11 +31,6 @@ from service.downloads import (
     build_client,
     download,
 )
-from service.egress import origin
-from service.errors import ConfigurationError
-from service.settings import Settings
-from service.storage import LocalStorage
-from tests.servers import serve
 
 AUTH = ("MAACCOUNT", "token-that-must-stay-secret")
 PUBLIC_IP = "93.184.216.34"

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from service import messages
-from service.events import check
 from service.models import Status
 from service.recordings import recording_id
 from service.store import Keys, RecordingStore, Store
+from service.vts.callbacks import check
 from tests.conftest import stored_session, wait_until
 
 

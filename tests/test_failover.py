@@ -18,7 +18,7 @@ import httpx2
 import pytest
 import redis
 
-from service.embedded_redis import redis_server_binary
+from devkit.embedded_redis import redis_server_binary
 from service.errors import ConfigurationError
 from service.redis_clients import sentinel_address, sentinels_url
 from service.settings import Settings

@@ -17,7 +17,7 @@ import pytest
 import redis
 from dramatiq.middleware import Retries
 
-from service.embedded_redis import EmbeddedRedis
+from devkit.embedded_redis import EmbeddedRedis
 from tests.conftest import wait_until
 from workers.broker import PromptRedisBroker
 

@@ -21,12 +21,12 @@ from starlette.routing import Route
 from service import metrics
 from service.egress import EgressPolicy, build_client
 from service.errors import ConfigurationError
-from service.problems import Problem
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.store import Keys, RecordingStore, Store
 from service.store.apps import AppStore
-from service.validation import Rules, parse_create
+from service.web.problems import Problem
+from service.web.validation import Rules, parse_create
 from tests.conftest import make_settings, new_numbers, stored_session
 from tests.servers import free_port, serve
 from workers import notifications

@@ -13,9 +13,9 @@ import httpx2
 import pytest
 import redis
 
-from service.embedded_redis import EmbeddedRedis
+from devkit.embedded_redis import EmbeddedRedis
+from devkit.sandbox.server import create_sandbox_app
 from service.store import Keys
-from service.vts.sandbox import create_sandbox_app
 from tests.conftest import new_numbers, sandbox_with, wait_until
 from tests.servers import serve
 from tests.system import System

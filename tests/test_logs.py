@@ -137,7 +137,7 @@ def test_request_line_keeps_a_bounded_path(stream: io.StringIO) -> None:
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
-    from service.middleware import RequestContext
+    from service.web.middleware import RequestContext
 
     app = Starlette(routes=[])
     app.add_middleware(RequestContext)

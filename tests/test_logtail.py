@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service import logtail
+from service.tools import logtail
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +33,9 @@ def _line(event: str, level: str = "info", **fields: Any) -> str:
 
 
 SAMPLE = [
-    _line("request_received", logger="service.api", request_id="req-a", session_id="ses_a"),
+    _line("request_received", logger="service.web.api", request_id="req-a", session_id="ses_a"),
     _line("session_requested", request_id="req-a", session_id="ses_a", first_party="***2671"),
-    _line("request_received", logger="service.api", request_id="req-b", session_id="ses_b"),
+    _line("request_received", logger="service.web.api", request_id="req-b", session_id="ses_b"),
     _line("message_processed", "debug", actor="create_session", session_id="ses_a"),
     "INFO:     Started server process [7]",
     _line("vts_unavailable", "warning", actor="create_session", session_id="ses_b", status=503),

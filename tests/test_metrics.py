@@ -6,9 +6,9 @@ import httpx2
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.deadletters import QUEUES
 from service.metrics import ClusterCollector
 from service.store import Keys
+from service.tools.deadletters import QUEUES
 
 CLUSTER_FAMILIES = {
     "masking_queue_depth": "gauge",

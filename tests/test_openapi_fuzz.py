@@ -18,8 +18,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.app import create_app
-from service.openapi import document
+from service.web.app import create_app
+from service.web.openapi import document
 from tests.conftest import API_KEY, make_settings
 from tests.servers import free_port, serve
 

@@ -17,9 +17,9 @@ import httpx2
 import pytest
 import redis
 
+from devkit.sandbox.server import create_sandbox_app
 from service import messages
 from service.store import Keys, Store
-from service.vts.sandbox import create_sandbox_app
 from tests.conftest import new_numbers, sandbox_with, wait_until
 from tests.servers import serve
 from tests.system import System

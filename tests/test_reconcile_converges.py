@@ -13,9 +13,9 @@ import redis
 import redis.asyncio
 
 from service import messages
-from service.events import check
 from service.models import Status
 from service.store import AsyncStore, Store
+from service.vts.callbacks import check
 from service.vts.client import VtsClient
 from tests.conftest import AUTH_ID, AUTH_TOKEN, Clock, stored_session
 from workers import reconcile, sessions

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.vts.sandbox import create_sandbox_app
+from devkit.sandbox.server import create_sandbox_app
 from tests.conftest import new_numbers, sandbox_with, wait_until
 from tests.servers import serve
 from tests.system import System

@@ -21,7 +21,7 @@ import httpx2
 import pytest
 import redis
 
-from service.embedded_redis import EmbeddedRedis
+from devkit.embedded_redis import EmbeddedRedis
 from service.store import Keys
 from tests.conftest import new_numbers, wait_until
 from tests.system import System

@@ -16,10 +16,10 @@ import redis
 import redis.asyncio
 
 from service import messages
-from service.events import Event
 from service.models import Status
 from service.settings import Settings
 from service.store import AsyncStore, Keys, Store
+from service.vts.callbacks import Event
 from tests.conftest import loopback_settings, stored_session, wait_until
 from tests.datalife import end, forms, holding, recorded_session
 

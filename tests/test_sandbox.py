@@ -11,8 +11,8 @@ from typing import Any
 import httpx2
 import pytest
 
+from devkit.sandbox.server import SandboxConfig, create_sandbox_app, main, number_range
 from service.phones import mask_text
-from service.vts.sandbox import SandboxConfig, create_sandbox_app, main, number_range
 from tests.servers import serve
 
 AUTH = ("MAFAKEAUTHID0000", "sandbox-token")

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from devkit.sandbox.server import main
 from service.vts.dialects import parse_session
-from service.vts.sandbox import main
 from service.vts.signatures import new_nonce, verify_v3
 from tests.servers import free_port, serve
 from tests.test_sandbox import AUTH, BASE, A, B, Clock, sandboxes

@@ -9,7 +9,7 @@ import dramatiq
 import httpx2
 import pytest
 
-from service.vts.sandbox import number_range
+from devkit.sandbox.server import number_range
 from tests.conftest import new_numbers, sandbox_with, wait_until
 
 

@@ -16,10 +16,10 @@ import pytest
 import redis
 from starlette.routing import Route
 
-from service.app import create_app
 from service.settings import AppKey, Secret, Settings
 from service.storage import LocalStorage
 from service.store import Keys, RecordingStore
+from service.web.app import create_app
 from tests.conftest import make_settings, new_numbers
 
 RIDES_KEY = "rides-key-" + "a" * 20

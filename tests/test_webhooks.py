@@ -252,7 +252,7 @@ def test_unknown_event_names_are_kept(caller: Caller, redis_client: redis.Redis)
 
 def test_signature_off_accepts_unsigned(redis_url: str, redis_client: redis.Redis) -> None:
     """With signatures off (development beside the sandbox) an unsigned callback is taken."""
-    from service.app import create_app
+    from service.web.app import create_app
 
     settings = make_settings(redis_url, "http://127.0.0.1:1", webhook_signature="off")
     with serve(create_app(settings)) as url:
@@ -288,7 +288,7 @@ def test_previous_token_is_accepted_during_rotation(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     """With VTS_AUTH_TOKEN_PREVIOUS set, callbacks signed with either token are taken."""
-    from service.app import create_app
+    from service.web.app import create_app
 
     settings = make_settings(
         redis_url, "http://127.0.0.1:1", vts_auth_token_previous=Secret("the-previous-token")
@@ -330,7 +330,7 @@ def test_too_many_query_fields_are_400(caller: Caller) -> None:
 
 def test_redis_unavailable_is_503(redis_client: redis.Redis) -> None:
     """When Redis cannot take the event the answer is 503, so VTS retries."""
-    from service.app import create_app
+    from service.web.app import create_app
 
     settings = make_settings("redis://127.0.0.1:1/0", "http://127.0.0.1:1", webhook_signature="off")
     with serve(create_app(settings)) as url:
@@ -372,9 +372,9 @@ def test_forms_are_read_as_parse_qsl_reads_them(text: str, strict: bool) -> None
     MAX_FIELDS) gives, field for field, and refuses what it refuses."""
     from urllib.parse import parse_qsl
 
-    from service.events import MAX_FIELDS
-    from service.problems import Problem
-    from service.webhooks import _form_params
+    from service.vts.callbacks import MAX_FIELDS
+    from service.web.problems import Problem
+    from service.web.webhooks import _form_params
 
     try:
         expected = dict(
@@ -395,9 +395,9 @@ def test_forms_are_read_as_parse_qsl_reads_them(text: str, strict: bool) -> None
 
 def test_a_form_past_the_field_limit_is_refused_before_it_is_split() -> None:
     """MAX_FIELDS fields are read; one more is a 400."""
-    from service.events import MAX_FIELDS
-    from service.problems import Problem
-    from service.webhooks import _form_params
+    from service.vts.callbacks import MAX_FIELDS
+    from service.web.problems import Problem
+    from service.web.webhooks import _form_params
 
     assert len(_form_params("&".join(f"f{i}=v" for i in range(MAX_FIELDS)), strict=True)) == 64
     with pytest.raises(Problem):

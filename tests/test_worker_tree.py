@@ -19,8 +19,8 @@ import httpx2
 import pytest
 import redis
 
+from devkit.embedded_redis import EmbeddedRedis
 from service import messages
-from service.embedded_redis import EmbeddedRedis
 from service.models import Status
 from service.store import Keys, Store
 from tests.conftest import stored_session, wait_until

@@ -12,11 +12,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import CurrentMessage
 
 from service import messages
-from service.downloads import RecordingUnavailable
 from service.errors import VtsUnavailable
 from service.phones import mask_text
-from workers import events, leases, notifications, reconcile, recordings, retention, sessions
+from workers import accounting as events
+from workers import archive as recordings
+from workers import leases, notifications, reconcile, retention, sessions
 from workers.boot import resources
+from workers.downloads import RecordingUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,6 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from service import egress, logs, redis_clients
-from service.downloads import DownloadPolicy, build_client
 from service.metrics import metrics
 from service.settings import Settings
 from service.storage import open_storage
@@ -21,8 +20,11 @@ from service.store import Keys, RecordingStore, Store
 from service.store.apps import AppStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
-from workers import events, notifications, recordings, retention, sessions
+from workers import accounting as events
+from workers import archive as recordings
+from workers import notifications, retention, sessions
 from workers.broker import create_broker
+from workers.downloads import DownloadPolicy, build_client
 
 
 @dataclass(frozen=True)

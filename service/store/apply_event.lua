@@ -9,7 +9,7 @@
 -- ARGV[1] one JSON object:
 --   event_id       the stored callback's id (leaves the in-flight set)
 --   marker         'seq:<n>' or 'id:<event id>': what makes a redelivery a duplicate
---   role           see service/events.py Role
+--   role           see service/vts/callbacks.py Role
 --   party          'first', 'second' or '' (whose leg)
 --   sequence       the event's SequenceNumber as a string of digits, or ''
 --   billed         billed seconds of an ended leg, digits

@@ -9,12 +9,11 @@ from typing import Any
 import redis.asyncio
 
 from service.apps import Budget
-from service.batching import GroupCommit
-from service.events import Event, at_rest
 from service.messages import Outgoing
 from service.models import Session, Status, iso, now
 from service.recordings import Recording
 from service.store import scripts
+from service.store.batching import GroupCommit
 from service.store.codec import (
     CreateOutcome,
     Page,
@@ -40,6 +39,7 @@ from service.store.keys import (
     Keys,
     RecordingKeys,
 )
+from service.vts.callbacks import Event, at_rest
 
 # How long changes asked for a session may wait for their VTS update before they are
 # dropped: longer than any session lives.

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from service.embedded_redis import EmbeddedRedis
+from devkit.embedded_redis import EmbeddedRedis
 from service.settings import environment
 from tests.benchmarks.common import find_wrk, load, wrk_arguments
 from tests.servers import free_port
@@ -139,8 +139,12 @@ def targets(redis_url: str) -> list[Target]:
         "LOG_FORMAT": "json",
     }
     return [
-        Target(SESSIONS, "service.app:from_env", sessions_env | {"LOG_LEVEL": "WARNING"}, "web"),
-        Target(SESSIONS_INFO, "service.app:from_env", sessions_env | {"LOG_LEVEL": "INFO"}, None),
+        Target(
+            SESSIONS, "service.web.app:from_env", sessions_env | {"LOG_LEVEL": "WARNING"}, "web"
+        ),
+        Target(
+            SESSIONS_INFO, "service.web.app:from_env", sessions_env | {"LOG_LEVEL": "INFO"}, None
+        ),
         Target(BARE, "tests.benchmarks.bare_app:from_env", {"REDIS_URL": redis_url}, "bare"),
     ]
 

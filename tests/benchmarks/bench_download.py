@@ -1,9 +1,9 @@
-"""Downloading a large recording: ``service.downloads.download`` beside a bare httpx2 stream.
+"""Downloading a large recording: ``workers.downloads.download`` beside a bare httpx2 stream.
 
     .venv/bin/python -m tests.benchmarks.bench_download [--size-mb 500] [--rounds 3]
                                                         [--warmup 1]
 
-Starts the VTS sandbox (``python -m service.vts.sandbox``, its own uvicorn process on
+Starts the VTS sandbox (``python -m devkit.sandbox.server``, its own uvicorn process on
 loopback) and has it make one standalone WAV recording of ``--size-mb`` MB, streamed from
 its generator. Then, after ``--warmup`` untimed rounds, in alternating rounds, two
 worker-like processes each fetch it once:
@@ -49,11 +49,11 @@ from tempfile import TemporaryDirectory
 import httpx2
 
 from service import logs
-from service.downloads import DownloadPolicy, build_client, download
 from service.settings import environment
 from service.storage.local import LocalStorage
 from tests.benchmarks.common import AUTH_ID, AUTH_TOKEN, ROOT, load, running, wait_for
 from tests.servers import free_port
+from workers.downloads import DownloadPolicy, build_client, download
 
 MB = 2**20
 CHUNK = 65536
@@ -62,7 +62,7 @@ CHILD_TIMEOUT = 900.0  # seconds for one whole child process
 TARGET_RATIO = 0.80
 TARGET_GROWTH_MB = 64
 KINDS = ("bare", "ours")
-LABELS = {"bare": "bare httpx2 stream", "ours": "service.downloads"}
+LABELS = {"bare": "bare httpx2 stream", "ours": "workers.downloads"}
 AUTH = (AUTH_ID, AUTH_TOKEN)
 
 # (size, sha256 while streaming, path of the file written)
@@ -305,7 +305,7 @@ def bench(size_mb: int, rounds: int, warmups: int) -> int:
         directory, port = Path(tmp), free_port()
         log_path = directory / "sandbox.log"
         command = [
-            sys.executable, "-m", "service.vts.sandbox", "--port", str(port),
+            sys.executable, "-m", "devkit.sandbox.server", "--port", str(port),
             "--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN,
         ]  # fmt: skip
         with (

@@ -49,9 +49,9 @@ import redis
 import redis.asyncio
 
 from service import messages
-from service.events import Event, check
 from service.models import Session, Status, now
 from service.store import CHANNEL, AsyncStore, Keys, Store
+from service.vts.callbacks import Event, check
 from tests.benchmarks import bare_actor
 from tests.benchmarks.bench_create import bench_redis
 from tests.benchmarks.common import (

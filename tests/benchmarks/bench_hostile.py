@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service import logs
-from service.app import create_app
+from service.web.app import create_app
 from tests.conftest import make_settings
 
 CRAFTED_PATH = ("/+1" + "1234567890123456789" + "x") * (64 * 1024 // 23)

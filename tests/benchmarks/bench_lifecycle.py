@@ -31,10 +31,10 @@ import dramatiq
 import httpx2
 import redis
 
-from service.embedded_redis import EmbeddedRedis
+from devkit.embedded_redis import EmbeddedRedis
+from devkit.sandbox.server import SandboxConfig, create_sandbox_app, number_range
 from service.settings import AppKey, Secret, Settings
 from service.store import Keys
-from service.vts.sandbox import SandboxConfig, create_sandbox_app, number_range
 from tests.servers import free_port, serve
 
 AUTH_ID, AUTH_TOKEN = "MABENCHMARK0000001", "bench-token"
@@ -95,7 +95,7 @@ def _system(directory: Path, sessions: int) -> Iterator[tuple[redis.Redis, str, 
     try:
         with serve(sandbox_app) as sandbox_url:
             settings = Settings(**{**vars(settings), "vts_base_url": sandbox_url})
-            from service.app import create_app
+            from service.web.app import create_app
             from workers.broker import create_broker
 
             broker = create_broker(client)

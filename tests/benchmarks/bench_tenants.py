@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(lambda: _ready(sandbox, "/_sandbox/stats"), what="the sandbox", timeout=30,
                  process=sandbox_process, log_path=logs["sandbox"])  # fmt: skip
         web = stack.enter_context(
-            running(uvicorn_command("service.app:from_env", web_port), env, logs["web"])
+            running(uvicorn_command("service.web.app:from_env", web_port), env, logs["web"])
         )
         stack.enter_context(running(worker_command(args.threads), env, logs["worker"]))
         probe = stack.enter_context(httpx2.Client(base_url=web_url, timeout=5))

@@ -9,7 +9,7 @@ fresh nonce and its V3 signature, and wrk's Lua script takes the next one per re
 (threads take every n-th). They are signed for ``PUBLIC_BASE_URL`` + the path, the URL
 VTS was given; the service never signs with the Host header, so the same bodies serve
 every port. Three ``uvicorn --factory ... --workers 1`` processes (httptools, uvloop):
-``service.app:from_env`` with ``WEBHOOK_SIGNATURE=enforce`` at LOG_LEVEL=WARNING, the
+``service.web.app:from_env`` with ``WEBHOOK_SIGNATURE=enforce`` at LOG_LEVEL=WARNING, the
 same at LOG_LEVEL=INFO (stderr to /dev/null), and ``bare_app`` (parse the form, one
 awaited LPUSH, 200). Redis as in ``bench_create``, flushed before every run (nonces
 included, so the bodies can be sent again); no worker runs. Rounds alternate between the
@@ -206,8 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_url = stack.enter_context(bench_redis(directory))
         env = service_env(redis_url, PUBLIC_BASE_URL, "WARNING")
         apps = [
-            (WEBHOOKS, "service.app:from_env", env, directory / "web.log"),
-            (WEBHOOKS_INFO, "service.app:from_env", env | {"LOG_LEVEL": "INFO"}, None),
+            (WEBHOOKS, "service.web.app:from_env", env, directory / "web.log"),
+            (WEBHOOKS_INFO, "service.web.app:from_env", env | {"LOG_LEVEL": "INFO"}, None),
             (BARE, "tests.benchmarks.bare_app:from_env", {"REDIS_URL": redis_url}, None),
         ]
         urls = dict(stack.enter_context(serving(*app)) for app in apps)

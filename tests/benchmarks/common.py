@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from service.events import LEG_ENDS, PARTIES_HANGUP
 from service.settings import environment
+from service.vts.callbacks import LEG_ENDS, PARTIES_HANGUP
 from service.vts.signatures import NONCE_DIGITS, NONCE_HEADERS, SIGNATURE_HEADERS, v3_signature
 from tests.servers import free_port
 
@@ -31,7 +31,7 @@ FIRST_PARTY, SECOND_PARTY, VIRTUAL_NUMBER = "+14152000001", "+14153000002", "+14
 
 def service_env(redis_url: str, public_base_url: str, log_level: str) -> dict[str, str]:
     """The settings of the web and the worker, for ``uvicorn --factory
-    service.app:from_env`` and ``python -m service worker``."""
+    service.web.app:from_env`` and ``python -m service worker``."""
     return {
         "REDIS_URL": redis_url,
         "VTS_AUTH_ID": AUTH_ID,

@@ -1,8 +1,8 @@
 """How the sandbox delivers the callbacks VTS sends: signed, one at a time, retried once.
 
 Two channels share this machinery: ``session`` events (to a session's ``callback_url``,
-see :mod:`service.vts.sandbox_calls`) and ``recording`` events (to its
-``recording_callback_url``, see :mod:`service.vts.sandbox_recordings`).
+see :mod:`devkit.sandbox.calls`) and ``recording`` events (to its
+``recording_callback_url``, see :mod:`devkit.sandbox.recordings`).
 
 A batch (one call's events on one channel) goes to a :class:`Target` with its method
 (``POST`` form-encoded; ``GET`` in the query string, merged with the URL's own query),
@@ -12,7 +12,7 @@ the two channels of a session are separate lanes, as VTS sends them from separat
 systems, so a session's recording events may overtake its session events. A connect
 error, connect timeout or read timeout is retried once at once; any HTTP answer, 5xx
 included, is final. Faults (drop, reorder, duplicate, delay) are drawn by
-:meth:`~service.vts.sandbox_traffic.Traffic.plan_callbacks` when the batch is dispatched,
+:meth:`~devkit.sandbox.traffic.Traffic.plan_callbacks` when the batch is dispatched,
 for both channels alike.
 
 Every attempt is kept as a :class:`Delivery` (dropped events with attempt 0), for
@@ -33,8 +33,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx2
 
-from service.vts.sandbox_sessions import Session
-from service.vts.sandbox_traffic import Traffic
+from devkit.sandbox.sessions import Session
+from devkit.sandbox.traffic import Traffic
 from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, new_nonce, v3_signature
 
 Event = dict[str, str]

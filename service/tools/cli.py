@@ -33,7 +33,7 @@ def web(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service import logs
-    from service.app import create_app
+    from service.web.app import create_app
 
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     config = uvicorn.Config(
@@ -70,14 +70,14 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def sandbox(args: argparse.Namespace) -> None:
-    from service.vts import sandbox as vts_sandbox
+    from devkit.sandbox import server as vts_sandbox
 
     vts_sandbox.main(args.rest)
 
 
 def dev(args: argparse.Namespace) -> None:
-    from service import devserver
-    from service.embedded_redis import RedisServerMissing
+    from devkit import devserver
+    from devkit.embedded_redis import RedisServerMissing
 
     try:
         raise SystemExit(devserver.run(port=args.port, sandbox_port=args.sandbox_port))
@@ -87,7 +87,7 @@ def dev(args: argparse.Namespace) -> None:
 
 
 def logs(args: argparse.Namespace) -> None:
-    from service import logtail
+    from service.tools import logtail
 
     raise SystemExit(logtail.main(args.rest))
 
@@ -110,14 +110,14 @@ def _operator_store() -> Store:
 
 
 def apps(args: argparse.Namespace) -> None:
-    from service import appadmin
     from service.store.apps import AppStore
+    from service.tools import appadmin
 
     raise SystemExit(appadmin.run(AppStore(_operator_redis()), args, sys.stdout, sys.stderr))
 
 
 def dlq(args: argparse.Namespace) -> None:
-    from service import deadletters
+    from service.tools import deadletters
 
     store = _operator_store()
     if args.action == "list":
@@ -141,7 +141,7 @@ def dlq(args: argparse.Namespace) -> None:
 def replay_webhooks(args: argparse.Namespace) -> None:
     from datetime import datetime
 
-    from service import deadletters
+    from service.tools import deadletters
 
     store = _operator_store()
     if args.id:

@@ -14,7 +14,7 @@ first update, and ``interaction`` a string of JSON, ``"{}"`` when there is none 
 VTS create page). VTS does not document a bare list; the sandbox answers ``{"api_id",
 "meta", "objects"}`` with the meta values stringly too.
 
-``interaction`` records (one per simulated call, see :mod:`service.vts.sandbox_calls`)
+``interaction`` records (one per simulated call, see :mod:`devkit.sandbox.calls`)
 follow their dialect: real JSON types and envelope timestamps in ``envelope`` (``null``
 where unset), every value a string inside the JSON string in ``bare``.
 """
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
 
-from service.vts.sandbox_sessions import Session
+from devkit.sandbox.sessions import Session
 
 Dialect = Literal["envelope", "bare"]
 

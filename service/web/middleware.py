@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.apps import AppRegistry
 from service.metrics import metrics
-from service.problems import Problem
+from service.web.problems import Problem
 
 log = structlog.get_logger("service.http")
 

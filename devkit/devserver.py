@@ -20,7 +20,7 @@ from types import FrameType
 
 import httpx2
 
-from service.embedded_redis import EmbeddedRedis
+from devkit.embedded_redis import EmbeddedRedis
 from service.settings import environment
 
 STATE_DIR = Path(".dev")

@@ -1,7 +1,7 @@
 """Applying VTS session events: each exactly once, in any order.
 
 An event's contribution to the counters does not depend on the events around it (see
-``service.events.ROLES`` and ``apply_event.lua``), so an event is applied the moment it
+``service.vts.callbacks.ROLES`` and ``apply_event.lua``), so an event is applied the moment it
 is processed: it never waits for an earlier one. It waits only while the create that
 will tell us its session has not finished; after ``ORPHAN_AFTER`` it is kept aside.
 Every value is checked before anything is written: an event with an impossible value
@@ -17,12 +17,12 @@ from decimal import Decimal, InvalidOperation
 
 import structlog
 
-from service import events
 from service.errors import ServiceError
-from service.events import Event, InvalidEvent, Role
 from service.models import iso, to_nanos
 from service.phones import InvalidNumber, normalise
 from service.store import Applied, EventChange, Store, timeline_entry
+from service.vts import callbacks
+from service.vts.callbacks import Event, InvalidEvent, Role
 from workers import notifications
 
 log = structlog.get_logger(__name__)
@@ -115,14 +115,14 @@ def _reconcile_at(role: Role, now: datetime) -> datetime | None:
 def change(event: Event, *, event_id: str, now: datetime) -> EventChange:
     """What ``event`` does, in the terms of the store's apply script. Raises InvalidEvent
     when a value it would count is impossible."""
-    role = events.role_of(event.name)
+    role = callbacks.role_of(event.name)
     billed, nanos = _leg_values(event) if role in (Role.LEG_END, Role.LEG_COMPLETE) else (0, 0)
     sequence = event.sequence
     return EventChange(
         event_id=event_id,
         marker=f"seq:{sequence}" if sequence is not None else f"id:{event.id}",
         role=role.value,
-        party=events.party_of(event.name),
+        party=callbacks.party_of(event.name),
         sequence=sequence,
         billed=billed,
         amount_nanos=nanos,

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from service.egress import EgressPolicy
 from service.models import CREATE_OPTIONS, UPDATE_OPTIONS
 from service.phones import DEFAULT_NUMBER_TYPES, InvalidNumber, party
-from service.problems import FieldError, Problem
 from service.settings import Settings
+from service.web.problems import FieldError, Problem
 
 MAX_URL = 2048
 MAX_METADATA = 2048

@@ -17,19 +17,19 @@ from datetime import UTC, datetime, timedelta
 import httpx2
 import structlog
 
-from service.downloads import (
+from service.metrics import metrics
+from service.recordings import Recording, RecordingStatus, recording_id
+from service.storage import Storage
+from service.store import Keys, RecordingStore, Store, timeline_entry
+from service.vts.callbacks import Event
+from workers import notifications
+from workers.accounting import ORPHAN_AFTER, EventNotReady
+from workers.downloads import (
     DownloadPolicy,
     RecordingNotReady,
     RecordingRejected,
     download,
 )
-from service.events import Event
-from service.metrics import metrics
-from service.recordings import Recording, RecordingStatus, recording_id
-from service.storage import Storage
-from service.store import Keys, RecordingStore, Store, timeline_entry
-from workers import notifications
-from workers.events import ORPHAN_AFTER, EventNotReady
 
 log = structlog.get_logger(__name__)
 

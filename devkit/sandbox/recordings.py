@@ -1,14 +1,14 @@
 """Recordings in the sandbox: their events, their media, and the control routes for them.
 
 **When.** A simulated call that bridged the parties with ``recorded`` true (see
-:mod:`service.vts.sandbox_calls`) makes one recording, in the session's
+:mod:`devkit.sandbox.calls`) makes one recording, in the session's
 ``record_file_format`` (default mp3), lasting the bridged time. Like the call, it is all
 generated at once when the call is placed. With ``recording_fails: true`` on the call the
 recording fails: its media never exists.
 
 **Events**, to the session's ``recording_callback_url`` with
 ``recording_callback_method`` (nothing is sent without one), through the ``recording``
-channel of :mod:`service.vts.sandbox_callbacks` (V3-signed, same faults as session
+channel of :mod:`devkit.sandbox.callbacks` (V3-signed, same faults as session
 events). Every value is a string; each event has ``EventName``, ``EventTimestamp``,
 ``SessionUUID``, ``FirstParty``, ``SecondParty``, ``VirtualNumber`` (without ``+``),
 ``RecordingUUID``, ``RecordingFormat`` (``mp3``/``wav``), ``RecordingStartTime`` (the
@@ -30,8 +30,8 @@ A completed recording's ``RecordingResourceURL`` becomes its call's ``interactio
 **Media**: ``GET`` (and ``HEAD``) ``RecordingURL``, behind the account's Basic auth (401
 otherwise), neither rate-limited nor counted as API traffic: VTS serves media apart from
 its API. ``Content-Type`` ``audio/mpeg`` or ``audio/wav``, ``Content-Length``, and a file
-from :mod:`service.vts.sandbox_media`, streamed. An unknown or failed recording, or a
-wrong extension, is 404. The media faults of :mod:`service.vts.sandbox_traffic` apply.
+from :mod:`devkit.sandbox.media`, streamed. An unknown or failed recording, or a
+wrong extension, is 404. The media faults of :mod:`devkit.sandbox.traffic` apply.
 ``GET .../Recording/{uuid}/`` answers the recording's resource, in Plivo's shape.
 
 **Control**, under ``/_sandbox/``: ``GET /recordings`` lists every recording,
@@ -55,10 +55,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import Send
 
-from service.vts.sandbox_callbacks import Event, event_time, party_fields
-from service.vts.sandbox_media import FORMATS, Format, Media, sha256
-from service.vts.sandbox_sessions import InvalidRequest, Session
-from service.vts.sandbox_traffic import Traffic
+from devkit.sandbox.callbacks import Event, event_time, party_fields
+from devkit.sandbox.media import FORMATS, Format, Media, sha256
+from devkit.sandbox.sessions import InvalidRequest, Session
+from devkit.sandbox.traffic import Traffic
 
 MAX_SECONDS = 1_000_000
 MAX_BYTES = 2**40

@@ -7,9 +7,9 @@ against it has been held to VTS's rules rather than to a mock's goodwill.
 API, under ``/v1/Account/{auth_id}/Masking/Session`` (with or without a trailing ``/``):
 create (``POST``, 201), get (``GET /{uuid}``), list (``GET``), update (``POST /{uuid}``,
 200) and expire (``DELETE /{uuid}``, 204 with an empty body). Field rules and bounds are in
-:mod:`service.vts.sandbox_sessions`; the two response dialects in
-:mod:`service.vts.sandbox_dialects`; rate limit and fault injection in
-:mod:`service.vts.sandbox_traffic`. Choices VTS leaves open:
+:mod:`devkit.sandbox.sessions`; the two response dialects in
+:mod:`devkit.sandbox.dialects`; rate limit and fault injection in
+:mod:`devkit.sandbox.traffic`. Choices VTS leaves open:
 
 - HTTP Basic auth (``auth_id``:``auth_token``); a path naming another account is 401 too.
 - Bodies must be JSON objects sent as ``application/json``; anything else is 400.
@@ -21,17 +21,17 @@ create (``POST``, 201), get (``GET /{uuid}``), list (``GET``), update (``POST /{
 Control API for tests, under ``/_sandbox/`` with the same auth, neither rate-limited nor
 counted: ``GET``/``PUT``/``DELETE /faults``, ``GET /stats``, ``GET /sessions`` (every
 session, full numbers), ``POST /reset`` (sessions, stats, faults, events, deliveries and
-recordings), the simulated calls of :mod:`service.vts.sandbox_calls`: ``POST
+recordings), the simulated calls of :mod:`devkit.sandbox.calls`: ``POST
 /sessions/{uuid}/calls``, ``GET /sessions/{uuid}/events``, ``GET /deliveries`` and ``POST
-/drain``, and the recordings of :mod:`service.vts.sandbox_recordings`: ``GET``/``POST
+/drain``, and the recordings of :mod:`devkit.sandbox.recordings`: ``GET``/``POST
 /recordings`` and ``GET /recordings/{uuid}``. Callbacks are delivered by
-:mod:`service.vts.sandbox_callbacks` and signed with :mod:`service.vts.signatures`.
+:mod:`devkit.sandbox.callbacks` and signed with :mod:`service.vts.signatures`.
 
 Recording media, under ``/v1/Account/{auth_id}/Recording/`` with the same auth but
 outside the API's rate limit and counts: ``GET``/``HEAD /{uuid}.{mp3|wav}`` and ``GET
 /{uuid}/`` (the resource).
 
-Run it with ``python -m service.vts.sandbox --auth-id ID --auth-token TOKEN``.
+Run it with ``python -m devkit.sandbox.server --auth-id ID --auth-token TOKEN``.
 """
 
 from __future__ import annotations
@@ -57,17 +57,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.phones import InvalidNumber, normalise
-from service.vts.sandbox_calls import Billing, CallSettings, EventFamily, Switchboard
-from service.vts.sandbox_dialects import (
+from devkit.sandbox.calls import Billing, CallSettings, EventFamily, Switchboard
+from devkit.sandbox.dialects import (
     Dialect,
     change_body,
     internal_session,
     page_body,
     session_body,
 )
-from service.vts.sandbox_recordings import Archive
-from service.vts.sandbox_sessions import (
+from devkit.sandbox.recordings import Archive
+from devkit.sandbox.sessions import (
     InvalidRequest,
     Query,
     Refused,
@@ -76,7 +75,8 @@ from service.vts.sandbox_sessions import (
     parse_query,
     parse_update,
 )
-from service.vts.sandbox_traffic import Faults, Traffic
+from devkit.sandbox.traffic import Faults, Traffic
+from service.phones import InvalidNumber, normalise
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, str], Awaitable[Response]]

@@ -1,4 +1,4 @@
-"""The web process: ``create_app(settings)``, or ``uvicorn --factory service.app:from_env``."""
+"""The web process: ``create_app(settings)``, or ``uvicorn --factory service.web.app:from_env``."""
 
 from __future__ import annotations
 
@@ -19,16 +19,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import api, deadletters, logs, media, openapi, redis_clients, webhooks
+from service import logs, redis_clients
 from service.apps import AppRegistry
 from service.metrics import ClusterCollector
-from service.middleware import BearerAuth, BodyLimit, RequestContext
-from service.problems import Problem, handle_http_exception, handle_problem
 from service.settings import Settings
 from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
-from service.watcher import SessionWatcher
+from service.tools import deadletters
+from service.web import api, media, openapi, webhooks
+from service.web.middleware import BearerAuth, BodyLimit, RequestContext
+from service.web.problems import Problem, handle_http_exception, handle_problem
+from service.web.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
 

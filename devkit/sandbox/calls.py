@@ -7,7 +7,7 @@ and answers ``202 {"call_id", "events", "recorded", "recording_uuid"}``. An unkn
 session is 404 and an expired one 400 ``session is expired``: VTS does not route calls
 to a virtual number whose session has ended. A bad field is 400 naming it. ``recorded``
 defaults to the session's ``record`` and only counts when the parties were bridged; a
-recorded call makes a recording of the bridge (see :mod:`service.vts.sandbox_recordings`),
+recorded call makes a recording of the bridge (see :mod:`devkit.sandbox.recordings`),
 which fails when ``recording_fails`` is true (default false).
 
 **The call.** ``first``/``second``: that party dials the virtual number and VTS, having
@@ -54,7 +54,7 @@ Every call, bridged or not, appends one ``interaction`` record; a leg never dial
 its ``duration`` is the whole call's, from first ring to last hangup.
 
 **Delivery.** To the session's current ``callback_url`` with its ``callback_method``,
-by :mod:`service.vts.sandbox_callbacks` (signed, one at a time, calls of one session
+by :mod:`devkit.sandbox.callbacks` (signed, one at a time, calls of one session
 queued behind each other, retried once on a network error, faults drawn when the call
 is placed); nothing is sent when the session has no ``callback_url``. ``GET
 /_sandbox/deliveries`` lists every attempt of either channel (and dropped events,
@@ -79,16 +79,16 @@ from typing import Literal, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.vts.sandbox_callbacks import Courier, Event, Target, event_time, party_fields
-from service.vts.sandbox_recordings import Archive, Recording
-from service.vts.sandbox_sessions import (
+from devkit.sandbox.callbacks import Courier, Event, Target, event_time, party_fields
+from devkit.sandbox.recordings import Archive, Recording
+from devkit.sandbox.sessions import (
     InvalidRequest,
     Refused,
     Session,
     SessionBook,
     SessionExpired,
 )
-from service.vts.sandbox_traffic import Traffic
+from devkit.sandbox.traffic import Traffic
 
 EventFamily = Literal["hangup", "complete"]
 Caller = Literal["first", "second", "vts"]

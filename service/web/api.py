@@ -16,11 +16,11 @@ from service.apps import AppRegistry, Budget
 from service.metrics import metrics
 from service.models import LIVE, Session, Status, iso, now
 from service.phones import mask
-from service.problems import FieldError, Problem
 from service.settings import Settings
 from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
-from service.validation import Rules, fingerprint, parse_create, parse_update
-from service.watcher import SessionWatcher
+from service.web.problems import FieldError, Problem
+from service.web.validation import Rules, fingerprint, parse_create, parse_update
+from service.web.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
 

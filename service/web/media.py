@@ -19,10 +19,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from service import messages
-from service.problems import Problem
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
 from service.store import AsyncRecordingStore, AsyncStore, timeline_entry
+from service.web.problems import Problem
 
 _ID = re.compile(r"^rec_[0-9a-f]{32}$")
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)

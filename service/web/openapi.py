@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from service.models import CREATE_OPTIONS, UPDATE_OPTIONS, Status
-from service.validation import INT_BOUNDS, MAX_URL
+from service.web.validation import INT_BOUNDS, MAX_URL
 
 _URL = {"type": "string", "format": "uri", "maxLength": MAX_URL}
 _PHONE = {"type": "string", "description": "E.164: +, country code, number", "maxLength": 32}

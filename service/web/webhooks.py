@@ -23,13 +23,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from service import messages, strictjson
-from service.events import MAX_FIELDS, InvalidEvent, Kind, check
 from service.metrics import metrics
 from service.phones import mask_text
-from service.problems import Problem
 from service.settings import Settings
 from service.store import AsyncStore
+from service.vts.callbacks import MAX_FIELDS, InvalidEvent, Kind, check
 from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, verify_v3
+from service.web.problems import Problem
 
 log = structlog.get_logger(__name__)
 
