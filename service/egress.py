@@ -16,6 +16,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 import httpcore2
@@ -92,6 +93,9 @@ class EgressPolicy:
         For validation: what this finds is refused at once, what it cannot see (a name
         that resolves to a private address) is refused when the request is made.
         """
+        return _refusal(self, url)
+
+    def _refusal(self, url: str) -> str | None:
         if not _is_text_url(url):
             return "must be printable ASCII, without spaces or control characters"
         try:
@@ -135,6 +139,13 @@ class EgressPolicy:
             raise EgressRefused("host not allowed")
         if not self.allow_private and (url.host == "localhost" or _private_literal(url.host)):
             raise EgressRefused("host address not allowed")
+
+
+# An app gives the same callback URL with every session: parse each once. A pure function
+# of the policy's text rules and the URL (no DNS), bounded in size.
+@lru_cache(maxsize=1024)
+def _refusal(policy: EgressPolicy, url: str) -> str | None:
+    return policy._refusal(url)
 
 
 def _private_literal(host: str) -> bool:

@@ -15,12 +15,13 @@ caused it.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import uuid4
 
-import dramatiq
 import msgspec
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
@@ -198,15 +199,22 @@ def encode(
     unless given: a renewed dead letter keeps its own)."""
     # One uuid4 serves as both ids: each only has to be unique, and a uuid4 costs ~2 µs.
     redis_id = str(uuid4())
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=queue_name,
-        actor_name=actor_name,
-        args=tuple(args),
-        kwargs=dict(kwargs),
-        options={**options, "redis_message_id": redis_id},
-        message_id=message_id or redis_id,
-    )
-    return Outgoing(queue_name, message.message_id, redis_id, message.encode())
+    message_id = message_id or redis_id
+    # dramatiq's wire format, field for field what ``dramatiq.Message(...).encode()``
+    # writes with its default JSON encoder, without building the dataclass to encode it.
+    fields = {
+        "queue_name": queue_name,
+        "actor_name": actor_name,
+        "args": list(args),
+        "kwargs": dict(kwargs),
+        "options": {**options, "redis_message_id": redis_id},
+        "message_id": message_id,
+        "message_timestamp": int(time.time() * 1000),
+    }
+    return Outgoing(queue_name, message_id, redis_id, _json(fields).encode())
+
+
+_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 _SESSION_WORK = RetryPolicy(

@@ -8,9 +8,11 @@ tracebacks); it errs on the side of masking any long run of digits.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import Any
 
 import phonenumbers
+from phonenumbers.phonenumberutil import _number_type_helper
 
 MASK = "***"
 
@@ -76,7 +78,8 @@ _NETWORKS = frozenset({882, 883})  # international networks, no country
 # A pure function of (value, region); parsing and validating cost ~16 µs a number, and
 # active users' numbers repeat. Errors are not cached (lru_cache never caches a raise).
 @lru_cache(maxsize=4096)
-def _parse(value: str, default_region: str | None) -> phonenumbers.PhoneNumber:
+def _parse(value: str, default_region: str | None) -> tuple[phonenumbers.PhoneNumber, int]:
+    """The valid number ``value`` holds and its phonenumbers type; InvalidNumber else."""
     text = value.strip()
     guessed = default_region is None and text[:1].isdigit()
     if guessed:
@@ -87,7 +90,8 @@ def _parse(value: str, default_region: str | None) -> phonenumbers.PhoneNumber:
         raise InvalidNumber(
             "not a phone number; write it in E.164 form: +, country code, number"
         ) from exc
-    if not phonenumbers.is_valid_number(parsed):
+    kind = _valid_type(parsed)
+    if kind is None:
         if guessed:
             # Digits alone are read as E.164 without its "+"; when that is no valid
             # number, the likely mistake is a national number without its country code.
@@ -95,7 +99,69 @@ def _parse(value: str, default_region: str | None) -> phonenumbers.PhoneNumber:
                 "missing country code; write the number in E.164 form: +, country code, number"
             )
         raise InvalidNumber("not a valid phone number for its country")
-    return parsed
+    return parsed, kind
+
+
+def _valid_type(parsed: phonenumbers.PhoneNumber) -> int | None:
+    """``number_type(parsed)`` if ``is_valid_number(parsed)``, else None.
+
+    The two together, with the number's region found once: each of them looks it up, and
+    for a country code shared by many regions (NANP's +1: 25) that means matching the
+    number against region after region, most of the cost of validating it.
+    """
+    country_code = parsed.country_code
+    if country_code is None:
+        return None
+    national = phonenumbers.national_significant_number(parsed)
+    region, kind = _region_of(country_code, national)
+    if region is None:
+        return None
+    # What is_valid_number_for_region(parsed, region) checks, then the type it computes.
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        country_code, region.upper()
+    )
+    if metadata is None or (
+        region != phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY
+        and country_code != phonenumbers.country_code_for_valid_region(region)
+    ):
+        return None
+    if kind is None:
+        kind = int(_number_type_helper(national, metadata))
+    return None if kind == _TYPE.UNKNOWN else kind
+
+
+def _region_of(country_code: int, national: str) -> tuple[str | None, int | None]:
+    """``region_code_for_number``'s answer, and the number's type when finding the region
+    took computing it. The same search as phonenumbers', in its order, with each region's
+    leading-digits pattern compiled once rather than looked up for every number."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code)
+    if regions is None:
+        return None, None
+    if len(regions) == 1:
+        return regions[0], None
+    for region, metadata, leading in _regions(country_code):
+        if leading is not None:
+            if leading.match(national):
+                return region, None
+        else:
+            kind = int(_number_type_helper(national, metadata))
+            if kind != _TYPE.UNKNOWN:
+                return region, kind
+    return None, None
+
+
+@cache
+def _regions(country_code: int) -> tuple[tuple[str, Any, re.Pattern[str] | None], ...]:
+    """The regions of ``country_code`` that have metadata, in phonenumbers' order, each
+    with its metadata and compiled leading-digits pattern (None when it has none)."""
+    found = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region.upper(), None)
+        if metadata is None:
+            continue
+        leading = metadata.leading_digits
+        found.append((region, metadata, None if leading is None else re.compile(leading)))
+    return tuple(found)
 
 
 def _e164(parsed: phonenumbers.PhoneNumber) -> str:
@@ -108,28 +174,31 @@ def normalise(value: str, default_region: str | None = None) -> str:
     Without ``default_region`` the number must carry its country code; a bare run of
     digits is read as E.164 without its ``+`` (VTS writes numbers that way).
     """
-    return _e164(_parse(value, default_region))
+    return _e164(_parse(value, default_region)[0])
 
 
-def number_type(parsed: phonenumbers.PhoneNumber) -> str:
-    """The type of a valid number, by one of the names in :data:`TYPE_NAMES`."""
+def number_type(parsed: phonenumbers.PhoneNumber, kind: int | None = None) -> str:
+    """The type of a valid number, by one of the names in :data:`TYPE_NAMES`
+    (``kind``: its phonenumbers type, when known already)."""
     if parsed.country_code in _SATELLITE:
         return "satellite"
     if parsed.country_code in _NETWORKS:
         return "international-network"
-    return NUMBER_TYPES.get(phonenumbers.number_type(parsed), "unknown")
+    if kind is None:
+        kind = phonenumbers.number_type(parsed)
+    return NUMBER_TYPES.get(kind, "unknown")
 
 
 @lru_cache(maxsize=4096)
 def party(value: str, default_region: str | None, allowed: frozenset[str]) -> str:
     """``value`` as E.164 if it may be a party to a session: a valid number of one of the
     ``allowed`` types, without an extension. Else :class:`InvalidNumber` saying why."""
-    parsed = _parse(value, default_region)
+    parsed, kind = _parse(value, default_region)
     if parsed.extension:
         raise InvalidNumber("has an extension, which VTS cannot dial; give the number alone")
-    kind = number_type(parsed)
-    if kind not in allowed:
-        raise InvalidNumber(f"is a {kind} number; allowed are {', '.join(sorted(allowed))}")
+    name = number_type(parsed, kind)
+    if name not in allowed:
+        raise InvalidNumber(f"is a {name} number; allowed are {', '.join(sorted(allowed))}")
     return _e164(parsed)
 
 

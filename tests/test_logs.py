@@ -165,3 +165,69 @@ def test_a_request_id_holding_a_number_is_replaced(stream: io.StringIO, incoming
         answer = client.get("/nowhere", headers={"X-Request-ID": incoming})
     assert "4155552671" not in answer.headers["x-request-id"]
     assert "4155552671" not in stream.getvalue()
+
+
+def test_lines_from_many_threads_never_interleave(stream: io.StringIO) -> None:
+    """structlog's lines and the stdlib's share one stream and one lock: every line written
+    from 8 threads at once is one whole JSON object."""
+    import threading
+
+    def write(index: int) -> None:
+        for n in range(200):
+            structlog.get_logger("t").info("ours", thread=index, n=n, pad="x" * 300)
+            logging.getLogger("dramatiq.worker").warning("theirs %d %d", index, n)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = _records(stream)
+    assert len(records) == 8 * 200 * 2
+    assert {r["logger"] for r in records} == {"t", "dramatiq.worker"}
+
+
+def test_positional_arguments_and_levels(stream: io.StringIO) -> None:
+    """``log.info("... %s", x)`` is formatted (and masked); lines below the level are not
+    written; ``warn`` and ``exception`` name their stdlib levels."""
+    log = structlog.get_logger("t")
+    log.debug("hidden")
+    log.info("calling %s now", NUMBER)
+    log.warn("careful")
+    try:
+        raise KeyError("k")
+    except KeyError:
+        log.exception("failed")
+    records = _records(stream)
+    assert [(r["event"], r["level"]) for r in records] == [
+        ("calling ***2671 now", "info"),
+        ("careful", "warning"),
+        ("failed", "error"),
+    ]
+
+
+def test_a_line_that_cannot_be_written_is_dropped() -> None:
+    """A closed stream loses the line; the caller (a request, a message) carries on."""
+    closed = io.StringIO()
+    logs.configure(fmt="json", level="INFO", stream=closed, cache_loggers=False)
+    try:
+        closed.close()
+        structlog.get_logger("t").info("lost")
+    finally:
+        configure_test_logs()
+
+
+def test_a_logger_cached_before_configure_writes_where_the_last_configure_said() -> None:
+    """A worker process configures again after the fork: loggers its parent already used
+    (and cached) write to the new stream, as the stdlib's loggers do."""
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        logs.configure(fmt="json", level="INFO", stream=first, cache_loggers=True)
+        log = structlog.get_logger("cached")
+        log.info("before")
+        logs.configure(fmt="json", level="INFO", stream=second, cache_loggers=True)
+        log.info("after")
+    finally:
+        configure_test_logs()
+    assert [json.loads(line)["event"] for line in first.getvalue().splitlines()] == ["before"]
+    assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["after"]

@@ -8,8 +8,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx2
+import hypothesis
 import pytest
 import redis
+from hypothesis import strategies as st
 
 from service.errors import ConfigurationError
 from service.settings import Secret, Settings
@@ -336,3 +338,67 @@ def test_redis_unavailable_is_503(redis_client: redis.Redis) -> None:
         assert response.status_code == 503
         assert httpx2.get(url + "/readyz").status_code == 503
     assert json.loads(response.text)["status"] == 503
+
+
+# Forms as VTS or anyone else might send them: names and values with the characters
+# that matter to the format (separators, "+", "%" escapes, broken escapes, non-ASCII).
+_FORM_PIECES = [
+    "a",
+    "Z9",
+    "=",
+    "&",
+    "+",
+    "%20",
+    "%2B",
+    "%26",
+    "%3D",
+    "%e2%82%ac",
+    "%ff",
+    "%",
+    "%4",
+    "é",
+    " ",
+    ";",
+]
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(
+    text=st.lists(st.sampled_from(_FORM_PIECES), max_size=24).map("".join),
+    strict=st.booleans(),
+)
+def test_forms_are_read_as_parse_qsl_reads_them(text: str, strict: bool) -> None:
+    """The callback form reader gives what ``parse_qsl`` (blank values kept, at most
+    MAX_FIELDS) gives, field for field, and refuses what it refuses."""
+    from urllib.parse import parse_qsl
+
+    from service.vts.callbacks import MAX_FIELDS
+    from service.web.problems import Problem
+    from service.web.webhooks import _form_params
+
+    try:
+        expected = dict(
+            parse_qsl(
+                text,
+                keep_blank_values=True,
+                strict_parsing=strict and bool(text),
+                max_num_fields=MAX_FIELDS,
+            )
+        )
+    except ValueError:
+        with pytest.raises(Problem) as refused:
+            _form_params(text, strict=strict)
+        assert refused.value.status == 400
+        return
+    assert _form_params(text, strict=strict) == expected
+
+
+def test_a_form_past_the_field_limit_is_refused_before_it_is_split() -> None:
+    """MAX_FIELDS fields are read; one more is a 400."""
+    from service.vts.callbacks import MAX_FIELDS
+    from service.web.problems import Problem
+    from service.web.webhooks import _form_params
+
+    assert len(_form_params("&".join(f"f{i}=v" for i in range(MAX_FIELDS)), strict=True)) == 64
+    with pytest.raises(Problem):
+        _form_params("&".join(f"f{i}=v" for i in range(MAX_FIELDS + 1)), strict=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 MAX_BATCH = 256
 
@@ -78,10 +78,58 @@ class GroupCommit:
         return results
 
     async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        # EVALSHA straight away: a Script called on a pipeline would first ask Redis
-        # whether the scripts exist, a second round trip for every batch.
-        async with self._client.pipeline(transaction=False) as pipe:
-            for script, keys, args, _ in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+        """One round trip: every call as EVALSHA (a Script called on a redis-py pipeline
+        would first ask Redis whether the scripts exist), packed here in one buffer, then
+        one reply per call, an error reply as its exception. Packing the arguments this
+        way costs a third of redis-py's generic packing, and most of a write's arguments
+        are keys and fields.
+
+        Connection errors are retried as the client's retry policy says (as redis-py
+        retries a pipeline); the connection is dropped whenever a round trip breaks off,
+        so no reply is ever read by the wrong caller."""
+        payload = b"".join(
+            pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            for script, keys, args, _ in batch
+        )
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def round_trip() -> list[Any]:
+            try:
+                await connection.send_packed_command(payload)
+                results: list[Any] = []
+                for _ in batch:
+                    try:
+                        results.append(await connection.read_response())
+                    except ResponseError as exc:
+                        results.append(exc)
+            except BaseException:
+                await connection.disconnect()
+                raise
+            return results
+
+        async def failed(_: Exception) -> None:
+            await connection.disconnect()
+
+        try:
+            results: list[Any] = await connection.retry.call_with_retry(round_trip, failed)
+        finally:
+            await pool.release(connection)
         return results
+
+
+def pack_command(*args: bytes | str | int) -> bytes:
+    """A command in RESP, as redis-py would send it: an array of bulk strings (text as
+    UTF-8, integers in decimal)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % arg
+        else:
+            raise TypeError(f"a Redis argument is text, bytes or an int, not {type(arg)}")
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)

@@ -130,9 +130,16 @@ def hash_args(fields: Mapping[str, str]) -> list[str]:
 
 def index_member(session: Session) -> str:
     """The session's entry in the (lexicographically ordered) indexes: its app first, so
-    each app's sessions are one contiguous range, newest last."""
-    millis = int(session.created_at.timestamp() * 1000)
-    return f"{session.app or ''}:{millis:013d}:{session.id}"
+    each app's sessions are one contiguous range, newest last.
+
+    The time is in microseconds: one web process can answer two creates within a
+    millisecond, and at millisecond resolution they would be listed in the order of
+    their random ids. Members written with milliseconds (13 digits) still sort among
+    these by their first 13 digits; only within one millisecond is the order of the two
+    forms arbitrary."""
+    created = session.created_at
+    micros = int(created.timestamp()) * 1_000_000 + created.microsecond
+    return f"{session.app or ''}:{micros:016d}:{session.id}"
 
 
 def app_range(app: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlsplit
 
 SIGNATURE_HEADERS = ("X-VTS-Signature-V3", "X-Plivo-Signature-V3")
@@ -30,9 +31,16 @@ NONCE_DIGITS = 20
 
 def _split(url: str) -> tuple[str, dict[str, str]]:
     """``scheme://host/path`` and the URL's query parameters."""
+    base, query = _split_cached(url)
+    return base, dict(query)
+
+
+# A receiver checks every callback against the same few URLs: split each once.
+@lru_cache(maxsize=64)
+def _split_cached(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     parts = urlsplit(url)
     base = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    return base, dict(parse_qsl(parts.query, keep_blank_values=True))
+    return base, tuple(parse_qsl(parts.query, keep_blank_values=True))
 
 
 def _joined(params: Mapping[str, str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +18,7 @@ from service.web.problems import Problem
 log = structlog.get_logger("service.http")
 
 MAX_LOGGED_PATH = 256
+Observe = Callable[[float], None]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGIT_RUN = re.compile(r"\d{10}")
 
@@ -49,6 +51,22 @@ class RequestContext:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, int], tuple[Callable[[], None], Observe]] = {}
+
+    def _measures(self, method: str, route: str, status: int) -> tuple[Callable[[], None], Observe]:
+        """The request counter's and latency histogram's children for these labels, looked
+        up once (``labels()`` takes a lock and builds its key on every call). As many as
+        the metrics' own children: the server accepts only known methods, routes are
+        templates or ``unmatched``.
+        """
+        key = (method, route, status)
+        found = self._children.get(key)
+        if found is None:
+            measured = metrics()
+            counter = measured.http_requests.labels(method, route, status)
+            histogram = measured.http_seconds.labels(method, route)
+            found = self._children[key] = (counter.inc, histogram.observe)
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,9 +92,9 @@ class RequestContext:
             seconds = time.perf_counter() - started
             template = getattr(scope.get("route"), "path", None)
             # Metrics label by route template only: raw paths of 404s would be unbounded.
-            measured = metrics()
-            measured.http_requests.labels(scope["method"], template or "unmatched", status).inc()
-            measured.http_seconds.labels(scope["method"], template or "unmatched").observe(seconds)
+            count, observe = self._measures(scope["method"], template or "unmatched", status)
+            count()
+            observe(seconds)
             log.info(
                 "http_request",
                 method=scope["method"],

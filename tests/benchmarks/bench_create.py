@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -37,7 +37,7 @@ import redis
 
 from devkit.embedded_redis import EmbeddedRedis
 from service.settings import environment
-from tests.benchmarks.common import find_wrk, wrk_arguments
+from tests.benchmarks.common import find_wrk, load, wrk_arguments
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +66,9 @@ class Run:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    # CPU time (user + system) the server process spent per request during the run, in
+    # µs; 0 when unknown. Less sensitive to other load on the machine than req/s.
+    cpu_us: float = 0.0
 
 
 def request_body(size: int = 1024) -> bytes:
@@ -189,6 +192,7 @@ def serving(target: Target, directory: Path, body: bytes) -> Iterator[str]:
         try:
             url = f"http://127.0.0.1:{port}/v1/sessions"
             _wait_until_serving(process, url, body, log_path)
+            SERVER_PIDS[url] = process.pid
             yield url
         finally:
             process.terminate()
@@ -216,7 +220,22 @@ def _wait_until_serving(
             time.sleep(0.05)
 
 
+# The server process behind each URL measured, for its CPU time.
+SERVER_PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux), or 0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(wrk: str, script: Path, url: str, args: argparse.Namespace, duration: float) -> Run:
+    pid = SERVER_PIDS.get(url)
+    before = cpu_seconds(pid) if pid else 0.0
     command = [
         wrk, "--latency", "-s", str(script), "-t", str(args.threads),
         "-c", str(args.connections), "-d", f"{duration:g}s", url,
@@ -224,7 +243,12 @@ def run_wrk(wrk: str, script: Path, url: str, args: argparse.Namespace, duration
     done = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=duration + 60
     )
-    return parse_wrk(done.stdout)
+    run = parse_wrk(done.stdout)
+    used = cpu_seconds(pid) - before if pid else 0.0
+    sent = re.search(r"^\s*(\d+) requests in", done.stdout, re.MULTILINE)
+    if used > 0 and sent and int(sent.group(1)):
+        run = replace(run, cpu_us=used / int(sent.group(1)) * 1e6)
+    return run
 
 
 _TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -280,6 +304,7 @@ def _line(label: str, run: Run) -> str:
     line = (
         f"{label.ljust(24)}{run.requests_per_second:8.0f} req/s"
         f"  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms"
+        + (f"  CPU {run.cpu_us:5.0f} µs/req" if run.cpu_us else "")
     )
     problems = [f"{run.non_2xx} non-2xx"] if run.non_2xx else []
     problems += [f"{run.socket_errors} socket errors"] if run.socket_errors else []
@@ -294,6 +319,7 @@ def median(runs: Sequence[Run]) -> Run:
         p99_ms=statistics.median(r.p99_ms for r in runs),
         non_2xx=sum(r.non_2xx for r in runs),
         socket_errors=sum(r.socket_errors for r in runs),
+        cpu_us=statistics.median(r.cpu_us for r in runs),
     )
 
 
@@ -302,15 +328,27 @@ def summary(runs: dict[str, list[Run]], rounds: int) -> str:
     bare = medians[BARE].requests_per_second
     ratio = medians[SESSIONS].requests_per_second / bare
     ratio_info = medians[SESSIONS_INFO].requests_per_second / bare
-    verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
-    return "\n".join(
-        [
-            f"\nmedians of {rounds} rounds",
-            *(_line(label, run) for label, run in medians.items()),
-            f"{'ratio'.ljust(24)}{ratio:8.2f}  (target >= {TARGET_RATIO:.2f}: {verdict})",
-            f"{'ratio at LOG_LEVEL=INFO'.ljust(24)}{ratio_info:8.2f}",
-        ]
-    )
+    # Production logs at INFO: that ratio is the one held to the target.
+    verdict = "ok" if ratio_info >= TARGET_RATIO else "BELOW TARGET"
+    lines = [
+        f"\nmedians of {rounds} rounds",
+        *(_line(label, run) for label, run in medians.items()),
+        f"{'ratio at LOG_LEVEL=INFO'.ljust(24)}{ratio_info:8.2f}"
+        f"  (target >= {TARGET_RATIO:.2f}: {verdict})",
+        f"{'ratio at WARNING'.ljust(24)}{ratio:8.2f}",
+    ]
+    return "\n".join(lines + cpu_ratios(medians, BARE, SESSIONS_INFO, SESSIONS))
+
+
+def cpu_ratios(medians: dict[str, Run], bare: str, *labels: str) -> list[str]:
+    """The ceiling's CPU per request over each app's: the throughput ratio the server
+    process alone would allow, whatever else runs on the machine."""
+    if not medians[bare].cpu_us or not all(medians[label].cpu_us for label in labels):
+        return []
+    return [
+        f"{'CPU ratio ' + label.strip()[:14]:24}{medians[bare].cpu_us / medians[label].cpu_us:8.2f}"
+        for label in labels
+    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -336,11 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(
             f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
-            f"{len(body)}-byte body, {args.rounds} rounds, Redis: {where}",
+            f"{len(body)}-byte body, {args.rounds} rounds, Redis: {where}, {load()}",
             flush=True,
         )
         runs = measure(wrk, script, urls, redis_url, args)
     print(summary(runs, args.rounds))
+    print(f"at the end: {load()}")
     failed = any(run.non_2xx for label_runs in runs.values() for run in label_runs)
     return 1 if failed else 0
 

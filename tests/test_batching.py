@@ -1,0 +1,121 @@
+"""Group commit: concurrent writes share a round trip, each gets its own reply."""
+
+from __future__ import annotations
+
+import asyncio
+
+import hypothesis
+import pytest
+import redis
+import redis.asyncio
+from hypothesis import strategies as st
+from redis.asyncio.connection import Connection
+
+from service.store.batching import GroupCommit, pack_command
+
+# Echoes its key and argument; fails for the argument "fail".
+ECHO = """
+if ARGV[1] == 'fail' then return redis.error_reply('refused ' .. KEYS[1]) end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return {KEYS[1], ARGV[1]}
+"""
+
+_ARGS = st.lists(
+    st.one_of(
+        st.text(max_size=40),
+        st.binary(max_size=40),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@hypothesis.given(args=_ARGS)
+def test_commands_are_packed_as_redis_py_packs_them(args: list[str | bytes | int]) -> None:
+    """Text (any Unicode), bytes and integers come out byte for byte as redis-py's."""
+    assert pack_command("EVALSHA", *args) == b"".join(Connection().pack_command("EVALSHA", *args))
+
+
+def test_what_redis_py_would_refuse_is_refused() -> None:
+    """No silent str() of a bool, a float or None."""
+    for bad in (True, 1.5, None):
+        with pytest.raises(TypeError):
+            pack_command("SET", "k", bad)  # type: ignore[arg-type]
+
+
+def _run(redis_url: str, calls: list[tuple[str, str]], flush_scripts: bool = False) -> list[object]:
+    async def go() -> list[object]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            group = GroupCommit(client, max_batch=8)
+            script = client.register_script(ECHO)
+            await script(keys=["warm"], args=["up"])
+            if flush_scripts:
+                await client.script_flush()
+            tasks = [group.call(script, [key], [arg]) for key, arg in calls]
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_each_call_gets_its_own_reply_and_error(redis_url: str, redis_client: redis.Redis) -> None:
+    """50 concurrent calls in batches of 8: each gets its own reply; an error reply fails
+    its own call only; every write happened once, in order."""
+    calls = [(f"k{i % 3}", "fail" if i % 7 == 0 else f"v{i}") for i in range(50)]
+    results = _run(redis_url, calls)
+    for (key, arg), result in zip(calls, results, strict=True):
+        if arg == "fail":
+            assert isinstance(result, redis.ResponseError)
+            assert f"refused {key}" in str(result)
+        else:
+            assert result == [key.encode(), arg.encode()]
+    for key in ("k0", "k1", "k2"):
+        expected = [arg.encode() for k, arg in calls if k == key and arg != "fail"]
+        assert redis_client.lrange(key, 0, -1) == expected
+
+
+def test_calls_after_redis_lost_its_scripts_run_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """After SCRIPT FLUSH the first batch meets NOSCRIPT: the script is loaded and the
+    calls sent again, each run exactly once."""
+    calls = [("once", f"v{i}") for i in range(20)]
+    results = _run(redis_url, calls, flush_scripts=True)
+    assert results == [[b"once", arg.encode()] for _, arg in calls]
+    assert redis_client.lrange("once", 0, -1) == [arg.encode() for _, arg in calls]
+
+
+def test_a_dropped_connection_is_replaced(redis_url: str, redis_client: redis.Redis) -> None:
+    """Redis closing the client's connection between batches fails at most the batch
+    that meets it (its callers answer 503; nothing is sent twice, since the client's
+    retry policy is none: a script may have run before the connection broke); the next
+    batch goes out on a new connection."""
+
+    async def go() -> list[object]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            group = GroupCommit(client)
+            script = client.register_script(ECHO)
+            await script(keys=["warm"], args=["up"])
+            outcomes: list[object] = [await group.call(script, ["dropped"], ["before"])]
+            redis_client.client_kill_filter(_type="normal", skipme=True)
+            for attempt in ("met", "after"):
+                try:
+                    outcomes.append(await group.call(script, ["dropped"], [attempt]))
+                except redis.ConnectionError as exc:
+                    outcomes.append(exc)
+            return outcomes
+        finally:
+            await client.aclose()
+
+    before, met, after = asyncio.run(go())
+    assert before == [b"dropped", b"before"]
+    assert after == [b"dropped", b"after"]
+    written = redis_client.lrange("dropped", 0, -1)
+    if isinstance(met, redis.ConnectionError):
+        assert written == [b"before", b"after"]
+    else:
+        assert written == [b"before", b"met", b"after"]
