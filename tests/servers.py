@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import uvicorn
@@ -18,6 +18,22 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports that are free now on every address (a
+    worker's metrics take the first free one of a span: the tests expect the first)."""
+    while True:
+        first = free_port()
+        if first + count > 65536:
+            continue
+        with ExitStack() as stack:
+            try:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return first
 
 
 class _Server(uvicorn.Server):

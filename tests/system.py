@@ -16,7 +16,7 @@ import httpx2
 
 from tests import contract
 from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, wait_until
-from tests.servers import free_port
+from tests.servers import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,8 @@ class System:
     directory: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    # The worker's metrics take the first free port of ten from METRICS_PORT.
+    metrics_port: int = field(default_factory=lambda: free_ports(10))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     numbers: list[str] = field(default_factory=list)
