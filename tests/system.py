@@ -15,7 +15,7 @@ from typing import Any
 import httpx2
 
 from tests import contract
-from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, wait_until
+from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, http_client, wait_until
 from tests.servers import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,15 +43,13 @@ class System:
     numbers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.api = httpx2.Client(
-            base_url=f"http://127.0.0.1:{self.port}",
+        self.api = http_client(
+            f"http://127.0.0.1:{self.port}",
             headers={"Authorization": f"Bearer {API_KEY}"},
             timeout=40,
             event_hooks={"response": [contract.check]},
         )
-        self.sandbox = httpx2.Client(
-            base_url=self.sandbox_url, auth=(AUTH_ID, AUTH_TOKEN), timeout=70
-        )
+        self.sandbox = http_client(self.sandbox_url, auth=(AUTH_ID, AUTH_TOKEN), timeout=70)
 
     @property
     def env(self) -> dict[str, str]:
