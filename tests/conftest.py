@@ -87,16 +87,18 @@ def _clean_redis(request: pytest.FixtureRequest) -> None:
 
 
 def wait_until(
-    condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02
+    condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.02
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``. The
+    default is generous: a condition met returns at once, and a machine whose cores are
+    busy with other work may take many times the usual to get there."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {timeout} s (last: {value!r:.200})")
         time.sleep(interval)
 
 
