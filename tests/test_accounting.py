@@ -17,7 +17,7 @@ from service.models import Status
 from service.store import Keys, Store, scripts
 from service.vts.callbacks import ROLES, Event, Role, check
 from tests.conftest import Clock, store_event, stored_session
-from workers import events
+from workers import accounting as events
 
 UUID = "6a0c3f6e-2222-4333-8444-955566667777"
 LEG = {"Duration": "42", "BilledDuration": "60", "Amount": "0.00850"}

@@ -14,7 +14,7 @@ from service.models import Status
 from service.store import Keys, Store
 from service.vts.callbacks import Event, check
 from tests.conftest import Clock, store_event, stored_session
-from workers import events
+from workers import accounting as events
 
 UUID = "5f0c3f6e-1111-4222-8333-944455556666"
 

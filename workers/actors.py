@@ -14,7 +14,9 @@ from dramatiq.middleware import CurrentMessage
 from service import messages
 from service.errors import VtsUnavailable
 from service.phones import mask_text
-from workers import events, leases, notifications, reconcile, recordings, retention, sessions
+from workers import accounting as events
+from workers import archive as recordings
+from workers import leases, notifications, reconcile, retention, sessions
 from workers.boot import resources
 from workers.downloads import RecordingUnavailable
 

@@ -20,7 +20,9 @@ from service.store import Keys, RecordingStore, Store
 from service.store.apps import AppStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
-from workers import events, notifications, recordings, retention, sessions
+from workers import accounting as events
+from workers import archive as recordings
+from workers import notifications, retention, sessions
 from workers.broker import create_broker
 from workers.downloads import DownloadPolicy, build_client
 

@@ -23,13 +23,13 @@ from service.storage import Storage
 from service.store import Keys, RecordingStore, Store, timeline_entry
 from service.vts.callbacks import Event
 from workers import notifications
+from workers.accounting import ORPHAN_AFTER, EventNotReady
 from workers.downloads import (
     DownloadPolicy,
     RecordingNotReady,
     RecordingRejected,
     download,
 )
-from workers.events import ORPHAN_AFTER, EventNotReady
 
 log = structlog.get_logger(__name__)
 
