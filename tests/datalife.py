@@ -61,10 +61,14 @@ def end(api: httpx2.Client, session_id: str) -> dict[str, Any]:
 
 
 def contents(client: redis.Redis) -> Iterator[tuple[str, int, bytes]]:
-    """Every key of the database: (name, TTL in seconds or -1, everything it holds)."""
+    """Every key of the database: (name, TTL in seconds or -1, everything it holds). A key
+    gone since the scan saw it (a work lock released meanwhile) is left out: its TTL
+    would read -2, as if it had none."""
     for raw in client.scan_iter(count=1000):
         key = bytes(raw)
-        yield key.decode(), int(client.ttl(key)), key + b"\0" + b"\0".join(_values(client, key))
+        ttl = int(client.ttl(key))
+        if ttl != -2:
+            yield key.decode(), ttl, key + b"\0" + b"\0".join(_values(client, key))
 
 
 def _values(client: redis.Redis, key: bytes) -> list[bytes]:

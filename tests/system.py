@@ -15,8 +15,8 @@ from typing import Any
 import httpx2
 
 from tests import contract
-from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, wait_until
-from tests.servers import free_port
+from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, http_client, wait_until
+from tests.servers import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,21 +36,20 @@ class System:
     directory: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    # The worker's metrics take the first free port of ten from METRICS_PORT.
+    metrics_port: int = field(default_factory=lambda: free_ports(10))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     numbers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.api = httpx2.Client(
-            base_url=f"http://127.0.0.1:{self.port}",
+        self.api = http_client(
+            f"http://127.0.0.1:{self.port}",
             headers={"Authorization": f"Bearer {API_KEY}"},
             timeout=40,
             event_hooks={"response": [contract.check]},
         )
-        self.sandbox = httpx2.Client(
-            base_url=self.sandbox_url, auth=(AUTH_ID, AUTH_TOKEN), timeout=70
-        )
+        self.sandbox = http_client(self.sandbox_url, auth=(AUTH_ID, AUTH_TOKEN), timeout=70)
 
     @property
     def env(self) -> dict[str, str]:

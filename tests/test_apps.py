@@ -26,7 +26,7 @@ from service.apps import AppRegistry
 from service.errors import ConfigurationError
 from service.settings import AppKey, Secret, Settings
 from service.store.apps import AppStore
-from tests.conftest import make_settings, new_numbers, wait_until
+from tests.conftest import http_client, make_settings, new_numbers, wait_until
 from tests.servers import serve
 from tests.test_settings import VALID
 
@@ -50,7 +50,7 @@ def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
 
 def _client(web_url: str, key: str) -> httpx2.Client:
     headers = {"Authorization": f"Bearer {key}"}
-    return httpx2.Client(base_url=web_url, headers=headers, timeout=30)
+    return http_client(web_url, headers=headers)
 
 
 def test_api_keys_are_app_key_pairs() -> None:

@@ -41,7 +41,7 @@ def test_failed_message_is_listed_replayed_and_applied_once(
     session = api.post(
         "/v1/sessions",
         json={"first_party": first, "second_party": second},
-        headers={"Prefer": "wait=10"},
+        headers={"Prefer": "wait=20"},
     ).json()
     params = {"EventName": "SessionFirstPartyHangup", "SessionUUID": session["vts_session_uuid"],
               "SequenceNumber": "1", "BilledDuration": "60", "Amount": "0.0085",

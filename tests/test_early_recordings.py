@@ -38,12 +38,13 @@ def test_a_recording_event_waits_past_the_download_retries_for_its_session(
     redis_client.hset(Keys.webhook(event.id), mapping=fields)  # type: ignore[arg-type]
     Store(redis_client).enqueue(messages.APPLY_RECORDING_EVENT.message(messages.EventRef(event.id)))
     waits: list[str] = []
+    download_retries = messages.APPLY_RECORDING_EVENT.retry.max_retries
 
     def waited_enough() -> bool:
         waits.extend(
             line for line in capsys.readouterr().err.splitlines() if "work_retrying" in line
         )
-        return len(waits) > 25
+        return len(waits) > 1 + download_retries  # more attempts than a download gets
 
     wait_until(waited_enough, timeout=60)
     session = stored_session(redis_url, "ses_" + "e" * 32)

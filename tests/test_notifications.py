@@ -87,7 +87,7 @@ def test_app_is_told_of_activation_call_end_and_expiry(
                                              "callback_url": f"{url}/failing"})  # fmt: skip
     first, second = new_numbers()
     body = {"first_party": first, "second_party": second, "callback_url": f"{url}/good"}
-    session = api.post("/v1/sessions", json=body, headers={"Prefer": "wait=10"}).json()
+    session = api.post("/v1/sessions", json=body, headers={"Prefer": "wait=20"}).json()
     wait_until(lambda: good.kinds() == ["session.active"], timeout=20)
     calls = f"/_sandbox/sessions/{session['vts_session_uuid']}/calls"
     assert sandbox.post(calls, json={"caller": "first"}).status_code == 202

@@ -26,7 +26,7 @@ def _recorded_call(
     first, second = new_numbers()
     body = {"first_party": first, "second_party": second, "record": True,
             "record_file_format": fmt}  # fmt: skip
-    session = api.post("/v1/sessions", json=body, headers={"Prefer": "wait=10"}).json()
+    session = api.post("/v1/sessions", json=body, headers={"Prefer": "wait=20"}).json()
     assert session["status"] == "active", session
     placed = sandbox.post(
         f"/_sandbox/sessions/{session['vts_session_uuid']}/calls",
@@ -170,7 +170,7 @@ def test_recording_failed_event_marks_it_failed(
     """SessionRecordingFailed leaves a failed recording with a reason."""
     first, second = new_numbers()
     body = {"first_party": first, "second_party": second, "record": True}
-    session = api.post("/v1/sessions", json=body, headers={"Prefer": "wait=10"}).json()
+    session = api.post("/v1/sessions", json=body, headers={"Prefer": "wait=20"}).json()
     sandbox.post(
         f"/_sandbox/sessions/{session['vts_session_uuid']}/calls",
         json={"caller": "first", "recording_fails": True},

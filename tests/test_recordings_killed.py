@@ -42,7 +42,7 @@ def test_killed_mid_download_leaves_nothing_partial_and_completes(
         "/v1/sessions",
         json={"first_party": first, "second_party": second, "record": True,
               "record_file_format": "wav"},
-        headers={"Prefer": "wait=10"},
+        headers={"Prefer": "wait=20"},
     ).json()  # fmt: skip
     placed = system.sandbox.post(
         f"/_sandbox/sessions/{session['vts_session_uuid']}/calls",

@@ -13,6 +13,7 @@ import pytest
 
 from devkit.sandbox.server import SandboxConfig, create_sandbox_app, main, number_range
 from service.phones import mask_text
+from tests.conftest import http_client
 from tests.servers import serve
 
 AUTH = ("MAFAKEAUTHID0000", "sandbox-token")
@@ -51,7 +52,7 @@ def sandboxes(clock: Clock, timeout: float = 10.0) -> Iterator[Start]:
         def start(**overrides: Any) -> httpx2.Client:
             app = create_sandbox_app(SandboxConfig(*AUTH, **overrides), clock)
             url = stack.enter_context(serve(app))
-            return stack.enter_context(httpx2.Client(base_url=url, auth=AUTH, timeout=timeout))
+            return stack.enter_context(http_client(url, auth=AUTH, timeout=timeout))
 
         yield start
 

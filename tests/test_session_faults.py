@@ -62,7 +62,7 @@ def test_30_percent_503s_create_every_session_exactly_once(
 ) -> None:
     """With 30% of VTS requests failing 503, every session is created, once."""
     faults = {"error_rate": 0.3, "error_status": 503, "seed": 7}
-    _created_once_despite(api, sandbox, faults, 60)
+    _created_once_despite(api, sandbox, faults, 20)
     assert sandbox.get("/_sandbox/stats").json()["faults"]["error"] > 0
 
 

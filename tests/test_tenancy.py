@@ -20,7 +20,7 @@ from service.settings import AppKey, Secret, Settings
 from service.storage import LocalStorage
 from service.store import Keys, RecordingStore
 from service.web.app import create_app
-from tests.conftest import make_settings, new_numbers
+from tests.conftest import http_client, make_settings, new_numbers
 
 RIDES_KEY = "rides-key-" + "a" * 20
 FOOD_KEY = "food-key-" + "b" * 20
@@ -45,7 +45,7 @@ def settings(redis_url: str, sandbox_url: str, web_port: int, tmp_path: Path) ->
 
 def _client(web_url: str, key: str) -> Iterator[httpx2.Client]:
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx2.Client(base_url=web_url, headers=headers, timeout=40) as client:
+    with http_client(web_url, headers=headers, timeout=40) as client:
         yield client
 
 

@@ -17,7 +17,7 @@ from service.errors import ConfigurationError
 from service.settings import Secret, Settings
 from service.store import Keys
 from service.vts.signatures import new_nonce, v3_signature
-from tests.conftest import AUTH_TOKEN, make_settings
+from tests.conftest import AUTH_TOKEN, http_client, make_settings
 from tests.servers import serve
 
 SESSION = "/webhooks/vts/session"
@@ -44,7 +44,7 @@ class Caller:
     """Calls our webhook routes the way VTS does, signed or not."""
 
     def __init__(self, base_url: str, public_base_url: str) -> None:
-        self.client = httpx2.Client(base_url=base_url, timeout=10)
+        self.client = http_client(base_url)
         self.public = public_base_url
 
     def post(
