@@ -11,10 +11,8 @@ actors, queues and outcomes: never a phone number or a session id.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from service.store import Keys
+from service.store import EVENT_STATS, RECONCILE_STATS, WEBHOOK_STATS, queue
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -121,12 +119,12 @@ class ClusterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         depth, age, dead = self._queue_families()
-        for queue in self._queues:
-            delayed: str = dq_name(queue)
-            depth.add_metric([queue], self._client.llen(Keys.queue(queue)))
-            depth.add_metric([delayed], self._client.llen(Keys.queue(delayed)))
-            age.add_metric([queue], self._oldest_age(queue))
-            dead.add_metric([queue], self._client.zcard(Keys.dead_letters(queue)))
+        for name in self._queues:
+            delayed: str = dq_name(name)
+            depth.add_metric([name], queue.depth(self._client, name))
+            depth.add_metric([delayed], queue.depth(self._client, delayed))
+            age.add_metric([name], queue.oldest_age(self._client, name))
+            dead.add_metric([name], queue.dead_letter_count(self._client, name))
         yield from (depth, age, dead)
         for family, key in self._total_families():
             for field, value in sorted(self._client.hgetall(key).items()):
@@ -155,23 +153,13 @@ class ClusterCollector(Collector):
         """Each counter family with the Redis hash that holds its totals by label."""
         return [
             (CounterMetricFamily("masking_webhooks", "VTS callbacks by outcome",
-                                 labels=["outcome"]), Keys.webhook_stats()),
+                                 labels=["outcome"]), WEBHOOK_STATS),
             (CounterMetricFamily("masking_events", "VTS events by outcome",
-                                 labels=["outcome"]), Keys.event_stats()),
+                                 labels=["outcome"]), EVENT_STATS),
             (CounterMetricFamily("masking_reconciliation_drift",
                                  "Differences VTS corrected: sessions, and amounts by counter",
-                                 labels=["outcome"]), Keys.reconcile_stats()),
+                                 labels=["outcome"]), RECONCILE_STATS),
         ]  # fmt: skip
-
-    def _oldest_age(self, queue: str) -> float:
-        oldest = self._client.lindex(Keys.queue(queue), 0)
-        if oldest is None:
-            return 0.0
-        raw = self._client.hget(Keys.queue_messages(queue), oldest)
-        if raw is None:
-            return 0.0
-        enqueued_ms = float(json.loads(raw).get("message_timestamp", time.time() * 1000))
-        return max(0.0, time.time() - enqueued_ms / 1000)
 
 
 class _Handler(WSGIRequestHandler):

@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from service.models import Status
-from service.store import Keys, Store, scripts
+from service.store import Store, scripts
+from service.store.keys import Keys
 from service.vts.callbacks import ROLES, Event, Role, check
 from tests.conftest import Clock, store_event, stored_session
 from workers import accounting

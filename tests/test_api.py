@@ -10,7 +10,7 @@ import httpx2
 import pytest
 import redis
 
-from service.store import Keys
+from service.store.keys import Keys
 from service.web.openapi import document, internal_document
 from service.web.problems import Problem
 from tests.conftest import new_numbers

@@ -10,6 +10,7 @@ from pathlib import Path
 import dramatiq
 
 from service import messages
+from service.store.keys import Keys, RecordingKeys
 
 ROOT = Path(__file__).resolve().parent.parent
 # The parts of the tree, and what each may import besides itself (and other packages):
@@ -87,6 +88,52 @@ def test_the_import_rule_knows_every_part_of_the_tree() -> None:
     """A new subpackage of ``service`` is either core or one of the named parts."""
     packages = {p.parent.name for p in (ROOT / "service").glob("*/__init__.py")}
     assert packages == {"web", "tools", "store", "storage", "vts"}
+
+
+# The classes that name Redis keys: private to the store, whose methods are the only way
+# the rest of the product reaches Redis.
+KEY_CLASSES = {cls.__name__ for cls in (*Keys.__mro__, RecordingKeys) if cls is not object}
+
+
+def _key_name_imports(path: Path) -> set[str]:
+    """What ``path`` imports of the store's key names: the ``keys`` module, or any class
+    that names keys, wherever in the store it is imported from."""
+    found = set()
+    for module in _imports(path):
+        parent, _, name = module.rpartition(".")
+        if (
+            module == "service.store.keys"
+            or parent == "service.store.keys"
+            or (parent.startswith("service.store") and name in KEY_CLASSES)
+        ):
+            found.add(module)
+    return found
+
+
+def test_key_names_are_private_to_the_store() -> None:
+    """No product module outside ``service.store`` knows a Redis key name."""
+    for package in PRODUCTION:
+        for path in _modules(package):
+            if _module_name(path).startswith("service.store"):
+                continue
+            offenders = _key_name_imports(path)
+            assert not offenders, f"{path.relative_to(ROOT)} imports {offenders}"
+
+
+def test_key_name_imports_are_found(tmp_path: Path) -> None:
+    module = tmp_path / "sample.py"
+    module.write_text(
+        "from service.store import Keys\n"
+        "from service.store.recordings import RecordingKeys\n"
+        "import service.store.keys\n"
+        "from service.store.apps import AppStore, TooManyKeys\n"
+    )
+    assert _key_name_imports(module) == {
+        "service.store.Keys",
+        "service.store.recordings.RecordingKeys",
+        "service.store.keys",
+    }
+    assert {"Keys", "SessionKeys", "EventKeys", "QueueKeys", "AppKeys"} <= KEY_CLASSES
 
 
 def test_every_job_of_the_contract_has_its_actor(broker: dramatiq.Broker) -> None:

@@ -12,7 +12,8 @@ import httpx2
 import redis
 import redis.asyncio
 
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from service.tools import deadletters
 from service.vts.callbacks import check
 from tests.conftest import API_KEY, AUTH_ID, AUTH_TOKEN, new_numbers, store_event, wait_until

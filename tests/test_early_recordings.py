@@ -13,7 +13,8 @@ import redis
 from service import messages
 from service.models import Status
 from service.recordings import recording_id
-from service.store import Keys, RecordingStore, Store
+from service.store import RecordingStore, Store
+from service.store.keys import Keys
 from service.vts.callbacks import check
 from tests.conftest import stored_session, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from service.settings import Settings
-from service.store import Keys
+from service.store.keys import Keys
 from tests.conftest import loopback_settings, wait_until
 from tests.datalife import end, forms, holding, recorded_session
 

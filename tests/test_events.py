@@ -13,7 +13,8 @@ import redis.asyncio
 
 from service.errors import EventNotReady
 from service.models import Status
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from service.vts.callbacks import Event, check
 from tests.conftest import Clock, store_event, stored_session
 from workers import accounting

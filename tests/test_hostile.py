@@ -24,7 +24,8 @@ from service.egress import EgressPolicy, build_client
 from service.errors import ConfigurationError
 from service.settings import Settings
 from service.storage import LocalStorage
-from service.store import Keys, RecordingStore
+from service.store import RecordingStore
+from service.store.keys import Keys
 from service.web.problems import Problem
 from service.web.validation import Rules, parse_create
 from tests.conftest import make_settings, new_numbers, stored_session

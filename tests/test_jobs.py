@@ -14,7 +14,8 @@ from service import messages
 from service.errors import EventNotReady, RecordingPending, SessionBusy, VtsUnavailable
 from service.messages import EventRef, SessionRef, SessionUpdate
 from service.settings import Settings
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from tests.conftest import make_settings, wait_until
 
 

@@ -13,8 +13,9 @@ import redis
 
 from service.models import FINAL, Status
 from service.settings import Settings
-from service.store import Keys, Store
+from service.store import Store
 from service.store.codec import decode_str
+from service.store.keys import Keys
 from tests.conftest import make_settings, new_numbers, wait_until
 from tests.datalife import contents, end, recorded_session
 

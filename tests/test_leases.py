@@ -15,7 +15,8 @@ import redis
 
 from service.errors import SessionBusy
 from service.models import Status
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from tests.conftest import stored_session, wait_until
 from workers import leases
 

@@ -15,7 +15,7 @@ import redis
 
 from devkit.embedded_redis import EmbeddedRedis
 from devkit.sandbox.server import create_sandbox_app
-from service.store import Keys
+from service.store.keys import Keys
 from tests.conftest import new_numbers, sandbox_with, wait_until
 from tests.servers import serve
 from tests.system import System

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.messages import QUEUES
 from service.metrics import ClusterCollector
-from service.store import Keys
+from service.store.keys import Keys
 
 CLUSTER_FAMILIES = {
     "masking_queue_depth": "gauge",

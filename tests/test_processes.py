@@ -20,7 +20,8 @@ import redis
 
 from devkit.sandbox.server import create_sandbox_app
 from service import messages
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from tests.conftest import new_numbers, sandbox_with, wait_until
 from tests.servers import serve
 from tests.system import System

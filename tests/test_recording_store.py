@@ -9,7 +9,8 @@ import redis
 import redis.asyncio
 
 from service.recordings import Recording, RecordingStatus, recording_id, stored_name
-from service.store import AsyncRecordingStore, Keys, RecordingKeys, RecordingStore
+from service.store import AsyncRecordingStore, RecordingStore
+from service.store.keys import Keys, RecordingKeys
 from tests.conftest import stored_session
 
 UUID = "c0ffee00-0000-4000-8000-000000000001"

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from devkit.embedded_redis import EmbeddedRedis
-from service.store import Keys
+from service.store.keys import Keys
 from tests.conftest import new_numbers, wait_until
 from tests.system import System
 

@@ -18,7 +18,8 @@ import redis.asyncio
 from service import messages
 from service.models import Status
 from service.settings import Settings
-from service.store import AsyncStore, Keys, Store
+from service.store import AsyncStore, Store
+from service.store.keys import Keys
 from service.vts.callbacks import Event
 from tests.conftest import loopback_settings, stored_session, wait_until
 from tests.datalife import end, forms, holding, recorded_session

@@ -12,7 +12,8 @@ import redis
 import redis.asyncio
 
 from service.models import Status
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from tests.conftest import Clock, stored_session, wait_until
 from workers import reconcile
 from workers.dependencies import Dependencies

@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from service.settings import AppKey, Secret, Settings
 from service.storage import LocalStorage
-from service.store import Keys, RecordingStore
+from service.store import RecordingStore
+from service.store.keys import Keys
 from service.web.app import create_app
 from tests.conftest import http_client, make_settings, new_numbers
 

@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from service.settings import Settings
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from tests.conftest import new_numbers, wait_until
 from workers import boot, sessions
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from service.errors import ConfigurationError
 from service.settings import Secret, Settings
-from service.store import Keys
+from service.store.keys import Keys
 from service.vts.signatures import new_nonce, v3_signature
 from tests.conftest import AUTH_TOKEN, http_client, make_settings
 from tests.servers import serve

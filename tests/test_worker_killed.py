@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.store import Keys
+from service.store.keys import Keys
 from tests.conftest import new_numbers, wait_until
 from tests.system import System
 

@@ -22,7 +22,8 @@ import redis
 from devkit.embedded_redis import EmbeddedRedis
 from service import messages
 from service.models import Status
-from service.store import Keys, Store
+from service.store import Store
+from service.store.keys import Keys
 from tests.conftest import stored_session, wait_until
 from tests.servers import free_port
 from tests.system import System

@@ -17,7 +17,7 @@ import structlog
 from service.errors import EventNotReady, RecordingNotReady, RecordingPending, RecordingRejected
 from service.metrics import metrics
 from service.recordings import Recording, RecordingStatus, recording_id
-from service.store import Keys, timeline_entry
+from service.store import timeline_entry
 from service.vts.callbacks import Event
 from workers import notifications
 from workers.accounting import ORPHAN_AFTER
@@ -57,7 +57,7 @@ def apply(deps: Dependencies, event_id: str) -> None:
 
 
 def _note(deps: Dependencies, session_id: str, event: Event, uuid: str) -> None:
-    if deps.store.mark_once(Keys.applied(session_id), f"recording:{event.name}:{uuid}"):
+    if deps.store.mark_applied(session_id, f"recording:{event.name}:{uuid}"):
         entry = timeline_entry("recording", name=event.name, recording_id=recording_id(uuid))
         deps.store.add_timeline(session_id, entry)
 

@@ -16,7 +16,7 @@ from service import egress, logs, messages, redis_clients
 from service.metrics import metrics
 from service.settings import Settings
 from service.storage import open_storage
-from service.store import Keys, RecordingStore, Store
+from service.store import RecordingStore, Store, vts_rate_limit_key
 from service.store.apps import AppStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
@@ -30,7 +30,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
     """The process's dependencies, sharing ``client`` (which must not decode responses)."""
     limiter = RateLimiter(
         client,
-        Keys.vts_rate_limit(settings.vts_auth_id),
+        vts_rate_limit_key(settings.vts_auth_id),
         limit=settings.vts_rate_limit,
         window=settings.vts_rate_window,
         on_wait=_count_wait,

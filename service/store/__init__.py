@@ -1,5 +1,9 @@
 """The Redis store: the only code that knows key names.
 
+It is organised by concept: ``sessions``, ``events``, ``schedule``, ``queue`` (dramatiq's
+layout and dead letters), ``recordings`` and ``apps`` each own their keys and lifetimes;
+``keys`` gathers every name for tests and is private to the store.
+
 Everything that changes several keys together does it in one Lua script (``scripts``), so
 a crash can never leave a session without its index entry, or an accepted request without
 its queued message. ``AsyncStore`` serves the web (redis.asyncio); ``Store`` serves the
@@ -7,6 +11,7 @@ workers; ``RecordingStore``/``AsyncRecordingStore`` keep recordings. All use cli
 ``decode_responses=False`` so they can share dramatiq's connection.
 """
 
+from service.store.apps import vts_rate_limit_key
 from service.store.codec import (
     Applied,
     CreateOutcome,
@@ -18,38 +23,35 @@ from service.store.codec import (
     index_member,
     timeline_entry,
 )
-from service.store.keys import (
-    CHANNEL,
-    DRAMATIQ_NAMESPACE,
-    PREFIX,
-    TIMELINE_LIMIT,
-    WEBHOOK_RETENTION_SECONDS,
-    Keys,
-    RecordingKeys,
-)
+from service.store.events import EVENT_STATS, WEBHOOK_RETENTION_SECONDS, WEBHOOK_STATS
+from service.store.names import PREFIX
+from service.store.queue import DRAMATIQ_NAMESPACE
 from service.store.recordings import RecordingStore
+from service.store.sessions import CHANNEL, RECONCILE_STATS, TIMELINE_LIMIT
 from service.store.web import AsyncRecordingStore, AsyncStore
 from service.store.worker import Store
 
 __all__ = [
     "CHANNEL",
     "DRAMATIQ_NAMESPACE",
+    "EVENT_STATS",
     "PREFIX",
+    "RECONCILE_STATS",
     "TIMELINE_LIMIT",
     "WEBHOOK_RETENTION_SECONDS",
+    "WEBHOOK_STATS",
     "Applied",
     "AsyncRecordingStore",
     "AsyncStore",
     "CreateOutcome",
     "EventChange",
     "InvalidCursor",
-    "Keys",
     "Page",
-    "RecordingKeys",
     "RecordingStore",
     "Store",
     "decode_cursor",
     "encode_cursor",
     "index_member",
     "timeline_entry",
+    "vts_rate_limit_key",
 ]

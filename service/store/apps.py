@@ -17,9 +17,36 @@ import redis.asyncio
 from service.apps import check_name, key_digest, key_id, new_key, new_notification_secret
 from service.models import iso, now
 from service.store.codec import decode_str
-from service.store.keys import AppKeys
+from service.store.names import PREFIX
 
 MAX_KEYS_PER_APP = 2
+
+
+class AppKeys:
+    @staticmethod
+    def apps() -> str:
+        """Hash: app name -> its record (JSON: created_at, source, notification secrets)."""
+        return f"{PREFIX}apps"
+
+    @staticmethod
+    def keys() -> str:
+        """Hash: SHA-256 of a managed API key -> the app it belongs to (JSON)."""
+        return f"{PREFIX}app-keys"
+
+    @staticmethod
+    def budget(app: str) -> str:
+        """Sorted set: the app's recent VTS requests, scored by when they count (ms)."""
+        return f"{PREFIX}app:{app}:vts-budget"
+
+    @staticmethod
+    def vts_rate_limit(auth_id: str) -> str:
+        """The VTS account's rate limiter, shared by every worker."""
+        return f"{PREFIX}rate-limit:vts:{auth_id}"
+
+
+def vts_rate_limit_key(auth_id: str) -> str:
+    """The key of the VTS account's rate limiter (shared by every worker)."""
+    return AppKeys.vts_rate_limit(auth_id)
 
 
 class TooManyKeys(ValueError):

@@ -16,7 +16,18 @@ from service.recordings import (
 )
 from service.store import scripts
 from service.store.codec import by_creation, decode_recording, decode_str, hash_args
-from service.store.keys import Keys, RecordingKeys
+from service.store.names import PREFIX
+from service.store.sessions import SessionKeys
+
+
+class RecordingKeys:
+    @staticmethod
+    def recording(recording_id: str) -> str:
+        return f"{PREFIX}recording:{recording_id}"
+
+    @staticmethod
+    def session_recordings(session_id: str) -> str:
+        return f"{PREFIX}session:{session_id}:recordings"
 
 
 class RecordingStore:
@@ -57,7 +68,7 @@ class RecordingStore:
             keys=[
                 RecordingKeys.recording(rec_id),
                 RecordingKeys.session_recordings(session_id),
-                Keys.session(session_id),
+                SessionKeys.session(session_id),
             ],
             args=[rec_id, iso(now()) or "", *hash_args(fields)],
         )

@@ -33,6 +33,7 @@ from service.store.codec import (
 )
 from service.store.keys import (
     CHANNEL,
+    PENDING_UPDATE_TTL,
     TIMELINE_LIMIT,
     WEBHOOK_RETENTION_SECONDS,
     AppKeys,
@@ -40,11 +41,6 @@ from service.store.keys import (
     RecordingKeys,
 )
 from service.vts.callbacks import Event, at_rest
-
-# How long changes asked for a session may wait for their VTS update before they are
-# dropped: longer than any session lives.
-PENDING_UPDATE_TTL = 2 * 24 * 3600
-
 
 # For sessions stored by the service itself (tests, tools) rather than by an app.
 UNLIMITED = Budget(limit=2**31, window=1.0)
@@ -235,8 +231,8 @@ class AsyncStore:
             keys=[
                 Keys.session(session_id),
                 Keys.timeline(session_id),
-                AppKeys.pending_update(session_id),
-                AppKeys.update_sent(session_id),
+                Keys.pending_update(session_id),
+                Keys.update_sent(session_id),
                 Keys.queue(message.queue_name),
                 Keys.queue_messages(message.queue_name),
                 Keys.schedule(),

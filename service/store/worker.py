@@ -134,7 +134,7 @@ class Store:
     def pending_update(self, session_id: str) -> tuple[str | None, dict[str, str]]:
         """The changes asked for the session and not yet sent to VTS (option -> its JSON
         value, as stored), and the app that asked."""
-        raw = self.client.hgetall(AppKeys.pending_update(session_id))
+        raw = self.client.hgetall(Keys.pending_update(session_id))
         fields = {decode_str(k): decode_str(v) for k, v in raw.items()}
         changes = {k: v for k, v in fields.items() if not k.startswith("~")}
         return fields.get("~app"), changes
@@ -157,8 +157,8 @@ class Store:
         """
         result = self._finish_update(
             keys=[
-                AppKeys.pending_update(session_id),
-                AppKeys.update_sent(session_id),
+                Keys.pending_update(session_id),
+                Keys.update_sent(session_id),
                 Keys.schedule(),
                 AppKeys.budget(app or ""),
             ],
@@ -315,7 +315,7 @@ class Store:
             claim, callbacks, idempotent_for = pipe.execute()
         doomed = [key, Keys.timeline(session_id), Keys.applied(session_id)]
         doomed += [RecordingKeys.session_recordings(session_id), Keys.session_lock(session_id)]
-        doomed.append(AppKeys.pending_update(session_id))
+        doomed.append(Keys.pending_update(session_id))
         doomed += [RecordingKeys.recording(rec_id) for rec_id in recording_ids]
         if uuid:
             doomed += [Keys.in_flight(uuid), Keys.callbacks(uuid)]
@@ -405,9 +405,10 @@ class Store:
         )
         return [decode_str(i) for i in found]
 
-    def mark_once(self, key: str, marker: str) -> bool:
-        """Add ``marker`` to the set ``key``; False if it was already there."""
-        return bool(self.client.sadd(key, marker))
+    def mark_applied(self, session_id: str, marker: str) -> bool:
+        """Add ``marker`` to the session's ``applied`` set (which goes with the session);
+        False if it was already there."""
+        return bool(self.client.sadd(Keys.applied(session_id), marker))
 
     def count(self, stats: str, field: str, amount: int = 1) -> None:
         self.client.hincrby(stats, field, amount)

@@ -50,7 +50,8 @@ import redis.asyncio
 
 from service import messages
 from service.models import Session, Status, now
-from service.store import CHANNEL, AsyncStore, Keys, Store
+from service.store import CHANNEL, AsyncStore, Store
+from service.store.keys import Keys
 from service.vts.callbacks import Event, check
 from tests.benchmarks import bare_actor
 from tests.benchmarks.bench_create import bench_redis

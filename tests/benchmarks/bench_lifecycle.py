@@ -34,7 +34,7 @@ import redis
 from devkit.embedded_redis import EmbeddedRedis
 from devkit.sandbox.server import SandboxConfig, create_sandbox_app, number_range
 from service.settings import AppKey, Secret, Settings
-from service.store import Keys
+from service.store.keys import Keys
 from tests.servers import free_port, serve
 
 AUTH_ID, AUTH_TOKEN = "MABENCHMARK0000001", "bench-token"
