@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from service.store import EVENT_STATS, RECONCILE_STATS, WEBHOOK_STATS, queue
+from service.store import EVENT_STATS, RECONCILE_STATS, WEBHOOK_STATS, deadletters, queue
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -124,7 +124,7 @@ class ClusterCollector(Collector):
             depth.add_metric([name], queue.depth(self._client, name))
             depth.add_metric([delayed], queue.depth(self._client, delayed))
             age.add_metric([name], queue.oldest_age(self._client, name))
-            dead.add_metric([name], queue.dead_letter_count(self._client, name))
+            dead.add_metric([name], deadletters.dead_letter_count(self._client, name))
         yield from (depth, age, dead)
         for family, key in self._total_families():
             for field, value in sorted(self._client.hgetall(key).items()):

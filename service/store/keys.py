@@ -1,14 +1,15 @@
 """Every Redis key name of the service in one place, for tests that read Redis directly.
 
 The names belong to the store's concept modules (``sessions``, ``events``, ``schedule``,
-``queue``, ``recordings``, ``apps``), each of which owns its keys, their fields and their
-lifetimes; code outside ``service.store`` never imports this module (an architecture test
-checks it) and reaches Redis only through the store's methods.
+``queue``, ``deadletters``, ``recordings``, ``apps``), each of which owns its keys, their
+fields and their lifetimes; code outside ``service.store`` never imports this module (an
+architecture test checks it) and reaches Redis only through the store's methods.
 """
 
 from __future__ import annotations
 
 from service.store.apps import AppKeys
+from service.store.deadletters import DeadLetterKeys
 from service.store.events import WEBHOOK_RETENTION_SECONDS, EventKeys
 from service.store.names import PREFIX
 from service.store.queue import DRAMATIQ_NAMESPACE, QueueKeys
@@ -36,5 +37,5 @@ __all__ = [
 ]
 
 
-class Keys(SessionKeys, EventKeys, ScheduleKeys, QueueKeys, AppKeys):
+class Keys(SessionKeys, EventKeys, ScheduleKeys, QueueKeys, DeadLetterKeys, AppKeys):
     """All the keys but recordings' (``RecordingKeys``)."""

@@ -1,6 +1,6 @@
 """Queue access: dramatiq's own Redis layout, for the messages the store enqueues without
-a broker (in the same script as the write they follow), for the queues' depths and for
-the dead letters with the notes kept beside them.
+a broker (in the same script as the write they follow, or in one transaction) and for
+the queues' depths; ``deadletters`` reads and replays what dramatiq gave up.
 
 dramatiq's Redis broker keeps queue ``q`` as a list ``dramatiq:q`` of message ids and a
 hash ``dramatiq:q.msgs`` of id -> message; enqueueing is those two writes. Dead letters
@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from service.store.names import PREFIX
+from service.messages import Outgoing
 
 DRAMATIQ_NAMESPACE = "dramatiq"
 
@@ -36,18 +36,10 @@ class QueueKeys:
     def dead_letter_messages(queue_name: str) -> str:
         return f"{DRAMATIQ_NAMESPACE}:{queue_name}.XQ.msgs"
 
-    @staticmethod
-    def dead_letter_note(redis_id: str) -> str:
-        return f"{PREFIX}dead-letter-error:{redis_id}"
-
 
 def depth(client: redis.Redis, queue_name: str) -> int:
     """How many messages wait in the queue."""
     return int(client.llen(QueueKeys.queue(queue_name)))
-
-
-def dead_letter_count(client: redis.Redis, queue_name: str) -> int:
-    return int(client.zcard(QueueKeys.dead_letters(queue_name)))
 
 
 def oldest_age(client: redis.Redis, queue_name: str) -> float:
@@ -60,3 +52,21 @@ def oldest_age(client: redis.Redis, queue_name: str) -> float:
         return 0.0
     enqueued_ms = float(json.loads(raw).get("message_timestamp", time.time() * 1000))
     return max(0.0, time.time() - enqueued_ms / 1000)
+
+
+class QueueAccess:
+    """Enqueueing without a broker (a mixin of ``Store``)."""
+
+    client: redis.Redis
+
+    def enqueue(self, *messages: Outgoing) -> None:
+        """Queue messages from a worker or a tool, in one transaction (for each, the two
+        writes dramatiq's enqueue makes)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            for message in messages:
+                queue = message.queue_name
+                pipe.hset(
+                    QueueKeys.queue_messages(queue), message.redis_message_id, message.payload
+                )
+                pipe.rpush(QueueKeys.queue(queue), message.redis_message_id)
+            pipe.execute()

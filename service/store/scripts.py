@@ -243,25 +243,6 @@ end
 return 'accepted'
 """
 
-# KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases
-# them: an entry comes due again after the lease unless its task reschedules or removes
-# it, so a scheduler that dies after taking entries loses none.
-TAKE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, entry in ipairs(due) do
-  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], entry)
-end
-return due
-"""
-
-# KEYS: leader. ARGV: token, ttl (ms). Take or keep the lead; true if we hold it.
-LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
-
 # Sets each counter's adjustment so that counter + adjustment equals VTS's total.
 # KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
 # Returns the shown values before, in the same order.
@@ -277,18 +258,6 @@ for i = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', wanted - counted))
 end
 return before
-"""
-
-# Moves a dead letter back onto its queue as a fresh message (retries start again).
-# KEYS: dead letters, dead letter messages, queue, queue messages, dead letter note
-# ARGV: dead letter id, new id, new payload. Returns 1 if it was there.
-REPLAY_DEAD_LETTER = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[5])
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-redis.call('RPUSH', KEYS[3], ARGV[2])
-return 1
 """
 
 # KEYS: lock. ARGV: token, ttl (ms). Extends the lock only if we still hold it.

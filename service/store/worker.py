@@ -8,7 +8,6 @@ from datetime import datetime
 
 import redis
 
-from service.messages import Outgoing
 from service.models import Session, Status, iso, now
 from service.store import scripts
 from service.store.codec import (
@@ -20,6 +19,7 @@ from service.store.codec import (
     hash_args,
     statuses,
 )
+from service.store.deadletters import DeadLetters
 from service.store.keys import (
     CHANNEL,
     SESSION_RETENTION_SECONDS,
@@ -29,13 +29,13 @@ from service.store.keys import (
     Keys,
     RecordingKeys,
 )
+from service.store.queue import QueueAccess
+from service.store.schedule import Schedule, ScheduleKeys, timer_entries
 
-# Every kind of timer a session may have (see ``schedule``).
-_TIMERS = ("expire", "reconcile", "update", "purge")
 
-
-class Store:
-    """The workers' view of the store.
+class Store(Schedule, QueueAccess, DeadLetters):
+    """The workers' view of the store: sessions and events here, the schedule, queue
+    access and dead letters from their modules.
 
     ``retention`` (seconds) is how long an ended session is kept: the write that ends a
     session schedules its purge that much later.
@@ -49,10 +49,9 @@ class Store:
         self._unlock = client.register_script(scripts.UNLOCK)
         self._renew = client.register_script(scripts.RENEW)
         self._apply = client.register_script(scripts.APPLY_EVENT)
-        self._take_due = client.register_script(scripts.TAKE_DUE)
-        self._lead = client.register_script(scripts.LEAD)
+        self._init_schedule()
+        self._init_dead_letters()
         self._reconcile = client.register_script(scripts.RECONCILE)
-        self._replay_dead_letter = client.register_script(scripts.REPLAY_DEAD_LETTER)
         self._finish_update = client.register_script(scripts.FINISH_UPDATE)
 
     def get_session(self, session_id: str) -> Session | None:
@@ -269,27 +268,6 @@ class Store:
         count = self.client.zcount(Keys.in_flight(session_uuid), _millis(since), "+inf")
         return int(count)
 
-    def schedule(self, task: str, session_id: str, due: datetime) -> None:
-        """Run ``task`` for the session at ``due`` (one entry per task and session)."""
-        self.client.zadd(Keys.schedule(), {f"{task}:{session_id}": int(due.timestamp() * 1000)})
-
-    def unschedule(self, task: str, session_id: str) -> None:
-        self.client.zrem(Keys.schedule(), f"{task}:{session_id}")
-
-    def take_due(
-        self, moment: datetime, limit: int = 100, lease_ms: int = 60_000
-    ) -> list[tuple[str, str]]:
-        """The (task, session id) pairs due at ``moment``, leased for ``lease_ms``."""
-        due = self._take_due(
-            keys=[Keys.schedule()], args=[int(moment.timestamp() * 1000), limit, lease_ms]
-        )
-        pairs = (decode_str(entry).partition(":") for entry in due)
-        return [(task, session_id) for task, _, session_id in pairs]
-
-    def lead(self, token: str, ttl_ms: int) -> bool:
-        """Take or keep the scheduler's lead; only one process holds it at a time."""
-        return bool(self._lead(keys=[Keys.scheduler_leader()], args=[token, ttl_ms]))
-
     def reconcile(self, session_id: str, truth: Mapping[str, int]) -> dict[str, int]:
         """Make the session's counters show ``truth`` (VTS's totals); return what they
         showed before. Events applied later still add to them."""
@@ -331,17 +309,7 @@ class Store:
                     pipe.zrem(index, member)
             if callbacks:
                 pipe.zrem(Keys.webhooks(), *callbacks)
-            pipe.zrem(Keys.schedule(), *(f"{task}:{session_id}" for task in _TIMERS))
-            pipe.execute()
-
-    def enqueue(self, *messages: Outgoing) -> None:
-        """Queue messages from a worker or a tool, in one transaction (for each, the two
-        writes dramatiq's enqueue makes)."""
-        with self.client.pipeline(transaction=True) as pipe:
-            for message in messages:
-                queue = message.queue_name
-                pipe.hset(Keys.queue_messages(queue), message.redis_message_id, message.payload)
-                pipe.rpush(Keys.queue(queue), message.redis_message_id)
+            pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id))
             pipe.execute()
 
     def note_unsettled(self, session_id: str, snapshot: str | None) -> str | None:
@@ -355,48 +323,6 @@ class Store:
                 pipe.hset(key, "reconcile_unsettled", snapshot)
             previous = pipe.execute()[0]
         return decode_str(previous) if previous else None
-
-    def dead_letters(self, queue: str) -> list[tuple[str, float, bytes]]:
-        """The queue's dead letters: (redis message id, when it died (epoch s), message)."""
-        entries: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
-            Keys.dead_letters(queue), 0, -1, withscores=True
-        )
-        ids = [decode_str(member) for member, _ in entries]
-        payloads: list[bytes | None] = (
-            self.client.hmget(Keys.dead_letter_messages(queue), ids) if ids else []  # type: ignore[assignment]
-        )
-        return [
-            (redis_id, score / 1000, payload)
-            for redis_id, (_, score), payload in zip(ids, entries, payloads, strict=True)
-            if payload is not None
-        ]
-
-    def note_dead_letter(self, redis_id: str, error: str) -> None:
-        """Why a message was given up (dramatiq's dead letter keeps no final error); kept
-        as long as dramatiq keeps the dead letter."""
-        self.client.set(Keys.dead_letter_note(redis_id), error, ex=WEBHOOK_RETENTION_SECONDS)
-
-    def dead_letter_notes(self, redis_ids: list[str]) -> list[str | None]:
-        if not redis_ids:
-            return []
-        notes: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
-            [Keys.dead_letter_note(i) for i in redis_ids]
-        )
-        return [decode_str(n) if n is not None else None for n in notes]
-
-    def replay_dead_letter(self, queue: str, redis_id: str, message: Outgoing) -> bool:
-        """Put ``message`` (the dead letter, renewed) back on ``queue``, atomically."""
-        done = self._replay_dead_letter(
-            keys=[
-                Keys.dead_letters(queue),
-                Keys.dead_letter_messages(queue),
-                Keys.queue(message.queue_name),
-                Keys.queue_messages(message.queue_name),
-                Keys.dead_letter_note(redis_id),
-            ],
-            args=[redis_id, message.redis_message_id, message.payload],
-        )
-        return bool(done)
 
     def webhooks_between(self, since_ms: int, until_ms: int | str) -> list[str]:
         """Ids of the stored callbacks received in [since, until] (epoch ms, or "+inf")."""
