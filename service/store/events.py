@@ -8,11 +8,19 @@ and ``orphan-events`` indexes are trimmed in step; the ``applied`` set goes with
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import redis
+
+from service.store.codec import decode_str, decode_webhook
 from service.store.names import PREFIX
+from service.store.sessions import SessionKeys
 
 # How long raw callbacks (and the nonces that came with them) are kept: for replays,
 # duplicate detection and audits.
 WEBHOOK_RETENTION_SECONDS = 7 * 24 * 3600
+# How long a VTS session's events in flight are kept after its last new event.
+IN_FLIGHT_TTL = 3600
 
 
 class EventKeys:
@@ -60,3 +68,102 @@ class EventKeys:
 # Totals of callbacks and of events by outcome (hashes; bounded by the outcomes).
 WEBHOOK_STATS = EventKeys.webhook_stats()
 EVENT_STATS = EventKeys.event_stats()
+
+
+# KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
+#       the VTS session's events in flight ('' for recordings; a zset of event id ->
+#       received ms, which the apply script empties), the VTS session's callbacks
+# ARGV: event id, retention (s), received (ms), redis message id, payload,
+#       sequence number (unused, kept for the argument layout), field, value, ...
+# The event index keeps what is younger than the retention: it is trimmed as it grows.
+INGEST = f"""
+if KEYS[1] ~= '' then
+  local seen = redis.call('GET', KEYS[1])
+  if seen and seen ~= ARGV[1] then
+    redis.call('HINCRBY', KEYS[6], 'replayed', 1)
+    return 'replayed'
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HINCRBY', KEYS[6], 'duplicate', 1)
+  return 'duplicate'
+end
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (ARGV[3] - ARGV[2] * 1000))
+redis.call('SADD', KEYS[8], ARGV[1])
+redis.call('EXPIRE', KEYS[8], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[6], 'accepted', 1)
+if KEYS[7] ~= '' then
+  redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[7], {IN_FLIGHT_TTL})
+end
+return 'accepted'
+"""
+
+
+class StoredEvents:
+    """The workers' side of stored callbacks, events in flight, orphans and ``applied``
+    markers (a mixin of ``Store``)."""
+
+    client: redis.Redis
+
+    def webhook(self, event_id: str) -> tuple[str, dict[str, str], int] | None:
+        """A stored callback: (kind, params, received at in ms), or None once expired."""
+        return decode_webhook(self.client.hgetall(EventKeys.webhook(event_id)))
+
+    def webhook_and_session(
+        self, event_id: str, session_uuid: str
+    ) -> tuple[tuple[str, dict[str, str], int] | None, str | None]:
+        """A stored callback and our session for its VTS session, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(EventKeys.webhook(event_id))
+            pipe.get(SessionKeys.vts_session(session_uuid))
+            raw, owner = pipe.execute()
+        return decode_webhook(raw), (decode_str(owner) if owner else None)
+
+    def set_aside(self, event_id: str, session_uuid: str, stats_field: str) -> None:
+        """Take an event out of its VTS session's in-flight set without applying it (it is
+        invalid), counting it under ``stats_field``."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(EventKeys.in_flight(session_uuid), event_id)
+            pipe.hincrby(EventKeys.event_stats(), stats_field, 1)
+            pipe.execute()
+
+    def keep_orphan(self, event_id: str, received_ms: int, session_uuid: str = "") -> None:
+        """Set aside an event for a session we never created (kept, counted, not lost)."""
+        oldest = received_ms - WEBHOOK_RETENTION_SECONDS * 1000
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(EventKeys.orphan_events(), {event_id: received_ms})
+            # The events themselves expire after the webhook retention: so do their ids.
+            pipe.zremrangebyscore(EventKeys.orphan_events(), "-inf", f"({oldest}")
+            if session_uuid:
+                pipe.zrem(EventKeys.in_flight(session_uuid), event_id)
+            pipe.hincrby(EventKeys.event_stats(), "orphaned", 1)
+            pipe.execute()
+
+    def events_in_flight(self, session_uuid: str, since: datetime) -> int:
+        """How many of the VTS session's callbacks received since ``since`` are stored but
+        not applied yet (older ones are stuck or lost: they no longer hold anything up)."""
+        count = self.client.zcount(EventKeys.in_flight(session_uuid), _millis(since), "+inf")
+        return int(count)
+
+    def webhooks_between(self, since_ms: int, until_ms: int | str) -> list[str]:
+        """Ids of the stored callbacks received in [since, until] (epoch ms, or "+inf")."""
+        found: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            EventKeys.webhooks(), since_ms, until_ms
+        )
+        return [decode_str(i) for i in found]
+
+    def mark_applied(self, session_id: str, marker: str) -> bool:
+        """Add ``marker`` to the session's ``applied`` set (which goes with the session);
+        False if it was already there."""
+        return bool(self.client.sadd(EventKeys.applied(session_id), marker))
+
+
+def _millis(moment: datetime | None) -> str:
+    return str(int(moment.timestamp() * 1000)) if moment else ""

@@ -208,41 +208,6 @@ return 'scheduled'
 """
 )
 
-# KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
-#       the VTS session's events in flight ('' for recordings; a zset of event id ->
-#       received ms, which the apply script empties), the VTS session's callbacks
-# ARGV: event id, retention (s), received (ms), redis message id, payload,
-#       sequence number (unused, kept for the argument layout), field, value, ...
-# The event index keeps what is younger than the retention: it is trimmed as it grows.
-INGEST = """
-if KEYS[1] ~= '' then
-  local seen = redis.call('GET', KEYS[1])
-  if seen and seen ~= ARGV[1] then
-    redis.call('HINCRBY', KEYS[6], 'replayed', 1)
-    return 'replayed'
-  end
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HINCRBY', KEYS[6], 'duplicate', 1)
-  return 'duplicate'
-end
-if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (ARGV[3] - ARGV[2] * 1000))
-redis.call('SADD', KEYS[8], ARGV[1])
-redis.call('EXPIRE', KEYS[8], ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
-redis.call('RPUSH', KEYS[3], ARGV[4])
-redis.call('HINCRBY', KEYS[6], 'accepted', 1)
-if KEYS[7] ~= '' then
-  redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[7], 3600)
-end
-return 'accepted'
-"""
-
 # Sets each counter's adjustment so that counter + adjustment equals VTS's total.
 # KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
 # Returns the shown values before, in the same order.

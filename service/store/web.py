@@ -31,6 +31,7 @@ from service.store.codec import (
     statuses,
     timeline_entry,
 )
+from service.store.events import INGEST
 from service.store.keys import (
     CHANNEL,
     PENDING_UPDATE_TTL,
@@ -65,7 +66,7 @@ class AsyncStore:
         self._create = client.register_script(scripts.CREATE)
         self._enqueue_if = client.register_script(scripts.ENQUEUE_IF)
         self._request_update = client.register_script(scripts.REQUEST_UPDATE)
-        self._ingest = client.register_script(scripts.INGEST)
+        self._ingest = client.register_script(INGEST)
         self._erase = client.register_script(scripts.ERASE)
         self._group = GroupCommit(client)
 

@@ -15,16 +15,15 @@ from service.store.codec import (
     EventChange,
     decode_session,
     decode_str,
-    decode_webhook,
     hash_args,
     statuses,
 )
 from service.store.deadletters import DeadLetters
+from service.store.events import StoredEvents
 from service.store.keys import (
     CHANNEL,
     SESSION_RETENTION_SECONDS,
     TIMELINE_LIMIT,
-    WEBHOOK_RETENTION_SECONDS,
     AppKeys,
     Keys,
     RecordingKeys,
@@ -33,8 +32,8 @@ from service.store.queue import QueueAccess
 from service.store.schedule import Schedule, ScheduleKeys, timer_entries
 
 
-class Store(Schedule, QueueAccess, DeadLetters):
-    """The workers' view of the store: sessions and events here, the schedule, queue
+class Store(StoredEvents, Schedule, QueueAccess, DeadLetters):
+    """The workers' view of the store: sessions here; stored events, the schedule, queue
     access and dead letters from their modules.
 
     ``retention`` (seconds) is how long an ended session is kept: the write that ends a
@@ -178,20 +177,6 @@ class Store(Schedule, QueueAccess, DeadLetters):
             pipe.ltrim(key, -TIMELINE_LIMIT, -1)
             pipe.execute()
 
-    def webhook(self, event_id: str) -> tuple[str, dict[str, str], int] | None:
-        """A stored callback: (kind, params, received at in ms), or None once expired."""
-        return decode_webhook(self.client.hgetall(Keys.webhook(event_id)))
-
-    def webhook_and_session(
-        self, event_id: str, session_uuid: str
-    ) -> tuple[tuple[str, dict[str, str], int] | None, str | None]:
-        """A stored callback and our session for its VTS session, in one round trip."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(Keys.webhook(event_id))
-            pipe.get(Keys.vts_session(session_uuid))
-            raw, owner = pipe.execute()
-        return decode_webhook(raw), (decode_str(owner) if owner else None)
-
     def session_for_vts(self, session_uuid: str) -> str | None:
         owner = self.client.get(Keys.vts_session(session_uuid))
         return decode_str(owner) if owner else None
@@ -241,32 +226,6 @@ class Store(Schedule, QueueAccess, DeadLetters):
     def _purge_due(self) -> int:
         """When a session that ends now is purged (epoch ms)."""
         return int((now().timestamp() + self.retention) * 1000)
-
-    def set_aside(self, event_id: str, session_uuid: str, stats_field: str) -> None:
-        """Take an event out of its VTS session's in-flight set without applying it (it is
-        invalid), counting it under ``stats_field``."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zrem(Keys.in_flight(session_uuid), event_id)
-            pipe.hincrby(Keys.event_stats(), stats_field, 1)
-            pipe.execute()
-
-    def keep_orphan(self, event_id: str, received_ms: int, session_uuid: str = "") -> None:
-        """Set aside an event for a session we never created (kept, counted, not lost)."""
-        oldest = received_ms - WEBHOOK_RETENTION_SECONDS * 1000
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zadd(Keys.orphan_events(), {event_id: received_ms})
-            # The events themselves expire after the webhook retention: so do their ids.
-            pipe.zremrangebyscore(Keys.orphan_events(), "-inf", f"({oldest}")
-            if session_uuid:
-                pipe.zrem(Keys.in_flight(session_uuid), event_id)
-            pipe.hincrby(Keys.event_stats(), "orphaned", 1)
-            pipe.execute()
-
-    def events_in_flight(self, session_uuid: str, since: datetime) -> int:
-        """How many of the VTS session's callbacks received since ``since`` are stored but
-        not applied yet (older ones are stuck or lost: they no longer hold anything up)."""
-        count = self.client.zcount(Keys.in_flight(session_uuid), _millis(since), "+inf")
-        return int(count)
 
     def reconcile(self, session_id: str, truth: Mapping[str, int]) -> dict[str, int]:
         """Make the session's counters show ``truth`` (VTS's totals); return what they
@@ -323,18 +282,6 @@ class Store(Schedule, QueueAccess, DeadLetters):
                 pipe.hset(key, "reconcile_unsettled", snapshot)
             previous = pipe.execute()[0]
         return decode_str(previous) if previous else None
-
-    def webhooks_between(self, since_ms: int, until_ms: int | str) -> list[str]:
-        """Ids of the stored callbacks received in [since, until] (epoch ms, or "+inf")."""
-        found: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
-            Keys.webhooks(), since_ms, until_ms
-        )
-        return [decode_str(i) for i in found]
-
-    def mark_applied(self, session_id: str, marker: str) -> bool:
-        """Add ``marker`` to the session's ``applied`` set (which goes with the session);
-        False if it was already there."""
-        return bool(self.client.sadd(Keys.applied(session_id), marker))
 
     def count(self, stats: str, field: str, amount: int = 1) -> None:
         self.client.hincrby(stats, field, amount)
