@@ -70,37 +70,6 @@ return {'created', ARGV[1]}
 """
 )
 
-# KEYS: session, timeline, schedule, session lock ('' when the write is not fenced)
-# ARGV: status index prefix, new status, allowed current statuses (space separated),
-#       timeline entry or '', channel, session id, timeline limit, purge due (ms) when
-#       the new status ends the session, lock owner token, field, value, ...
-# Ending a session schedules its purge, in the same write: no ended session is kept
-# forever.
-TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return {'missing', ''} end
-if KEYS[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[9] then return {'fenced', current} end
-if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. current .. ' ', 1, true) then
-  return {'skipped', current}
-end
-local member = redis.call('HGET', KEYS[1], 'index_member')
-if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
-if ARGV[2] ~= '' and ARGV[2] ~= current then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2])
-  redis.call('ZREM', ARGV[1] .. current, member)
-  redis.call('ZADD', ARGV[1] .. ARGV[2], 0, member)
-  if ARGV[2] == 'expired' or ARGV[2] == 'failed' then
-    redis.call('ZADD', KEYS[3], ARGV[8], 'purge:' .. ARGV[6])
-  end
-end
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[4])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[7]), -1)
-end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {'ok', current}
-"""
-
 # KEYS: session, timeline, queue, queue messages, the app's VTS budget
 # ARGV: allowed statuses (space separated), timeline entry, redis message id, payload,
 #       owner app, budget limit, budget window (ms)
@@ -207,42 +176,6 @@ redis.call('ZADD', KEYS[3], at, ARGV[3])
 return 'scheduled'
 """
 )
-
-# Sets each counter's adjustment so that counter + adjustment equals VTS's total.
-# KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
-# Returns the shown values before, in the same order.
-RECONCILE = """
-local before = {}
-for i = 1, #ARGV, 2 do
-  local name = ARGV[i]
-  local counted = tonumber(redis.call('HGET', KEYS[1], name) or '0')
-  local adjust = tonumber(redis.call('HGET', KEYS[1], 'adjust_' .. name) or '0')
-  -- %.0f, not tostring: Lua would write large numbers in exponent form.
-  before[#before + 1] = string.format('%.0f', counted + adjust)
-  local wanted = tonumber(ARGV[i + 1])
-  redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', wanted - counted))
-end
-return before
-"""
-
-# KEYS: lock. ARGV: token, ttl (ms). Extends the lock only if we still hold it.
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-# KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.
-UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# KEYS: vts session claim. ARGV: session id. Returns the owner.
-CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return ARGV[1] end
-return redis.call('GET', KEYS[1])
-"""
-
 
 # KEYS: recording, session's recordings, session. ARGV: recording id, now, field, value, ...
 # A stored or deleted recording is never touched again; a failed one goes back to pending.
