@@ -26,9 +26,9 @@ from service.store.codec import (
 from service.store.events import EVENT_STATS, WEBHOOK_RETENTION_SECONDS, WEBHOOK_STATS
 from service.store.names import PREFIX
 from service.store.queue import DRAMATIQ_NAMESPACE
-from service.store.recordings import RecordingStore
+from service.store.recordings import AsyncRecordingStore, RecordingStore
 from service.store.sessions import CHANNEL, RECONCILE_STATS, TIMELINE_LIMIT
-from service.store.web import AsyncRecordingStore, AsyncStore
+from service.store.web import AsyncStore
 from service.store.worker import Store
 
 __all__ = [

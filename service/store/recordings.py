@@ -1,11 +1,14 @@
-"""Recordings in Redis: one hash per recording, a set per session (workers' side)."""
+"""Recordings in Redis: one hash per recording, a set per session; the workers' side
+(``RecordingStore``) and the web's (``AsyncRecordingStore``), with their scripts."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import redis
+import redis.asyncio
 
+from service.messages import Outgoing
 from service.models import iso, now
 from service.recordings import (
     Recording,
@@ -14,9 +17,9 @@ from service.recordings import (
     recording_id,
     stored_name,
 )
-from service.store import scripts
 from service.store.codec import by_creation, decode_recording, decode_str, hash_args
 from service.store.names import PREFIX
+from service.store.queue import QueueKeys
 from service.store.sessions import SessionKeys
 
 
@@ -30,6 +33,53 @@ class RecordingKeys:
         return f"{PREFIX}session:{session_id}:recordings"
 
 
+# KEYS: recording, session's recordings, session. ARGV: recording id, now, field, value, ...
+# A stored or deleted recording is never touched again; a failed one goes back to pending.
+# Returns the status it had ('' when it is new), or 'missing' when the session is gone
+# (purged) or erased: nothing is written then, so nothing outlives it or undoes erasure.
+UPSERT_RECORDING = """
+local owner = redis.call('HMGET', KEYS[3], 'status', 'erased_at')
+if not owner[1] or owner[2] then return 'missing' end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'stored' or status == 'deleted' then return status end
+if not status then redis.call('HSET', KEYS[1], 'created_at', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', ARGV[2], unpack(ARGV, 3))
+redis.call('HDEL', KEYS[1], 'error')
+redis.call('SADD', KEYS[2], ARGV[1])
+return status or ''
+"""
+
+# KEYS: recording. ARGV: allowed current statuses (space separated), new status, now,
+# field, value, ... Returns 'ok', 'missing', or the status that did not allow the change.
+MARK_RECORDING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 4))
+if ARGV[2] == 'stored' then redis.call('HDEL', KEYS[1], 'error') end
+return 'ok'
+"""
+
+# Deletes one recording: it stays listed as 'deleted', so that a late or replayed event
+# does not bring it back, and its file's deletion is queued in the same write.
+# KEYS: recording, timeline of its session ('' when unknown), queue, queue messages
+# ARGV: now, timeline entry, redis message id, payload
+# Returns 'deleted', 'missing' or 'already'.
+DELETE_RECORDING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status == 'deleted' then return 'already' end
+redis.call('HSET', KEYS[1], 'status', 'deleted', 'updated_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'size', 'sha256', 'content_type', 'error')
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return 'deleted'
+"""
+
+
 class RecordingStore:
     """The workers' view of recordings: one hash per recording, a set per session.
 
@@ -39,8 +89,8 @@ class RecordingStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._upsert = client.register_script(scripts.UPSERT_RECORDING)
-        self._mark = client.register_script(scripts.MARK_RECORDING)
+        self._upsert = client.register_script(UPSERT_RECORDING)
+        self._mark = client.register_script(MARK_RECORDING)
 
     def upsert_pending(
         self,
@@ -109,3 +159,58 @@ class RecordingStore:
             for rec_id in sorted(decode_str(i) for i in ids):
                 pipe.hgetall(RecordingKeys.recording(rec_id))
             return by_creation(pipe.execute())
+
+
+class AsyncRecordingStore:
+    """The web's read-only view of recordings."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._delete = client.register_script(DELETE_RECORDING)
+
+    async def delete(self, recording: Recording, message: Outgoing, entry: str) -> str:
+        """Mark the recording deleted and queue its file's deletion, atomically.
+
+        Returns ``deleted``, ``already`` or ``missing``.
+        """
+        result = await self._delete(
+            keys=[
+                RecordingKeys.recording(recording.id),
+                SessionKeys.timeline(recording.session_id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
+            ],
+            args=[iso(now()) or "", entry, message.redis_message_id, message.payload],
+        )
+        return decode_str(result)
+
+    async def get(self, rec_id: str) -> Recording | None:
+        return decode_recording(await self.client.hgetall(RecordingKeys.recording(rec_id)))
+
+    async def for_session(self, session_id: str) -> list[Recording]:
+        """The session's recordings, oldest first."""
+        ids = await self.client.smembers(RecordingKeys.session_recordings(session_id))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rec_id in sorted(decode_str(i) for i in ids):
+                pipe.hgetall(RecordingKeys.recording(rec_id))
+            return by_creation(await pipe.execute())
+
+    async def for_sessions(self, session_ids: Sequence[str]) -> dict[str, list[Recording]]:
+        """Each session's recordings, oldest first, in two round trips (for a page)."""
+        if not session_ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.smembers(RecordingKeys.session_recordings(session_id))
+            id_sets = await pipe.execute()
+        wanted = [sorted(decode_str(i) for i in ids) for ids in id_sets]
+        if not any(wanted):
+            return {session_id: [] for session_id in session_ids}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rec_id in (rec_id for ids in wanted for rec_id in ids):
+                pipe.hgetall(RecordingKeys.recording(rec_id))
+            rows = iter(await pipe.execute())
+        return {
+            session_id: by_creation([next(rows) for _ in ids])
+            for session_id, ids in zip(session_ids, wanted, strict=True)
+        }

@@ -177,35 +177,6 @@ return 'scheduled'
 """
 )
 
-# KEYS: recording, session's recordings, session. ARGV: recording id, now, field, value, ...
-# A stored or deleted recording is never touched again; a failed one goes back to pending.
-# Returns the status it had ('' when it is new), or 'missing' when the session is gone
-# (purged) or erased: nothing is written then, so nothing outlives it or undoes erasure.
-UPSERT_RECORDING = """
-local owner = redis.call('HMGET', KEYS[3], 'status', 'erased_at')
-if not owner[1] or owner[2] then return 'missing' end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'stored' or status == 'deleted' then return status end
-if not status then redis.call('HSET', KEYS[1], 'created_at', ARGV[2]) end
-redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', ARGV[2], unpack(ARGV, 3))
-redis.call('HDEL', KEYS[1], 'error')
-redis.call('SADD', KEYS[2], ARGV[1])
-return status or ''
-"""
-
-# KEYS: recording. ARGV: allowed current statuses (space separated), new status, now,
-# field, value, ... Returns 'ok', 'missing', or the status that did not allow the change.
-MARK_RECORDING = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
-  return status
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 4))
-if ARGV[2] == 'stored' then redis.call('HDEL', KEYS[1], 'error') end
-return 'ok'
-"""
-
 # Erases a session's personal data; counters and the timeline stay.
 # KEYS: session, timeline, session's recordings, queue, queue messages, event index,
 #       the VTS session's callbacks ('' when it has none)
@@ -244,21 +215,4 @@ redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
 redis.call('RPUSH', KEYS[4], ARGV[7])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {'erased', status}
-"""
-
-# Deletes one recording: it stays listed as 'deleted', so that a late or replayed event
-# does not bring it back, and its file's deletion is queued in the same write.
-# KEYS: recording, timeline of its session ('' when unknown), queue, queue messages
-# ARGV: now, timeline entry, redis message id, payload
-# Returns 'deleted', 'missing' or 'already'.
-DELETE_RECORDING = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status == 'deleted' then return 'already' end
-redis.call('HSET', KEYS[1], 'status', 'deleted', 'updated_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'size', 'sha256', 'content_type', 'error')
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
-redis.call('RPUSH', KEYS[3], ARGV[3])
-return 'deleted'
 """

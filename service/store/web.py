@@ -10,17 +10,14 @@ import redis.asyncio
 
 from service.apps import Budget
 from service.messages import Outgoing
-from service.models import Session, Status, iso, now
-from service.recordings import Recording
+from service.models import Session, Status
 from service.store import scripts
 from service.store.batching import GroupCommit
 from service.store.codec import (
     CreateOutcome,
     Page,
     app_range,
-    by_creation,
     decode_cursor,
-    decode_recording,
     decode_session,
     decode_sessions,
     decode_str,
@@ -300,58 +297,3 @@ class AsyncStore:
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
-
-
-class AsyncRecordingStore:
-    """The web's read-only view of recordings."""
-
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self.client = client
-        self._delete = client.register_script(scripts.DELETE_RECORDING)
-
-    async def delete(self, recording: Recording, message: Outgoing, entry: str) -> str:
-        """Mark the recording deleted and queue its file's deletion, atomically.
-
-        Returns ``deleted``, ``already`` or ``missing``.
-        """
-        result = await self._delete(
-            keys=[
-                RecordingKeys.recording(recording.id),
-                Keys.timeline(recording.session_id),
-                Keys.queue(message.queue_name),
-                Keys.queue_messages(message.queue_name),
-            ],
-            args=[iso(now()) or "", entry, message.redis_message_id, message.payload],
-        )
-        return decode_str(result)
-
-    async def get(self, rec_id: str) -> Recording | None:
-        return decode_recording(await self.client.hgetall(RecordingKeys.recording(rec_id)))
-
-    async def for_session(self, session_id: str) -> list[Recording]:
-        """The session's recordings, oldest first."""
-        ids = await self.client.smembers(RecordingKeys.session_recordings(session_id))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for rec_id in sorted(decode_str(i) for i in ids):
-                pipe.hgetall(RecordingKeys.recording(rec_id))
-            return by_creation(await pipe.execute())
-
-    async def for_sessions(self, session_ids: Sequence[str]) -> dict[str, list[Recording]]:
-        """Each session's recordings, oldest first, in two round trips (for a page)."""
-        if not session_ids:
-            return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for session_id in session_ids:
-                pipe.smembers(RecordingKeys.session_recordings(session_id))
-            id_sets = await pipe.execute()
-        wanted = [sorted(decode_str(i) for i in ids) for ids in id_sets]
-        if not any(wanted):
-            return {session_id: [] for session_id in session_ids}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for rec_id in (rec_id for ids in wanted for rec_id in ids):
-                pipe.hgetall(RecordingKeys.recording(rec_id))
-            rows = iter(await pipe.execute())
-        return {
-            session_id: by_creation([next(rows) for _ in ids])
-            for session_id, ids in zip(session_ids, wanted, strict=True)
-        }
