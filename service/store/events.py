@@ -8,13 +8,19 @@ and ``orphan-events`` indexes are trimmed in step; the ``applied`` set goes with
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import redis
+import redis.asyncio
 
-from service.store.codec import decode_str, decode_webhook
+from service.messages import Outgoing
+from service.store.batching import GroupCommit
+from service.store.codec import decode_str, decode_webhook, hash_args
 from service.store.names import PREFIX
+from service.store.queue import QueueKeys
 from service.store.sessions import SessionKeys
+from service.vts.callbacks import Event, at_rest
 
 # How long raw callbacks (and the nonces that came with them) are kept: for replays,
 # duplicate detection and audits.
@@ -163,6 +169,54 @@ class StoredEvents:
         """Add ``marker`` to the session's ``applied`` set (which goes with the session);
         False if it was already there."""
         return bool(self.client.sadd(EventKeys.applied(session_id), marker))
+
+
+class AsyncStoredEvents:
+    """The web's side of stored callbacks (a mixin of ``AsyncStore``): a callback is
+    stored and its processing queued in one script, through the store's group commit."""
+
+    client: redis.asyncio.Redis
+    _group: GroupCommit
+
+    def _init_events(self) -> None:
+        self._ingest = self.client.register_script(INGEST)
+
+    async def ingest_webhook(
+        self, event: Event, message: Outgoing, *, nonce: str | None, received_ms: int
+    ) -> str:
+        """Make a VTS callback durable and queue its processing, in one shared round trip.
+
+        Returns ``accepted``, ``duplicate`` (this event is already stored: nothing done) or
+        ``replayed`` (the nonce came with another event before: nothing done).
+        """
+        fields = {
+            "kind": event.kind,
+            "params": json.dumps(at_rest(event.params), separators=(",", ":")),
+            "received_ms": str(received_ms),
+        }
+        result = await self._group.call(
+            self._ingest,
+            keys=[
+                EventKeys.nonce(nonce) if nonce else "",
+                EventKeys.webhook(event.id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
+                EventKeys.webhooks(),
+                EventKeys.webhook_stats(),
+                EventKeys.in_flight(event.session_uuid) if event.kind == "session" else "",
+                EventKeys.callbacks(event.session_uuid),
+            ],
+            args=[
+                event.id,
+                WEBHOOK_RETENTION_SECONDS,
+                received_ms,
+                message.redis_message_id,
+                message.payload,
+                str(event.sequence) if event.kind == "session" and event.sequence else "",
+                *hash_args(fields),
+            ],
+        )
+        return decode_str(result)
 
 
 def _millis(moment: datetime | None) -> str:

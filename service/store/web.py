@@ -28,17 +28,15 @@ from service.store.codec import (
     statuses,
     timeline_entry,
 )
-from service.store.events import INGEST
+from service.store.events import AsyncStoredEvents
 from service.store.keys import (
     CHANNEL,
     PENDING_UPDATE_TTL,
     TIMELINE_LIMIT,
-    WEBHOOK_RETENTION_SECONDS,
     AppKeys,
     Keys,
     RecordingKeys,
 )
-from service.vts.callbacks import Event, at_rest
 
 # For sessions stored by the service itself (tests, tools) rather than by an app.
 UNLIMITED = Budget(limit=2**31, window=1.0)
@@ -55,54 +53,17 @@ def _throttled_or(result: Any) -> tuple[str, str]:
 _COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
-class AsyncStore:
-    """The web's view of the store."""
+class AsyncStore(AsyncStoredEvents):
+    """The web's view of the store: sessions here, callbacks from the events module."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self._create = client.register_script(scripts.CREATE)
         self._enqueue_if = client.register_script(scripts.ENQUEUE_IF)
         self._request_update = client.register_script(scripts.REQUEST_UPDATE)
-        self._ingest = client.register_script(INGEST)
         self._erase = client.register_script(scripts.ERASE)
         self._group = GroupCommit(client)
-
-    async def ingest_webhook(
-        self, event: Event, message: Outgoing, *, nonce: str | None, received_ms: int
-    ) -> str:
-        """Make a VTS callback durable and queue its processing, in one shared round trip.
-
-        Returns ``accepted``, ``duplicate`` (this event is already stored: nothing done) or
-        ``replayed`` (the nonce came with another event before: nothing done).
-        """
-        fields = {
-            "kind": event.kind,
-            "params": json.dumps(at_rest(event.params), separators=(",", ":")),
-            "received_ms": str(received_ms),
-        }
-        result = await self._group.call(
-            self._ingest,
-            keys=[
-                Keys.nonce(nonce) if nonce else "",
-                Keys.webhook(event.id),
-                Keys.queue(message.queue_name),
-                Keys.queue_messages(message.queue_name),
-                Keys.webhooks(),
-                Keys.webhook_stats(),
-                Keys.in_flight(event.session_uuid) if event.kind == "session" else "",
-                Keys.callbacks(event.session_uuid),
-            ],
-            args=[
-                event.id,
-                WEBHOOK_RETENTION_SECONDS,
-                received_ms,
-                message.redis_message_id,
-                message.payload,
-                str(event.sequence) if event.kind == "session" and event.sequence else "",
-                *hash_args(fields),
-            ],
-        )
-        return decode_str(result)
+        self._init_events()
 
     async def create_session(
         self,
