@@ -120,6 +120,16 @@ def test_key_names_are_private_to_the_store() -> None:
             assert not offenders, f"{path.relative_to(ROOT)} imports {offenders}"
 
 
+def test_within_the_store_each_concept_module_names_its_own_keys() -> None:
+    """``service.store.keys`` only gathers the names for tests: the store's own modules
+    take each key class from the concept module that owns it."""
+    for path in _modules("service/store"):
+        if path.name == "keys.py":
+            continue
+        offenders = {m for m in _key_name_imports(path) if m.startswith("service.store.keys")}
+        assert not offenders, f"{path.relative_to(ROOT)} imports {offenders}"
+
+
 def test_key_name_imports_are_found(tmp_path: Path) -> None:
     module = tmp_path / "sample.py"
     module.write_text(

@@ -2,8 +2,8 @@
 
 The names belong to the store's concept modules (``sessions``, ``events``, ``schedule``,
 ``queue``, ``deadletters``, ``recordings``, ``apps``), each of which owns its keys, their
-fields and their lifetimes; code outside ``service.store`` never imports this module (an
-architecture test checks it) and reaches Redis only through the store's methods.
+fields and their lifetimes. No product module imports this one, the store's included (an
+architecture test checks it): code outside the store reaches Redis through its methods.
 """
 
 from __future__ import annotations

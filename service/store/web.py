@@ -12,6 +12,7 @@ from service.apps import Budget
 from service.messages import Outgoing
 from service.models import Session, Status
 from service.store import scripts
+from service.store.apps import AppKeys
 from service.store.batching import GroupCommit
 from service.store.codec import (
     CreateOutcome,
@@ -28,15 +29,11 @@ from service.store.codec import (
     statuses,
     timeline_entry,
 )
-from service.store.events import AsyncStoredEvents
-from service.store.keys import (
-    CHANNEL,
-    PENDING_UPDATE_TTL,
-    TIMELINE_LIMIT,
-    AppKeys,
-    Keys,
-    RecordingKeys,
-)
+from service.store.events import AsyncStoredEvents, EventKeys
+from service.store.queue import QueueKeys
+from service.store.recordings import RecordingKeys
+from service.store.schedule import ScheduleKeys
+from service.store.sessions import CHANNEL, PENDING_UPDATE_TTL, TIMELINE_LIMIT, SessionKeys
 
 # For sessions stored by the service itself (tests, tools) rather than by an app.
 UNLIMITED = Budget(limit=2**31, window=1.0)
@@ -85,13 +82,13 @@ class AsyncStore(AsyncStoredEvents):
         result = await self._group.call(
             self._create,
             keys=[
-                Keys.idempotency(scope, key) if idempotency else "",
-                Keys.session(session.id),
-                Keys.index(),
-                Keys.index(session.status),
-                Keys.timeline(session.id),
-                Keys.queue(message.queue_name),
-                Keys.queue_messages(message.queue_name),
+                SessionKeys.idempotency(scope, key) if idempotency else "",
+                SessionKeys.session(session.id),
+                SessionKeys.index(),
+                SessionKeys.index(session.status),
+                SessionKeys.timeline(session.id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
                 AppKeys.budget(session.app or ""),
             ],
             args=[
@@ -112,7 +109,7 @@ class AsyncStore(AsyncStoredEvents):
         return CreateOutcome(outcome, detail)
 
     async def get_session(self, session_id: str) -> Session | None:
-        return decode_session(await self.client.hgetall(Keys.session(session_id)))
+        return decode_session(await self.client.hgetall(SessionKeys.session(session_id)))
 
     async def list_sessions(
         self, app: str, *, status: Status | None, limit: int, cursor: str | None
@@ -121,12 +118,12 @@ class AsyncStore(AsyncStoredEvents):
         lowest, highest = app_range(app)
         start = "(" + decode_cursor(cursor, app) if cursor else highest
         members = await self.client.zrevrangebylex(
-            Keys.index(status), start, lowest, start=0, num=limit + 1
+            SessionKeys.index(status), start, lowest, start=0, num=limit + 1
         )
         page = [decode_str(m) for m in members[:limit]]
         async with self.client.pipeline(transaction=False) as pipe:
             for member in page:
-                pipe.hgetall(Keys.session(member_session_id(member)))
+                pipe.hgetall(SessionKeys.session(member_session_id(member)))
             rows = await pipe.execute()
         sessions, skipped = decode_sessions(rows)
         more = len(members) > limit
@@ -151,10 +148,10 @@ class AsyncStore(AsyncStoredEvents):
         result = await self._group.call(
             self._enqueue_if,
             keys=[
-                Keys.session(session_id),
-                Keys.timeline(session_id),
-                Keys.queue(message.queue_name),
-                Keys.queue_messages(message.queue_name),
+                SessionKeys.session(session_id),
+                SessionKeys.timeline(session_id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
                 AppKeys.budget(app),
             ],
             args=[
@@ -188,13 +185,13 @@ class AsyncStore(AsyncStoredEvents):
         result = await self._group.call(
             self._request_update,
             keys=[
-                Keys.session(session_id),
-                Keys.timeline(session_id),
-                Keys.pending_update(session_id),
-                Keys.update_sent(session_id),
-                Keys.queue(message.queue_name),
-                Keys.queue_messages(message.queue_name),
-                Keys.schedule(),
+                SessionKeys.session(session_id),
+                SessionKeys.timeline(session_id),
+                SessionKeys.pending_update(session_id),
+                SessionKeys.update_sent(session_id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
+                ScheduleKeys.schedule(),
                 AppKeys.budget(app),
             ],
             args=[
@@ -214,7 +211,7 @@ class AsyncStore(AsyncStoredEvents):
 
     async def owner(self, session_id: str) -> str | None:
         """The app the session belongs to (None when there is no such session)."""
-        found = await self.client.hget(Keys.session(session_id), "app")
+        found = await self.client.hget(SessionKeys.session(session_id), "app")
         return decode_str(found) if found else None
 
     async def erase_session(
@@ -229,13 +226,13 @@ class AsyncStore(AsyncStoredEvents):
         uuid = session.vts_session_uuid
         result, current = await self._erase(
             keys=[
-                Keys.session(session.id),
-                Keys.timeline(session.id),
+                SessionKeys.session(session.id),
+                SessionKeys.timeline(session.id),
                 RecordingKeys.session_recordings(session.id),
-                Keys.queue(message.queue_name),
-                Keys.queue_messages(message.queue_name),
-                Keys.webhooks(),
-                Keys.callbacks(uuid) if uuid else "",
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
+                EventKeys.webhooks(),
+                EventKeys.callbacks(uuid) if uuid else "",
             ],
             args=[
                 *masked,
@@ -246,14 +243,14 @@ class AsyncStore(AsyncStoredEvents):
                 message.redis_message_id,
                 message.payload,
                 RecordingKeys.recording(""),
-                Keys.webhook(""),
+                EventKeys.webhook(""),
             ],
         )
         status = decode_str(current)
         return decode_str(result), Status(status) if status else None
 
     async def timeline(self, session_id: str) -> list[dict[str, Any]]:
-        raw = await self.client.lrange(Keys.timeline(session_id), 0, -1)
+        raw = await self.client.lrange(SessionKeys.timeline(session_id), 0, -1)
         return [json.loads(item) for item in raw]
 
     async def ping(self) -> bool:

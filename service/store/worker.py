@@ -16,17 +16,17 @@ from service.store.codec import (
     decode_str,
 )
 from service.store.deadletters import DeadLetters
-from service.store.events import StoredEvents
-from service.store.keys import (
+from service.store.events import EventKeys, StoredEvents
+from service.store.queue import QueueAccess
+from service.store.recordings import RecordingKeys
+from service.store.schedule import Schedule, ScheduleKeys, timer_entries
+from service.store.sessions import (
     CHANNEL,
     SESSION_RETENTION_SECONDS,
     TIMELINE_LIMIT,
-    Keys,
-    RecordingKeys,
+    SessionKeys,
+    Sessions,
 )
-from service.store.queue import QueueAccess
-from service.store.schedule import Schedule, ScheduleKeys, timer_entries
-from service.store.sessions import Sessions
 
 
 class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
@@ -65,18 +65,18 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             "reconcile_at": _millis(change.reconcile_at),
             "session_id": session_id,
             "channel": CHANNEL,
-            "status_prefix": Keys.index() + ":status:",
+            "status_prefix": SessionKeys.index() + ":status:",
             "timeline_limit": TIMELINE_LIMIT,
             "purge_at": str(self._purge_due()),
         }
         outcome, before, after, interactions, news = self._apply(
             keys=[
-                Keys.session(session_id),
-                Keys.applied(session_id),
-                Keys.timeline(session_id),
-                Keys.event_stats(),
-                Keys.schedule(),
-                Keys.in_flight(change.session_uuid),
+                SessionKeys.session(session_id),
+                EventKeys.applied(session_id),
+                SessionKeys.timeline(session_id),
+                EventKeys.event_stats(),
+                ScheduleKeys.schedule(),
+                EventKeys.in_flight(change.session_uuid),
             ],
             args=[json.dumps(arguments, separators=(",", ":"))],
         )
@@ -93,34 +93,40 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
         recordings' records, index entries, timers, its VTS session's claim and stored
         callbacks, its idempotency record. Idempotent. The recordings' files are the
         caller's to delete first."""
-        key = Keys.session(session_id)
+        key = SessionKeys.session(session_id)
         member, uuid, idempotency = (
             decode_str(v) if v else None
             for v in self.client.hmget(key, ["index_member", "vts_session_uuid", "idempotency_key"])
         )
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.get(Keys.vts_session(uuid or ""))
-            pipe.smembers(Keys.callbacks(uuid or ""))
-            pipe.hget(idempotency or Keys.idempotency("", ""), "session_id")
+            pipe.get(SessionKeys.vts_session(uuid or ""))
+            pipe.smembers(EventKeys.callbacks(uuid or ""))
+            pipe.hget(idempotency or SessionKeys.idempotency("", ""), "session_id")
             claim, callbacks, idempotent_for = pipe.execute()
-        doomed = [key, Keys.timeline(session_id), Keys.applied(session_id)]
-        doomed += [RecordingKeys.session_recordings(session_id), Keys.session_lock(session_id)]
-        doomed.append(Keys.pending_update(session_id))
+        doomed = [key, SessionKeys.timeline(session_id), EventKeys.applied(session_id)]
+        doomed += [
+            RecordingKeys.session_recordings(session_id),
+            SessionKeys.session_lock(session_id),
+        ]
+        doomed.append(SessionKeys.pending_update(session_id))
         doomed += [RecordingKeys.recording(rec_id) for rec_id in recording_ids]
         if uuid:
-            doomed += [Keys.in_flight(uuid), Keys.callbacks(uuid)]
-            doomed += [Keys.webhook(decode_str(event_id)) for event_id in callbacks]
+            doomed += [EventKeys.in_flight(uuid), EventKeys.callbacks(uuid)]
+            doomed += [EventKeys.webhook(decode_str(event_id)) for event_id in callbacks]
             if claim is not None and decode_str(claim) == session_id:
-                doomed.append(Keys.vts_session(uuid))
+                doomed.append(SessionKeys.vts_session(uuid))
         if idempotency and idempotent_for is not None and decode_str(idempotent_for) == session_id:
             doomed.append(idempotency)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(*doomed)
             if member:
-                for index in (Keys.index(), *(Keys.index(status) for status in Status)):
+                for index in (
+                    SessionKeys.index(),
+                    *(SessionKeys.index(status) for status in Status),
+                ):
                     pipe.zrem(index, member)
             if callbacks:
-                pipe.zrem(Keys.webhooks(), *callbacks)
+                pipe.zrem(EventKeys.webhooks(), *callbacks)
             pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id))
             pipe.execute()
 
