@@ -10,16 +10,36 @@ sessions apps keep open.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import redis
+import redis.asyncio
 
+from service.apps import Budget
+from service.messages import Outgoing
 from service.models import Session, Status, iso, now
-from service.store import scripts
-from service.store.apps import AppKeys
-from service.store.codec import decode_session, decode_str, hash_args, statuses
+from service.store.apps import BUDGET, AppKeys
+from service.store.batching import GroupCommit
+from service.store.codec import (
+    CreateOutcome,
+    Page,
+    app_range,
+    decode_cursor,
+    decode_session,
+    decode_sessions,
+    decode_str,
+    encode_cursor,
+    hash_args,
+    index_member,
+    member_session_id,
+    statuses,
+    timeline_entry,
+)
 from service.store.names import PREFIX
+from service.store.queue import QueueKeys
 from service.store.schedule import ScheduleKeys
 
 # Where every change of a session is published (for the web's watchers).
@@ -145,6 +165,164 @@ return redis.call('GET', KEYS[1])
 """
 
 
+# KEYS: idempotency ('' when no key was given), session, index, status index, timeline,
+#       queue, queue messages, the app's VTS budget
+# ARGV: session id, index member, redis message id, payload, timeline entry,
+#       fingerprint, ttl, budget limit, budget window (ms), field, value, ...
+# Returns {'created'|'replay'|'conflict', session id} or {'throttled', ms to wait}.
+CREATE = (
+    BUDGET
+    + """
+if KEYS[1] ~= '' then
+  local found = redis.call('HMGET', KEYS[1], 'fingerprint', 'session_id')
+  if found[1] then
+    if found[1] == ARGV[6] then return {'replay', found[2]} end
+    return {'conflict', found[2]}
+  end
+end
+local now = now_ms()
+local wait = budget_wait(KEYS[8], now, tonumber(ARGV[8]), tonumber(ARGV[9]))
+if wait > 0 then return {'throttled', tostring(wait)} end
+if KEYS[1] ~= '' then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[6], 'session_id', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+end
+budget_spend(KEYS[8], now, now, tonumber(ARGV[9]), ARGV[1])
+redis.call('HSET', KEYS[2], 'index_member', ARGV[2], unpack(ARGV, 10))
+-- The session names its idempotency record, so that purge and erasure can remove it.
+if KEYS[1] ~= '' then redis.call('HSET', KEYS[2], 'idempotency_key', KEYS[1]) end
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+redis.call('ZADD', KEYS[4], 0, ARGV[2])
+redis.call('RPUSH', KEYS[5], ARGV[5])
+redis.call('HSET', KEYS[7], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[6], ARGV[3])
+return {'created', ARGV[1]}
+"""
+)
+
+# KEYS: session, timeline, queue, queue messages, the app's VTS budget
+# ARGV: allowed statuses (space separated), timeline entry, redis message id, payload,
+#       owner app, budget limit, budget window (ms)
+# A session of another app is 'missing'. Returns {'enqueued'|'skipped'|'missing', status}
+# or {'throttled', ms to wait}.
+ENQUEUE_IF = (
+    BUDGET
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or redis.call('HGET', KEYS[1], 'app') ~= ARGV[5] then return {'missing', ''} end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. current .. ' ', 1, true) then
+  return {'skipped', current}
+end
+local now = now_ms()
+local wait = budget_wait(KEYS[5], now, tonumber(ARGV[6]), tonumber(ARGV[7]))
+if wait > 0 then return {'throttled', tostring(wait)} end
+budget_spend(KEYS[5], now, now, tonumber(ARGV[7]), ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return {'enqueued', current}
+"""
+)
+
+# Asks for changes to a session; changes asked while an update is on its way merge into
+# it (last writer wins per field), so a burst of them costs one VTS update. VTS updates of
+# a session are at least the update interval apart: a first change asked sooner than that
+# after the last update is scheduled (schedule entry 'update:<session id>') rather than
+# queued. Only a change that starts an update spends the app's budget.
+# KEYS: session, timeline, pending update, update sent, queue, queue messages, schedule,
+#       the app's VTS budget
+# ARGV: owner app, allowed statuses, timeline entry, redis message id, payload, budget
+#       limit, budget window (ms), pending ttl (s), timeline limit, schedule member,
+#       field, JSON value, ...
+# Returns {'merged'|'enqueued'|'scheduled'|'skipped'|'missing', status} or
+# {'throttled', ms to wait}.
+REQUEST_UPDATE = (
+    BUDGET
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or redis.call('HGET', KEYS[1], 'app') ~= ARGV[1] then return {'missing', ''} end
+if not string.find(' ' .. ARGV[2] .. ' ', ' ' .. current .. ' ', 1, true) then
+  return {'skipped', current}
+end
+local limit, window = tonumber(ARGV[6]), tonumber(ARGV[7])
+local queued = redis.call('HEXISTS', KEYS[3], '~queued') == 1
+local now = now_ms()
+if not queued then
+  local wait = budget_wait(KEYS[8], now, limit, window)
+  if wait > 0 then return {'throttled', tostring(wait)} end
+end
+redis.call('HSET', KEYS[3], '~app', ARGV[1], '~limit', ARGV[6], unpack(ARGV, 11))
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
+if queued then return {'merged', current} end
+redis.call('HSET', KEYS[3], '~queued', '1')
+local too_soon = redis.call('PTTL', KEYS[4])
+if too_soon > 0 then
+  budget_spend(KEYS[8], now, now + too_soon, window, ARGV[4])
+  redis.call('ZADD', KEYS[7], now + too_soon, ARGV[10])
+  return {'scheduled', current}
+end
+budget_spend(KEYS[8], now, now, window, ARGV[4])
+redis.call('HSET', KEYS[6], ARGV[4], ARGV[5])
+redis.call('RPUSH', KEYS[5], ARGV[4])
+return {'enqueued', current}
+"""
+)
+
+# After a VTS update: forgets the changes it sent (those not changed again meanwhile),
+# notes when it was sent, and schedules a follow-up for what was asked meanwhile, once
+# the interval has passed and the app's budget has room.
+# KEYS: pending update, update sent, schedule, the app's VTS budget
+# ARGV: interval (ms; 0 when nothing was sent), budget window (ms), schedule member,
+#       budget member,
+#       field, JSON value sent, ...
+# Returns 'done' or 'scheduled'.
+FINISH_UPDATE = (
+    BUDGET
+    + """
+for i = 5, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+if interval > 0 then redis.call('SET', KEYS[2], '1', 'PX', interval) end
+local left = 0
+for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(name, 1, 1) ~= '~' then left = left + 1 end
+end
+if left == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return 'done'
+end
+local now = now_ms()
+local limit = tonumber(redis.call('HGET', KEYS[1], '~limit') or '1')
+local at = now + interval
+at = at + budget_wait(KEYS[4], at, limit, window)
+budget_spend(KEYS[4], now, at, window, ARGV[4])
+redis.call('ZADD', KEYS[3], at, ARGV[3])
+return 'scheduled'
+"""
+)
+
+
+# For sessions stored by the service itself (tests, tools) rather than by an app.
+UNLIMITED = Budget(limit=2**31, window=1.0)
+
+
+def _budget_args(budget: Budget) -> list[int]:
+    return [budget.limit, round(budget.window * 1000)]
+
+
+def _throttled_or(result: Any) -> tuple[str, str]:
+    return decode_str(result[0]), decode_str(result[1])
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 class Sessions:
     """The workers' side of sessions (a mixin of ``Store``): status transitions, create
     attempts, the VTS session claim, the work lock, pending updates, the timeline and
@@ -159,7 +337,7 @@ class Sessions:
         self._unlock = self.client.register_script(UNLOCK)
         self._renew = self.client.register_script(RENEW)
         self._reconcile = self.client.register_script(RECONCILE)
-        self._finish_update = self.client.register_script(scripts.FINISH_UPDATE)
+        self._finish_update = self.client.register_script(FINISH_UPDATE)
 
     def get_session(self, session_id: str) -> Session | None:
         return decode_session(self.client.hgetall(SessionKeys.session(session_id)))
@@ -314,3 +492,173 @@ class Sessions:
                 pipe.hset(key, "reconcile_unsettled", snapshot)
             previous = pipe.execute()[0]
         return decode_str(previous) if previous else None
+
+
+class AsyncSessions:
+    """The web's side of sessions (a mixin of ``AsyncStore``): creating them, reading and
+    listing them, queueing work on them and asking for updates, through the store's
+    group commit; each write that causes a VTS request spends the app's budget."""
+
+    client: redis.asyncio.Redis
+    _group: GroupCommit
+
+    def _init_sessions(self) -> None:
+        self._create = self.client.register_script(CREATE)
+        self._enqueue_if = self.client.register_script(ENQUEUE_IF)
+        self._request_update = self.client.register_script(REQUEST_UPDATE)
+
+    async def create_session(
+        self,
+        session: Session,
+        message: Outgoing,
+        *,
+        idempotency: tuple[str, str, str] | None,
+        idempotency_ttl: int,
+        budget: Budget = UNLIMITED,
+    ) -> CreateOutcome:
+        """Store a new session and queue its creation, atomically, in a shared round trip.
+
+        ``idempotency`` is (scope, key, fingerprint of the request). When the key is known,
+        nothing is written and the outcome names the existing session. When the session's
+        app has spent its ``budget``, nothing is written and the outcome is ``throttled``.
+        """
+        scope, key, fingerprint = idempotency or ("", "", "")
+        member = index_member(session)
+        result = await self._group.call(
+            self._create,
+            keys=[
+                SessionKeys.idempotency(scope, key) if idempotency else "",
+                SessionKeys.session(session.id),
+                SessionKeys.index(),
+                SessionKeys.index(session.status),
+                SessionKeys.timeline(session.id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
+                AppKeys.budget(session.app or ""),
+            ],
+            args=[
+                session.id,
+                member,
+                message.redis_message_id,
+                message.payload,
+                timeline_entry("requested", request_id=session.request_id, app=session.app),
+                fingerprint,
+                idempotency_ttl,
+                *_budget_args(budget),
+                *hash_args(session.to_fields()),
+            ],
+        )
+        outcome, detail = _throttled_or(result)
+        if outcome == "throttled":
+            return CreateOutcome(outcome, "", retry_after_ms=int(detail))
+        return CreateOutcome(outcome, detail)
+
+    async def get_session(self, session_id: str) -> Session | None:
+        return decode_session(await self.client.hgetall(SessionKeys.session(session_id)))
+
+    async def list_sessions(
+        self, app: str, *, status: Status | None, limit: int, cursor: str | None
+    ) -> Page:
+        """``app``'s sessions, newest first; raises InvalidCursor for a cursor not of its."""
+        lowest, highest = app_range(app)
+        start = "(" + decode_cursor(cursor, app) if cursor else highest
+        members = await self.client.zrevrangebylex(
+            SessionKeys.index(status), start, lowest, start=0, num=limit + 1
+        )
+        page = [decode_str(m) for m in members[:limit]]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in page:
+                pipe.hgetall(SessionKeys.session(member_session_id(member)))
+            rows = await pipe.execute()
+        sessions, skipped = decode_sessions(rows)
+        more = len(members) > limit
+        return Page(sessions, encode_cursor(page[-1]) if more and page else None, skipped)
+
+    async def enqueue_if_status(
+        self,
+        session_id: str,
+        allowed: Sequence[Status],
+        message: Outgoing,
+        entry: str,
+        *,
+        app: str,
+        budget: Budget,
+    ) -> tuple[str, str]:
+        """Queue ``message`` if the session is ``app``'s and its status is one of ``allowed``,
+        spending one of the app's ``budget``.
+
+        Returns (``enqueued`` | ``skipped`` | ``missing``, the status it had) or
+        (``throttled``, milliseconds until the budget has room).
+        """
+        result = await self._group.call(
+            self._enqueue_if,
+            keys=[
+                SessionKeys.session(session_id),
+                SessionKeys.timeline(session_id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
+                AppKeys.budget(app),
+            ],
+            args=[
+                statuses(allowed),
+                entry,
+                message.redis_message_id,
+                message.payload,
+                app,
+                *_budget_args(budget),
+            ],
+        )
+        return _throttled_or(result)
+
+    async def request_update(
+        self,
+        session_id: str,
+        changes: dict[str, Any],
+        message: Outgoing,
+        entry: str,
+        *,
+        app: str,
+        allowed: Sequence[Status],
+        budget: Budget,
+    ) -> tuple[str, str]:
+        """Ask for ``changes`` to ``app``'s session, merged with any not yet sent to VTS.
+
+        Returns (``merged`` | ``enqueued`` | ``scheduled`` | ``skipped`` | ``missing``, the
+        status it had) or (``throttled``, milliseconds until the budget has room).
+        """
+        fields = {name: _COMPACT.encode(value) for name, value in changes.items()}
+        result = await self._group.call(
+            self._request_update,
+            keys=[
+                SessionKeys.session(session_id),
+                SessionKeys.timeline(session_id),
+                SessionKeys.pending_update(session_id),
+                SessionKeys.update_sent(session_id),
+                QueueKeys.queue(message.queue_name),
+                QueueKeys.queue_messages(message.queue_name),
+                ScheduleKeys.schedule(),
+                AppKeys.budget(app),
+            ],
+            args=[
+                app,
+                statuses(allowed),
+                entry,
+                message.redis_message_id,
+                message.payload,
+                *_budget_args(budget),
+                PENDING_UPDATE_TTL,
+                TIMELINE_LIMIT,
+                f"update:{session_id}",
+                *hash_args(fields),
+            ],
+        )
+        return _throttled_or(result)
+
+    async def owner(self, session_id: str) -> str | None:
+        """The app the session belongs to (None when there is no such session)."""
+        found = await self.client.hget(SessionKeys.session(session_id), "app")
+        return decode_str(found) if found else None
+
+    async def timeline(self, session_id: str) -> list[dict[str, Any]]:
+        raw = await self.client.lrange(SessionKeys.timeline(session_id), 0, -1)
+        return [json.loads(item) for item in raw]
