@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from service.store import EVENT_STATS, RECONCILE_STATS, WEBHOOK_STATS, deadletters, queue
+from service.store import deadletters, events, queue, sessions
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -98,6 +98,10 @@ def _create() -> Metrics:
     )  # fmt: skip
 
 
+# How to read a family of totals (label -> total) from Redis.
+_Totals = Callable[[redis.Redis], dict[str, int]]
+
+
 class ClusterCollector(Collector):
     """What every process shares, read from Redis at scrape time: served on its own path
     (``/metrics/cluster``) so that it can be scraped once for the whole cluster, not once
@@ -126,9 +130,8 @@ class ClusterCollector(Collector):
             age.add_metric([name], queue.oldest_age(self._client, name))
             dead.add_metric([name], deadletters.dead_letter_count(self._client, name))
         yield from (depth, age, dead)
-        for family, key in self._total_families():
-            for field, value in sorted(self._client.hgetall(key).items()):
-                label = field.decode() if isinstance(field, bytes) else str(field)
+        for family, totals in self._total_families():
+            for label, value in sorted(totals(self._client).items()):
                 family.add_metric([label], float(value))
             yield family
 
@@ -149,16 +152,16 @@ class ClusterCollector(Collector):
         )  # fmt: skip
 
     @staticmethod
-    def _total_families() -> list[tuple[CounterMetricFamily, str]]:
-        """Each counter family with the Redis hash that holds its totals by label."""
+    def _total_families() -> list[tuple[CounterMetricFamily, _Totals]]:
+        """Each counter family with how to read its totals by label."""
         return [
             (CounterMetricFamily("masking_webhooks", "VTS callbacks by outcome",
-                                 labels=["outcome"]), WEBHOOK_STATS),
+                                 labels=["outcome"]), events.webhook_totals),
             (CounterMetricFamily("masking_events", "VTS events by outcome",
-                                 labels=["outcome"]), EVENT_STATS),
+                                 labels=["outcome"]), events.event_totals),
             (CounterMetricFamily("masking_reconciliation_drift",
                                  "Differences VTS corrected: sessions, and amounts by counter",
-                                 labels=["outcome"]), RECONCILE_STATS),
+                                 labels=["outcome"]), sessions.drift_totals),
         ]  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import structlog
 
 from service.errors import VtsNotFound
 from service.models import LIVE, Session, Status, to_nanos
-from service.store import RECONCILE_STATS, timeline_entry
+from service.store import timeline_entry
 from service.vts.models import VtsSession
 from workers import notifications
 from workers.dependencies import Dependencies
@@ -114,9 +114,9 @@ def _settle(
     before = deps.store.reconcile(session.id, totals)
     drift = {name: totals[name] - before[name] for name in totals if totals[name] != before[name]}
     deps.store.note_unsettled(session.id, None)
-    deps.store.count(RECONCILE_STATS, "sessions_with_drift")
+    deps.store.count_drift("sessions_with_drift")
     for name, difference in drift.items():
-        deps.store.count(RECONCILE_STATS, name, abs(difference))
+        deps.store.count_drift(name, abs(difference))
     deps.store.add_timeline(session.id, timeline_entry("reconciled", drift=drift))
     log.warning("reconciliation_drift", drift=drift)
     return True

@@ -23,23 +23,20 @@ from service.store.codec import (
     index_member,
     timeline_entry,
 )
-from service.store.events import EVENT_STATS, WEBHOOK_RETENTION_SECONDS, WEBHOOK_STATS
+from service.store.events import WEBHOOK_RETENTION_SECONDS
 from service.store.names import PREFIX
 from service.store.queue import DRAMATIQ_NAMESPACE
 from service.store.recordings import AsyncRecordingStore, RecordingStore
-from service.store.sessions import CHANNEL, RECONCILE_STATS, TIMELINE_LIMIT
+from service.store.sessions import CHANNEL, TIMELINE_LIMIT
 from service.store.web import AsyncStore
 from service.store.worker import Store
 
 __all__ = [
     "CHANNEL",
     "DRAMATIQ_NAMESPACE",
-    "EVENT_STATS",
     "PREFIX",
-    "RECONCILE_STATS",
     "TIMELINE_LIMIT",
     "WEBHOOK_RETENTION_SECONDS",
-    "WEBHOOK_STATS",
     "Applied",
     "AsyncRecordingStore",
     "AsyncStore",

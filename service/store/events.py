@@ -71,9 +71,19 @@ class EventKeys:
         return f"{PREFIX}stats:events"
 
 
-# Totals of callbacks and of events by outcome (hashes; bounded by the outcomes).
-WEBHOOK_STATS = EventKeys.webhook_stats()
-EVENT_STATS = EventKeys.event_stats()
+def webhook_totals(client: redis.Redis) -> dict[str, int]:
+    """Callbacks received, by outcome (a hash bounded by the outcomes)."""
+    return _totals(client, EventKeys.webhook_stats())
+
+
+def event_totals(client: redis.Redis) -> dict[str, int]:
+    """Events processed, by outcome (a hash bounded by the outcomes)."""
+    return _totals(client, EventKeys.event_stats())
+
+
+def _totals(client: redis.Redis, key: str) -> dict[str, int]:
+    raw: dict[bytes | str, bytes | str] = client.hgetall(key)
+    return {decode_str(field): int(value) for field, value in raw.items()}
 
 
 # KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,

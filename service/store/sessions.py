@@ -94,8 +94,11 @@ class SessionKeys:
         return f"{PREFIX}stats:reconcile"
 
 
-# Totals of the differences reconciliation corrected, by counter (a hash; bounded).
-RECONCILE_STATS = SessionKeys.reconcile_stats()
+def drift_totals(client: redis.Redis) -> dict[str, int]:
+    """The differences reconciliation corrected: sessions, and amounts by counter (a hash
+    bounded by the counters)."""
+    raw: dict[bytes | str, bytes | str] = client.hgetall(SessionKeys.reconcile_stats())
+    return {decode_str(field): int(value) for field, value in raw.items()}
 
 
 # KEYS: session, timeline, schedule, session lock ('' when the write is not fenced)
@@ -330,6 +333,10 @@ class Sessions:
 
     client: redis.Redis
     retention: int
+
+    def count_drift(self, field: str, amount: int = 1) -> None:
+        """Add to the totals of what reconciliation corrected (see ``drift_totals``)."""
+        self.client.hincrby(SessionKeys.reconcile_stats(), field, amount)
 
     def _init_sessions(self) -> None:
         self._transition = self.client.register_script(TRANSITION)

@@ -130,9 +130,6 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id))
             pipe.execute()
 
-    def count(self, stats: str, field: str, amount: int = 1) -> None:
-        self.client.hincrby(stats, field, amount)
-
 
 def _millis(moment: datetime | None) -> str:
     return str(int(moment.timestamp() * 1000)) if moment else ""
