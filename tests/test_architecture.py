@@ -120,6 +120,19 @@ def test_key_names_are_private_to_the_store() -> None:
             assert not offenders, f"{path.relative_to(ROOT)} imports {offenders}"
 
 
+def test_the_key_classes_gathered_for_tests_are_all_there_are() -> None:
+    """Each class of the store that names keys (a ``...Keys`` class of its own, not an
+    error) is gathered by ``service.store.keys`` (``Keys`` or ``RecordingKeys``), so the
+    rules above know it."""
+    declared = {
+        node.name
+        for path in _modules("service/store")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Keys") and not node.bases
+    }
+    assert declared == KEY_CLASSES - {"Keys"}
+
+
 def test_within_the_store_each_concept_module_names_its_own_keys() -> None:
     """``service.store.keys`` only gathers the names for tests: the store's own modules
     take each key class from the concept module that owns it."""
