@@ -1,5 +1,6 @@
-"""What goes in and out of the store besides sessions: outcomes, pages, cursors, event
-changes, timeline entries, and decoding of what Redis returns."""
+"""What goes in and out of the store besides recordings and stored callbacks (whose
+modules decode their own hashes): outcomes, pages, cursors, event changes, timeline
+entries, and decoding of sessions."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 import structlog
 
 from service.models import Session, Status, iso, now
-from service.recordings import Recording
 
 log = structlog.get_logger(__name__)
 
@@ -115,13 +115,6 @@ def _row_id(row: Mapping[bytes | str, bytes | str]) -> str | None:
     return None if found is None else decode_str(found)[:64]
 
 
-def decode_webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | None:
-    if not raw:
-        return None
-    fields = {decode_str(k): decode_str(v) for k, v in raw.items()}
-    return fields["kind"], json.loads(fields["params"]), int(fields["received_ms"])
-
-
 def hash_args(fields: Mapping[str, str]) -> list[str]:
     """``fields`` as the flat field, value, field, value... list a script's ARGV takes
     (HSET's form)."""
@@ -170,16 +163,3 @@ def decode_cursor(cursor: str, app: str) -> str:
 
 def statuses(allowed: Sequence[Status]) -> str:
     return " ".join(status.value for status in allowed)
-
-
-def decode_recording(raw: Mapping[bytes | str, bytes | str]) -> Recording | None:
-    return (
-        Recording.from_fields({decode_str(k): decode_str(v) for k, v in raw.items()})
-        if raw
-        else None
-    )
-
-
-def by_creation(rows: Sequence[Mapping[bytes | str, bytes | str]]) -> list[Recording]:
-    recordings = [r for r in map(decode_recording, rows) if r is not None]
-    return sorted(recordings, key=lambda r: (r.created_at, r.id))

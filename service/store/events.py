@@ -9,14 +9,16 @@ and ``orphan-events`` indexes are trimmed in step; the ``applied`` set goes with
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import redis
 import redis.asyncio
 
 from service.messages import Outgoing
 from service.store.batching import GroupCommit
-from service.store.codec import decode_str, decode_webhook, hash_args
+from service.store.codec import decode_str, hash_args
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
 from service.store.sessions import SessionKeys
@@ -120,6 +122,13 @@ if KEYS[7] ~= '' then
 end
 return 'accepted'
 """
+
+
+def decode_webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | None:
+    if not raw:
+        return None
+    fields = {decode_str(k): decode_str(v) for k, v in raw.items()}
+    return fields["kind"], json.loads(fields["params"]), int(fields["received_ms"])
 
 
 class StoredEvents:

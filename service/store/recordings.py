@@ -17,7 +17,7 @@ from service.recordings import (
     recording_id,
     stored_name,
 )
-from service.store.codec import by_creation, decode_recording, decode_str, hash_args
+from service.store.codec import decode_str, hash_args
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
 from service.store.sessions import SessionKeys
@@ -78,6 +78,19 @@ redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
 redis.call('RPUSH', KEYS[3], ARGV[3])
 return 'deleted'
 """
+
+
+def decode_recording(raw: Mapping[bytes | str, bytes | str]) -> Recording | None:
+    return (
+        Recording.from_fields({decode_str(k): decode_str(v) for k, v in raw.items()})
+        if raw
+        else None
+    )
+
+
+def by_creation(rows: Sequence[Mapping[bytes | str, bytes | str]]) -> list[Recording]:
+    recordings = [r for r in map(decode_recording, rows) if r is not None]
+    return sorted(recordings, key=lambda r: (r.created_at, r.id))
 
 
 class RecordingStore:
