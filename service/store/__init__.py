@@ -12,22 +12,21 @@ workers; ``RecordingStore``/``AsyncRecordingStore`` keep recordings. All use cli
 """
 
 from service.store.apps import vts_rate_limit_key
-from service.store.codec import (
-    Applied,
+from service.store.codec import Applied, EventChange, timeline_entry
+from service.store.events import WEBHOOK_RETENTION_SECONDS
+from service.store.names import PREFIX
+from service.store.queue import DRAMATIQ_NAMESPACE
+from service.store.recordings import AsyncRecordingStore, RecordingStore
+from service.store.sessions import (
+    CHANNEL,
+    TIMELINE_LIMIT,
     CreateOutcome,
-    EventChange,
     InvalidCursor,
     Page,
     decode_cursor,
     encode_cursor,
     index_member,
-    timeline_entry,
 )
-from service.store.events import WEBHOOK_RETENTION_SECONDS
-from service.store.names import PREFIX
-from service.store.queue import DRAMATIQ_NAMESPACE
-from service.store.recordings import AsyncRecordingStore, RecordingStore
-from service.store.sessions import CHANNEL, TIMELINE_LIMIT
 from service.store.web import AsyncStore
 from service.store.worker import Store
 

@@ -9,17 +9,11 @@ from service.messages import Outgoing
 from service.models import Session, Status
 from service.store import scripts
 from service.store.batching import GroupCommit
-from service.store.codec import (
-    decode_str,
-)
+from service.store.codec import decode_str
 from service.store.events import AsyncStoredEvents, EventKeys
 from service.store.queue import QueueKeys
 from service.store.recordings import RecordingKeys
-from service.store.sessions import (
-    CHANNEL,
-    AsyncSessions,
-    SessionKeys,
-)
+from service.store.sessions import CHANNEL, AsyncSessions, SessionKeys
 
 
 class AsyncStore(AsyncSessions, AsyncStoredEvents):

@@ -10,11 +10,7 @@ import redis
 
 from service.models import Status, iso, now
 from service.store import scripts
-from service.store.codec import (
-    Applied,
-    EventChange,
-    decode_str,
-)
+from service.store.codec import Applied, EventChange, decode_str
 from service.store.deadletters import DeadLetters
 from service.store.events import EventKeys, StoredEvents
 from service.store.queue import QueueAccess
