@@ -25,7 +25,7 @@ from service.models import Status
 from service.store import Store
 from service.store.keys import Keys
 from tests.conftest import stored_session, wait_until
-from tests.servers import free_port
+from tests.servers import free_port, free_ports
 from tests.system import System
 
 pytestmark = pytest.mark.slow
@@ -274,20 +274,8 @@ def test_dev_on_a_taken_port_exits_without_a_banner(tmp_path: Path) -> None:
 def test_dev_starts_everything_and_its_banner_works(tmp_path: Path) -> None:
     """``masking dev`` prints its banner only once every process answers, and the banner's
     commands create a session and simulate a call that the session counts."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VTS_", "REDIS_"))}
-    env |= {"PORT": str(free_port()), "METRICS_PORT": str(free_port())}
-    sandbox_port = free_port()
-    dev = subprocess.Popen(
-        [MASKING, "dev", "--sandbox-port", str(sandbox_port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     with ExitStack() as closing:
-        closing.callback(_interrupt, dev)
-        banner = _read_banner(dev)
+        env, sandbox_port, _, banner = _dev_with_banner(tmp_path, closing)
         key = re.search(r"API key: +(\S+)", banner)
         token = re.search(r"token (\S+)\)", banner)
         assert key, banner
@@ -318,7 +306,38 @@ def _interrupt(dev: subprocess.Popen[bytes]) -> None:
     dev.stdout.close()
 
 
-def _read_banner(dev: subprocess.Popen[bytes]) -> str:
+def _dev_with_banner(
+    tmp_path: Path, closing: ExitStack
+) -> tuple[dict[str, str], int, subprocess.Popen[bytes], str]:
+    """``masking dev`` started on free ports, and its banner. Ports are free when chosen
+    but the other test processes start servers too: when one of ours was taken before dev
+    could check it (dev then refuses, naming it), it starts again on others."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VTS_", "REDIS_"))}
+    for attempt in range(3):
+        env = base | {"PORT": str(free_port()), "METRICS_PORT": str(free_ports(10))}
+        sandbox_port = free_port()
+        errors = tmp_path / f"dev-{attempt}.err"
+        with errors.open("wb") as sink:
+            dev = subprocess.Popen(
+                [MASKING, "dev", "--sandbox-port", str(sandbox_port)],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=sink,
+                start_new_session=True,
+            )
+        closing.callback(_interrupt, dev)
+        banner = _read_banner(dev)
+        if banner is not None:
+            return env, sandbox_port, dev, banner
+        said = errors.read_text()
+        if "is not free" not in said:
+            raise AssertionError(f"masking dev exited before its banner: {said[-2000:]}")
+    raise AssertionError("masking dev found a port taken three times")
+
+
+def _read_banner(dev: subprocess.Popen[bytes]) -> str | None:
+    """The banner, or None when dev exits before printing it."""
     assert dev.stdout is not None
     lines = []
     for line in iter(dev.stdout.readline, b""):
@@ -327,4 +346,4 @@ def _read_banner(dev: subprocess.Popen[bytes]) -> str:
             # Keep reading, so that the processes never block on a full pipe.
             threading.Thread(target=dev.stdout.read, daemon=True).start()
             return "".join(lines)
-    raise AssertionError("masking dev exited before its banner: " + "".join(lines))
+    return None
