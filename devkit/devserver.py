@@ -69,6 +69,14 @@ def _masking(*args: str) -> list[str]:
     return [sys.executable, "-m", "service", *args]
 
 
+def sandbox_command(port: int, auth_id: str, auth_token: str) -> list[str]:
+    """The sandbox's command line. Values go with "=": a random token may start with "-",
+    which argparse would take for an option."""
+    return _masking(
+        "sandbox", "--port", str(port), f"--auth-id={auth_id}", f"--auth-token={auth_token}"
+    )
+
+
 def run(*, port: int | None, sandbox_port: int) -> int:
     """Start everything, print where it listens, supervise until Ctrl-C; the exit code."""
     env = environment()
@@ -86,10 +94,8 @@ def run(*, port: int | None, sandbox_port: int) -> int:
         if sandboxed:
             _check_free("--sandbox-port", sandbox_port)
             env |= _sandbox_env(sandbox_port)
-            processes.append(subprocess.Popen(_masking(
-                "sandbox", "--port", str(sandbox_port),
-                "--auth-id", env["VTS_AUTH_ID"], "--auth-token", env["VTS_AUTH_TOKEN"],
-            ), env=env))  # fmt: skip
+            command = sandbox_command(sandbox_port, env["VTS_AUTH_ID"], env["VTS_AUTH_TOKEN"])
+            processes.append(subprocess.Popen(command, env=env))
             _wait_http(env["VTS_BASE_URL"] + "/", processes)
         env.setdefault("API_KEYS", "dev_" + secrets.token_urlsafe(24))
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{env['PORT']}")

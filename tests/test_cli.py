@@ -119,3 +119,14 @@ def test_the_installed_command_refuses_the_same_way(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
     assert "no time zone" in done.stderr
+
+
+def test_dev_passes_the_sandbox_a_token_that_starts_with_a_dash() -> None:
+    """``masking dev`` makes a random sandbox token, which may start with "-": the sandbox
+    still gets it as its token (it once took it for an option and refused to start)."""
+    from devkit import devserver
+
+    command = devserver.sandbox_command(8025, "MADEVSANDBOX0000001", "-x_Y-token")
+    assert command[:3] == [sys.executable, "-m", "service"]
+    args = cli.parse(command[3:])
+    assert (args.auth_id, args.auth_token, args.port) == ("MADEVSANDBOX0000001", "-x_Y-token", 8025)
