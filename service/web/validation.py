@@ -15,7 +15,6 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,19 +78,12 @@ def _url(value: Any) -> str:
     return value
 
 
-# A pure function of the policy and the text (no DNS); an app sends the same receiver
-# URL with every request, and parsing it costs more than all our other checks together.
-@lru_cache(maxsize=1024)
-def _refusal(policy: EgressPolicy, url: str) -> str | None:
-    return policy.refusal(url)
-
-
 def _callback_url(policy: EgressPolicy) -> Checker:
     """The app's own receiver: a URL our egress policy lets us post to."""
 
     def check(value: Any) -> str:
         url = _url(value)
-        reason = _refusal(policy, url)
+        reason = policy.refusal(url)  # cached per URL by the policy
         if reason is not None:
             raise _Invalid(reason)
         return url
