@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
+import msgspec
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from service.phones import mask_text
+from service.phones import MAX_TEXT, mask_text
+
+_DIGIT = re.compile(r"\d")
 
 # Values under these keys are ours and never hold a phone number; skipping them keeps
 # timestamps and ids intact and saves work on the hot path.
@@ -28,7 +33,15 @@ _SAFE_KEYS = frozenset(
 def mask_phone_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Mask every phone number in every string value, however deeply nested."""
     for key, value in event_dict.items():
-        if key not in _SAFE_KEYS:
+        if key in _SAFE_KEYS:
+            continue
+        kind = type(value)
+        # Most values of a line are short text without a digit, or numbers: left as they
+        # are without a call.
+        if kind is str:
+            if _DIGIT.search(value) is not None or len(value) > MAX_TEXT:
+                event_dict[key] = mask_text(value)
+        elif not (kind is int or kind is float or kind is bool or value is None):
             event_dict[key] = _masked(value)
     return event_dict
 
@@ -57,7 +70,19 @@ def _drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> Eve
     return event_dict
 
 
-_TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
+def _timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """``timestamp``: now in UTC, ISO 8601 to the microsecond (``...T12:30:05.123456Z``).
+    The text up to the second is made once per second."""
+    moment = time.time()
+    second = int(moment)
+    cached = _this_second[0]  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _this_second[0] = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    event_dict["timestamp"] = f"{cached[1]}.{int((moment - second) * 1e6):06d}Z"
+    return event_dict
+
+
+_this_second: list[tuple[int, str]] = [(-1, "")]
 
 
 def _shared_processors() -> list[Processor]:
@@ -65,18 +90,23 @@ def _shared_processors() -> list[Processor]:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        _TIMESTAMP,
+        _timestamp,
         _drop_color_message,
     ]
 
 
 def _render_json() -> Processor:
-    """One JSON encode per line, with an encoder built once (``json.dumps`` with options
-    builds a new one per call). Masking has already turned anything unusual into text."""
-    encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    """One JSON encode per line, with an encoder built once. Masking has already turned
+    anything unusual into text; what msgspec still cannot encode (a key that is not text)
+    goes through the stdlib's encoder, which turns it into text too."""
+    encode = msgspec.json.Encoder(enc_hook=str).encode
+    fallback = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
     def render(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
-        return encode(event_dict)
+        try:
+            return encode(event_dict).decode()
+        except (TypeError, msgspec.EncodeError):
+            return fallback(event_dict)
 
     return render
 
@@ -165,7 +195,7 @@ def configure(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.stdlib.add_logger_name,
-            _TIMESTAMP,
+            _timestamp,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             mask_phone_numbers,

@@ -15,7 +15,6 @@ caused it.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -211,10 +210,11 @@ def encode(
         "message_id": message_id,
         "message_timestamp": int(time.time() * 1000),
     }
-    return Outgoing(queue_name, message_id, redis_id, _json(fields).encode())
+    return Outgoing(queue_name, message_id, redis_id, _json(fields))
 
 
-_json = json.JSONEncoder(separators=(",", ":")).encode
+# The same JSON as dramatiq's encoder writes (compact), readable by it; faster.
+_json = msgspec.json.Encoder().encode
 
 
 _SESSION_WORK = RetryPolicy(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
+
+import msgspec
 
 from service import strictjson
 from service.phones import mask
@@ -75,12 +76,11 @@ def _nonzero(count: int) -> str | None:
     return str(count) if count else None
 
 
-# Built once: json.dumps builds a new encoder on every call that passes separators.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+_COMPACT_JSON = msgspec.json.Encoder()
 
 
 def _compact_json(value: Mapping[str, Any]) -> str:
-    return _COMPACT_JSON.encode(dict(value)) if value else "{}"
+    return _COMPACT_JSON.encode(value).decode() if value else "{}"
 
 
 def _counter(fields: Mapping[str, str], name: str) -> int:

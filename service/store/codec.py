@@ -4,11 +4,12 @@ fields. Each concept module decodes its own records."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from service.models import iso, now
 
@@ -43,12 +44,11 @@ class Applied:
     wants_news: bool = False
 
 
-# One encoder, built once: json.dumps builds a new one per call when given separators.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+_COMPACT_JSON = msgspec.json.Encoder()
 
 
 def timeline_entry(kind: str, **detail: Any) -> str:
-    return _COMPACT_JSON.encode({"at": iso(now()), "type": kind, **detail})
+    return _COMPACT_JSON.encode({"at": iso(now()), "type": kind, **detail}).decode()
 
 
 def decode_str(value: bytes | str) -> str:

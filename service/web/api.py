@@ -43,6 +43,12 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _rules(request: Request) -> Rules:
+    """What this deployment accepts in a create request: built once, by ``create_app``."""
+    rules: Rules = request.app.state.rules
+    return rules
+
+
 def _app(request: Request) -> str:
     """The app whose key authenticated the request (set by BearerAuth)."""
     app: str = request.state.app
@@ -155,7 +161,7 @@ async def create_session(request: Request) -> Response:
     settings = _settings(request)
     wait = _wait_seconds(request)
     key = _idempotency_key(request)
-    fields = decode_create(await _json_body(request), Rules.from_settings(settings))
+    fields = decode_create(await _json_body(request), _rules(request))
     app = _app(request)
     session = _new_session(fields, app)
     message = messages.CREATE_SESSION.message(

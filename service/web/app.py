@@ -29,6 +29,7 @@ from service.store.apps import AsyncAppStore
 from service.web import api, media, openapi, webhooks
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
 from service.web.problems import Problem, handle_http_exception, handle_problem, problem_type
+from service.web.validation import Rules
 from service.web.watcher import SessionWatcher
 
 log = structlog.get_logger(__name__)
@@ -164,6 +165,7 @@ def create_app(settings: Settings) -> Starlette:
     # Starlette would redirect "/path/" to "/path" with a Location built from the Host
     # header, which the client chooses: unknown paths are plain 404s instead.
     app.router.redirect_slashes = False
+    app.state.rules = Rules.from_settings(settings)
     # Problem types are URLs under the service's public address (see problems.py).
     app.state.public_base_url = settings.public_base_url
     return app

@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,13 +70,22 @@ def _format(value: Any) -> str:
 def _url(value: Any) -> str:
     if not isinstance(value, str) or len(value) > MAX_URL:
         raise _Invalid(f"must be an http(s) URL of at most {MAX_URL} characters")
+    problem = _url_problem(value)
+    if problem is not None:
+        raise _Invalid(problem)
+    return value
+
+
+# A pure function of the text, and an app sends the same few URLs with every session.
+@lru_cache(maxsize=1024)
+def _url_problem(value: str) -> str | None:
     # Printable ASCII only: a CR or LF would be refused by every HTTP client later on.
     if not (value.isascii() and value.isprintable()) or " " in value:
-        raise _Invalid("must be printable ASCII, without spaces or control characters")
+        return "must be printable ASCII, without spaces or control characters"
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid("must be an absolute http:// or https:// URL")
-    return value
+        return "must be an absolute http:// or https:// URL"
+    return None
 
 
 def _callback_url(policy: EgressPolicy) -> Checker:
@@ -91,12 +101,15 @@ def _callback_url(policy: EgressPolicy) -> Checker:
     return check
 
 
+_METADATA_JSON = msgspec.json.Encoder()
+
+
 def _metadata(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid("must be a JSON object")
-    # Counted as stored: UTF-8, not with every non-ASCII character escaped.
-    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-    if len(encoded) > MAX_METADATA:
+    # Counted as stored (see Session.to_fields): UTF-8, not with every non-ASCII
+    # character escaped.
+    if len(_METADATA_JSON.encode(value)) > MAX_METADATA:
         raise _Invalid(f"must be at most {MAX_METADATA} bytes of JSON (UTF-8)")
     return value
 
@@ -140,6 +153,17 @@ def _check(
     return clean
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# What a request decoded with the schema (``schemas.CreateSession``) still needs checked:
+# its types, bounds and choices are checked already.
+_BEYOND_SCHEMA = frozenset(
+    {"first_party_play_url", "second_party_play_url", "callback_url", "metadata"}
+)
+
+
 @dataclass(frozen=True)
 class Rules:
     """What the deployment accepts in a create request (from the settings)."""
@@ -156,6 +180,23 @@ class Rules:
             EgressPolicy.from_settings(settings),
         )
 
+    @cached_property
+    def create_checkers(self) -> dict[str, Checker]:
+        """The checks of a create request's fields besides the parties."""
+        return {
+            **OPTION_CHECKERS,
+            "callback_url": _callback_url(self.egress),
+            "metadata": _metadata,
+        }
+
+    @cached_property
+    def schema_checked(self) -> dict[str, Checker]:
+        """The same for a request decoded with the schema, which checked the rest."""
+        return {
+            name: check if name in _BEYOND_SCHEMA else _as_is
+            for name, check in self.create_checkers.items()
+        }
+
 
 def _party(name: str, value: Any, rules: Rules, errors: list[FieldError]) -> str | None:
     if value is None:
@@ -171,17 +212,13 @@ def _party(name: str, value: Any, rules: Rules, errors: list[FieldError]) -> str
         return None
 
 
-def parse_create(body: Any, rules: Rules = Rules()) -> dict[str, Any]:
-    """Validate a create request; return its normalised fields or raise Problem(422)."""
+def parse_create(body: Any, rules: Rules = Rules(), *, typed: bool = False) -> dict[str, Any]:
+    """Validate a create request; return its normalised fields or raise Problem(422).
+    ``typed``: the body was decoded with the schema, so only what it cannot check is."""
     body = _object(body)
     errors: list[FieldError] = []
     others = {k: v for k, v in body.items() if k not in ("first_party", "second_party")}
-    checkers = {
-        **OPTION_CHECKERS,
-        "callback_url": _callback_url(rules.egress),
-        "metadata": _metadata,
-    }
-    clean = _check(others, checkers, errors)
+    clean = _check(others, rules.schema_checked if typed else rules.create_checkers, errors)
     first = _party("first_party", body.get("first_party"), rules, errors)
     second = _party("second_party", body.get("second_party"), rules, errors)
     if first is not None and first == second:
@@ -250,7 +287,7 @@ def decode_create(raw: bytes, rules: Rules = Rules()) -> dict[str, Any]:
         return parse_create(_loads(raw), rules)
     if request.metadata and not _plain(request.metadata):
         return parse_create(_loads(raw), rules)
-    return parse_create(_given(request), rules)
+    return parse_create(_given(request), rules, typed=True)
 
 
 def decode_update(raw: bytes) -> dict[str, Any]:
