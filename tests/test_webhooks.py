@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from service.errors import ConfigurationError
 from service.settings import Secret, Settings
 from service.store.keys import Keys
+from service.vts.callbacks import Kind
 from service.vts.signatures import new_nonce, v3_signature
 from tests.conftest import AUTH_TOKEN, http_client, make_settings
 from tests.servers import serve
@@ -402,3 +403,26 @@ def test_a_form_past_the_field_limit_is_refused_before_it_is_split() -> None:
     assert len(_form_params("&".join(f"f{i}=v" for i in range(MAX_FIELDS)), strict=True)) == 64
     with pytest.raises(Problem):
         _form_params("&".join(f"f{i}=v" for i in range(MAX_FIELDS + 1)), strict=True)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(
+    params=st.dictionaries(
+        st.text(max_size=12),
+        st.one_of(st.text(max_size=24), st.sampled_from(["\x7f", "é", "\u2028", '"\\', "\x00"])),
+        max_size=8,
+    ),
+    kind=st.sampled_from(["session", "recording"]),
+)
+def test_event_ids_are_the_digest_of_the_json_they_always_were(
+    params: dict[str, str], kind: Kind
+) -> None:
+    """An event's id is what it was when ids were the SHA-256 of ``json.dumps`` of the kind
+    and sorted fields, so a delivery before an upgrade and its retry after it are one event."""
+    import hashlib
+    import json
+
+    from service.vts.callbacks import Event
+
+    canonical = json.dumps([kind, sorted(params.items())], separators=(",", ":"))
+    assert Event(kind, params).id == hashlib.sha256(canonical.encode()).hexdigest()[:32]

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import redis
 import redis.asyncio
 
@@ -210,7 +211,7 @@ class AsyncStoredEvents:
         """
         fields = {
             "kind": event.kind,
-            "params": json.dumps(at_rest(event.params), separators=(",", ":")),
+            "params": _PARAMS_JSON.encode(at_rest(event.params)).decode(),
             "received_ms": str(received_ms),
         }
         result = await self._group.call(
@@ -236,6 +237,9 @@ class AsyncStoredEvents:
             ],
         )
         return decode_str(result)
+
+
+_PARAMS_JSON = msgspec.json.Encoder()
 
 
 def _millis(moment: datetime | None) -> str:

@@ -18,6 +18,8 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Literal
 
+import msgspec
+
 from service.phones import mask, mask_text
 
 Kind = Literal["session", "recording"]
@@ -144,6 +146,9 @@ class InvalidEvent(ValueError):
     """The callback cannot be an event from VTS; the message says which field is wrong."""
 
 
+_CANONICAL = msgspec.json.Encoder()
+
+
 @dataclass(frozen=True)
 class Event:
     kind: Kind
@@ -151,9 +156,15 @@ class Event:
 
     @cached_property
     def id(self) -> str:
-        """The same for every delivery of one event, so duplicates are recognised."""
-        canonical = json.dumps([self.kind, sorted(self.params.items())], separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        """The same for every delivery of one event, so duplicates are recognised (across
+        versions too: it is the digest of ``json.dumps`` of the kind and sorted fields)."""
+        fields = [self.kind, sorted(self.params.items())]
+        canonical = _CANONICAL.encode(fields)
+        # msgspec writes what json.dumps writes, but for characters that json.dumps
+        # escapes (DEL and beyond ASCII) and msgspec writes as they are.
+        if not canonical.isascii() or b"\x7f" in canonical:
+            canonical = json.dumps(fields, separators=(",", ":")).encode()
+        return hashlib.sha256(canonical).hexdigest()[:32]
 
     @property
     def name(self) -> str:

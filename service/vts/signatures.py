@@ -17,7 +17,6 @@ V3 carries no timestamp: remembering nonces against replay is the receiver's job
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
@@ -65,7 +64,7 @@ def v3_signature(
 ) -> str:
     """The base64 HMAC-SHA256 signature VTS sends for this callback."""
     message = f"{signed_url(url, params, method)}.{nonce}".encode()
-    digest = hmac.new(auth_token.encode(), message, hashlib.sha256).digest()
+    digest = hmac.digest(auth_token.encode(), message, "sha256")
     return base64.b64encode(digest).decode()
 
 

@@ -20,6 +20,7 @@ from service.models import LIVE, Session, Status, iso, now
 from service.phones import mask
 from service.settings import Settings
 from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
+from service.web.middleware import header
 from service.web.problems import FieldError, Problem
 from service.web.validation import Rules, decode_create, decode_update, fingerprint
 from service.web.watcher import SessionWatcher
@@ -82,7 +83,7 @@ class JSON(Response):
 
 async def _json_body(request: Request, *, merge_patch: bool = False) -> bytes:
     """The raw body, once its Content-Type says JSON (or, for PATCH, a JSON merge patch)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = header(request.scope, b"content-type") or [""][0].strip().lower()
     if content_type != "application/json" and not (
         merge_patch and content_type == "application/merge-patch+json"
     ):
@@ -97,7 +98,7 @@ def _recordings(request: Request) -> AsyncRecordingStore:
 
 
 def _wait_seconds(request: Request) -> int:
-    match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+    match = _PREFER_WAIT.search(header(request.scope, b"prefer") or "")
     if match is None:
         return 0
     # A preference that makes no sense is ignored (RFC 7240); thousands of digits are
@@ -107,7 +108,7 @@ def _wait_seconds(request: Request) -> int:
 
 
 def _idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
+    key = header(request.scope, b"idempotency-key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise Problem(
             400,

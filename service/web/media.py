@@ -22,6 +22,7 @@ from service import messages
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
 from service.store import AsyncRecordingStore, AsyncStore, timeline_entry
+from service.web.middleware import header
 from service.web.problems import Problem
 
 _ID = re.compile(r"^rec_[0-9a-f]{32}$")
@@ -89,11 +90,11 @@ async def get_recording(request: Request) -> Response:
     recording = await _stored(request)
     size, etag = recording.size or 0, f'"{recording.sha256}"'
     headers = {"etag": etag, "accept-ranges": "bytes", "cache-control": "private, max-age=3600"}
-    if _matches_any(request.headers.get("if-none-match", ""), etag):
+    if _matches_any(header(request.scope, b"if-none-match") or "", etag):
         return Response(status_code=304, headers=headers)
-    if_range = request.headers.get("if-range")
+    if_range = header(request.scope, b"if-range")
     ranged = if_range is None or if_range.strip() == etag  # If-Range compares strongly
-    wanted = _byte_range(request.headers.get("range"), size) if ranged else None
+    wanted = _byte_range(header(request.scope, b"range"), size) if ranged else None
     start, end = wanted or (0, size - 1)
     headers["content-length"] = str(end - start + 1)
     if wanted is not None:
