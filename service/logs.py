@@ -190,17 +190,19 @@ def configure(
     # One line per request at INFO, with full URLs: the VTS client logs its own.
     for name in ("httpx2", "httpcore2", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    chain: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        _timestamp,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        mask_phone_numbers,
+        renderer,
+    ]
+    _direct[:] = [chain] if logging.getLevelNamesMapping()[level.upper()] <= logging.INFO else []
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.stdlib.add_logger_name,
-            _timestamp,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            mask_phone_numbers,
-            renderer,
-        ],
+        processors=chain,
         logger_factory=_line_writer,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
@@ -208,6 +210,29 @@ def configure(
         # Tests turn caching off, so structlog.testing.capture_logs sees every logger.
         cache_logger_on_first_use=cache_loggers,
     )
+
+
+# The processor chain of the last ``configure``, while INFO lines are written.
+_direct: list[list[Processor]] = []
+_HTTP = LineWriter("service.http")
+_http_log = structlog.get_logger("service.http")
+
+
+def request_line(**fields: Any) -> None:
+    """The ``http_request`` line of the ``service.http`` logger: what
+    ``log.info("http_request", **fields)`` writes, with the configured processors run
+    directly rather than through a bound logger (which copies its context and dispatches
+    by level on every call: a third of the line's cost, on the line every request writes).
+    Through the bound logger when structlog has been configured otherwise since (as
+    ``structlog.testing.capture_logs`` does)."""
+    chain = _direct[0] if _direct else None
+    if chain is None or structlog.get_config()["processors"] is not chain:
+        _http_log.info("http_request", **fields)
+        return
+    event_dict: Any = {**fields, "event": "http_request"}
+    for processor in chain:
+        event_dict = processor(_HTTP, "info", event_dict)
+    _HTTP.msg(event_dict)
 
 
 def bind(**values: Any) -> None:

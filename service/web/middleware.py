@@ -10,12 +10,11 @@ from collections.abc import Callable
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import logs
 from service.apps import AppRegistry
 from service.metrics import metrics
 from service.phones import mask_text
 from service.web.problems import Problem
-
-log = structlog.get_logger("service.http")
 
 MAX_LOGGED_PATH = 256
 Observe = Callable[[float], None]
@@ -97,8 +96,7 @@ class RequestContext:
             count, observe = self._measures(scope["method"], template or "unmatched", status)
             count()
             observe(seconds)
-            log.info(
-                "http_request",
+            logs.request_line(
                 method=scope["method"],
                 # A raw path is the client's: log only its start.
                 route=template or scope["path"][:MAX_LOGGED_PATH],
