@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from service import logs
+from service import logs, memory
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -160,6 +160,7 @@ def _child(options: Options, listener: Any, parent: int) -> None:
     broker = boot.setup()
     broker.emit_after("process_boot")
     importlib.import_module("workers.actors")
+    memory.settle()
     worker = dramatiq.Worker(broker, worker_threads=options.threads)
     worker.start()
     while not requested.wait(PARENT_CHECK_SECONDS) and os.getppid() == parent:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import logs, messages, redis_clients
+from service import logs, memory, messages, redis_clients
 from service.apps import AppRegistry
 from service.metrics import ClusterCollector
 from service.settings import Settings
@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> Starlette:
         scrape_client = redis_clients.connect(settings.redis_url, socket_timeout=2)
         app.state.cluster_metrics.register(ClusterCollector(scrape_client, messages.QUEUES))
         await app.state.watcher.start()
+        memory.settle()
         log.info("web_started", vts_base_url=settings.vts_base_url)
         try:
             yield
