@@ -81,8 +81,9 @@ _NOT_VALID = "not a valid phone number for its country"
 def _read(value: str, default_region: str | None) -> numbering.Number:
     """The valid number ``value`` holds, without an extension; InvalidNumber else.
 
-    Strict E.164, what clients send, is read from the compiled numbering plans (~1/10 of
-    the cost); anything else, or anything those plans are not certain of, is parsed.
+    Strict E.164, what clients send, is read from the compiled numbering plans, at a
+    fifth of the cost or less; anything else, or anything they are not certain of, is
+    parsed.
     """
     number = numbering.read(value)
     if number is None:
