@@ -5,8 +5,9 @@
 
 Each app runs as its own ``uvicorn --factory ... --workers 1`` process (httptools, uvloop):
 the sessions app at LOG_LEVEL=WARNING, the same at LOG_LEVEL=INFO with stderr to /dev/null
-(the cost of the per-request log line), and ``bare_app`` (parse the JSON body, one awaited
-LPUSH). Every request carries two numbers drawn at random from 100k per party, so a
+(the cost of the per-request log line), and ``bare_app`` twice: parse the JSON body and
+LPUSH it, or parse it and enqueue it as a dramatiq message with one script call (the
+ceiling the target is held to, see ``bare_app``). Every request carries two numbers drawn at random from 100k per party, so a
 cache keyed on the number cannot flatter the figures. All share one Redis: database 15 of
 ``REDIS_URL`` when set, else a private redis-server; it is flushed before every run.
 ``wrk`` drives them in alternating rounds and the summary shows the medians. No dramatiq
@@ -46,6 +47,7 @@ TARGET_RATIO = 0.80
 SESSIONS = "POST /v1/sessions"
 SESSIONS_INFO = "  same, LOG_LEVEL=INFO"
 BARE = "bare Starlette+Redis"
+BARE_ENQUEUE = "bare, dramatiq enqueue"
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,12 @@ def targets(redis_url: str) -> list[Target]:
             SESSIONS_INFO, "service.web.app:from_env", sessions_env | {"LOG_LEVEL": "INFO"}, None
         ),
         Target(BARE, "tests.benchmarks.bare_app:from_env", {"REDIS_URL": redis_url}, "bare"),
+        Target(
+            BARE_ENQUEUE,
+            "tests.benchmarks.bare_app:from_env",
+            {"REDIS_URL": redis_url, "BARE_WRITE": "enqueue"},
+            None,
+        ),
     ]
 
 
@@ -325,30 +333,32 @@ def median(runs: Sequence[Run]) -> Run:
 
 def summary(runs: dict[str, list[Run]], rounds: int) -> str:
     medians = {label: median(label_runs) for label, label_runs in runs.items()}
-    bare = medians[BARE].requests_per_second
-    ratio = medians[SESSIONS].requests_per_second / bare
-    ratio_info = medians[SESSIONS_INFO].requests_per_second / bare
-    # Production logs at INFO: that ratio is the one held to the target.
-    verdict = "ok" if ratio_info >= TARGET_RATIO else "BELOW TARGET"
     lines = [
         f"\nmedians of {rounds} rounds",
         *(_line(label, run) for label, run in medians.items()),
-        f"{'ratio at LOG_LEVEL=INFO'.ljust(24)}{ratio_info:8.2f}"
-        f"  (target >= {TARGET_RATIO:.2f}: {verdict})",
-        f"{'ratio at WARNING'.ljust(24)}{ratio:8.2f}",
     ]
-    return "\n".join(lines + cpu_ratios(medians, BARE, SESSIONS_INFO, SESSIONS))
+    return "\n".join(lines + ratios(medians, SESSIONS_INFO, SESSIONS))
 
 
-def cpu_ratios(medians: dict[str, Run], bare: str, *labels: str) -> list[str]:
-    """The ceiling's CPU per request over each app's: the throughput ratio the server
-    process alone would allow, whatever else runs on the machine."""
-    if not medians[bare].cpu_us or not all(medians[label].cpu_us for label in labels):
-        return []
-    return [
-        f"{'CPU ratio ' + label.strip()[:14]:24}{medians[bare].cpu_us / medians[label].cpu_us:8.2f}"
-        for label in labels
-    ]
+def ratios(medians: dict[str, Run], info: str, warning: str) -> list[str]:
+    """Each app's throughput and CPU over each ceiling's. The target holds at INFO (as
+    production logs) against the enqueue ceiling, the one that does what the path must:
+    hand a worker a message in one atomic script call."""
+    lines = []
+    for ceiling in (BARE_ENQUEUE, BARE):
+        bare = medians[ceiling]
+        lines.append(f"against {ceiling}:")
+        for level, label in (("INFO", info), ("WARNING", warning)):
+            ratio = medians[label].requests_per_second / bare.requests_per_second
+            cpu = (
+                bare.cpu_us / medians[label].cpu_us if bare.cpu_us and medians[label].cpu_us else 0
+            )
+            verdict = ""
+            if ceiling == BARE_ENQUEUE and level == "INFO":
+                met = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
+                verdict = f"  (target >= {TARGET_RATIO:.2f}: {met})"
+            lines.append(f"  ratio at {level:8}{ratio:8.2f}   CPU ratio {cpu:5.2f}{verdict}")
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
