@@ -59,7 +59,11 @@ def now() -> datetime:
 
 
 def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    if moment is None:
+        return None
+    if moment.tzinfo is not UTC:  # nearly every moment here is in UTC already
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _moment(raw: str | None) -> datetime | None:

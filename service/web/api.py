@@ -138,7 +138,7 @@ def _location(session: Session) -> dict[str, str]:
     return {"location": f"/v1/sessions/{session.id}"}
 
 
-def _new_session(fields: dict[str, Any], app: str) -> Session:
+def _new_session(fields: dict[str, Any], app: str, request_id: str | None) -> Session:
     moment = now()
     return Session(
         id="ses_" + secrets.token_hex(16),
@@ -150,7 +150,7 @@ def _new_session(fields: dict[str, Any], app: str) -> Session:
         options={k: v for k, v in fields.items() if k not in _NOT_OPTIONS},
         metadata=fields.get("metadata") or {},
         callback_url=fields.get("callback_url"),
-        request_id=structlog.contextvars.get_contextvars().get("request_id"),
+        request_id=request_id,
         app=app,
     )
 
@@ -164,7 +164,7 @@ async def create_session(request: Request) -> Response:
     key = _idempotency_key(request)
     fields = decode_create(await _json_body(request), _rules(request))
     app = _app(request)
-    session = _new_session(fields, app)
+    session = _new_session(fields, app, getattr(request.state, "request_id", None))
     message = messages.CREATE_SESSION.message(
         SessionRef(session.id), request_id=session.request_id, app=app
     )

@@ -74,6 +74,8 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(header(scope, b"x-request-id"))
+        # Also where handlers read it: cheaper than the logging context.
+        scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()

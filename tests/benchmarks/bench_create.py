@@ -3,17 +3,17 @@
     .venv/bin/python -m tests.benchmarks.bench_create [--duration 10] [--rounds 3]
                                                       [--connections 32] [--threads 1]
 
-Each app runs as its own ``uvicorn --factory ... --workers 1`` process (httptools, uvloop):
-the sessions app at LOG_LEVEL=WARNING, the same at LOG_LEVEL=INFO with stderr to /dev/null
-(the cost of the per-request log line), and ``bare_app`` twice: parse the JSON body and
-LPUSH it, or parse it and enqueue it as a dramatiq message with one script call (the
-ceiling the target is held to, see ``bare_app``). Every request carries two numbers drawn at random from 100k per party, so a
-cache keyed on the number cannot flatter the figures. All share one Redis: database 15 of
-``REDIS_URL`` when set, else a private redis-server; it is flushed before every run.
-``wrk`` drives them in alternating rounds and the summary shows the medians. No dramatiq
-worker runs: the queue just fills, since this measures the web. Exit status 2 when
-``wrk`` is missing, 1 when any response was not 2xx.
-"""
+Each app runs as its own ``uvicorn --factory ... --workers 1`` process (httptools,
+uvloop): the sessions app at LOG_LEVEL=WARNING, the same at LOG_LEVEL=INFO with stderr
+to /dev/null (the cost of the per-request log line), and ``bare_app`` twice: parse the
+JSON body and LPUSH it, or parse it and enqueue it as a dramatiq message with one script
+call (the ceiling the target is held to, see ``bare_app``). Every request carries two
+numbers drawn at random from 100k per party, so a cache keyed on the number cannot
+flatter the figures. All share one Redis: database 15 of ``REDIS_URL`` when set, else a
+private redis-server; it is flushed before every run. ``wrk`` drives them in alternating
+rounds and the summary shows the medians. No dramatiq worker runs: the queue just fills,
+since this measures the web. Exit status 2 when ``wrk`` is missing, 1 when any response
+was not 2xx."""
 
 from __future__ import annotations
 

@@ -9,12 +9,13 @@ fresh nonce and its V3 signature, and wrk's Lua script takes the next one per re
 (threads take every n-th). They are signed for ``PUBLIC_BASE_URL`` + the path, the URL
 VTS was given; the service never signs with the Host header, so the same bodies serve
 every port. Four ``uvicorn --factory ... --workers 1`` processes (httptools, uvloop):
-``service.web.app:from_env`` with ``WEBHOOK_SIGNATURE=enforce`` at LOG_LEVEL=WARNING, the
-same at LOG_LEVEL=INFO (stderr to /dev/null), and ``bare_app`` twice: parse the form and
-LPUSH it, or parse it and enqueue it as a dramatiq message with one script call (the
-ceiling the target is held to, see ``bare_app``); both answer 200. Redis as in ``bench_create``, flushed before every run (nonces
-included, so the bodies can be sent again); no worker runs. Rounds alternate between the
-apps. Exit status 2 when ``wrk`` is missing, 1 when any response was not 2xx.
+``service.web.app:from_env`` with ``WEBHOOK_SIGNATURE=enforce`` at LOG_LEVEL=WARNING,
+the same at LOG_LEVEL=INFO (stderr to /dev/null), and ``bare_app`` twice: parse the form
+and LPUSH it, or parse it and enqueue it as a dramatiq message with one script call (the
+ceiling the target is held to, see ``bare_app``); both answer 200. Redis as in
+``bench_create``, flushed before every run (nonces included, so the bodies can be sent
+again); no worker runs. Rounds alternate between the apps. Exit status 2 when ``wrk`` is
+missing, 1 when any response was not 2xx.
 """
 
 from __future__ import annotations
