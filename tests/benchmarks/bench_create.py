@@ -13,7 +13,8 @@ flatter the figures. All share one Redis: database 15 of ``REDIS_URL`` when set,
 private redis-server; it is flushed before every run. ``wrk`` drives them in alternating
 rounds and the summary shows the medians. No dramatiq worker runs: the queue just fills,
 since this measures the web. Exit status 2 when ``wrk`` is missing, 1 when any response
-was not 2xx."""
+was not 2xx.
+"""
 
 from __future__ import annotations
 
