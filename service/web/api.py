@@ -52,13 +52,19 @@ def _rules(request: Request) -> Rules:
 
 def _app(request: Request) -> str:
     """The app whose key authenticated the request (set by BearerAuth)."""
-    app: str = request.state.app
+    app: str = request.scope["state"]["app"]
     return app
 
 
-def _budget(request: Request) -> Budget:
+def _request_id(request: Request) -> str | None:
+    """The request's id (set by RequestContext)."""
+    request_id: str | None = request.scope["state"].get("request_id")
+    return request_id
+
+
+def _budget(request: Request, app: str) -> Budget:
     registry: AppRegistry = request.app.state.apps
-    return registry.budget(_app(request))
+    return registry.budget(app)
 
 
 def _throttled(retry_after_ms: int) -> Problem:
@@ -164,7 +170,7 @@ async def create_session(request: Request) -> Response:
     key = _idempotency_key(request)
     fields = decode_create(await _json_body(request), _rules(request))
     app = _app(request)
-    session = _new_session(fields, app, getattr(request.state, "request_id", None))
+    session = _new_session(fields, app, _request_id(request))
     message = messages.CREATE_SESSION.message(
         SessionRef(session.id), request_id=session.request_id, app=app
     )
@@ -174,7 +180,7 @@ async def create_session(request: Request) -> Response:
         message,
         idempotency=idempotency,
         idempotency_ttl=settings.idempotency_ttl,
-        budget=_budget(request),
+        budget=_budget(request, app),
     )
     if outcome.result == "throttled":
         raise _throttled(outcome.retry_after_ms)
@@ -268,7 +274,7 @@ async def update_session(request: Request) -> Response:
     session_id = _session_id(request)
     changes = decode_update(await _json_body(request, merge_patch=True))
     app = _app(request)
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    request_id = _request_id(request)
     message = messages.UPDATE_SESSION.message(
         SessionUpdate(session_id), request_id=request_id, app=app
     )
@@ -282,7 +288,7 @@ async def update_session(request: Request) -> Response:
         entry,
         app=app,
         allowed=[Status.PENDING, *LIVE],
-        budget=_budget(request),
+        budget=_budget(request, app),
     )
     _refuse(result, detail)
     return await _answer(request, session_id, 0, {}, status=202)
@@ -301,14 +307,14 @@ def _refuse(result: str, detail: str) -> None:
 async def delete_session(request: Request) -> Response:
     session_id = _session_id(request)
     app = _app(request)
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    request_id = _request_id(request)
     message = messages.EXPIRE_SESSION.message(
         SessionRef(session_id), request_id=request_id, app=app
     )
     entry = timeline_entry("end_requested", request_id=request_id, app=app)
     allowed = [Status.PENDING, *LIVE]
     result, detail = await _store(request).enqueue_if_status(
-        session_id, allowed, message, entry, app=app, budget=_budget(request)
+        session_id, allowed, message, entry, app=app, budget=_budget(request, app)
     )
     if result != "skipped":
         _refuse(result, detail)
@@ -319,7 +325,7 @@ async def delete_session(request: Request) -> Response:
 async def erase_session(request: Request) -> Response:
     """Erase an ended session's personal data; erasing it again changes nothing."""
     session = await _existing(request)
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    request_id = _request_id(request)
     message = messages.DELETE_RECORDING_FILES.message(SessionRef(session.id), request_id=request_id)
     entry = timeline_entry("erased", request_id=request_id)
     masked = (mask(session.first_party), mask(session.second_party))
