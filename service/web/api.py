@@ -20,6 +20,7 @@ from service.models import LIVE, Session, Status, iso, now
 from service.phones import mask
 from service.settings import Settings
 from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
+from service.web.endpoints import Endpoint
 from service.web.middleware import header
 from service.web.problems import FieldError, Problem
 from service.web.validation import Rules, decode_create, decode_update, fingerprint
@@ -357,7 +358,7 @@ async def session_events(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/v1/sessions", create_session, methods=["POST"]),
+        Route("/v1/sessions", Endpoint(create_session), methods=["POST"]),
         Route("/v1/sessions", list_sessions, methods=["GET"]),
         Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
         Route("/v1/sessions/{session_id}", update_session, methods=["PATCH"]),

@@ -29,6 +29,7 @@ from service.settings import Settings
 from service.store import AsyncStore
 from service.vts.callbacks import MAX_FIELDS, InvalidEvent, Kind, check
 from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, verify_v3
+from service.web.endpoints import Endpoint
 from service.web.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -189,6 +190,6 @@ async def recording_events(request: Request) -> Response:
 def routes() -> list[Route]:
     methods = ["GET", "POST"]
     return [
-        Route("/webhooks/vts/session", session_events, methods=methods),
-        Route("/webhooks/vts/recording", recording_events, methods=methods),
+        Route("/webhooks/vts/session", Endpoint(session_events), methods=methods),
+        Route("/webhooks/vts/recording", Endpoint(recording_events), methods=methods),
     ]
