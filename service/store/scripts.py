@@ -15,7 +15,7 @@ def _load(name: str) -> str:
 def _events_table() -> str:
     """VTS's event vocabulary as the apply script's ``EVENTS`` table: name -> {role,
     party}, from the one place that defines it."""
-    rows = (f"  {name} = {{'{role}', '{party_of(name)}'}}," for name, role in ROLES.items())
+    rows = (f"  ['{name}'] = {{'{role}', '{party_of(name)}'}}," for name, role in ROLES.items())
     return "\n".join(["local EVENTS = {", *rows, "}"])
 
 
