@@ -5,7 +5,6 @@ writes nothing."""
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from dataclasses import replace
 from datetime import timedelta
@@ -15,7 +14,7 @@ import pytest
 import redis
 
 from service.models import Status
-from service.store import Store, scripts
+from service.store import Store
 from service.store.keys import Keys
 from service.vts.callbacks import ROLES, Event, Role, check
 from tests.conftest import Clock, store_event, stored_session
@@ -207,13 +206,7 @@ def test_every_order_of_a_call_gives_the_same_totals(
 ) -> None:
     """Orders of an inbound call's events (120 of the 720, the reverse among them) count
     the same, and end active."""
-    params = _events(*INBOUND)
-    ids = [store_event(redis_url, check("session", p)) for p in params]
-    moment = Clock()()
-    changes = [
-        accounting.plan_change(check("session", p), event_id=i, now=moment)
-        for p, i in zip(params, ids, strict=True)
-    ]
+    ids = [store_event(redis_url, check("session", p)) for p in _events(*INBOUND)]
     counters = ("interaction_count", "call_count", "billed_duration", "call_amount_nanos",
                 "status")  # fmt: skip
     orders = list(itertools.permutations(range(len(ids))))
@@ -222,8 +215,9 @@ def test_every_order_of_a_call_gives_the_same_totals(
         session_id = f"ses_{number:032d}"
         fields = ["status", "active", "index_member", f"0:{session_id}"]
         redis_client.hset(Keys.session(session_id), items=fields)
+        redis_client.set(Keys.vts_session(UUID), session_id)
         for index in order:
-            applied = store.apply_event(session_id, changes[index])
+            applied = store.apply_event(ids[index], UUID, clock=Clock()(), reconcile_after={})
             assert applied.outcome == "applied"
         totals = redis_client.hmget(Keys.session(session_id), *counters)
         assert totals == [b"1", b"2", b"120", b"17000000", b"active"], order
@@ -275,55 +269,20 @@ def test_an_impossible_leg_value_writes_nothing(
     assert redis_client.hget(Keys.event_stats(), "invalid") == b"1"
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("role", "leg"),
-        ("party", "third"),
-        ("sequence", "1e3"),
-        ("billed", "-1"),
-        ("billed", "86401"),
-        ("amount_nanos", "1000000000001"),
-        ("reconcile_at", "soon"),
-        ("purge_at", ""),
-        ("marker", ""),
-    ],
-)
-def test_the_apply_script_refuses_a_bad_argument_before_writing(
-    store: Store, session_id: str, redis_client: redis.Redis, field: str, value: str
+def test_an_event_without_a_sequence_number_applies_once(
+    ctx: Dependencies, store: Store, session_id: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    """Each argument the script checks: a bad one is ``invalid`` naming it, nothing written."""
-    arguments = {
-        "event_id": "e1", "marker": "seq:1", "role": "leg_end", "party": "first",
-        "sequence": "1", "billed": "60", "amount_nanos": "8500000",
-        "at": "2026-01-01T00:00:00Z", "entry": "{}", "virtual_number": "",
-        "updated_at": "2026-01-01T00:00:00Z", "reconcile_at": "", "session_id": session_id,
-        "channel": "c", "status_prefix": "p:", "timeline_limit": 10, "purge_at": "1",
-    }  # fmt: skip
-    keys = [Keys.session(session_id), Keys.applied(session_id), "t", "s", "z", "f"]
-    script = redis_client.register_script(scripts.APPLY_EVENT)
-    before = redis_client.hgetall(Keys.session(session_id))
-    result = script(keys=keys, args=[json.dumps(arguments | {field: value})])
-    assert result[:2] == [b"invalid", field.encode()]
-    assert redis_client.hgetall(Keys.session(session_id)) == before
-    assert redis_client.exists(Keys.applied(session_id), "t", "s", "z") == 0
-    assert script(keys=keys, args=[json.dumps(arguments)])[0] == b"applied"
-
-
-def test_a_duplicate_and_a_missing_session_are_told_apart(
-    store: Store, session_id: str, redis_client: redis.Redis
-) -> None:
-    """The script's other outcomes: ``duplicate`` for a marker seen, ``missing`` without a
-    session."""
-    change = accounting.plan_change(
-        check("session", _events("SessionFirstPartyHangup")[0]), event_id="e2", now=Clock()()
-    )
-    assert store.apply_event(session_id, change).outcome == "applied"
-    assert store.apply_event(session_id, change).outcome == "duplicate"
-    assert store.apply_event("ses_" + "0" * 32, change).outcome == "missing"
-    assert json.loads(redis_client.lrange(Keys.timeline(session_id), -1, -1)[0])["name"] == (
-        "SessionFirstPartyHangup"
-    )
+    """No SequenceNumber: the stored event's own id tells its redeliveries apart."""
+    params = _events("SessionFirstPartyHangup")[0]
+    del params["SequenceNumber"]
+    event_id = store_event(redis_url, check("session", params))
+    accounting.apply(ctx, event_id, UUID)
+    accounting.apply(ctx, event_id, UUID)
+    assert _totals(store, session_id) == (0, 1, 60, Decimal("0.0085"))
+    stored = store.webhook(event_id)
+    assert stored is not None
+    marker = f"id:{Event('session', stored[1]).id}"
+    assert redis_client.smembers(Keys.applied(session_id)) == {marker.encode()}
 
 
 def test_stale_unapplied_events_stop_holding_up_reconciliation(

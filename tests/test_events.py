@@ -147,15 +147,18 @@ def test_a_late_answer_does_not_reopen_an_ended_call(
     assert session.interaction_count == 1
 
 
+@pytest.mark.parametrize("named", [True, False])
 def test_event_before_the_session_is_known_waits_then_is_kept_aside(
-    ctx: Dependencies, redis_client: redis.Redis, redis_url: str, clock: Clock
+    ctx: Dependencies, redis_client: redis.Redis, redis_url: str, clock: Clock, named: bool
 ) -> None:
     """An event for an unknown session waits for its create, then is set aside, not lost."""
     event_id = _ingest(redis_url, check("session", {**_call(1, "hangup")[0], "SessionUUID": "x-1"}))
+    # Messages name the VTS session; those queued before they did are read for it.
+    uuid = "x-1" if named else None
     with pytest.raises(EventNotReady):
-        accounting.apply(ctx, event_id)
+        accounting.apply(ctx, event_id, uuid)
     clock.moment += accounting.ORPHAN_AFTER + timedelta(seconds=1)
-    accounting.apply(ctx, event_id)
+    accounting.apply(ctx, event_id, uuid)
     assert redis_client.zscore(Keys.orphan_events(), event_id) is not None
     assert redis_client.hget(Keys.event_stats(), "orphaned") == b"1"
 

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,16 +96,15 @@ def _count_active(system: System, ids: list[str]) -> int:
 
 def _force_a_failure_quoting_a_number(system: System, redis_url: str) -> str:
     """An event whose stored record was damaged so that processing it raises an exception
-    whose message quotes a phone number (int() of a formatted number)."""
-    session = _create(system, wait=10).json()
+    whose message quotes a phone number (int() of a formatted number as the time it was
+    received, read while its VTS session is not known)."""
     number = "+1 415 555 2671"
     system.numbers.append("+14155552671")
-    params = {"EventName": "SessionFirstPartyHangup", "SessionUUID": session["vts_session_uuid"],
-              "SequenceNumber": number}  # fmt: skip
+    params = {"EventName": "SessionFirstPartyHangup", "SessionUUID": "unknown-vts-session",
+              "SequenceNumber": "1"}  # fmt: skip
     client = redis.Redis.from_url(redis_url)
     event_id = "f" * 32
-    received_ms = str(int(time.time() * 1000))
-    record = {"kind": "session", "params": json.dumps(params), "received_ms": received_ms}
+    record = {"kind": "session", "params": json.dumps(params), "received_ms": number}
     client.hset(Keys.webhook(event_id), mapping=record)  # type: ignore[arg-type]
     message = messages.APPLY_EVENT.message(messages.EventRef(event_id))
     Store(client).enqueue(message)

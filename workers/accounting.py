@@ -10,17 +10,16 @@ changes nothing and is counted as ``invalid``.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 
 import structlog
 
 from service.errors import EventNotReady
-from service.models import iso, to_nanos
 from service.phones import InvalidNumber, normalise
-from service.store import Applied, EventChange, timeline_entry
+from service.store import Applied
 from service.vts import callbacks
-from service.vts.callbacks import Event, InvalidEvent, Role
+from service.vts.callbacks import Event, Role
 from workers import notifications
 from workers.dependencies import Dependencies
 
@@ -31,61 +30,82 @@ log = structlog.get_logger(__name__)
 ORPHAN_AFTER = timedelta(seconds=120)
 RECONCILE_AFTER_CALL = timedelta(seconds=15)
 RECONCILE_AFTER_END = timedelta(seconds=5)
-# Bounds of one leg's values: a day of talk, and more money than a day of talk costs.
-MAX_BILLED_SECONDS = 86_400
-MAX_AMOUNT = Decimal(1000)
+
+
+# After which roles to compare with VTS, and how soon (ms): soon after a call, sooner
+# after the end.
+_RECONCILE_AFTER = {
+    Role.TIMEOUT.value: RECONCILE_AFTER_END // timedelta(milliseconds=1),
+    **{
+        role.value: RECONCILE_AFTER_CALL // timedelta(milliseconds=1)
+        for role in (Role.LEG_END, Role.LEG_COMPLETE, Role.PARTIES_HANGUP)
+    },
+}
 
 
 def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) -> None:
-    """Apply the stored callback ``event_id`` (of VTS session ``session_uuid``, when the
-    message names it: one round trip less). Raises EventNotReady while it must wait."""
-    if session_uuid:
-        stored, session_id = deps.store.webhook_and_session(event_id, session_uuid)
-    else:
+    """Apply the stored callback ``event_id`` of VTS session ``session_uuid`` (messages
+    queued before the web named it have to read the callback for it). Raises
+    EventNotReady while it must wait."""
+    if not session_uuid:
         stored = deps.store.webhook(event_id)
-        session_id = deps.store.session_for_vts(stored[1]["SessionUUID"]) if stored else None
-    if stored is None:
-        log.warning("event_expired_before_applied", event_id=event_id)
-        return
-    _, params, received_ms = stored
-    event = Event("session", params)
-    age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
+        if stored is None:
+            log.warning("event_expired_before_applied", event_id=event_id)
+            return
+        session_uuid = stored[1]["SessionUUID"]
+    applied = _apply(deps, event_id, session_uuid)
+    event_tag = str(applied.sequence or "")
+    if applied.outcome == "needs":
+        # Only Python can say: the virtual number's E.164 form, the event's own id.
+        event = Event("session", json.loads(applied.detail))
+        applied = _apply(
+            deps, event_id, session_uuid, marker=_marker(event), virtual_number=_number(event)
+        )
+        event_tag = str(event.sequence or event.id)
     structlog.contextvars.bind_contextvars(
-        vts_session_uuid=event.session_uuid, vts_event=event.name, sequence=event.sequence
+        vts_session_uuid=session_uuid,
+        vts_event=applied.name,
+        sequence=applied.sequence,
+        **({"session_id": applied.session_id} if applied.session_id else {}),
     )
-    if session_id is None:
-        if age < ORPHAN_AFTER:
-            raise EventNotReady("the session of this event is not known yet")
-        deps.store.keep_orphan(event_id, received_ms, event.session_uuid)
-        log.warning("event_orphaned", event_id=event_id)
-        return
-    structlog.contextvars.bind_contextvars(session_id=session_id)
-    try:
-        planned = plan_change(event, event_id=event_id, now=deps.clock())
-    except InvalidEvent as exc:
-        deps.store.set_aside(event_id, event.session_uuid, "invalid")
-        log.warning("event_invalid", reason=str(exc))
-        return
-    _follow_up(deps, session_id, event_id, event, deps.store.apply_event(session_id, planned))
+    _follow_up(deps, event_id, session_uuid, applied, event_tag)
+
+
+def _apply(deps: Dependencies, event_id: str, session_uuid: str, **answers: str) -> Applied:
+    return deps.store.apply_event(
+        event_id, session_uuid, clock=deps.clock(), reconcile_after=_RECONCILE_AFTER, **answers
+    )
 
 
 def _follow_up(
-    deps: Dependencies, session_id: str, event_id: str, event: Event, applied: Applied
+    deps: Dependencies, event_id: str, session_uuid: str, applied: Applied, tag: str
 ) -> None:
-    if applied.outcome == "invalid":
-        deps.store.set_aside(event_id, event.session_uuid, "invalid")
-        log.warning("event_invalid", reason=applied.before)
-        return
-    if applied.outcome != "applied":
+    if applied.outcome == "applied":
+        log.info("event_applied", status_before=applied.before, status_after=applied.after)
+        _notify_news(deps, applied, tag)
+    elif applied.outcome == "no_session":
+        received_ms = int(applied.detail)
+        age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
+        if age < ORPHAN_AFTER:
+            raise EventNotReady("the session of this event is not known yet")
+        deps.store.keep_orphan(event_id, received_ms, session_uuid)
+        log.warning("event_orphaned")
+    elif applied.outcome == "invalid":
+        deps.store.set_aside(event_id, session_uuid, "invalid")
+        log.warning("event_invalid", reason=f"{applied.detail} is not a possible value")
+    elif applied.outcome == "expired":
+        log.warning("event_expired_before_applied")
+    else:
         log.info("event_skipped", result=applied.outcome)
-        return
-    log.info("event_applied", status_before=applied.before, status_after=applied.after)
+
+
+def _notify_news(deps: Dependencies, applied: Applied, tag: str) -> None:
     if not applied.wants_news:
         return
     if applied.after == "expired" and applied.before != "expired":
-        _notify(deps, session_id, "session.expired")
+        _notify(deps, applied.session_id, "session.expired")
     if applied.interactions:
-        _notify(deps, session_id, "session.call_ended", tag=str(event.sequence or event.id))
+        _notify(deps, applied.session_id, "session.call_ended", tag=tag)
 
 
 def _notify(deps: Dependencies, session_id: str, kind: str, tag: str = "") -> None:
@@ -94,91 +114,18 @@ def _notify(deps: Dependencies, session_id: str, kind: str, tag: str = "") -> No
         notifications.queue(deps.store, session, kind, tag)
 
 
-def _reconcile_at(role: Role, now: datetime) -> datetime | None:
-    """When to compare with VTS after this event: soon after a call, sooner after the end."""
-    if role is Role.TIMEOUT:
-        return now + RECONCILE_AFTER_END
-    if role in (Role.LEG_END, Role.LEG_COMPLETE, Role.PARTIES_HANGUP):
-        return now + RECONCILE_AFTER_CALL
-    return None
-
-
-def plan_change(event: Event, *, event_id: str, now: datetime) -> EventChange:
-    """What ``event`` does, in the terms of the store's apply script. Raises InvalidEvent
-    when a value it would count is impossible."""
-    role = callbacks.role_of(event.name)
-    billed, nanos = _leg_values(event) if role in (Role.LEG_END, Role.LEG_COMPLETE) else (0, 0)
+def _marker(event: Event) -> str:
+    """What makes a redelivery of ``event`` a duplicate."""
     sequence = event.sequence
-    return EventChange(
-        event_id=event_id,
-        marker=f"seq:{sequence}" if sequence is not None else f"id:{event.id}",
-        role=role.value,
-        party=callbacks.party_of(event.name),
-        sequence=sequence,
-        billed=billed,
-        amount_nanos=nanos,
-        at=_event_time(event),
-        entry=_timeline(event),
-        session_uuid=event.session_uuid,
-        virtual_number=_virtual_number(event) if role is Role.NUMBER else None,
-        reconcile_at=_reconcile_at(role, now),
-    )
+    return f"seq:{sequence}" if sequence is not None else f"id:{event.id}"
 
 
-def _leg_values(event: Event) -> tuple[int, int]:
-    """An ended leg's billed seconds and amount (in billionths), checked."""
-    billed_text = event.params.get("BilledDuration") or "0"
-    if not billed_text.isdigit() or int(billed_text) > MAX_BILLED_SECONDS:
-        raise InvalidEvent(f"BilledDuration must be 0 to {MAX_BILLED_SECONDS} seconds")
-    try:
-        amount = Decimal(event.params.get("Amount") or "0")
-    except InvalidOperation:
-        amount = Decimal("NaN")
-    if not (amount.is_finite() and 0 <= amount <= MAX_AMOUNT):
-        raise InvalidEvent(f"Amount must be a decimal from 0 to {MAX_AMOUNT}")
-    nanos = to_nanos(amount)
-    if Decimal(nanos).scaleb(-9) != amount:
-        raise InvalidEvent("Amount has more than 9 decimals")
-    return int(billed_text), nanos
-
-
-def _event_time(event: Event) -> str:
-    raw = event.params.get("EventTimestamp", "").strip()
-    try:
-        moment = datetime.fromisoformat(raw).replace(tzinfo=UTC)
-    except ValueError:
-        moment = datetime.now(UTC)
-    return iso(moment) or ""
-
-
-def _virtual_number(event: Event) -> str | None:
+def _number(event: Event) -> str:
+    """The new virtual number of a ``number`` event, E.164; "" when unreadable."""
+    if callbacks.role_of(event.name) is not Role.NUMBER:
+        return ""
     try:
         return normalise(event.params.get("VirtualNumber", ""))
     except InvalidNumber:
         log.warning("event_virtual_number_unreadable")
-        return None
-
-
-_TIMELINE_FIELDS = {
-    "Duration": "duration",
-    "BilledDuration": "billed_duration",
-    "Amount": "amount",
-    "HangupCause": "hangup_cause",
-    "HangupCauseCode": "hangup_cause_code",
-}
-
-
-def _timeline(event: Event) -> str:
-    """The event as the timeline shows it: normalised fields, never a phone number."""
-    details = {
-        name: event.params[field]
-        for field, name in _TIMELINE_FIELDS.items()
-        if field in event.params
-    }
-    return timeline_entry(
-        "vts_event",
-        name=event.name,
-        sequence=event.sequence,
-        event_time=_event_time(event),
-        **details,
-    )
+        return ""

@@ -12,7 +12,7 @@ workers; ``RecordingStore``/``AsyncRecordingStore`` keep recordings. All use cli
 """
 
 from service.store.apps import vts_rate_limit_key
-from service.store.codec import Applied, EventChange, timeline_entry
+from service.store.codec import Applied, timeline_entry
 from service.store.events import WEBHOOK_RETENTION_SECONDS
 from service.store.names import PREFIX
 from service.store.queue import DRAMATIQ_NAMESPACE
@@ -40,7 +40,6 @@ __all__ = [
     "AsyncRecordingStore",
     "AsyncStore",
     "CreateOutcome",
-    "EventChange",
     "InvalidCursor",
     "Page",
     "RecordingStore",

@@ -1,4 +1,4 @@
-"""What the store's concept modules share: an event's change and what applying it did
+"""What the store's concept modules share: what applying an event did
 (``apply_event.lua`` crosses concepts), timeline entries, and reading and writing hash
 fields. Each concept module decodes its own records."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -15,29 +14,17 @@ from service.models import iso, now
 
 
 @dataclass(frozen=True)
-class EventChange:
-    """What one VTS event does to a session, in the terms of ``apply_event.lua``."""
-
-    event_id: str
-    marker: str
-    role: str
-    party: str
-    sequence: int | None
-    billed: int
-    amount_nanos: int
-    at: str
-    entry: str
-    session_uuid: str
-    virtual_number: str | None = None
-    reconcile_at: datetime | None = None
-
-
-@dataclass(frozen=True)
 class Applied:
-    """What applying an event did. ``outcome``: ``applied``, ``duplicate``, ``missing``
-    (no such session) or ``invalid`` (then ``before`` names the bad argument)."""
+    """What applying a stored event did (see ``apply_event.lua`` for the outcomes):
+    ``detail`` says which value was ``invalid``, when a ``no_session`` event was received
+    (epoch ms) or what a ``needs`` answer asks about (the callback's params, JSON).
+    ``name`` and ``sequence`` are the event's, once read."""
 
     outcome: str
+    detail: str = ""
+    session_id: str = ""
+    name: str = ""
+    sequence: int | None = None
     before: str = ""
     after: str = ""
     interactions: int = 0

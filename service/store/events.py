@@ -22,7 +22,6 @@ from service.store.batching import GroupCommit
 from service.store.codec import decode_str, hash_args
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
-from service.store.sessions import SessionKeys
 from service.vts.callbacks import Event, at_rest
 
 # How long raw callbacks (and the nonces that came with them) are kept: for replays,
@@ -141,16 +140,6 @@ class StoredEvents:
     def webhook(self, event_id: str) -> tuple[str, dict[str, str], int] | None:
         """A stored callback: (kind, params, received at in ms), or None once expired."""
         return decode_webhook(self.client.hgetall(EventKeys.webhook(event_id)))
-
-    def webhook_and_session(
-        self, event_id: str, session_uuid: str
-    ) -> tuple[tuple[str, dict[str, str], int] | None, str | None]:
-        """A stored callback and our session for its VTS session, in one round trip."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(EventKeys.webhook(event_id))
-            pipe.get(SessionKeys.vts_session(session_uuid))
-            raw, owner = pipe.execute()
-        return decode_webhook(raw), (decode_str(owner) if owner else None)
 
     def set_aside(self, event_id: str, session_uuid: str, stats_field: str) -> None:
         """Take an event out of its VTS session's in-flight set without applying it (it is

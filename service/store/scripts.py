@@ -5,12 +5,21 @@ and ARGV are. The longer ones live in ``.lua`` files beside this module."""
 
 from importlib import resources
 
+from service.vts.callbacks import ROLES, party_of
+
 
 def _load(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-APPLY_EVENT = _load("apply_event.lua")
+def _events_table() -> str:
+    """VTS's event vocabulary as the apply script's ``EVENTS`` table: name -> {role,
+    party}, from the one place that defines it."""
+    rows = (f"  ['{name}'] = {{'{role}', '{party_of(name)}'}}," for name, role in ROLES.items())
+    return "\n".join(["local EVENTS = {", *rows, "}"])
+
+
+APPLY_EVENT = _events_table() + "\n" + _load("apply_event.lua")
 
 # Erases a session's personal data; counters and the timeline stay.
 # KEYS: session, timeline, session's recordings, queue, queue messages, event index,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import redis
 
 from service.models import Status, iso, now
 from service.store import scripts
-from service.store.codec import Applied, EventChange, decode_str
+from service.store.codec import Applied, decode_str
 from service.store.deadletters import DeadLetters
 from service.store.events import EventKeys, StoredEvents
 from service.store.queue import QueueAccess
@@ -38,48 +38,66 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
         self.client = client
         self.retention = retention
         self._apply = client.register_script(scripts.APPLY_EVENT)
+        self._apply_constants = {
+            "session_key": SessionKeys.session(_ID),
+            "applied_key": EventKeys.applied(_ID),
+            "timeline_key": SessionKeys.timeline(_ID),
+            "channel": CHANNEL,
+            "status_prefix": SessionKeys.index() + ":status:",
+            "timeline_limit": TIMELINE_LIMIT,
+        }
         self._init_sessions()
         self._init_schedule()
         self._init_dead_letters()
 
-    def apply_event(self, session_id: str, change: EventChange) -> Applied:
-        """Apply one event's effect exactly once (see ``apply_event.lua``); a redelivered
-        event is a ``duplicate`` and changes nothing. Schedules the session's
-        reconciliation at ``change.reconcile_at`` when given."""
-        arguments = {
-            "event_id": change.event_id,
-            "marker": change.marker,
-            "role": change.role,
-            "party": change.party,
-            "sequence": "" if change.sequence is None else str(change.sequence),
-            "billed": str(change.billed),
-            "amount_nanos": str(change.amount_nanos),
-            "at": change.at,
-            "entry": change.entry,
-            "virtual_number": change.virtual_number or "",
-            "updated_at": iso(now()) or "",
-            "reconcile_at": _millis(change.reconcile_at),
-            "session_id": session_id,
-            "channel": CHANNEL,
-            "status_prefix": SessionKeys.index() + ":status:",
-            "timeline_limit": TIMELINE_LIMIT,
-            "purge_at": str(self._purge_due()),
+    def apply_event(
+        self,
+        event_id: str,
+        session_uuid: str,
+        *,
+        clock: datetime,
+        reconcile_after: Mapping[str, int],
+        marker: str | None = None,
+        virtual_number: str | None = None,
+    ) -> Applied:
+        """Apply the stored callback ``event_id`` of VTS session ``session_uuid`` exactly
+        once, in one round trip (see ``apply_event.lua``): a redelivered event is a
+        ``duplicate`` and changes nothing. After an event whose role ``reconcile_after``
+        names, schedules the session's reconciliation that many ms after ``clock``.
+        ``marker`` and ``virtual_number`` answer a ``needs`` outcome."""
+        moment = now()
+        arguments = self._apply_constants | {
+            "event_id": event_id,
+            "now": iso(moment),
+            "clock_ms": str(int(clock.timestamp() * 1000)),
+            "purge_at": str(int((moment.timestamp() + self.retention) * 1000)),
+            "reconcile_after": reconcile_after,
         }
-        outcome, before, after, interactions, news = self._apply(
+        if marker is not None:
+            arguments["marker"] = marker
+        if virtual_number is not None:
+            arguments["virtual_number"] = virtual_number
+        reply = self._apply(
             keys=[
-                SessionKeys.session(session_id),
-                EventKeys.applied(session_id),
-                SessionKeys.timeline(session_id),
+                EventKeys.webhook(event_id),
+                SessionKeys.vts_session(session_uuid),
+                EventKeys.in_flight(session_uuid),
                 EventKeys.event_stats(),
                 ScheduleKeys.schedule(),
-                EventKeys.in_flight(change.session_uuid),
             ],
-            args=[json.dumps(arguments, separators=(",", ":"))],
+            args=[_COMPACT_JSON.encode(arguments)],
+        )
+        outcome, detail, session_id, name, sequence, before, after, interactions, news = (
+            decode_str(item) if isinstance(item, bytes) else item for item in reply
         )
         return Applied(
-            decode_str(outcome),
-            decode_str(before),
-            decode_str(after),
+            outcome,
+            detail,
+            session_id,
+            name,
+            int(sequence) if sequence else None,
+            before,
+            after,
             int(interactions),
             bool(news),
         )
@@ -127,5 +145,7 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             pipe.execute()
 
 
-def _millis(moment: datetime | None) -> str:
-    return str(int(moment.timestamp() * 1000)) if moment else ""
+# Where the apply script puts a session's id in the names of its keys.
+_ID = "{id}"
+# One encoder, built once: json.dumps builds a new one per call when given separators.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
