@@ -214,25 +214,30 @@ def configure(
 
 # The processor chain of the last ``configure``, while INFO lines are written.
 _direct: list[list[Processor]] = []
-_HTTP = LineWriter("service.http")
-_http_log = structlog.get_logger("service.http")
 
 
-def request_line(**fields: Any) -> None:
-    """The ``http_request`` line of the ``service.http`` logger: what
-    ``log.info("http_request", **fields)`` writes, with the configured processors run
-    directly rather than through a bound logger (which copies its context and dispatches
-    by level on every call: a third of the line's cost, on the line every request writes).
-    Through the bound logger when structlog has been configured otherwise since (as
-    ``structlog.testing.capture_logs`` does)."""
-    chain = _direct[0] if _direct else None
-    if chain is None or structlog.get_config()["processors"] is not chain:
-        _http_log.info("http_request", **fields)
-        return
-    event_dict: Any = {**fields, "event": "http_request"}
-    for processor in chain:
-        event_dict = processor(_HTTP, "info", event_dict)
-    _HTTP.msg(event_dict)
+class WorkLine:
+    """The INFO line ``event`` of logger ``name`` that a process writes once per unit of
+    work (a request, a message): what ``structlog.get_logger(name).info(event, ...)``
+    writes, with the configured processors run directly rather than through a bound
+    logger, which copies its context and dispatches by level on every call (a third of
+    the line's cost). Through the bound logger when structlog has been configured
+    otherwise since (as ``structlog.testing.capture_logs`` does)."""
+
+    def __init__(self, name: str, event: str) -> None:
+        self._event = event
+        self._writer = LineWriter(name)
+        self._log = structlog.get_logger(name)
+
+    def __call__(self, **fields: Any) -> None:
+        chain = _direct[0] if _direct else None
+        if chain is None or structlog.get_config()["processors"] is not chain:
+            self._log.info(self._event, **fields)
+            return
+        event_dict: Any = {**fields, "event": self._event}
+        for processor in chain:
+            event_dict = processor(self._writer, "info", event_dict)
+        self._writer.msg(event_dict)
 
 
 def bind(**values: Any) -> None:

@@ -25,6 +25,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from service import logs
 from service.metrics import metrics
 from service.phones import mask_text
 from service.store import DRAMATIQ_NAMESPACE, Store
@@ -40,6 +41,9 @@ TIME_LIMIT_MS = 5 * 60_000
 # A worker process heartbeats on every broker call (at least every 100 ms: see
 # PromptRedisBroker), so 15 s of silence means it is gone and its messages can go back.
 HEARTBEAT_TIMEOUT_MS = 15_000
+
+
+_processed_line = logs.WorkLine(__name__, "message_processed")
 
 
 class LogContext(Middleware):
@@ -82,8 +86,7 @@ class LogContext(Middleware):
         if exception is not None and message.failed:
             self._note_dead_letter(dependencies.of(broker).store, message, exception)
         metrics().message_seconds.labels(message.actor_name).observe(seconds)
-        log.info(
-            "message_processed",
+        _processed_line(
             outcome=outcome,
             retries=message.options.get("retries", 0),
             duration_ms=duration_ms,

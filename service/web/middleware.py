@@ -17,6 +17,7 @@ from service.phones import mask_text
 from service.web.problems import Problem
 
 MAX_LOGGED_PATH = 256
+_request_line = logs.WorkLine("service.http", "http_request")
 Observe = Callable[[float], None]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGIT_RUN = re.compile(r"\d{10}")
@@ -98,7 +99,7 @@ class RequestContext:
             count, observe = self._measures(scope["method"], template or "unmatched", status)
             count()
             observe(seconds)
-            logs.request_line(
+            _request_line(
                 method=scope["method"],
                 # A raw path is the client's: log only its start.
                 route=template or scope["path"][:MAX_LOGGED_PATH],
