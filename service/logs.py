@@ -33,6 +33,11 @@ _SAFE_KEYS = frozenset(
 )
 
 
+# Short text with digits that masking left as it was (a route such as "/v1/sessions"):
+# most such values recur on every line, and holding them holds no number.
+_UNCHANGED: set[str] = set()
+
+
 def mask_phone_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Mask every phone number in every string value, however deeply nested."""
     for key, value in event_dict.items():
@@ -42,8 +47,12 @@ def mask_phone_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
         # Most values of a line are short text without a digit, or numbers: left as they
         # are without a call.
         if kind is str:
+            if value in _UNCHANGED:
+                continue
             if _DIGIT.search(value) is not None or len(value) > MAX_TEXT:
-                event_dict[key] = mask_text(value)
+                masked = event_dict[key] = mask_text(value)
+                if masked == value and len(value) <= 128 and len(_UNCHANGED) < 4096:
+                    _UNCHANGED.add(value)
         elif not (kind is int or kind is float or kind is bool or value is None):
             event_dict[key] = _masked(value)
     return event_dict

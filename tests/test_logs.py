@@ -231,3 +231,15 @@ def test_a_logger_cached_before_configure_writes_where_the_last_configure_said()
         configure_test_logs()
     assert [json.loads(line)["event"] for line in first.getvalue().splitlines()] == ["before"]
     assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["after"]
+
+
+def test_a_value_is_masked_every_time_it_is_logged(stream: io.StringIO) -> None:
+    """Values that masking leaves alone are remembered to save work; one holding a number
+    is masked on every line, never remembered as left alone."""
+    log = structlog.get_logger("test")
+    for _ in range(3):
+        log.info("seen", route="/v1/sessions", who="call +14155552671 now")
+    records = _records(stream)
+    assert [r["route"] for r in records] == ["/v1/sessions"] * 3
+    assert [r["who"] for r in records] == ["call ***2671 now"] * 3
+    assert "+14155552671" not in logs._UNCHANGED
