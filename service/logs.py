@@ -174,8 +174,12 @@ _fd: list[int] = []
 
 
 def _descriptor(stream: TextIO) -> list[int]:
-    """``[fd]`` for a stream that takes UTF-8 at a file descriptor and is flushed after
-    every line it is given (the handler does), so writing past it reorders nothing."""
+    """``[fd]`` when ``stream`` is the process's own standard error or output taking
+    UTF-8: its descriptor lives as long as the process, and the handler flushes the stream
+    after every line, so writing past it reorders nothing. Any other stream may be closed
+    and its descriptor number reused, so it is written through its object."""
+    if stream is not sys.__stderr__ and stream is not sys.__stdout__:
+        return []
     if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
         return []
     try:

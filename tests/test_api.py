@@ -146,6 +146,16 @@ def test_non_json_content_type_is_415(api: httpx2.Client) -> None:
     _assert_problem(response, 415)
 
 
+def test_json_content_type_with_parameters_and_any_case_is_accepted(api: httpx2.Client) -> None:
+    """``Application/JSON; charset=utf-8`` is JSON: media types are case-insensitive and
+    their parameters are not part of the type."""
+    raw = json.dumps({"first_party": "+14155552671", "second_party": "+442079460958"})
+    response = api.post(
+        "/v1/sessions", content=raw, headers={"content-type": "Application/JSON; charset=utf-8"}
+    )
+    assert response.status_code == 202, response.text
+
+
 def test_oversized_body_is_413_from_content_length(api: httpx2.Client) -> None:
     """A declared length over 64 KiB is refused without reading the body."""
     response = api.post(

@@ -243,3 +243,32 @@ def test_a_value_is_masked_every_time_it_is_logged(stream: io.StringIO) -> None:
     assert [r["route"] for r in records] == ["/v1/sessions"] * 3
     assert [r["who"] for r in records] == ["call ***2671 now"] * 3
     assert "+14155552671" not in logs._UNCHANGED
+
+
+def test_lines_from_many_threads_to_standard_error_stay_whole() -> None:
+    """Written straight to the process's standard error (one write per line, no lock),
+    lines from eight threads at once never interleave, and library lines keep their own."""
+    import subprocess
+    import sys
+
+    program = """
+import logging, threading, structlog
+from service import logs
+logs.configure(fmt="json", level="INFO")
+assert logs._fd == [2], logs._fd
+log = structlog.get_logger("load")
+def run(n):
+    for i in range(500):
+        log.info("line", thread=n, i=i, pad="x" * (i % 300))
+        if i % 50 == 0:
+            logging.getLogger("library").warning("library line %d", i)
+threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert sum(r["event"] == "line" for r in records) == 8 * 500
+    assert sum(r["event"].startswith("library line") for r in records) == 8 * 10

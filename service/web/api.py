@@ -90,7 +90,8 @@ class JSON(Response):
 
 async def _json_body(request: Request, *, merge_patch: bool = False) -> bytes:
     """The raw body, once its Content-Type says JSON (or, for PATCH, a JSON merge patch)."""
-    content_type = header(request.scope, b"content-type") or [""][0].strip().lower()
+    given = header(request.scope, b"content-type") or ""
+    content_type = given.split(";")[0].strip().lower()
     if content_type != "application/json" and not (
         merge_patch and content_type == "application/merge-patch+json"
     ):
