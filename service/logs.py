@@ -135,11 +135,11 @@ class LineWriter:
 
     Going through the stdlib instead (a ``LogRecord``, the handler, ``ProcessorFormatter``
     copying the event and running its chain) cost ~25 µs a line, a tenth of a request.
-    When the stream is a file descriptor taking UTF-8 (standard error, in production), a
-    line is one ``write()``, which the kernel keeps whole (on a pipe, up to ``PIPE_BUF``
-    bytes): no lock is held while the write waits, where the handler's lock made a
-    worker's other threads queue behind it. Longer lines, and other streams, are written
-    under the handler's lock. A line that cannot be written is dropped, as the stdlib
+    When the stream is the process's own standard error or output, taking UTF-8 (as in
+    production), a line is one ``write()``, which the kernel keeps whole (on a pipe, up
+    to ``PIPE_BUF`` bytes): no lock is held while the write waits, where the handler's
+    lock made a worker's other threads queue behind it. Longer lines, and other streams,
+    are written under the handler's lock. A line that cannot be written is dropped, as the stdlib
     handler drops it.
     """
 
