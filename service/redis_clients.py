@@ -5,6 +5,7 @@ so after a failover it reconnects to the promoted replica)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -82,3 +83,12 @@ def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
         address.master, db=address.db, password=address.password, **options
     )
     return client
+
+
+def cancelling() -> bool:
+    """Whether the running task has been asked to stop. A cancellation that lands as
+    redis-py's read timeout fires can reach the caller as redis-py's own TimeoutError: a
+    loop that retries on Redis errors asks this first, so that it stops instead of
+    retrying forever (a web waiting for it at shutdown never exited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

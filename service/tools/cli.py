@@ -100,12 +100,14 @@ def web(args: argparse.Namespace) -> None:
     listener = _listen(args.host, settings.port if args.port is None else args.port, named)
     import uvicorn
 
-    from service import logs
+    from service import logs, memory
     from service.web.app import create_app
 
     logs.configure(fmt=settings.log_format, level=settings.log_level)
+    app = create_app(settings)
+    memory.settle()
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=20,

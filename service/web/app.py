@@ -87,6 +87,8 @@ async def _sync_apps(registry: AppRegistry, store: AsyncAppStore) -> bool:
         await store.register(registry.configured_apps())
         registry.load(await store.managed_keys())
     except (redis.RedisError, OSError) as exc:
+        if redis_clients.cancelling():
+            raise asyncio.CancelledError from exc
         log.warning("apps_refresh_failed", error=type(exc).__name__)
         return False
     return True
@@ -121,7 +123,6 @@ def create_app(settings: Settings) -> Starlette:
         scrape_client = redis_clients.connect(settings.redis_url, socket_timeout=2)
         app.state.cluster_metrics.register(ClusterCollector(scrape_client, messages.QUEUES))
         await app.state.watcher.start()
-        memory.settle()
         log.info("web_started", vts_base_url=settings.vts_base_url)
         try:
             yield
@@ -176,4 +177,8 @@ def from_env() -> Starlette:
     """uvicorn's factory: read the settings, configure logging, build the app."""
     settings = Settings.from_env()
     logs.configure(fmt=settings.log_format, level=settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    # The process is the web's alone: its start-up heap can be frozen (an app built
+    # inside another process, as tests do, leaves that process's collector alone).
+    memory.settle()
+    return app

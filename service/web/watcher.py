@@ -15,6 +15,7 @@ from collections.abc import Callable
 import redis.asyncio
 import structlog
 
+from service import redis_clients
 from service.models import Session
 from service.store import CHANNEL, AsyncStore
 
@@ -69,6 +70,8 @@ class SessionWatcher:
                         if message["type"] == "message":
                             self._notify(message["data"].decode())
             except (redis.RedisError, OSError) as exc:
+                if redis_clients.cancelling():
+                    raise asyncio.CancelledError from exc
                 log.warning("session_watcher_reconnecting", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
 
