@@ -48,9 +48,12 @@ def test_failed_message_is_listed_replayed_and_applied_once(
               "SequenceNumber": "1", "BilledDuration": "60", "Amount": "0.0085",
               "FirstParty": first[1:]}  # fmt: skip
     store = Store(redis_client)
+    # Paused, so that the worker cannot apply the event before its record is damaged.
+    worker.pause()
     event_id = store_event(redis_url, check("session", params))
     good = redis_client.hget(Keys.webhook(event_id), "params")
     redis_client.hset(Keys.webhook(event_id), "params", "{corrupt")
+    worker.resume()
     [letter] = wait_until(lambda: list(deadletters.dead_letters(store)), timeout=60)
     assert letter.message["actor_name"] == "apply_event"
     assert "JSONDecodeError" in letter.error
