@@ -210,11 +210,8 @@ def encode(
         "message_id": message_id,
         "message_timestamp": int(time.time() * 1000),
     }
-    return Outgoing(queue_name, message_id, redis_id, _json(fields))
-
-
-# The same JSON as dramatiq's encoder writes (compact), readable by it; faster.
-_json = msgspec.json.Encoder().encode
+    # The same JSON as dramatiq's encoder writes (compact), readable by it; faster.
+    return Outgoing(queue_name, message_id, redis_id, msgspec.json.encode(fields))
 
 
 _SESSION_WORK = RetryPolicy(

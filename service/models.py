@@ -80,11 +80,8 @@ def _nonzero(count: int) -> str | None:
     return str(count) if count else None
 
 
-_COMPACT_JSON = msgspec.json.Encoder()
-
-
 def _compact_json(value: Mapping[str, Any]) -> str:
-    return _COMPACT_JSON.encode(value).decode() if value else "{}"
+    return msgspec.json.encode(value).decode() if value else "{}"
 
 
 def _counter(fields: Mapping[str, str], name: str) -> int:

@@ -6,10 +6,12 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+import structlog.testing
 
 from service import logs
 from service.phones import MAX_TEXT, mask_text
@@ -272,3 +274,38 @@ for t in threads: t.join()
     records = [json.loads(line) for line in done.stderr.splitlines()]
     assert sum(r["event"] == "line" for r in records) == 8 * 500
     assert sum(r["event"].startswith("library line") for r in records) == 8 * 10
+
+
+def test_work_lines_go_through_structlog_when_it_is_configured_otherwise(
+    stream: io.StringIO,
+) -> None:
+    """The request line skips structlog's bound logger only while structlog runs our own
+    processors: under ``capture_logs`` it is captured like any other line."""
+    line = logs.WorkLine("service.http", "http_request")
+    with structlog.testing.capture_logs() as captured:
+        line(method="GET", status=200)
+    assert captured == [
+        {"method": "GET", "status": 200, "event": "http_request", "log_level": "info"}
+    ]
+    line(method="POST", status=202)
+    [record] = _records(stream)
+    assert (record["event"], record["method"], record["logger"]) == (
+        "http_request",
+        "POST",
+        "service.http",
+    )
+
+
+def test_only_the_process_s_own_standard_error_is_written_past_its_stream(
+    tmp_path: Path,
+) -> None:
+    """A stream the process opened itself (its descriptor may be closed and reused) is
+    always written through its object, never by descriptor."""
+    with (tmp_path / "log").open("w", encoding="utf-8") as file:
+        logs.configure(fmt="json", level="INFO", stream=file, cache_loggers=False)
+        try:
+            assert logs._fd == []
+            structlog.get_logger("test").info("kept")
+        finally:
+            configure_test_logs()
+    assert json.loads((tmp_path / "log").read_text())["event"] == "kept"

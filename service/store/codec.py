@@ -31,11 +31,8 @@ class Applied:
     wants_news: bool = False
 
 
-_COMPACT_JSON = msgspec.json.Encoder()
-
-
 def timeline_entry(kind: str, **detail: Any) -> str:
-    return _COMPACT_JSON.encode({"at": iso(now()), "type": kind, **detail}).decode()
+    return msgspec.json.encode({"at": iso(now()), "type": kind, **detail}).decode()
 
 
 def decode_str(value: bytes | str) -> str:

@@ -200,7 +200,7 @@ class AsyncStoredEvents:
         """
         fields = {
             "kind": event.kind,
-            "params": _PARAMS_JSON.encode(at_rest(event.params)).decode(),
+            "params": msgspec.json.encode(at_rest(event.params)).decode(),
             "received_ms": str(received_ms),
         }
         result = await self._group.call(
@@ -226,9 +226,6 @@ class AsyncStoredEvents:
             ],
         )
         return decode_str(result)
-
-
-_PARAMS_JSON = msgspec.json.Encoder()
 
 
 def _millis(moment: datetime | None) -> str:

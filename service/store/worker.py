@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+import msgspec
 import redis
 
 from service.models import Status, iso, now
@@ -85,7 +85,7 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
                 EventKeys.event_stats(),
                 ScheduleKeys.schedule(),
             ],
-            args=[_COMPACT_JSON.encode(arguments)],
+            args=[msgspec.json.encode(arguments)],
         )
         outcome, detail, session_id, name, sequence, before, after, interactions, news = (
             decode_str(item) if isinstance(item, bytes) else item for item in reply
@@ -147,5 +147,3 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
 
 # Where the apply script puts a session's id in the names of its keys.
 _ID = "{id}"
-# One encoder, built once: json.dumps builds a new one per call when given separators.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))

@@ -146,9 +146,6 @@ class InvalidEvent(ValueError):
     """The callback cannot be an event from VTS; the message says which field is wrong."""
 
 
-_CANONICAL = msgspec.json.Encoder()
-
-
 @dataclass(frozen=True)
 class Event:
     kind: Kind
@@ -159,7 +156,7 @@ class Event:
         """The same for every delivery of one event, so duplicates are recognised (across
         versions too: it is the digest of ``json.dumps`` of the kind and sorted fields)."""
         fields = [self.kind, sorted(self.params.items())]
-        canonical = _CANONICAL.encode(fields)
+        canonical = msgspec.json.encode(fields)
         # msgspec writes what json.dumps writes, but for characters that json.dumps
         # escapes (DEL and beyond ASCII) and msgspec writes as they are.
         if not canonical.isascii() or b"\x7f" in canonical:

@@ -101,15 +101,12 @@ def _callback_url(policy: EgressPolicy) -> Checker:
     return check
 
 
-_METADATA_JSON = msgspec.json.Encoder()
-
-
 def _metadata(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid("must be a JSON object")
     # Counted as stored (see Session.to_fields): UTF-8, not with every non-ASCII
     # character escaped.
-    if len(_METADATA_JSON.encode(value)) > MAX_METADATA:
+    if len(msgspec.json.encode(value)) > MAX_METADATA:
         raise _Invalid(f"must be at most {MAX_METADATA} bytes of JSON (UTF-8)")
     return value
 
