@@ -27,6 +27,7 @@ from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
 from service.web import api, media, openapi, webhooks
+from service.web.endpoints import ExactRouter
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
 from service.web.problems import Problem, handle_http_exception, handle_problem, problem_type
 from service.web.validation import Rules
@@ -134,8 +135,8 @@ def create_app(settings: Settings) -> Starlette:
             scrape_client.close()
             await client.aclose()
 
-    # The router tries routes in turn and no two groups share a path: the busiest first
-    # (callbacks, then the API), so a callback is not matched against a dozen others.
+    # Paths without parameters are looked up (ExactRouter); the rest are tried in turn,
+    # and no two groups share a path: the busiest first (callbacks, then the API).
     routes = [
         *webhooks.routes(),
         *api.routes(),
@@ -149,7 +150,6 @@ def create_app(settings: Settings) -> Starlette:
         Route("/problems/{name}", problem_type, methods=["GET"]),
     ]
     app = Starlette(
-        routes=routes,
         middleware=[
             Middleware(RequestContext),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
@@ -162,11 +162,10 @@ def create_app(settings: Settings) -> Starlette:
             ConnectionError: _store_unavailable,
             500: _internal_error,
         },
-        lifespan=lifespan,
     )
     # Starlette would redirect "/path/" to "/path" with a Location built from the Host
     # header, which the client chooses: unknown paths are plain 404s instead.
-    app.router.redirect_slashes = False
+    app.router = ExactRouter(routes, lifespan=lifespan, redirect_slashes=False)
     app.state.rules = Rules.from_settings(settings)
     # Problem types are URLs under the service's public address (see problems.py).
     app.state.public_base_url = settings.public_base_url
