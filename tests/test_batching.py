@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import hypothesis
 import pytest
@@ -123,3 +124,35 @@ def test_a_dropped_connection_is_replaced(redis_url: str, redis_client: redis.Re
         assert written == [b"before", b"after"]
     else:
         assert written == [b"before", b"met", b"after"]
+
+
+def test_replies_that_do_not_come_fail_the_batch_in_time(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A Redis that stops answering (CLIENT PAUSE) fails every call of the batch waiting
+    on it with redis-py's TimeoutError once the client's socket timeout has passed, and
+    the connection is dropped: the next batch, once Redis answers again, gets its own
+    reply, never one left over from the batch that gave up."""
+    timeout = 0.3
+
+    async def go() -> tuple[list[object], float, object]:
+        client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=timeout)
+        try:
+            group = GroupCommit(client)
+            script = client.register_script(ECHO)
+            await script(keys=["warm"], args=["up"])
+            redis_client.client_pause(1000, all=False)  # writes, scripts included
+            started = time.monotonic()
+            calls = [group.call(script, ["paused"], [f"v{i}"]) for i in range(5)]
+            outcomes = list(await asyncio.gather(*calls, return_exceptions=True))
+            waited = time.monotonic() - started
+            redis_client.client_unpause()
+            after = await group.call(script, ["paused"], ["after"])
+            return outcomes, waited, after
+        finally:
+            await client.aclose()
+
+    outcomes, waited, after = asyncio.run(go())
+    assert all(isinstance(outcome, redis.TimeoutError) for outcome in outcomes), outcomes
+    assert timeout <= waited < timeout + 0.5
+    assert after == [b"paused", b"after"]

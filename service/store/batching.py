@@ -10,10 +10,12 @@ confirmed its write.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+import redis
 import redis.asyncio
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
@@ -99,11 +101,17 @@ class GroupCommit:
             try:
                 await connection.send_packed_command(payload)
                 results: list[Any] = []
-                for _ in batch:
-                    try:
-                        results.append(await connection.read_response())
-                    except ResponseError as exc:
-                        results.append(exc)
+                # One deadline for the batch's replies, not one per reply: redis-py
+                # arms and cancels a timer for every read it bounds itself.
+                async with asyncio.timeout(connection.socket_timeout):
+                    for _ in batch:
+                        try:
+                            results.append(await connection.read_response(timeout=math.inf))
+                        except ResponseError as exc:
+                            results.append(exc)
+            except TimeoutError:  # the deadline's (redis-py's own is not a TimeoutError)
+                await connection.disconnect()
+                raise redis.TimeoutError("Timeout reading the replies from Redis") from None
             except BaseException:
                 await connection.disconnect()
                 raise
