@@ -49,6 +49,28 @@ def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
             raise Unavailable(f"masking {command!s} exited (code {process.returncode})")
 
 
+def confirm_own_web(env: dict[str, str]) -> None:
+    """Raise Unavailable unless the web on ``PORT`` is ours. Another server can take the
+    port between the check that it is free and our web binding it (our web then exits),
+    and answer the readiness probe in its place; only our web knows our API key."""
+    port = env["PORT"]
+    headers = {"authorization": f"Bearer {api_key(env)}"}
+    try:
+        answer = httpx2.get(f"http://127.0.0.1:{port}/v1/sessions?limit=1", headers=headers)
+    except httpx2.HTTPError as exc:
+        raise Unavailable(f"PORT: port {port} stopped answering ({type(exc).__name__})") from None
+    if answer.status_code in (401, 403, 404):
+        raise Unavailable(
+            f"PORT: port {port} is not free (another server took it, and refused our API key "
+            f"with {answer.status_code})"
+        )
+
+
+def api_key(env: dict[str, str]) -> str:
+    """The first key of ``API_KEYS`` (``key`` or ``name:key``, comma separated)."""
+    return env["API_KEYS"].split(",")[0].rpartition(":")[2]
+
+
 def _check_free(variable: str, port: int) -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -104,6 +126,7 @@ def run(*, port: int | None, sandbox_port: int) -> int:
         processes.append(subprocess.Popen(_masking("web", "--host", "127.0.0.1"), env=env))
         processes.append(subprocess.Popen(_masking("worker", "--processes", "1"), env=env))
         _wait_http(f"http://127.0.0.1:{env['PORT']}/readyz", processes)
+        confirm_own_web(env)
         _wait_http(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics", processes)
         _check_alive(processes)
         sys.stdout.write(_banner(env, sandboxed))
@@ -150,7 +173,7 @@ def _curl(url: str, *options: str, body: str | None = None) -> str:
 def _banner(env: dict[str, str], sandboxed: bool) -> str:
     """Where everything listens, and how to create a session (and simulate a call)."""
     api = f"http://127.0.0.1:{env['PORT']}"
-    key = env["API_KEYS"].split(",")[0].rpartition(":")[2]
+    key = api_key(env)
     bearer = f"Authorization: Bearer {key}"
     parties = '{"first_party": "+14155552671", "second_party": "+14155552672"}'
     lines = [

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from service.tools import cli
+from tests.servers import serve
 
 MASKING = str(Path(sys.executable).parent / "masking")
 
@@ -130,3 +136,24 @@ def test_dev_passes_the_sandbox_a_token_that_starts_with_a_dash() -> None:
     assert command[:3] == [sys.executable, "-m", "service"]
     args = cli.parse(command[3:])
     assert (args.auth_id, args.auth_token, args.port) == ("MADEVSANDBOX0000001", "-x_Y-token", 8025)
+
+
+def test_dev_refuses_a_port_another_server_took_after_the_check() -> None:
+    """Another server may take PORT between dev's check that it is free and dev's web
+    binding it, and answer the readiness probe in its place (dev once printed its banner
+    then, and the banner's key got 401): dev asks the server on PORT to take its API key,
+    and says the port is not free when it refuses."""
+    from devkit import devserver
+
+    async def only(status: int, request: Request) -> Response:
+        return JSONResponse({"status": status}, status_code=status)
+
+    for status, ours in ((401, False), (404, False), (200, True)):
+        app = Starlette(routes=[Route("/{path:path}", functools.partial(only, status))])
+        with serve(app) as url:
+            env = {"PORT": url.rpartition(":")[2], "API_KEYS": "app:dev_key"}
+            if ours:
+                devserver.confirm_own_web(env)
+            else:
+                with pytest.raises(devserver.Unavailable, match="is not free"):
+                    devserver.confirm_own_web(env)
