@@ -91,7 +91,7 @@ class GroupCommit:
         retries a pipeline); the connection is dropped whenever a round trip breaks off,
         so no reply is ever read by the wrong caller."""
         payload = b"".join(
-            hiredis.pack_command((b"EVALSHA", script.sha, len(keys), *keys, *args))
+            pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             for script, keys, args, _ in batch
         )
         pool = self._client.connection_pool
