@@ -19,15 +19,16 @@ and from the process start, and the ratio (target: at least 0.80).
 
 **Latency.** The Procfile's web and worker (``tests/system.py``), ``--latency-sessions``
 active sessions, and signed leg-end callbacks (alternately first and second party, each
-session's SequenceNumber rising) posted at a steady ``--rate`` for ``--duration`` seconds,
-open loop, after ``--warmup`` seconds of the same traffic that are not counted (the
-connections are opened then, and the worker leaves its idle polling). Each event's latency
-runs from its request being sent until the session's ``call_count`` shows it, read when
-the store publishes the session's change. The sender and the watcher share one process, so
-its garbage collector is held off while it measures: a full collection of its heap took
-40-75 ms and stalled the watcher, which counted that as the service's latency.
-``--latency-rounds`` rounds, each with a fresh system; the summary gives each round and
-the medians. Target: p99 at most 50 ms at 500 callbacks/s.
+session's SequenceNumber rising) posted at a steady ``--rate`` for ``--duration``
+seconds, open loop, after ``--warmup`` seconds of the same traffic that are not counted
+(while the client opens its connections and the worker, idle until then, polls more
+often). Each event's latency runs from its request being sent until the session's
+``call_count`` shows it, read when the store publishes the session's change. The sender
+and the watcher share one process, so its garbage collector is held off while it
+measures: a full collection of its heap took 38-75 ms and stalled the watcher, which
+counted that as the service's latency. ``--latency-rounds`` rounds, each with a fresh
+system; the summary gives each round and the medians. Target: p99 at most 50 ms at 500
+callbacks/s.
 
 Redis as in ``bench_create``, flushed before each part. The benchmark holds the worker
 scheduler's lead, so the reconciliations due 15 s after each call (which would call VTS)
