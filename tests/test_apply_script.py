@@ -341,10 +341,15 @@ def _lua_readings(client: redis.Redis, field: str, texts: list[str]) -> list[str
     return found
 
 
-@hypothesis.settings(
-    max_examples=150, deadline=None,
+# The property tests here compare the script with Python's readings, on the shared Redis.
+_AGAINST_PYTHON = hypothesis.settings(
+    max_examples=150,
+    deadline=None,
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+)
+
+
+@_AGAINST_PYTHON
 @hypothesis.given(texts=st.lists(_TIMESTAMPS, min_size=1, max_size=20))
 def test_event_times_are_read_as_python_read_them(
     redis_client: redis.Redis, texts: list[str]
@@ -356,10 +361,7 @@ def test_event_times_are_read_as_python_read_them(
     ]
 
 
-@hypothesis.settings(
-    max_examples=150, deadline=None,
-    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+@_AGAINST_PYTHON
 @hypothesis.given(
     texts=st.lists(
         st.one_of(
@@ -390,10 +392,7 @@ _AMOUNTS = st.tuples(
 ).map("".join)  # fmt: skip
 
 
-@hypothesis.settings(
-    max_examples=150, deadline=None,
-    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+@_AGAINST_PYTHON
 @hypothesis.given(texts=st.lists(_AMOUNTS, min_size=1, max_size=20))
 def test_amounts_are_read_as_decimal_read_them(redis_client: redis.Redis, texts: list[str]) -> None:
     """Decimal text (sign, exponent, spaces): the same billionths Python counted, or
@@ -401,10 +400,7 @@ def test_amounts_are_read_as_decimal_read_them(redis_client: redis.Redis, texts:
     assert _lua_readings(redis_client, "Amount", texts) == [python_nanos(t) for t in texts]
 
 
-@hypothesis.settings(
-    max_examples=100, deadline=None,
-    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+@hypothesis.settings(_AGAINST_PYTHON, max_examples=100)
 @hypothesis.given(
     texts=st.lists(
         st.one_of(_digits(0, 8), st.text(max_size=8), st.sampled_from(["86400", "086400", "_1"])),
