@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from urllib.parse import urlencode
@@ -95,7 +95,6 @@ CALL = (
 # The leg ends the latency part sends, alternately.
 HANGUPS = ("SessionFirstPartyHangup", "SessionSecondPartyHangup")
 WORKER, BARE = "events worker (apply_event)", "bare actor, 3 Redis commands"
-LATENCY_FIELDS = ("p50", "p95", "p99", "max", "answer_p50", "answer_p99", "lag_max_ms")
 # Milliseconds: callback to counter, the HTTP answer, and how late the sender was.
 LATENCY_HEADER = (
     f"{'':12}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}{'HTTP p50':>10}{'p99':>8}{'lag max':>10}  ms"
@@ -509,7 +508,10 @@ def _latency_line(label: str, result: Probe) -> str:
 def _latency_summary(results: list[Probe], args: argparse.Namespace) -> str:
     rounds = [LatencyFigures.of(r) for r in results]
     medians = LatencyFigures(
-        *(statistics.median(getattr(f, name) for f in rounds) for name in LATENCY_FIELDS)
+        *(
+            statistics.median(getattr(f, field.name) for f in rounds)
+            for field in fields(LatencyFigures)
+        )
     )
     verdict = "ok" if medians.p99 <= TARGET_P99_MS else "ABOVE TARGET"
     measured = len(results[0].sent) - len(results[0].warmup)
