@@ -62,10 +62,10 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         return redis.Redis.from_url(url, **options)
     address = sentinel_address(url)
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = redis.sentinel.Sentinel(
         address.sentinels, socket_timeout=options.get("socket_timeout", 2)
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(
         address.master, db=address.db, password=address.password, **options
     )
     return client
@@ -76,7 +76,7 @@ def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         return redis.asyncio.Redis.from_url(url, **options)
     address = sentinel_address(url)
-    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = redis.asyncio.sentinel.Sentinel(
         address.sentinels, socket_timeout=options.get("socket_timeout", 2)
     )
     client: redis.asyncio.Redis = sentinel.master_for(

