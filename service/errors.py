@@ -85,10 +85,6 @@ class SessionBusy(ServiceError):
     """Another worker is acting on this session right now; try again shortly."""
 
 
-class ReceiverUnavailable(ServiceError):
-    """The app's receiver failed or did not answer; try again later."""
-
-
 class RecordingError(ServiceError):
     """A recording could not be downloaded. Messages hold no URL and no secret."""
 

@@ -27,7 +27,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from service.errors import (
     EventNotReady,
-    ReceiverUnavailable,
     RecordingUnavailable,
     SessionBusy,
     SessionNotReady,
@@ -71,12 +70,9 @@ class EventRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fiel
     session_uuid: str | None = None
 
 
-class Notification(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """A notification to the app that asked for the session; ``notification_id`` is the
-    same on every retry (the app's receiver deduplicates by it)."""
+class NotificationRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """An attempt at delivering a recorded notification; its id is the ``webhook-id``."""
 
-    session_id: str
-    kind: str
     notification_id: str
 
 
@@ -277,18 +273,9 @@ APPLY_RECORDING_EVENT = Job(
 )
 DELETE_RECORDING_FILES = Job("delete_recording_files", RECORDINGS_QUEUE, SessionRef, _STORAGE)
 
-# 1 s doubling to 5 min: about an hour of attempts before an app's receiver is given up on.
-NOTIFY_APP = Job(
-    "notify_app",
-    NOTIFICATIONS_QUEUE,
-    Notification,
-    RetryPolicy(
-        transient=(ReceiverUnavailable,),
-        max_retries=16,
-        min_backoff_ms=1_000,
-        max_backoff_ms=300_000,
-    ),
-)
+# One attempt per message: the next one, by the notification retry schedule, is a timer
+# of its own (see workers.notifications), never a dramatiq retry.
+NOTIFY_APP = Job("notify_app", NOTIFICATIONS_QUEUE, NotificationRef, RetryPolicy())
 
 JOBS: tuple[Job[Any], ...] = (
     CREATE_SESSION,
@@ -306,8 +293,10 @@ JOBS: tuple[Job[Any], ...] = (
     NOTIFY_APP,
 )
 
-# The job each kind of timer in the store's schedule runs, with the session's id.
+# The job each kind of timer in the store's schedule runs, with the timer's target: the
+# session's id, or for ``notify`` the notification's.
 TIMERS: Mapping[str, Job[Any]] = {
+    "notify": NOTIFY_APP,
     "reconcile": RECONCILE_SESSION,
     "expire": EXPIRE_IF_DUE,
     "update": UPDATE_SESSION,

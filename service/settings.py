@@ -116,6 +116,8 @@ class Settings:
     egress_allow_private: bool = False
     recording_max_bytes: int = 200 * 1024 * 1024
     recording_timeout: float = 30.0
+    # Seconds before each retry of an app notification (about 27 h in all), jitter added.
+    notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -183,6 +185,9 @@ class Settings:
             ),
             recording_timeout=env.optional(
                 "RECORDING_TIMEOUT", _positive_float, cls.recording_timeout
+            ),
+            notification_retry_schedule=env.optional(
+                "NOTIFICATION_RETRY_SCHEDULE", _delays, cls.notification_retry_schedule
             ),
         )
 
@@ -379,6 +384,14 @@ def _positive_float(raw: str) -> float:
     if not value > 0:
         raise ValueError("must be a positive number")
     return value
+
+
+def _delays(raw: str) -> tuple[float, ...]:
+    """Comma-separated positive seconds, e.g. ``5,300,1800``."""
+    try:
+        return tuple(_positive_float(item.strip()) for item in raw.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated positive seconds, e.g. 5,300,1800") from None
 
 
 def _region(raw: str) -> str:

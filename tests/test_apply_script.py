@@ -99,7 +99,7 @@ def test_an_applied_leg_end_adds_its_values_and_its_timeline_entry(run: Run) -> 
     the shape and order Python's ``timeline_entry`` gives, the reconciliation scheduled."""
     event_id = run.store(LEG)
     reply = run.apply(event_id)
-    assert reply == ["applied", "", run.session_id, LEG["EventName"], "7", "active", "active", 0, 0]
+    assert reply == ["applied", "", run.session_id, LEG["EventName"], "7", "active", "active", 0]
     session = run.client.hgetall(Keys.session(run.session_id))
     assert (session[b"call_count"], session[b"billed_duration"]) == (b"1", b"60")
     assert session[b"call_amount_nanos"] == b"8500000"

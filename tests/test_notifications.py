@@ -55,6 +55,7 @@ def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
         # The receiver is plain http on loopback: what production refuses.
         egress_allow_http=True,
         egress_allow_private=True,
+        notification_retry_schedule=(0.5, 0.5, 1.0, 1.0, 2.0),
     )
 
 

@@ -141,7 +141,7 @@ def test_every_v1_route_hides_another_apps_resources(
             assert session_id not in response.text, (method, path)
     assert rides.get(f"/v1/sessions/{session_id}").json() == before
     events = rides.get(f"/v1/sessions/{session_id}/events").json()["data"]
-    assert [e["type"] for e in events] == ["requested"]
+    assert [e["type"] for e in events] == ["requested", "recording_stored"]
     assert rides.get(f"/v1/recordings/{recording_id}").status_code == 200
     queued = _queued_actors(redis_client, "sessions")
     assert [args for actor, args in queued if args[:1] == [session_id]] == [[session_id]]

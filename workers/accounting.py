@@ -20,7 +20,6 @@ from service.phones import InvalidNumber, normalise
 from service.store import Applied
 from service.vts import callbacks
 from service.vts.callbacks import Event, Role
-from workers import notifications
 from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
@@ -54,21 +53,19 @@ def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) ->
             return
         session_uuid = stored[1]["SessionUUID"]
     applied = _apply(deps, event_id, session_uuid)
-    event_tag = str(applied.sequence or "")
     if applied.outcome == "needs":
         # Only Python can say: the virtual number's E.164 form, the event's own id.
         event = Event("session", json.loads(applied.detail))
         applied = _apply(
             deps, event_id, session_uuid, marker=_marker(event), virtual_number=_number(event)
         )
-        event_tag = str(event.sequence or event.id)
     structlog.contextvars.bind_contextvars(
         vts_session_uuid=session_uuid,
         vts_event=applied.name,
         sequence=applied.sequence,
         **({"session_id": applied.session_id} if applied.session_id else {}),
     )
-    _follow_up(deps, event_id, session_uuid, applied, event_tag)
+    _follow_up(deps, event_id, session_uuid, applied)
 
 
 def _apply(deps: Dependencies, event_id: str, session_uuid: str, **answers: str) -> Applied:
@@ -77,12 +74,9 @@ def _apply(deps: Dependencies, event_id: str, session_uuid: str, **answers: str)
     )
 
 
-def _follow_up(
-    deps: Dependencies, event_id: str, session_uuid: str, applied: Applied, tag: str
-) -> None:
+def _follow_up(deps: Dependencies, event_id: str, session_uuid: str, applied: Applied) -> None:
     if applied.outcome == "applied":
         log.info("event_applied", status_before=applied.before, status_after=applied.after)
-        _notify_news(deps, applied, tag)
     elif applied.outcome == "no_session":
         received_ms = int(applied.detail)
         age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
@@ -97,21 +91,6 @@ def _follow_up(
         log.warning("event_expired_before_applied")
     else:
         log.info("event_skipped", result=applied.outcome)
-
-
-def _notify_news(deps: Dependencies, applied: Applied, tag: str) -> None:
-    if not applied.wants_news:
-        return
-    if applied.after == "expired" and applied.before != "expired":
-        _notify(deps, applied.session_id, "session.expired")
-    if applied.interactions:
-        _notify(deps, applied.session_id, "session.call_ended", tag=tag)
-
-
-def _notify(deps: Dependencies, session_id: str, kind: str, tag: str = "") -> None:
-    session = deps.store.get_session(session_id)
-    if session is not None:
-        notifications.queue(deps.store, session, kind, tag)
 
 
 def _marker(event: Event) -> str:

@@ -12,7 +12,14 @@ import structlog
 from dramatiq.middleware import CurrentMessage
 
 from service import messages
-from service.messages import EventRef, Exhausted, Job, Notification, SessionRef, SessionUpdate
+from service.messages import (
+    EventRef,
+    Exhausted,
+    Job,
+    NotificationRef,
+    SessionRef,
+    SessionUpdate,
+)
 from service.phones import mask_text
 from workers import accounting, archive, dependencies, notifications, reconcile, retention, sessions
 from workers.dependencies import Dependencies
@@ -127,9 +134,8 @@ def delete_recording_files(deps: Dependencies, payload: SessionRef) -> None:
     retention.delete_files(deps, payload.session_id)
 
 
-def notify_app(deps: Dependencies, payload: Notification) -> None:
-    # An app's receiver being down is not our failure: a warning, not an error.
-    notifications.send(deps, payload.session_id, payload.kind, payload.notification_id)
+def notify_app(deps: Dependencies, payload: NotificationRef) -> None:
+    notifications.deliver(deps, payload.notification_id)
 
 
 declare(messages.CREATE_SESSION, create_session)

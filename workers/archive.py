@@ -19,7 +19,6 @@ from service.metrics import metrics
 from service.recordings import Recording, RecordingStatus, recording_id
 from service.store import timeline_entry
 from service.vts.callbacks import Event
-from workers import notifications
 from workers.accounting import ORPHAN_AFTER
 from workers.dependencies import Dependencies
 from workers.downloads import download
@@ -108,12 +107,7 @@ def _stored(deps: Dependencies, recording: Recording, size: int, sha256: str, ki
         return
     metrics().recordings.labels("stored").inc()
     metrics().recording_bytes.inc(size)
-    entry = timeline_entry("recording_stored", recording_id=recording.id, size=size)
-    deps.store.add_timeline(recording.session_id, entry)
     log.info("recording_stored", recording_id=recording.id, size=size)
-    session = deps.store.get_session(recording.session_id)
-    if session is not None:
-        notifications.queue(deps.store, session, "session.recording_stored", recording.id)
 
 
 def give_up(deps: Dependencies, event_id: str) -> None:

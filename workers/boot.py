@@ -18,6 +18,7 @@ from service.settings import Settings
 from service.storage import open_storage
 from service.store import RecordingStore, Store, vts_rate_limit_key
 from service.store.apps import AppStore
+from service.store.notifications import NotificationStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
 from workers import notifications
@@ -50,6 +51,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         store=Store(client, retention=settings.session_retention),
         recordings=RecordingStore(client),
         apps=AppStore(client),
+        notifications=NotificationStore(client),
         storage=open_storage(settings),
         vts=vts,
         public_base_url=settings.public_base_url,
@@ -64,6 +66,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         update_interval=settings.session_update_interval,
         budget_window=settings.vts_rate_window,
         retry_limits={messages.CREATE_SESSION.name: settings.create_max_retries},
+        notification_retry_schedule=settings.notification_retry_schedule,
     )
 
 

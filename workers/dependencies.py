@@ -21,6 +21,7 @@ from service.messages import Job
 from service.storage import Storage
 from service.store import RecordingStore, Store
 from service.store.apps import AppStore
+from service.store.notifications import NotificationStore
 from service.vts.client import VtsClient
 from workers.downloads import DownloadPolicy
 from workers.leases import LEASE
@@ -37,6 +38,7 @@ class Dependencies:
     store: Store
     recordings: RecordingStore
     apps: AppStore
+    notifications: NotificationStore
     storage: Storage
     vts: VtsClient
     # Where VTS calls us back (our public base URL).
@@ -62,6 +64,8 @@ class Dependencies:
     recording_ready_within: timedelta = timedelta(minutes=10)
     # Jobs whose retry limit the settings set (job name -> max retries).
     retry_limits: Mapping[str, int] = field(default_factory=dict)
+    # Seconds before each retry of a notification (see ``workers.notifications``).
+    notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
     def max_retries(self, job: Job[Any]) -> int:
         return self.retry_limits.get(job.name, job.retry.max_retries)

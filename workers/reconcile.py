@@ -15,15 +15,13 @@ import structlog
 
 from service.errors import VtsNotFound
 from service.models import LIVE, Session, Status, to_nanos
-from service.store import timeline_entry
+from service.store import Outcome, timeline_entry
 from service.vts.models import VtsSession
-from workers import notifications
 from workers.dependencies import Dependencies
-from workers.sessions import locked
+from workers.sessions import EXPIRY_GRACE, locked
 
 log = structlog.get_logger(__name__)
 
-EXPIRY_GRACE = timedelta(seconds=5)
 # Callbacks stored longer ago than this and still not applied are not on their way: they
 # were lost with a crashed worker's message or dead-lettered. They no longer hold up a
 # correction (a replay applies them later, on top of it).
@@ -67,7 +65,10 @@ def reconcile(deps: Dependencies, session_id: str) -> None:
         settled = _settle(deps, session, truth(remote), _last_call_end(remote))
     if remote.status == "expired" and session.status in LIVE:
         _expire(deps, session_id, "vts_says_expired")
-    elif not settled:
+        return
+    if settled and _call_ended_unheard(session, remote):
+        _end_call(deps, session_id)
+    if not settled:
         deps.store.schedule("reconcile", session_id, deps.clock() + deps.reconcile_settle)
     elif session.status in LIVE:
         deps.store.schedule("reconcile", session_id, deps.clock() + deps.reconcile_every)
@@ -141,10 +142,30 @@ def _expire(deps: Dependencies, session_id: str, reason: str) -> None:
         Status.EXPIRED,
         allowed=list(LIVE),
         entry=timeline_entry("expired", reason=reason),
+        timers=[("reconcile", deps.clock() + EXPIRY_GRACE)],
+        notify=("session.expired", ""),
     )
-    if result == "ok":
+    if result is Outcome.OK:
         log.info("session_expired", reason=reason)
-        deps.store.schedule("reconcile", session_id, deps.clock() + timedelta(seconds=5))
-        session = deps.store.get_session(session_id)
-        if session is not None:
-            notifications.queue(deps.store, session, "session.expired")
+
+
+def _call_ended_unheard(session: Session, remote: VtsSession) -> bool:
+    """Whether VTS has ended the call our session still shows in progress: its hangup
+    callback never reached us (refused while Redis was away, lost upstream)."""
+    if session.status is not Status.IN_PROGRESS:
+        return False
+    ended = _last_call_end(remote)
+    last_seen = session.last_interaction_at
+    return ended is not None and (last_seen is None or ended >= last_seen)
+
+
+def _end_call(deps: Dependencies, session_id: str) -> None:
+    """Set the status the missed hangup would have set."""
+    result, _ = deps.store.transition(
+        session_id,
+        Status.ACTIVE,
+        allowed=[Status.IN_PROGRESS],
+        entry=timeline_entry("call_ended", reason="vts_reports_call_ended"),
+    )
+    if result is Outcome.OK:
+        log.warning("session_call_end_reconciled")

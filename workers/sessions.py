@@ -9,7 +9,7 @@ rejections are recorded on the session.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,9 +26,9 @@ from service.errors import (
 )
 from service.models import FINAL, LIVE, Session, Status, iso
 from service.phones import mask_text
-from service.store import Store, timeline_entry
+from service.store import Outcome, Store, timeline_entry
 from service.vts.models import VtsSession
-from workers import leases, notifications
+from workers import leases
 from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
@@ -134,16 +134,22 @@ def _activate(
         [Status.PENDING, Status.FAILED] if session.status is Status.FAILED else [Status.PENDING]
     )
     result, _ = deps.store.transition(
-        session.id, Status.ACTIVE, allowed=allowed, fields=fields, entry=entry, fence=fence
+        session.id,
+        Status.ACTIVE,
+        allowed=allowed,
+        fields=fields,
+        entry=entry,
+        fence=fence,
+        timers=[
+            ("expire", expires_at + EXPIRY_GRACE),
+            ("reconcile", deps.clock() + deps.reconcile_every),
+        ],
+        notify=("session.active", ""),
     )
-    if result == "fenced":
+    if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
     structlog.contextvars.bind_contextvars(vts_session_uuid=created.session_uuid)
-    log.info("session_created", adopted=adopted, result=result)
-    if result == "ok":
-        deps.store.schedule("expire", session.id, expires_at + EXPIRY_GRACE)
-        deps.store.schedule("reconcile", session.id, deps.clock() + deps.reconcile_every)
-        notifications.queue(deps.store, session, "session.active")
+    log.info("session_created", adopted=adopted, result=result.value)
 
 
 def _expiry(deps: Dependencies, session: Session) -> datetime:
@@ -164,18 +170,11 @@ def fail(
         fields={"error_code": code, "error_message": reason},
         entry=entry,
         fence=fence,
+        notify=("session.failed", ""),
     )
-    if result == "fenced":
+    if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
     log.warning("session_failed", code=code, reason=reason)
-    _notify(store, session_id, result, "session.failed")
-
-
-def _notify(store: Store, session_id: str, result: str, kind: str) -> None:
-    """Tell the app, if the transition just happened (not on a redelivered message)."""
-    session = store.get_session(session_id) if result == "ok" else None
-    if session is not None:
-        notifications.queue(store, session, kind)
 
 
 def update(deps: Dependencies, session_id: str, changes: Mapping[str, Any] | None = None) -> None:
@@ -266,8 +265,9 @@ def expire(deps: Dependencies, session_id: str) -> None:
             deps.vts.expire_session(session.vts_session_uuid)
         except VtsNotFound:
             log.info("vts_session_already_gone")
-        _mark_expired(deps, session_id, reason="ended_by_app", fence=fence)
-        deps.store.schedule("reconcile", session_id, deps.clock() + EXPIRY_GRACE)
+        # VTS's final totals are read once it has had time to send them.
+        reconcile = ("reconcile", deps.clock() + EXPIRY_GRACE)
+        _mark_expired(deps, session_id, reason="ended_by_app", fence=fence, timers=[reconcile])
 
 
 def _live_session(deps: Dependencies, session_id: str) -> Session | None:
@@ -279,18 +279,26 @@ def _live_session(deps: Dependencies, session_id: str) -> Session | None:
     return session
 
 
-def _mark_expired(deps: Dependencies, session_id: str, *, reason: str, fence: str) -> None:
+def _mark_expired(
+    deps: Dependencies,
+    session_id: str,
+    *,
+    reason: str,
+    fence: str,
+    timers: Sequence[tuple[str, datetime]] = (),
+) -> None:
     result, _ = deps.store.transition(
         session_id,
         Status.EXPIRED,
         allowed=list(LIVE),
         entry=timeline_entry("expired", reason=reason),
         fence=fence,
+        timers=timers,
+        notify=("session.expired", ""),
     )
-    if result == "fenced":
+    if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
     log.info("session_expired", reason=reason)
-    _notify(deps.store, session_id, result, "session.expired")
 
 
 def vts_create_params(session: Session, public_base_url: str) -> dict[str, Any]:

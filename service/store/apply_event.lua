@@ -4,7 +4,9 @@
 -- together. Nothing is written unless every value is valid.
 --
 -- EVENTS (event name -> {role, party}) is defined ahead of this file by
--- service/store/scripts.py, from service/vts/callbacks.py (ROLES and party_of).
+-- service/store/scripts.py, from service/vts/callbacks.py (ROLES and party_of), and so
+-- is record_notification (notify.lua): the app's notifications of the session's end
+-- and of each finished call are recorded in the same write as the event.
 --
 -- KEYS[1] the stored callback (hash: params, received_ms)
 -- KEYS[2] the VTS session's claim (string: our session id)
@@ -26,7 +28,7 @@
 --   virtual_number   optional: the new number of a 'number' event ('' if unreadable)
 --
 -- Returns {outcome, detail, session id, event name, sequence, status before, status
--- after, interactions added, app wants news (0/1)}, where sequence is SequenceNumber's
+-- after, interactions added}, where sequence is SequenceNumber's
 -- digits without leading zeros ('' when absent or malformed). Outcomes:
 --   'applied'
 --   'duplicate'   its marker was applied before: nothing written but leaving the
@@ -178,7 +180,7 @@ local function timeline_entry(params, sequence, at)
 end
 
 local function answer(outcome, detail, session_id, name, sequence)
-  return {outcome, detail or '', session_id or '', name or '', sequence or '', '', '', 0, 0}
+  return {outcome, detail or '', session_id or '', name or '', sequence or '', '', '', 0}
 end
 
 if not digits(a.clock_ms) then return answer('invalid', 'clock_ms') end
@@ -291,9 +293,16 @@ redis.call('RPUSH', timeline, timeline_entry(params, sequence, at))
 redis.call('LTRIM', timeline, -tonumber(a.timeline_limit), -1)
 redis.call('HINCRBY', KEYS[4], 'applied', 1)
 redis.call('PUBLISH', a.channel, session_id)
+-- The app hears of the session's end and of each finished call in this same write.
+if new_status == 'expired' and status ~= 'expired' then
+  record_notification(s, session_id, 'session.expired', '', a.clock_ms, a.now)
+end
+if interactions > 0 then
+  record_notification(s, session_id, 'session.call_ended', string.match(marker, ':(.*)$'),
+    a.clock_ms, a.now)
+end
 local after = a.reconcile_after[role]
 if after then
   redis.call('ZADD', KEYS[5], tonumber(a.clock_ms) + after, 'reconcile:' .. session_id)
 end
-return {'applied', '', session_id, name, sequence or '', status, new_status, interactions,
-  redis.call('HEXISTS', s, 'callback_url')}
+return {'applied', '', session_id, name, sequence or '', status, new_status, interactions}

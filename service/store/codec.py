@@ -28,7 +28,6 @@ class Applied:
     before: str = ""
     after: str = ""
     interactions: int = 0
-    wants_news: bool = False
 
 
 def timeline_entry(kind: str, **detail: Any) -> str:

@@ -1,9 +1,10 @@
 """Every Redis key name of the service in one place, for tests that read Redis directly.
 
 The names belong to the store's concept modules (``sessions``, ``events``, ``schedule``,
-``queue``, ``deadletters``, ``recordings``, ``apps``), each of which owns its keys, their
-fields and their lifetimes. No product module imports this one, the store's included (an
-architecture test checks it): code outside the store reaches Redis through its methods.
+``queue``, ``deadletters``, ``recordings``, ``apps``, ``notifications``), each of which
+owns its keys, their fields and their lifetimes. No product module imports this one, the
+store's included (an architecture test checks it): code outside the store reaches Redis
+through its methods.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from service.store.apps import AppKeys
 from service.store.deadletters import DeadLetterKeys
 from service.store.events import WEBHOOK_RETENTION_SECONDS, EventKeys
 from service.store.names import PREFIX
+from service.store.notifications import NotificationKeys
 from service.store.queue import DRAMATIQ_NAMESPACE, QueueKeys
 from service.store.recordings import RecordingKeys
 from service.store.schedule import ScheduleKeys
@@ -37,5 +39,7 @@ __all__ = [
 ]
 
 
-class Keys(SessionKeys, EventKeys, ScheduleKeys, QueueKeys, DeadLetterKeys, AppKeys):
+class Keys(
+    SessionKeys, EventKeys, ScheduleKeys, QueueKeys, DeadLetterKeys, AppKeys, NotificationKeys
+):
     """All the keys but recordings' (``RecordingKeys``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import msgspec
 import redis
 import redis.asyncio
 
@@ -17,10 +18,11 @@ from service.recordings import (
     recording_id,
     stored_name,
 )
-from service.store.codec import decode_str, hash_args
+from service.store import scripts
+from service.store.codec import decode_str, hash_args, timeline_entry
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
-from service.store.sessions import SessionKeys
+from service.store.sessions import TIMELINE_LIMIT, SessionKeys
 
 
 class RecordingKeys:
@@ -104,6 +106,7 @@ class RecordingStore:
         self.client = client
         self._upsert = client.register_script(UPSERT_RECORDING)
         self._mark = client.register_script(MARK_RECORDING)
+        self._stored = client.register_script(scripts.RECORDING_STORED)
 
     def upsert_pending(
         self,
@@ -138,11 +141,32 @@ class RecordingStore:
         return None if decode_str(result) == "missing" else self.get(rec_id)
 
     def mark_stored(self, rec_id: str, *, size: int, sha256: str, content_type: str) -> bool:
-        """The file is in storage; False if the recording is unknown. Idempotent."""
-        fields = {"size": str(size), "sha256": sha256, "content_type": content_type}
-        return self._set_status(
-            rec_id, RecordingStatus.STORED, ("pending", "failed", "stored"), fields
+        """The file is in storage: mark the recording stored, with its timeline entry and
+        the app's notification in the same write (see ``recording_stored.lua``).
+        Idempotent. False if the recording is unknown or deleted (its file must go)."""
+        owner = self.client.hget(RecordingKeys.recording(rec_id), "session_id")
+        if owner is None:
+            return False
+        session_id = decode_str(owner)
+        moment = now()
+        arguments = {
+            "recording_id": rec_id,
+            "session_id": session_id,
+            "fields": {"size": str(size), "sha256": sha256, "content_type": content_type},
+            "entry": timeline_entry("recording_stored", recording_id=rec_id, size=size),
+            "timeline_limit": TIMELINE_LIMIT,
+            "now_ms": int(moment.timestamp() * 1000),
+            "now": iso(moment),
+        }
+        result = self._stored(
+            keys=[
+                RecordingKeys.recording(rec_id),
+                SessionKeys.session(session_id),
+                SessionKeys.timeline(session_id),
+            ],
+            args=[msgspec.json.encode(arguments)],
         )
+        return decode_str(result) != "missing"
 
     def mark_failed(self, rec_id: str, error: str) -> bool:
         """Downloading gave up (``error`` is shown to apps: no secrets, no URLs).

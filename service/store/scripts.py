@@ -5,6 +5,7 @@ and ARGV are. The longer ones live in ``.lua`` files beside this module."""
 
 from importlib import resources
 
+from service.store.notifications import RECORD_NOTIFICATION
 from service.vts.callbacks import ROLES, party_of
 
 
@@ -19,7 +20,9 @@ def _events_table() -> str:
     return "\n".join(["local EVENTS = {", *rows, "}"])
 
 
-APPLY_EVENT = _events_table() + "\n" + _load("apply_event.lua")
+APPLY_EVENT = "\n".join([_events_table(), RECORD_NOTIFICATION, _load("apply_event.lua")])
+TRANSITION = "\n".join([RECORD_NOTIFICATION, _load("transition.lua")])
+RECORDING_STORED = "\n".join([RECORD_NOTIFICATION, _load("recording_stored.lua")])
 
 # Erases a session's personal data; counters and the timeline stay.
 # KEYS: session, timeline, session's recordings, queue, queue messages, event index,

@@ -15,8 +15,10 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
+import msgspec
 import redis
 import redis.asyncio
 import structlog
@@ -24,6 +26,7 @@ import structlog
 from service.apps import Budget
 from service.messages import Outgoing
 from service.models import Session, Status, iso, now
+from service.store import scripts
 from service.store.apps import BUDGET, AppKeys
 from service.store.batching import GroupCommit
 from service.store.codec import decode_str, hash_args, timeline_entry
@@ -83,6 +86,17 @@ class SessionKeys:
     @staticmethod
     def reconcile_stats() -> str:
         return f"{PREFIX}stats:reconcile"
+
+
+class Outcome(StrEnum):
+    """What a transition did: ``ok`` (made), ``skipped`` (the session's status is not one
+    it may be made from), ``missing`` (no such session), ``fenced`` (its lock is
+    another's)."""
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    MISSING = "missing"
+    FENCED = "fenced"
 
 
 @dataclass(frozen=True)
@@ -189,37 +203,6 @@ def drift_totals(client: redis.Redis) -> dict[str, int]:
     raw: dict[bytes | str, bytes | str] = client.hgetall(SessionKeys.reconcile_stats())
     return {decode_str(field): int(value) for field, value in raw.items()}
 
-
-# KEYS: session, timeline, schedule, session lock ('' when the write is not fenced)
-# ARGV: status index prefix, new status, allowed current statuses (space separated),
-#       timeline entry or '', channel, session id, timeline limit, purge due (ms) when
-#       the new status ends the session, lock owner token, field, value, ...
-# Ending a session schedules its purge, in the same write: no ended session is kept
-# forever.
-TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return {'missing', ''} end
-if KEYS[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[9] then return {'fenced', current} end
-if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. current .. ' ', 1, true) then
-  return {'skipped', current}
-end
-local member = redis.call('HGET', KEYS[1], 'index_member')
-if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
-if ARGV[2] ~= '' and ARGV[2] ~= current then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2])
-  redis.call('ZREM', ARGV[1] .. current, member)
-  redis.call('ZADD', ARGV[1] .. ARGV[2], 0, member)
-  if ARGV[2] == 'expired' or ARGV[2] == 'failed' then
-    redis.call('ZADD', KEYS[3], ARGV[8], 'purge:' .. ARGV[6])
-  end
-end
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[4])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[7]), -1)
-end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {'ok', current}
-"""
 
 # Sets each counter's adjustment so that counter + adjustment equals VTS's total.
 # KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
@@ -428,7 +411,7 @@ class Sessions:
         self.client.hincrby(SessionKeys.reconcile_stats(), field, amount)
 
     def _init_sessions(self) -> None:
-        self._transition = self.client.register_script(TRANSITION)
+        self._transition = self.client.register_script(scripts.TRANSITION)
         self._claim = self.client.register_script(CLAIM)
         self._unlock = self.client.register_script(UNLOCK)
         self._renew = self.client.register_script(RENEW)
@@ -447,15 +430,37 @@ class Sessions:
         fields: Mapping[str, str] | None = None,
         entry: str | None = None,
         fence: str | None = None,
-    ) -> tuple[str, Status | None]:
-        """Move the session to ``to`` (None: keep) and set ``fields``, if its status is allowed.
+        timers: Sequence[tuple[str, datetime]] = (),
+        notify: tuple[str, str] | None = None,
+    ) -> tuple[Outcome, Status | None]:
+        """Move the session to ``to`` (None: keep) and set ``fields``, if its status is
+        allowed; in the same write, set its ``timers`` (task, due) and record ``notify``
+        (kind, tag: the notification of the change, if the app wants them). See
+        ``transition.lua``.
 
-        Idempotent: a session already moved on is ``skipped`` and left untouched. With
-        ``fence`` (a lock owner token), nothing is written unless that token still holds
-        the session's lock: ``fenced``.
-        Returns (``ok`` | ``skipped`` | ``missing`` | ``fenced``, the status it had).
+        Idempotent: a session already moved on is ``skipped`` and left untouched, its
+        timers and notification included. With ``fence`` (a lock owner token), nothing is
+        written unless that token still holds the session's lock: ``fenced``.
+        Returns the outcome and the status the session had.
         """
-        changes = {**(fields or {}), "updated_at": iso(now()) or ""}
+        moment = now()
+        arguments: dict[str, Any] = {
+            "session_id": session_id,
+            "to": to.value if to else "",
+            "allowed": [status.value for status in allowed],
+            "fields": {**(fields or {}), "updated_at": iso(moment) or ""},
+            "entry": entry or "",
+            "fence": fence or "",
+            "status_prefix": SessionKeys.index() + ":status:",
+            "channel": CHANNEL,
+            "timeline_limit": TIMELINE_LIMIT,
+            "now_ms": int(moment.timestamp() * 1000),
+            "now": iso(moment),
+            "purge_at": self._purge_due(),
+            "timers": [[task, int(due.timestamp() * 1000)] for task, due in timers],
+        }
+        if notify is not None:
+            arguments["notify"] = {"kind": notify[0], "tag": notify[1]}
         result, current = self._transition(
             keys=[
                 SessionKeys.session(session_id),
@@ -463,21 +468,10 @@ class Sessions:
                 ScheduleKeys.schedule(),
                 SessionKeys.session_lock(session_id) if fence else "",
             ],
-            args=[
-                SessionKeys.index() + ":status:",
-                to.value if to else "",
-                statuses(allowed),
-                entry or "",
-                CHANNEL,
-                session_id,
-                TIMELINE_LIMIT,
-                self._purge_due(),
-                fence or "",
-                *hash_args(changes),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
         status = decode_str(current)
-        return decode_str(result), Status(status) if status else None
+        return Outcome(decode_str(result)), Status(status) if status else None
 
     def open_create_attempt(self, session_id: str, moment: datetime) -> datetime | None:
         """Note that a create request is about to be sent.

@@ -13,6 +13,7 @@ from service.store import scripts
 from service.store.codec import Applied, decode_str
 from service.store.deadletters import DeadLetters
 from service.store.events import EventKeys, StoredEvents
+from service.store.notifications import NotificationStore
 from service.store.queue import QueueAccess
 from service.store.recordings import RecordingKeys
 from service.store.schedule import Schedule, ScheduleKeys, timer_entries
@@ -37,6 +38,7 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
     def __init__(self, client: redis.Redis, *, retention: int = SESSION_RETENTION_SECONDS) -> None:
         self.client = client
         self.retention = retention
+        self.notifications = NotificationStore(client)
         self._apply = client.register_script(scripts.APPLY_EVENT)
         self._apply_constants = {
             "session_key": SessionKeys.session(_ID),
@@ -87,7 +89,7 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             ],
             args=[msgspec.json.encode(arguments)],
         )
-        outcome, detail, session_id, name, sequence, before, after, interactions, news = (
+        outcome, detail, session_id, name, sequence, before, after, interactions = (
             decode_str(item) if isinstance(item, bytes) else item for item in reply
         )
         return Applied(
@@ -99,14 +101,13 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             before,
             after,
             int(interactions),
-            bool(news),
         )
 
     def purge_session(self, session_id: str, recording_ids: Sequence[str]) -> None:
         """Delete the session and everything hanging off it: timeline, applied events,
-        recordings' records, index entries, timers, its VTS session's claim and stored
-        callbacks, its idempotency record. Idempotent. The recordings' files are the
-        caller's to delete first."""
+        recordings' records, notifications and their attempts, index entries, timers, its
+        VTS session's claim and stored callbacks, its idempotency record. Idempotent.
+        The recordings' files are the caller's to delete first."""
         key = SessionKeys.session(session_id)
         member, uuid, idempotency = (
             decode_str(v) if v else None
@@ -123,6 +124,8 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             SessionKeys.session_lock(session_id),
         ]
         doomed.append(SessionKeys.pending_update(session_id))
+        notification_keys, notification_timers = self.notifications.session_keys(session_id)
+        doomed += notification_keys
         doomed += [RecordingKeys.recording(rec_id) for rec_id in recording_ids]
         if uuid:
             doomed += [EventKeys.in_flight(uuid), EventKeys.callbacks(uuid)]
@@ -141,7 +144,7 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
                     pipe.zrem(index, member)
             if callbacks:
                 pipe.zrem(EventKeys.webhooks(), *callbacks)
-            pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id))
+            pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id), *notification_timers)
             pipe.execute()
 
 

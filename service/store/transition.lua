@@ -1,0 +1,60 @@
+-- Moves a session to a new status (or keeps its status and changes fields) and writes
+-- what the change implies in the same step: the timeline entry, the session's timers,
+-- the notification that tells the app, and, when the change ends the session, its purge.
+-- A worker killed right after cannot leave the change without them, and a redelivered
+-- message, finding the change made ('skipped'), writes none of them twice. Nothing is
+-- written unless the session exists, its status is one of those allowed and, when the
+-- write is fenced, the session's lock is still held by the given token.
+--
+-- RECORD_NOTIFICATION (notify.lua) is defined ahead of this file.
+--
+-- KEYS[1] the session (hash)        KEYS[2] its timeline (list)
+-- KEYS[3] the timer schedule (zset) KEYS[4] its lock ('' when the write is not fenced)
+--
+-- ARGV[1] one JSON object:
+--   session_id, to          the new status ('' keeps the current one)
+--   allowed                 the statuses the session may be in (list)
+--   fields                  {name: value} to set on the session
+--   entry                   the timeline entry ('' for none)
+--   fence                   the lock token ('' when not fenced)
+--   status_prefix, channel, timeline_limit
+--   now_ms, now             the time now (epoch ms; ISO 8601)
+--   purge_at                when to purge the session if this change ends it (epoch ms)
+--   timers                  [[task, due (epoch ms)], ...] set when the change is made
+--   notify                  optional {kind, tag}: the notification of the change
+--
+-- Returns {outcome, status before}: 'ok', 'skipped' (status not allowed), 'missing',
+-- 'fenced' (the lock is another's).
+
+local a = cjson.decode(ARGV[1])
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {'missing', ''} end
+if KEYS[4] ~= '' and redis.call('GET', KEYS[4]) ~= a.fence then return {'fenced', current} end
+local allowed = false
+for _, status in ipairs(a.allowed) do
+  if status == current then allowed = true end
+end
+if not allowed then return {'skipped', current} end
+
+for name, value in pairs(a.fields) do redis.call('HSET', KEYS[1], name, value) end
+if a.to ~= '' and a.to ~= current then
+  local member = redis.call('HGET', KEYS[1], 'index_member')
+  redis.call('HSET', KEYS[1], 'status', a.to)
+  redis.call('ZREM', a.status_prefix .. current, member)
+  redis.call('ZADD', a.status_prefix .. a.to, 0, member)
+  if a.to == 'expired' or a.to == 'failed' then
+    redis.call('ZADD', KEYS[3], a.purge_at, 'purge:' .. a.session_id)
+  end
+end
+if a.entry ~= '' then
+  redis.call('RPUSH', KEYS[2], a.entry)
+  redis.call('LTRIM', KEYS[2], -tonumber(a.timeline_limit), -1)
+end
+for _, timer in ipairs(a.timers) do
+  redis.call('ZADD', KEYS[3], timer[2], timer[1] .. ':' .. a.session_id)
+end
+if a.notify then
+  record_notification(KEYS[1], a.session_id, a.notify.kind, a.notify.tag, a.now_ms, a.now)
+end
+redis.call('PUBLISH', a.channel, a.session_id)
+return {'ok', current}
