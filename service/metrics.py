@@ -44,6 +44,7 @@ class Metrics:
     recordings: Counter
     recording_bytes: Counter
     unreadable_records: Counter
+    timers_repaired: Counter
 
 
 _made: list[Metrics] = []
@@ -94,6 +95,11 @@ def _create() -> Metrics:
         recording_bytes=Counter("masking_recording_bytes", "Recording bytes stored"),
         unreadable_records=Counter(
             "masking_unreadable_records", "Stored records skipped as unreadable", ["kind"]
+        ),
+        timers_repaired=Counter(
+            "masking_timers_repaired",
+            "Live sessions found without a timer they must have, and given it back",
+            ["task"],
         ),
     )  # fmt: skip
 

@@ -4,13 +4,15 @@ leader's entries come back, and overdue sessions expire without VTS's event."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import pytest
 import redis
 import redis.asyncio
+from prometheus_client import REGISTRY
 
+from service.metrics import metrics
 from service.models import Status
 from service.store import Store
 from service.store.keys import Keys
@@ -18,6 +20,8 @@ from tests.conftest import Clock, stored_session, wait_until
 from workers import reconcile
 from workers.dependencies import Dependencies
 from workers.scheduler import Scheduler
+from workers.sessions import EXPIRY_GRACE
+from workers.sweep import TimerSweep
 
 
 @pytest.fixture
@@ -89,3 +93,27 @@ def test_an_overdue_session_expires_without_vts(
     assert session is not None
     assert session.status is Status.EXPIRED
     assert redis_client.zscore(Keys.schedule(), f"reconcile:{session_id}") is not None
+
+
+def test_the_sweep_gives_a_live_session_back_the_timers_it_lacks(
+    store: Store, redis_url: str, redis_client: redis.Redis, deps: Dependencies
+) -> None:
+    """A live session written without its expiry and reconciliation timers gets both back
+    from the sweep, counted; a second pass finds nothing to repair."""
+    expires_at = datetime.now(UTC) + timedelta(minutes=10)
+    session_id = _active_session(redis_url, store, expires_at)
+    redis_client.zrem(Keys.schedule(), f"expire:{session_id}", f"reconcile:{session_id}")
+    before = _repaired("expire")
+    sweep = TimerSweep(every=0)
+    assert sweep.step(deps) == 2
+    due = redis_client.zscore(Keys.schedule(), f"expire:{session_id}")
+    assert due == int((expires_at + EXPIRY_GRACE).timestamp() * 1000)
+    assert redis_client.zscore(Keys.schedule(), f"reconcile:{session_id}") is not None
+    assert _repaired("expire") == before + 1
+    assert sweep.step(deps) == 0
+
+
+def _repaired(task: str) -> float:
+    metrics()  # registers the families
+    found = REGISTRY.get_sample_value("masking_timers_repaired_total", {"task": task})
+    return found or 0.0

@@ -21,6 +21,7 @@ from dramatiq.middleware import Middleware
 from service import messages
 from workers import dependencies
 from workers.dependencies import Dependencies
+from workers.sweep import TimerSweep
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +38,7 @@ class Scheduler(Middleware):
         self._token = uuid.uuid4().hex
         self._thread: threading.Thread | None = None
         self._recovered_at = 0.0
+        self._sweep = TimerSweep()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.clear()
@@ -64,6 +66,7 @@ class Scheduler(Middleware):
         if due:
             store.enqueue(*(_message(task, session_id) for task, session_id in due))
         self._recover(broker)
+        self._sweep.maybe_step(deps)
         return len(due)
 
     def _recover(self, broker: dramatiq.Broker) -> None:

@@ -59,10 +59,15 @@ class Schedule:
         self._take_due = self.client.register_script(TAKE_DUE)
         self._lead = self.client.register_script(LEAD)
 
-    def schedule(self, task: str, session_id: str, due: datetime) -> None:
-        """Run ``task`` for the session at ``due`` (one entry per task and session)."""
+    def schedule(
+        self, task: str, session_id: str, due: datetime, *, only_if_missing: bool = False
+    ) -> None:
+        """Run ``task`` for the session at ``due`` (one entry per task and session);
+        ``only_if_missing`` leaves a timer already set as it is."""
         self.client.zadd(
-            ScheduleKeys.schedule(), {f"{task}:{session_id}": int(due.timestamp() * 1000)}
+            ScheduleKeys.schedule(),
+            {f"{task}:{session_id}": int(due.timestamp() * 1000)},
+            nx=only_if_missing,
         )
 
     def unschedule(self, task: str, session_id: str) -> None:

@@ -23,6 +23,7 @@ from service.store.sessions import (
     TIMELINE_LIMIT,
     SessionKeys,
     Sessions,
+    member_session_id,
 )
 
 
@@ -102,6 +103,24 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             after,
             int(interactions),
         )
+
+    def sweep_timers(
+        self, status: Status, cursor: int, tasks: Sequence[str], count: int = 500
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """One step of a scan over the sessions in ``status``: the (session id, task) of
+        each ``tasks`` timer they lack, and the cursor of the next step (0: done)."""
+        cursor, members = self.client.zscan(SessionKeys.index(status), cursor, count=count)
+        ids = [
+            member_session_id(decode_str(member))
+            for member, _ in members
+            if isinstance(member, bytes | str)
+        ]
+        wanted = [(session_id, task) for session_id in ids for task in tasks]
+        with self.client.pipeline(transaction=False) as pipe:
+            for session_id, task in wanted:
+                pipe.zscore(ScheduleKeys.schedule(), f"{task}:{session_id}")
+            scores = pipe.execute()
+        return cursor, [pair for pair, score in zip(wanted, scores, strict=True) if score is None]
 
     def purge_session(self, session_id: str, recording_ids: Sequence[str]) -> None:
         """Delete the session and everything hanging off it: timeline, applied events,
