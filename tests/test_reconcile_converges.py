@@ -110,3 +110,33 @@ def test_a_difference_is_not_drift_until_vts_last_call_has_settled(
     clock.moment += timedelta(minutes=10)
     reconcile.reconcile(ctx, session.id)
     assert store.get_session(session.id).call_count == 2  # type: ignore[union-attr]
+
+
+def test_a_missed_hangup_leaves_the_session_as_the_hangup_would_have(
+    redis_client: redis.Redis,
+    redis_url: str,
+    vts: VtsClient,
+    sandbox: httpx2.Client,
+    deps: Dependencies,
+) -> None:
+    """A session left in_progress by a call whose callbacks never came (refused while
+    Redis was away) is set active again once reconciliation finds VTS's call ended."""
+    store, clock = Store(redis_client), Clock()
+    remote = vts.create_session({"first_party": "+14155552675", "second_party": "+14155552676"})
+    session = stored_session(redis_url, "ses_" + "e" * 32)
+    store.claim_vts_session(remote.session_uuid, session.id)
+    fields = {"vts_session_uuid": remote.session_uuid}
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields)
+    store.transition(session.id, Status.IN_PROGRESS, allowed=[Status.ACTIVE])
+    call = {"caller": "first"}
+    assert sandbox.post(f"/_sandbox/sessions/{remote.session_uuid}/calls", json=call).is_success
+    ctx = replace(deps, store=store, vts=vts, clock=clock)
+
+    clock.moment += timedelta(minutes=10)
+    reconcile.reconcile(ctx, session.id)
+    clock.moment += ctx.reconcile_settle
+    reconcile.reconcile(ctx, session.id)
+    settled = store.get_session(session.id)
+    assert settled is not None
+    assert settled.call_count == 2
+    assert settled.status is Status.ACTIVE
