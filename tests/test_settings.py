@@ -52,6 +52,9 @@ def test_each_missing_required_variable_is_named(missing: str) -> None:
         ("VTS_RATE_WINDOW", "-1"),
         ("VTS_TIMEOUT", "soon"),
         ("PHONE_DEFAULT_REGION", "USA"),
+        ("NOTIFICATION_RETRY_SCHEDULE", "5,soon"),
+        ("NOTIFICATION_RETRY_SCHEDULE", "5,,10"),
+        ("NOTIFICATION_RETRY_SCHEDULE", "0"),
     ],
 )
 def test_malformed_values_are_named(name: str, value: str) -> None:
@@ -70,3 +73,9 @@ def test_secrets_stay_out_of_repr() -> None:
     assert "very-secret-token" not in text
     assert "first-key" not in text
     assert "second-key" not in text
+
+
+def test_the_notification_retry_schedule_is_read_in_seconds() -> None:
+    """NOTIFICATION_RETRY_SCHEDULE gives the delay before each retry, in order."""
+    settings = Settings.from_env({**VALID, "NOTIFICATION_RETRY_SCHEDULE": "1, 2.5,4"})
+    assert settings.notification_retry_schedule == (1.0, 2.5, 4.0)
