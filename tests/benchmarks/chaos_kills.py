@@ -165,7 +165,7 @@ def report(
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        statuses = Counter((client.hget(Keys.session(i), "status") or b"").decode() for i in ids)
+        statuses = Counter(decode_str(client.hget(Keys.session(i), "status") or b"") for i in ids)
         delivered = sum(1 for i in ids if receiver.ids[f"{i}.session.active"])
         if statuses["active"] == len(ids) and delivered == len(ids):
             break
