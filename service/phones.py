@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import NamedTuple
 
 import phonenumbers
-
-from service import numbering
 
 MASK = "***"
 
@@ -79,27 +78,21 @@ _NETWORKS = frozenset({882, 883})  # international networks, no country
 _NOT_VALID = "not a valid phone number for its country"
 
 
-def _read(value: str, default_region: str | None) -> numbering.Number:
-    """The valid number ``value`` holds, without an extension; InvalidNumber else.
+class Number(NamedTuple):
+    """A valid number read: its country code, E.164 form and phonenumbers type."""
 
-    Strict E.164, what clients send, is read from the compiled numbering plans, at a
-    fifth of the cost or less; anything else, or anything they are not certain of, is
-    parsed.
-    """
-    number = numbering.read(value)
-    if number is None:
-        return _read_generally(value, default_region)
-    if number.kind == _TYPE.UNKNOWN:
-        raise InvalidNumber(_NOT_VALID)
-    return number
+    country_code: int
+    e164: str
+    kind: int
 
 
-def _read_generally(value: str, default_region: str | None) -> numbering.Number:
+def _read(value: str, default_region: str | None) -> Number:
+    """The valid number ``value`` holds, without an extension; InvalidNumber else."""
     parsed, kind = _parse(value, default_region)
     if parsed.extension:
         raise InvalidNumber("has an extension, which VTS cannot dial; give the number alone")
     assert parsed.country_code is not None  # parse sets it, or raises
-    return numbering.Number(parsed.country_code, _e164(parsed), kind)
+    return Number(parsed.country_code, _e164(parsed), kind)
 
 
 # A pure function of (value, region); parsing and validating cost ~16 µs a number, and
@@ -130,20 +123,10 @@ def _parse(value: str, default_region: str | None) -> tuple[phonenumbers.PhoneNu
 
 
 def _valid_type(parsed: phonenumbers.PhoneNumber) -> int | None:
-    """``number_type(parsed)`` if ``is_valid_number(parsed)``, else None.
-
-    The two together, from the country code's compiled plan: each of them would find the
-    number's region, and for a country code shared by many regions (NANP's +1: 25) that
-    means matching the number against region after region, most of the cost.
-    """
-    if parsed.country_code is None:
+    """``number_type(parsed)`` if ``is_valid_number(parsed)``, else None."""
+    if not phonenumbers.is_valid_number(parsed):
         return None
-    plan = numbering.plan(parsed.country_code)
-    if plan is None:
-        valid = phonenumbers.is_valid_number(parsed)
-        return int(phonenumbers.number_type(parsed)) if valid else None
-    kind = plan.kind(phonenumbers.national_significant_number(parsed))
-    return None if kind == _TYPE.UNKNOWN else kind
+    return int(phonenumbers.number_type(parsed))
 
 
 def _e164(parsed: phonenumbers.PhoneNumber) -> str:
