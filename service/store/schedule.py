@@ -8,6 +8,7 @@ from datetime import datetime
 
 import redis
 
+from service.store import lua
 from service.store.codec import decode_str
 from service.store.names import PREFIX
 
@@ -25,25 +26,6 @@ class ScheduleKeys:
 # Every kind of timer a session may have (see ``Schedule.schedule``).
 TIMERS = ("expire", "reconcile", "update", "purge")
 
-# KEYS: schedule. ARGV: now (ms), limit, lease (ms). Returns the due entries and leases
-# them: an entry comes due again after the lease unless its task reschedules or removes
-# it, so a scheduler that dies after taking entries loses none.
-TAKE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, entry in ipairs(due) do
-  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], entry)
-end
-return due
-"""
-
-# KEYS: leader. ARGV: token, ttl (ms). Take or keep the lead; true if we hold it.
-LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
-
 
 def timer_entries(session_id: str) -> list[str]:
     """The schedule's members a session may have (one per kind of timer)."""
@@ -56,8 +38,8 @@ class Schedule:
     client: redis.Redis
 
     def _init_schedule(self) -> None:
-        self._take_due = self.client.register_script(TAKE_DUE)
-        self._lead = self.client.register_script(LEAD)
+        self._take_due = self.client.register_script(lua.source("take_due.lua"))
+        self._lead = self.client.register_script(lua.source("lead.lua"))
 
     def schedule(
         self, task: str, session_id: str, due: datetime, *, only_if_missing: bool = False

@@ -3,14 +3,9 @@ each concept module keeps its own. Everything that changes several keys together
 in one script, so a crash can never leave half a change behind. Each says what its KEYS
 and ARGV are. The longer ones live in ``.lua`` files beside this module."""
 
-from importlib import resources
-
+from service.store.lua import source as _load
 from service.store.notifications import RECORD_NOTIFICATION
 from service.vts.callbacks import ROLES, party_of
-
-
-def _load(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 def _events_table() -> str:
