@@ -84,6 +84,27 @@ def test_a_purged_or_erased_session_gets_no_recording(
     assert store.for_session("ses_2") == []
 
 
+def test_storing_writes_its_timeline_entry_and_notification_once(
+    store: RecordingStore, redis_client: redis.Redis
+) -> None:
+    """Marked stored twice (a redelivered job): one timeline entry, one notification
+    recorded with its first attempt due; a deleted recording is never marked stored."""
+    redis_client.hset(Keys.session("ses_1"), "callback_url", "https://app.example/hooks")
+    rec = _pending(store, "ses_1", UUID, "wav")
+    for _ in range(2):
+        assert store.mark_stored(rec.id, size=10, sha256="ab" * 32, content_type="audio/wav")
+    entries = [e for e in redis_client.lrange(Keys.timeline("ses_1"), 0, -1) if b"stored" in e]
+    assert len(entries) == 1
+    notification = f"ses_1.session.recording_stored.{rec.id}"
+    assert redis_client.zrange(Keys.session_notifications("ses_1"), 0, -1) == [
+        notification.encode()
+    ]
+    assert redis_client.zscore(Keys.schedule(), f"notify:{notification}") is not None
+    other = _pending(store, "ses_1", "c0ffee00-0000-4000-8000-000000000002", "wav")
+    redis_client.hset(RecordingKeys.recording(other.id), "status", "deleted")
+    assert not store.mark_stored(other.id, size=1, sha256="0" * 64, content_type="audio/wav")
+
+
 def test_unknown_recordings(store: RecordingStore) -> None:
     """Marks on an unknown id change nothing."""
     assert not store.mark_stored("rec_x", size=1, sha256="0" * 64, content_type="audio/wav")

@@ -13,12 +13,11 @@ from service.messages import Outgoing
 from service.models import iso, now
 from service.recordings import (
     Recording,
-    RecordingStatus,
     recording_format,
     recording_id,
     stored_name,
 )
-from service.store import scripts
+from service.store import lua, scripts
 from service.store.codec import decode_str, hash_args, timeline_entry
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
@@ -33,53 +32,6 @@ class RecordingKeys:
     @staticmethod
     def session_recordings(session_id: str) -> str:
         return f"{PREFIX}session:{session_id}:recordings"
-
-
-# KEYS: recording, session's recordings, session. ARGV: recording id, now, field, value, ...
-# A stored or deleted recording is never touched again; a failed one goes back to pending.
-# Returns the status it had ('' when it is new), or 'missing' when the session is gone
-# (purged) or erased: nothing is written then, so nothing outlives it or undoes erasure.
-UPSERT_RECORDING = """
-local owner = redis.call('HMGET', KEYS[3], 'status', 'erased_at')
-if not owner[1] or owner[2] then return 'missing' end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'stored' or status == 'deleted' then return status end
-if not status then redis.call('HSET', KEYS[1], 'created_at', ARGV[2]) end
-redis.call('HSET', KEYS[1], 'status', 'pending', 'updated_at', ARGV[2], unpack(ARGV, 3))
-redis.call('HDEL', KEYS[1], 'error')
-redis.call('SADD', KEYS[2], ARGV[1])
-return status or ''
-"""
-
-# KEYS: recording. ARGV: allowed current statuses (space separated), new status, now,
-# field, value, ... Returns 'ok', 'missing', or the status that did not allow the change.
-MARK_RECORDING = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
-  return status
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 4))
-if ARGV[2] == 'stored' then redis.call('HDEL', KEYS[1], 'error') end
-return 'ok'
-"""
-
-# Deletes one recording: it stays listed as 'deleted', so that a late or replayed event
-# does not bring it back, and its file's deletion is queued in the same write.
-# KEYS: recording, timeline of its session ('' when unknown), queue, queue messages
-# ARGV: now, timeline entry, redis message id, payload
-# Returns 'deleted', 'missing' or 'already'.
-DELETE_RECORDING = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status == 'deleted' then return 'already' end
-redis.call('HSET', KEYS[1], 'status', 'deleted', 'updated_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'size', 'sha256', 'content_type', 'error')
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
-redis.call('RPUSH', KEYS[3], ARGV[3])
-return 'deleted'
-"""
 
 
 def decode_recording(raw: Mapping[bytes | str, bytes | str]) -> Recording | None:
@@ -104,8 +56,8 @@ class RecordingStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._upsert = client.register_script(UPSERT_RECORDING)
-        self._mark = client.register_script(MARK_RECORDING)
+        self._upsert = client.register_script(lua.source("upsert_recording.lua"))
+        self._failed = client.register_script(lua.source("mark_recording_failed.lua"))
         self._stored = client.register_script(scripts.RECORDING_STORED)
 
     def upsert_pending(
@@ -173,16 +125,8 @@ class RecordingStore:
 
         False, and nothing changed, if the recording is unknown or already stored.
         """
-        return self._set_status(
-            rec_id, RecordingStatus.FAILED, ("pending", "failed"), {"error": error}
-        )
-
-    def _set_status(
-        self, rec_id: str, to: RecordingStatus, allowed: Sequence[str], fields: Mapping[str, str]
-    ) -> bool:
-        result = self._mark(
-            keys=[RecordingKeys.recording(rec_id)],
-            args=[" ".join(allowed), to.value, iso(now()) or "", *hash_args(fields)],
+        result = self._failed(
+            keys=[RecordingKeys.recording(rec_id)], args=[iso(now()) or "", error]
         )
         return decode_str(result) == "ok"
 
@@ -203,7 +147,7 @@ class AsyncRecordingStore:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
-        self._delete = client.register_script(DELETE_RECORDING)
+        self._delete = client.register_script(lua.source("delete_recording.lua"))
 
     async def delete(self, recording: Recording, message: Outgoing, entry: str) -> str:
         """Mark the recording deleted and queue its file's deletion, atomically.
