@@ -7,10 +7,9 @@ returns, inside the Lua script that changes state along with it); the workers de
 actor per job from the same declaration (a test checks both sides agree).
 
 Payloads carry ids, never phone numbers: an actor reads what it needs from the store.
-They travel as dramatiq's positional ``args`` (a payload's fields in order), so a message
-queued by an earlier version still decodes. The request id and the app that asked ride in
-the message options, so that every worker log line can be tied to the HTTP request that
-caused it.
+They travel as dramatiq's positional ``args`` (a payload's fields in order). The request
+id and the app that asked ride in the message options, so that every worker log line can
+be tied to the HTTP request that caused it.
 """
 
 from __future__ import annotations
@@ -52,14 +51,6 @@ class SessionRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fi
     """Work on one session."""
 
     session_id: str
-
-
-class SessionUpdate(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """Send a session's pending changes to VTS. ``changes`` is only set by messages queued
-    before changes were kept in Redis."""
-
-    session_id: str
-    changes: dict[str, Any] | None = None
 
 
 class EventRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -165,19 +156,11 @@ class Job(Generic[P]):
         return encode(self.queue, self.name, msgspec.to_builtins(payload), {}, options)
 
     def decode(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> P:
-        """The payload of a message's ``args``/``kwargs``; raises msgspec.ValidationError
-        when they do not fit (such a message is never retried)."""
+        """The payload of a message's ``args``; raises msgspec.ValidationError when they
+        do not fit, or when the message has keyword arguments (ours never do): such a
+        message is never retried."""
         if kwargs:
-            fields = self.payload.__struct_fields__
-            unknown = set(kwargs) - set(fields[len(args) :])
-            if unknown:
-                raise msgspec.ValidationError(f"{self.name} takes no argument {sorted(unknown)}")
-            defaults = self.payload.__struct_defaults__
-            first_default = len(fields) - len(defaults)
-            args = [*args]
-            for index in range(len(args), len(fields)):
-                fallback = defaults[index - first_default] if index >= first_default else None
-                args.append(kwargs.get(fields[index], fallback))
+            raise msgspec.ValidationError(f"{self.name} takes no keyword arguments")
         return msgspec.convert(args, self.payload)
 
 
@@ -236,7 +219,7 @@ UPDATE_SESSION_EXHAUSTED = Job("update_session_exhausted", SESSIONS_QUEUE, Exhau
 UPDATE_SESSION = Job(
     "update_session",
     SESSIONS_QUEUE,
-    SessionUpdate,
+    SessionRef,
     _SESSION_WORK,
     on_exhausted=UPDATE_SESSION_EXHAUSTED,
 )

@@ -18,7 +18,6 @@ from service.messages import (
     Job,
     NotificationRef,
     SessionRef,
-    SessionUpdate,
 )
 from service.phones import mask_text
 from workers import accounting, archive, dependencies, notifications, reconcile, retention, sessions
@@ -91,8 +90,8 @@ def _given_up(job: Job[P], exhausted: Exhausted) -> P:
     return job.decode(exhausted.message.get("args", ()), exhausted.message.get("kwargs", {}))
 
 
-def update_session(deps: Dependencies, payload: SessionUpdate) -> None:
-    sessions.update(deps, payload.session_id, payload.changes)
+def update_session(deps: Dependencies, payload: SessionRef) -> None:
+    sessions.update(deps, payload.session_id)
 
 
 def update_session_exhausted(deps: Dependencies, payload: Exhausted) -> None:

@@ -177,11 +177,10 @@ def fail(
     log.warning("session_failed", code=code, reason=reason)
 
 
-def update(deps: Dependencies, session_id: str, changes: Mapping[str, Any] | None = None) -> None:
+def update(deps: Dependencies, session_id: str) -> None:
     """Send every change asked for the session and not yet sent (the web merges them, last
     writer wins per field) to VTS in one update; changes asked meanwhile go in a follow-up
-    ``update_interval`` later. ``changes`` are those of a message queued before changes
-    were kept in Redis. Raises SessionNotReady while pending.
+    ``update_interval`` later. Raises SessionNotReady while pending.
     """
     session = _live_session(deps, session_id)
     if session is None or session.vts_session_uuid is None:
@@ -194,7 +193,7 @@ def update(deps: Dependencies, session_id: str, changes: Mapping[str, Any] | Non
         app, pending = deps.store.pending_update(session_id)
         if app:
             structlog.contextvars.bind_contextvars(app=app)
-        wanted = {**(changes or {}), **{k: json.loads(v) for k, v in pending.items()}}
+        wanted = {k: json.loads(v) for k, v in pending.items()}
         if wanted:
             _send_update(deps, session, vts_session_uuid, wanted, fence)
         interval = deps.update_interval if wanted else 0.0

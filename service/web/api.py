@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from service import messages, schemas
 from service.apps import AppRegistry, Budget
-from service.messages import SessionRef, SessionUpdate
+from service.messages import SessionRef
 from service.metrics import metrics
 from service.models import LIVE, Session, Status, iso, now
 from service.phones import mask
@@ -278,7 +278,7 @@ async def update_session(request: Request) -> Response:
     app = _app(request)
     request_id = _request_id(request)
     message = messages.UPDATE_SESSION.message(
-        SessionUpdate(session_id), request_id=request_id, app=app
+        SessionRef(session_id), request_id=request_id, app=app
     )
     entry = timeline_entry(
         "update_requested", changes=sorted(changes), request_id=request_id, app=app

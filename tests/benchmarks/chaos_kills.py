@@ -112,6 +112,7 @@ def sandbox(directory: Path) -> Iterator[str]:
     command = [
         str(Path(__file__).resolve().parents[2] / ".venv/bin/masking"), "sandbox",
         "--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN, "--port", str(port),
+        "--pool-size", "5000",
     ]  # fmt: skip
     with running(command, {}, directory / "sandbox.log"):
         yield f"http://127.0.0.1:{port}"
@@ -170,8 +171,9 @@ def report(
         if statuses["active"] == len(ids) and delivered == len(ids):
             break
         time.sleep(1)
-    no_expiry = [i for i in ids if client.zscore(Keys.schedule(), f"expire:{i}") is None]
-    no_reconcile = [i for i in ids if client.zscore(Keys.schedule(), f"reconcile:{i}") is None]
+    live = [i for i in ids if client.hget(Keys.session(i), "status") == b"active"]
+    no_expiry = [i for i in live if client.zscore(Keys.schedule(), f"expire:{i}") is None]
+    no_reconcile = [i for i in live if client.zscore(Keys.schedule(), f"reconcile:{i}") is None]
     missing = [i for i in ids if not receiver.ids[f"{i}.session.active"]]
     repeated = sum(count - 1 for count in receiver.ids.values())
     vts = len(system.sandbox.get("/_sandbox/sessions").json()["sessions"])
