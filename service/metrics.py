@@ -44,6 +44,7 @@ class Metrics:
     recordings: Counter
     recording_bytes: Counter
     unreadable_records: Counter
+    storage_failures: Counter
 
 
 _made: list[Metrics] = []
@@ -94,6 +95,11 @@ def _create() -> Metrics:
         recording_bytes=Counter("masking_recording_bytes", "Recording bytes stored"),
         unreadable_records=Counter(
             "masking_unreadable_records", "Stored records skipped as unreadable", ["kind"]
+        ),
+        # reason: an errno name (ENOSPC) or an S3 error code (SlowDown), never a path.
+        storage_failures=Counter(
+            "masking_storage_failures", "Recording storage operations that failed",
+            ["backend", "reason"],
         ),
     )  # fmt: skip
 

@@ -116,6 +116,7 @@ class Settings:
     egress_allow_private: bool = False
     recording_max_bytes: int = 200 * 1024 * 1024
     recording_timeout: float = 30.0
+    storage_retry_for: int = 3 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -183,6 +184,9 @@ class Settings:
             ),
             recording_timeout=env.optional(
                 "RECORDING_TIMEOUT", _positive_float, cls.recording_timeout
+            ),
+            storage_retry_for=env.optional(
+                "STORAGE_RETRY_FOR", _positive_int, cls.storage_retry_for
             ),
         )
 
