@@ -18,12 +18,13 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from service.errors import StorageError, StorageUnavailable
+from service import messages
+from service.errors import ConfigurationError, StorageError, StorageUnavailable
 from service.messages import QUEUES
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.store import Store
-from tests.conftest import loopback_settings, wait_until
+from tests.conftest import loopback_settings, make_settings, wait_until
 from tests.test_recordings import _recorded_call, _recording
 from tests.test_retry_logs import Lines
 
@@ -137,10 +138,15 @@ def _dead_letters(client: redis.Redis) -> int:
 
 
 @pytest.fixture
-def settings(redis_url: str, sandbox_url: str, web_port: int, tmpfs: Tmpfs) -> Settings:
-    """Recordings on the tmpfs."""
+def settings(
+    request: pytest.FixtureRequest, redis_url: str, sandbox_url: str, web_port: int, tmpfs: Tmpfs
+) -> Settings:
+    """Recordings on the tmpfs; a test may override settings with ``indirect``."""
+    overrides = getattr(request, "param", {})
     recordings = tmpfs.path / "recordings"
-    return loopback_settings(redis_url, sandbox_url, web_port, recordings_dir=recordings)
+    return loopback_settings(
+        redis_url, sandbox_url, web_port, recordings_dir=recordings, **overrides
+    )
 
 
 def outage_then_stored(
@@ -198,3 +204,58 @@ def test_a_recording_arriving_while_the_disk_is_read_only_is_stored_once_writabl
         api, sandbox, redis_client, capsys, backend="local", reason="EROFS",
         down=lambda: tmpfs.remount("ro"), up=lambda: tmpfs.remount("rw"),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("settings", [{"storage_retry_for": 2}], indirect=True)
+def test_a_recording_whose_storage_stays_away_fails_as_a_storage_failure(
+    api: httpx2.Client,
+    sandbox: httpx2.Client,
+    worker: dramatiq.Worker,
+    redis_client: redis.Redis,
+    tmpfs: Tmpfs,
+) -> None:
+    """Past STORAGE_RETRY_FOR the recording is failed with a reason naming storage, not
+    VTS, and nothing is dead-lettered."""
+    dead_before = _dead_letters(redis_client)
+    tmpfs.remount("ro")
+    session, _ = _recorded_call(api, sandbox, "wav")
+    _recording(api, session["id"], status="failed")
+    timeline = api.get(f"/v1/sessions/{session['id']}/events").json()
+    failed = [entry for entry in str(timeline).split("}") if "recording_failed" in entry]
+    assert failed
+    assert "recording storage was unavailable for more than 2 s" in failed[0]
+    assert "VTS" not in failed[0]
+    assert _dead_letters(redis_client) == dead_before
+
+
+def test_storage_retry_for_is_read_and_checked() -> None:
+    """STORAGE_RETRY_FOR is seconds (default 3 hours); a malformed value is named."""
+    from tests.test_settings import VALID
+
+    assert Settings.from_env(VALID).storage_retry_for == 3 * 3600
+    assert Settings.from_env({**VALID, "STORAGE_RETRY_FOR": "60"}).storage_retry_for == 60
+    for bad in ("0", "soon", "-5"):
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_env({**VALID, "STORAGE_RETRY_FOR": bad})
+        assert caught.value.variable == "STORAGE_RETRY_FOR"
+
+
+def test_storage_work_is_retried_for_storage_retry_for(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Purges and file deletions retry storage outages for at least STORAGE_RETRY_FOR
+    (dramatiq waits at least half the one-minute cap between tries), and a recording
+    waits for its storage as long."""
+    from workers import boot
+
+    settings = make_settings(
+        redis_url, "http://127.0.0.1:9", recordings_dir=tmp_path, storage_retry_for=7200
+    )
+    deps = boot.build(settings, redis_client)
+    deps.close()
+    for job in (messages.PURGE_SESSION, messages.DELETE_RECORDING_FILES):
+        assert job.retry.max_backoff_ms == 60_000
+        assert StorageUnavailable in job.retry.transient
+        assert deps.max_retries(job) * 30 >= 7200
+    assert deps.storage_retry_for.total_seconds() == 7200
+    assert messages.APPLY_RECORDING_EVENT.retry.max_backoff_ms == 60_000
