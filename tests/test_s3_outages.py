@@ -28,6 +28,7 @@ from service.settings import S3Location, Settings
 from service.storage.s3 import S3Storage
 from tests.conftest import loopback_settings
 from tests.servers import free_port, serve
+from tests.test_recordings import _recorded_call, _recording
 from tests.test_s3_storage import s3_endpoint, s3_location
 from tests.test_storage_outages import _read, _store, failures, outage_then_stored
 
@@ -220,3 +221,22 @@ def test_a_recording_arriving_while_s3_refuses_connections_is_stored_once_it_is_
         api, sandbox, redis_client, capsys, backend="s3", reason="EndpointConnectionError",
         down=switch.off, up=switch.on,
     )  # fmt: skip
+
+
+def test_a_recording_asked_for_while_s3_refuses_connections_is_503(
+    api: httpx2.Client,
+    sandbox: httpx2.Client,
+    s3_worker: dramatiq.Worker,
+    switch: Switch,
+) -> None:
+    """While the endpoint refuses connections the web answers 503 with Retry-After for a
+    stored recording (not 500), and serves it again once the endpoint is back."""
+    session, _ = _recorded_call(api, sandbox, "wav")
+    recording = _recording(api, session["id"])
+    switch.off()
+    refused = api.get(recording["url"])
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "retry-after" in refused.headers
+    switch.on()
+    assert api.get(recording["url"]).status_code == 200
