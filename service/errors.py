@@ -112,3 +112,19 @@ class RecordingUnavailable(RecordingError):
 
 class RecordingRejected(RecordingError):
     """Refused by policy or by the host (other 4xx): retrying will not help."""
+
+
+class StorageError(ServiceError):
+    """Recording storage failed at an operation. ``reason`` is what failed, safe to log
+    and to count: an errno name (``EACCES``) or an S3 error code, never a path or a key."""
+
+    def __init__(self, backend: str, operation: str, reason: str) -> None:
+        super().__init__(f"{backend} storage failed to {operation}: {reason}")
+        self.backend = backend
+        self.reason = reason
+
+
+class StorageUnavailable(StorageError):
+    """Storage cannot take or give objects for now (a full or read-only disk, an S3
+    endpoint refusing connections, a 5xx, throttling): it comes back by itself or by an
+    operator's hand, so try again later."""

@@ -14,6 +14,7 @@ be tied to the HTTP request that caused it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from uuid import uuid4
 
 import msgspec
 import redis
-from botocore.exceptions import BotoCoreError, ClientError
 
 from service.errors import (
     EventNotReady,
     RecordingUnavailable,
+    ServiceError,
     SessionBusy,
     SessionNotReady,
+    StorageUnavailable,
     VtsUnavailable,
     WorkNotReady,
 )
@@ -88,28 +90,35 @@ class RetryPolicy:
 
     Besides Redis errors (always retried): ``waits`` are part of the work (an event whose
     session is still being created), bounded in time by the work itself, and retried as
-    long as they are raised; ``transient`` failures are retried up to ``max_retries``
-    times. Anything else (a bug, a rejection) is never retried. The delay is the one the
-    failure names (``retry_after`` in seconds: VTS's Retry-After, an event's short wait),
-    else a backoff doubling from ``min_backoff_ms`` up to ``max_backoff_ms``.
+    long as they are raised; ``outages`` too (storage away: ``STORAGE_RETRY_FOR`` bounds
+    them), but they are failures, logged as warnings; ``transient`` failures are retried
+    up to ``max_retries`` times. Anything else (a bug, a rejection) is never retried. The
+    delay is the one the failure names (``retry_after`` in seconds: VTS's Retry-After, an
+    event's short wait), else a backoff doubling from ``min_backoff_ms`` up to ``max_backoff_ms``.
     """
 
     transient: tuple[type[Exception], ...] = ()
     max_retries: int = 0
     waits: tuple[type[WorkNotReady], ...] = ()
+    outages: tuple[type[ServiceError], ...] = ()
     min_backoff_ms: int = 500
     max_backoff_ms: int = 15_000
 
     @property
     def retried(self) -> tuple[type[Exception], ...]:
         """Every failure this policy may retry."""
-        return (*ALWAYS_TRANSIENT, *self.waits, *self.transient)
+        return (*ALWAYS_TRANSIENT, *self.waits, *self.outages, *self.transient)
 
     def allows(self, retries: int, failure: BaseException, *, max_retries: int) -> bool:
         """Whether ``failure`` is retried after ``retries`` retries already made."""
-        if isinstance(failure, ALWAYS_TRANSIENT + self.waits):
+        if isinstance(failure, ALWAYS_TRANSIENT + self.waits + self.outages):
             return True
         return isinstance(failure, self.transient) and retries < max_retries
+
+    def retries_within(self, seconds: float) -> int:
+        """Retries enough to keep trying for at least ``seconds``: past its first doublings
+        dramatiq waits between half the maximum backoff and all of it."""
+        return math.ceil(seconds * 1000 / (self.max_backoff_ms / 2))
 
 
 def delay_ms(failure: BaseException) -> int | None:
@@ -198,9 +207,11 @@ _SESSION_WORK = RetryPolicy(
 )
 # Bookkeeping after work is given up: only Redis can fail it, and Redis passes.
 _BOOKKEEPING = RetryPolicy()
-# Storage hiccups (boto3 has retried within the call already).
+# Storage away (a full or read-only disk, S3 unreachable or throttling; boto3 has retried
+# within the call already): every minute at most, for STORAGE_RETRY_FOR, which sets
+# max_retries (see workers.dependencies).
 _STORAGE = RetryPolicy(
-    transient=(OSError, BotoCoreError, ClientError),
+    transient=(StorageUnavailable,),
     max_retries=20,
     min_backoff_ms=1_000,
     max_backoff_ms=60_000,
@@ -237,8 +248,9 @@ RECORDING_DOWNLOAD_EXHAUSTED = Job(
     Exhausted,
     RetryPolicy(min_backoff_ms=1_000, max_backoff_ms=60_000),
 )
-# Waiting for the session, or for VTS to serve the file, is bounded in time by the work;
-# network errors and 5xx are retried up to a limit.
+# Waiting for the session, or for VTS to serve the file, is bounded in time by the work,
+# and so is storage being away (STORAGE_RETRY_FOR); VTS's network errors and 5xx are
+# retried up to a limit.
 APPLY_RECORDING_EVENT = Job(
     "apply_recording_event",
     RECORDINGS_QUEUE,
@@ -247,6 +259,7 @@ APPLY_RECORDING_EVENT = Job(
         transient=(RecordingUnavailable,),
         max_retries=20,
         waits=(EventNotReady,),
+        outages=(StorageUnavailable,),
         min_backoff_ms=1_000,
         max_backoff_ms=60_000,
     ),

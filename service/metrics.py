@@ -45,6 +45,7 @@ class Metrics:
     recording_bytes: Counter
     unreadable_records: Counter
     timers_repaired: Counter
+    storage_failures: Counter
 
 
 _made: list[Metrics] = []
@@ -100,6 +101,11 @@ def _create() -> Metrics:
             "masking_timers_repaired",
             "Live sessions found without a timer they must have, and given it back",
             ["task"],
+        ),
+        # reason: an errno name (ENOSPC) or an S3 error code (SlowDown), never a path.
+        storage_failures=Counter(
+            "masking_storage_failures", "Recording storage operations that failed",
+            ["backend", "reason"],
         ),
     )  # fmt: skip
 

@@ -118,6 +118,7 @@ class Settings:
     recording_timeout: float = 30.0
     # Seconds before each retry of an app notification (about 27 h in all), jitter added.
     notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    storage_retry_for: int = 3 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -188,6 +189,9 @@ class Settings:
             ),
             notification_retry_schedule=env.optional(
                 "NOTIFICATION_RETRY_SCHEDULE", _delays, cls.notification_retry_schedule
+            ),
+            storage_retry_for=env.optional(
+                "STORAGE_RETRY_FOR", _positive_int, cls.storage_retry_for
             ),
         )
 

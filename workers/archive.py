@@ -5,7 +5,10 @@ streamed to storage through the download guard; duplicates of the event, and red
 messages, find it stored and do nothing. VTS may answer 404 for a while after the event:
 that is retried until ``ready_within`` has passed since the event arrived. Network errors
 and 5xx are retried by the actor's policy; a refusal (not allowed, too big, not audio) or
-``SessionRecordingFailed`` marks the recording ``failed`` with the reason.
+``SessionRecordingFailed`` marks the recording ``failed`` with the reason. Storage being
+away (StorageUnavailable) is retried until ``storage_retry_for`` has passed since the
+event arrived; only then, or on another storage error, is the recording failed, with a
+reason that names storage, not VTS.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from datetime import UTC, datetime
 
 import structlog
 
-from service.errors import EventNotReady, RecordingNotReady, RecordingPending, RecordingRejected
+from service.errors import (
+    EventNotReady,
+    RecordingNotReady,
+    RecordingPending,
+    RecordingRejected,
+    StorageError,
+    StorageUnavailable,
+)
 from service.metrics import metrics
 from service.recordings import Recording, RecordingStatus, recording_id
 from service.store import timeline_entry
@@ -95,6 +105,15 @@ def _completed(deps: Dependencies, session_id: str, event: Event, received: date
         return
     except RecordingRejected as exc:
         fail(deps, recording.id, str(exc))
+        return
+    except StorageUnavailable:
+        if deps.clock() - received < deps.storage_retry_for:
+            raise
+        limit = int(deps.storage_retry_for.total_seconds())
+        fail(deps, recording.id, f"recording storage was unavailable for more than {limit} s")
+        return
+    except StorageError as exc:
+        fail(deps, recording.id, f"recording storage refused the recording ({exc.reason})")
         return
     _stored(deps, recording, result.size, result.sha256, result.content_type)
 

@@ -65,9 +65,18 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         reconcile_settle=timedelta(seconds=settings.reconcile_settle),
         update_interval=settings.session_update_interval,
         budget_window=settings.vts_rate_window,
-        retry_limits={messages.CREATE_SESSION.name: settings.create_max_retries},
         notification_retry_schedule=settings.notification_retry_schedule,
+        storage_retry_for=timedelta(seconds=settings.storage_retry_for),
+        retry_limits=_retry_limits(settings),
     )
+
+
+def _retry_limits(settings: Settings) -> dict[str, int]:
+    """The retry limits the settings set: VTS creates, and storage work (STORAGE_RETRY_FOR)."""
+    limits = {messages.CREATE_SESSION.name: settings.create_max_retries}
+    for job in (messages.PURGE_SESSION, messages.DELETE_RECORDING_FILES):
+        limits[job.name] = job.retry.retries_within(settings.storage_retry_for)
+    return limits
 
 
 def _observe_vts(action: str, outcome: str, seconds: float) -> None:

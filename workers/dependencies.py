@@ -62,6 +62,8 @@ class Dependencies:
     lock_lease: timedelta = LEASE
     # How long VTS may answer 404 for a recording it told us about.
     recording_ready_within: timedelta = timedelta(minutes=10)
+    # How long a recording waits for its storage to come back before it is failed.
+    storage_retry_for: timedelta = timedelta(hours=3)
     # Jobs whose retry limit the settings set (job name -> max retries).
     retry_limits: Mapping[str, int] = field(default_factory=dict)
     # Seconds before each retry of a notification (see ``workers.notifications``).

@@ -166,7 +166,8 @@ def download(
     Idempotent: when ``dest_name`` is already stored, nothing is fetched and its result is
     computed from the stored file. ``auth`` (VTS's id and token) is sent to the policy's
     ``auth_hosts`` only. Raises RecordingNotReady (404), RecordingUnavailable (retry) or
-    RecordingRejected (don't); on any error nothing is stored.
+    RecordingRejected (don't) for VTS's side, StorageUnavailable (retry) or StorageError
+    for storage's; on any error nothing is stored.
     """
     if storage.exists(dest_name):
         return describe(storage, dest_name)

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from service.errors import ServiceError
+from service.errors import ServiceError, StorageError, StorageUnavailable
+from service.metrics import metrics
 
 CHUNK_SIZE = 64 * 1024
 
@@ -27,6 +28,14 @@ class InvalidName(ValueError):
 
 class NotStored(ServiceError):
     """No object is stored under the name."""
+
+
+def failure(backend: str, operation: str, reason: str, *, transient: bool) -> StorageError:
+    """The error to raise for a failed storage operation, counted by backend and reason.
+    ``transient``: storage is away or full for now (StorageUnavailable: try again later)."""
+    metrics().storage_failures.labels(backend, reason).inc()
+    kind = StorageUnavailable if transient else StorageError
+    return kind(backend, operation, reason)
 
 
 def check_name(name: str) -> str:

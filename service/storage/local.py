@@ -10,16 +10,44 @@ name removes it.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from service.storage.base import CHUNK_SIZE, NotStored, check_name
+from service.storage.base import CHUNK_SIZE, NotStored, check_name, failure
 
 _TEMP_PREFIX = ".upload-"
+# What a disk does while it is full, remounted read-only, failing or overloaded (and NFS
+# while its server is away): conditions that pass. Others (ENOTDIR, EACCES...) are not.
+_TRANSIENT = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.ENOBUFS,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
+)
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    """OSError as StorageUnavailable or StorageError, named by its errno, not its path."""
+    try:
+        yield
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise failure("local", operation, reason, transient=exc.errno in _TRANSIENT) from exc
 
 
 class LocalUpload:
@@ -37,22 +65,30 @@ class LocalUpload:
         self._done = False
 
     def write(self, data: bytes, /) -> int:
-        return self._file.write(data)
+        with _translated("write"):
+            return self._file.write(data)
 
     def commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._temp, self._final)
-        self._done = True
-        _fsync_directory(self._final.parent)
+        with _translated("commit"):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._temp, self._final)
+            self._done = True
+            _fsync_directory(self._final.parent)
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        self._file.close()
-        self._temp.unlink(missing_ok=True)
+        # Aborting follows a failure, often of this very disk: closing flushes what is
+        # buffered (ENOSPC again), unlinking needs a writable disk. Neither may hide the
+        # failure; a temporary file left behind is never served and the next upload of
+        # this name removes it.
+        with suppress(OSError):
+            self._file.close()
+        with suppress(OSError):
+            self._temp.unlink(missing_ok=True)
 
 
 class LocalStorage:
@@ -70,36 +106,41 @@ class LocalStorage:
 
     @contextmanager
     def open_writer(self, name: str) -> Iterator[LocalUpload]:
-        upload = LocalUpload(self.root, check_name(name))
+        with _translated("open"):
+            upload = LocalUpload(self.root, check_name(name))
         try:
             yield upload
         finally:
             upload.abort()
 
     def exists(self, name: str) -> bool:
-        return self._path(name).is_file()
+        with _translated("read"):
+            return self._path(name).is_file()
 
     def size(self, name: str) -> int:
-        try:
-            return self._path(name).stat().st_size
-        except FileNotFoundError:
-            raise NotStored(f"no stored object {name}") from None
+        with _translated("read"):
+            try:
+                return self._path(name).stat().st_size
+            except FileNotFoundError:
+                raise NotStored(f"no stored object {name}") from None
 
     def open_reader(self, name: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         if start < 0 or (end is not None and end < start):
             raise ValueError("need 0 <= start <= end")
-        try:
-            file = self._path(name).open("rb")
-        except FileNotFoundError:
-            raise NotStored(f"no stored object {name}") from None
+        with _translated("read"):
+            try:
+                file = self._path(name).open("rb")
+            except FileNotFoundError:
+                raise NotStored(f"no stored object {name}") from None
         return _chunks(file, start, end)
 
     def delete(self, name: str) -> None:
-        self._path(name).unlink(missing_ok=True)
+        with _translated("delete"):
+            self._path(name).unlink(missing_ok=True)
 
 
 def _chunks(file: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
-    with file:
+    with file, _translated("read"):
         file.seek(start)
         remaining = None if end is None else end - start
         while remaining is None or remaining > 0:

@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from service import messages
+from service.errors import StorageUnavailable
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
 from service.store import AsyncRecordingStore, AsyncStore, timeline_entry
@@ -105,6 +106,11 @@ async def get_recording(request: Request) -> Response:
         chunks = await run_in_threadpool(storage.open_reader, recording.stored_name, start, end + 1)
     except NotStored:
         raise Problem(404, "the recording's file is missing from storage") from None
+    except StorageUnavailable:
+        retry = {"retry-after": "5"}
+        raise Problem(
+            503, "recording storage is unavailable; retry shortly", headers=retry
+        ) from None
     return StreamingResponse(
         chunks,
         status_code=206 if wanted else 200,
