@@ -661,7 +661,8 @@ def test_development_lock_pins_every_extra_at_the_runtime_lock_versions() -> Non
 def test_every_install_path_installs_from_the_locks() -> None:
     """scripts/test, scripts/dev and scripts/lock install through locked_venv, which
     installs the locks with --require-hashes and --no-deps and resolves nothing; .ci/run
-    runs scripts/test. Only `scripts/test --latest` resolves, into its own venv."""
+    runs scripts/test. Only `scripts/test --latest` resolves (uv, --upgrade), into a
+    requirements file of its own venv that pip then installs without resolving."""
     helper = (ROOT / "scripts/lib/venv.sh").read_text()
     installs = [line for line in helper.splitlines() if "pip install" in line]
     assert installs
@@ -670,8 +671,10 @@ def test_every_install_path_installs_from_the_locks() -> None:
     for script in ("test", "dev", "lock"):
         text = (ROOT / "scripts" / script).read_text()
         assert "locked_venv .venv" in text or 'locked_venv "$venv"' in text, script
-        resolving = [line for line in text.splitlines() if "pip install" in line]
-        assert all("--upgrade" in line for line in resolving), (script, resolving)
+        installs = [line for line in text.splitlines() if "pip install" in line]
+        assert all("--no-deps" in line for line in installs), (script, installs)
+        resolving = [line for line in text.splitlines() if "pip compile" in line]
+        assert all("--upgrade" in line or "lock" in script for line in resolving), script
     assert "exec scripts/test" in (ROOT / ".ci/run").read_text()
 
 
