@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
@@ -50,7 +49,7 @@ class ExactRouter(Router):
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route = self._exact.get((scope["method"], get_route_path(scope)))
+            route = self._exact.get((scope["method"], _route_path(scope)))
             if route is not None:
                 scope.setdefault("router", self)
                 scope["route"] = route
@@ -59,6 +58,18 @@ class ExactRouter(Router):
                 await route.app(scope, receive, send)
                 return
         await super().app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the routes see: the request's, less the app's ``root_path`` when it is
+    mounted under one (as ``Router`` computes it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    # Only a whole leading segment is the root: "/api" is not the root of "/apiary".
+    rest = path[len(root) :]
+    return rest if rest[:1] in ("", "/") else path
 
 
 def _exact_routes(routes: Sequence[BaseRoute]) -> dict[tuple[str, str], Route]:
