@@ -317,3 +317,38 @@ def test_expiry_killed_after_any_write(
         if how == "by_app":
             assert _timer(redis_client, "reconcile", session_id) is not None
         assert _notifications(redis_client, session_id) == [f"{session_id}.session.expired"]
+
+
+def test_a_rejected_create_killed_after_any_write(
+    settings: Settings,
+    redis_url: str,
+    redis_client: redis.Redis,
+    healthy: Dependencies,
+    sandbox: httpx2.Client,
+) -> None:
+    """A create VTS rejects, killed after each of its writes, then redelivered: the
+    session is failed with VTS's reason, its purge set, one failed notification."""
+    rejecting = {"error_rate": 1.0, "error_status": 400, "error_paths": ["create"]}
+    assert sandbox.put("/_sandbox/faults", json=rejecting).is_success
+    session_ids: list[str] = []
+
+    def reset() -> None:
+        session = stored_session(redis_url, f"ses_{len(session_ids) + 100:032x}")
+        _with_callback(redis_client, session.id)
+        session_ids.append(session.id)
+
+    writes = _killed_after_each_write(
+        settings,
+        redis_url,
+        lambda deps: sessions.create(deps, session_ids[-1]),
+        lambda _: _until_done(lambda deps: sessions.create(deps, session_ids[-1]), healthy),
+        reset,
+    )
+    assert writes >= 2  # the attempt's note, the transition
+    for session_id in session_ids:
+        session = healthy.store.get_session(session_id)
+        assert session is not None
+        assert session.status is Status.FAILED
+        assert session.error_code == "vts_rejected"
+        assert _timer(redis_client, "purge", session_id) is not None
+        assert _notifications(redis_client, session_id) == [f"{session_id}.session.failed"]
