@@ -36,10 +36,15 @@ end
 return due
 """
 
-# KEYS: leader. ARGV: token, ttl (ms). Take or keep the lead; true if we hold it.
+# KEYS: leader. ARGV: token, ttl (ms). Take or keep the lead; true if we hold it. The
+# holder renews only once half the ttl has gone: asked every tick, a renewal each time
+# would be a write (replicated, appended to the AOF) several times a second for nothing.
 LEAD = """
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if holder == ARGV[1] then
+  if redis.call('PTTL', KEYS[1]) <= ARGV[2] / 2 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return 1
+end
 if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
