@@ -8,6 +8,7 @@ does, and prints how to call the API. Ctrl-C stops everything.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shlex
 import signal
@@ -24,10 +25,31 @@ from devkit.embedded_redis import EmbeddedRedis
 from service.settings import environment
 
 STATE_DIR = Path(".dev")
+# The pid of the dev running on STATE_DIR, so that another can tell its Redis from one
+# left running.
+OWNER_FILE = STATE_DIR / "dev.pid"
+# Ctrl-C, a stop from a process manager, and the terminal closing (SIGHUP: the embedded
+# Redis ignores it, and would outlive dev) all stop everything.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Unavailable(Exception):
     """A port dev needs is taken, or a process it started did not come up."""
+
+
+class Stopped(Exception):
+    """One of STOP_SIGNALS arrived."""
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    _ignore_stop_signals()
+    raise Stopped(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    # While stopping: a second signal must not cut the stopping short.
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def _wait_http(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
@@ -106,11 +128,13 @@ def run(*, port: int | None, sandbox_port: int) -> int:
     env.setdefault("METRICS_PORT", str(_free_port()))
     processes: list[subprocess.Popen[bytes]] = []
     redis_server: EmbeddedRedis | None = None
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _on_stop_signal)
     try:
         _check_free("PORT", int(env["PORT"]))
         _check_free("METRICS_PORT", int(env["METRICS_PORT"]))
         if not env.get("REDIS_URL"):
-            redis_server = EmbeddedRedis(STATE_DIR / "redis", persist=True).start()
+            redis_server = _start_redis()
             env["REDIS_URL"] = redis_server.url
         sandboxed = not env.get("VTS_AUTH_ID")
         if sandboxed:
@@ -135,10 +159,60 @@ def run(*, port: int | None, sandbox_port: int) -> int:
     except Unavailable as exc:
         sys.stderr.write(f"masking dev: {exc}\n")
         return 2
+    except Stopped:
+        return 0
     finally:
+        _ignore_stop_signals()
         _stop(processes)
         if redis_server is not None:
             redis_server.stop()
+            _release_state_dir()
+
+
+def _start_redis() -> EmbeddedRedis:
+    """The embedded Redis on STATE_DIR, after shutting down one left running there by a
+    dev that was killed outright (its data is kept: the shutdown syncs the AOF). A Redis
+    of a dev still running there is left alone: then this dev stops, saying so."""
+    server = EmbeddedRedis(STATE_DIR / "redis", persist=True)
+    leftover = server.running_pid()
+    if leftover is not None:
+        owner = _owner()
+        if owner is not None:
+            raise Unavailable(
+                f"another masking dev (pid {owner}) runs on {STATE_DIR}/: stop it first, "
+                "or start this one in another directory"
+            )
+        server.shut_down_running()
+        sys.stderr.write(
+            f"masking dev: shut down the Redis left running (pid {leftover}) on "
+            f"{server.directory} by an earlier run; its data is kept\n"
+        )
+    server.start()
+    OWNER_FILE.write_text(f"{os.getpid()}\n")
+    return server
+
+
+def _owner() -> int | None:
+    """The pid of another dev running on STATE_DIR, if one is."""
+    try:
+        pid = int(OWNER_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    return pid
+
+
+def _release_state_dir() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if int(OWNER_FILE.read_text()) == os.getpid():
+            OWNER_FILE.unlink()
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -215,18 +289,10 @@ def _banner(env: dict[str, str], sandboxed: bool) -> str:
 
 
 def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop:
+    """Wait until a process exits (1) or a stop signal arrives (raises Stopped)."""
+    while True:
         for process in processes:
             if process.poll() is not None:
                 sys.stderr.write(f"a process exited (code {process.returncode}); stopping\n")
                 return 1
         time.sleep(0.2)
-    return 0
