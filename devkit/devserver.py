@@ -1,13 +1,14 @@
 """``masking dev``: the whole system on one machine, with nothing installed beforehand.
 
 Starts an embedded Redis when ``REDIS_URL`` is unset and the VTS sandbox when no VTS
-credentials are set, then the ``web`` and ``worker`` processes exactly as the Procfile
-does, and prints how to call the API. Ctrl-C stops everything.
+credentials are set, then the ``web`` (on loopback) and ``worker`` processes as the
+Procfile does, and prints how to call the API. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shlex
@@ -109,6 +110,14 @@ def _free_port() -> int:
         return port
 
 
+# The Procfile's web and worker; the web on loopback only, its keys being development ones.
+WEB_ARGS = ("web", "--host", "127.0.0.1")
+WORKER_ARGS = ("worker", "--processes", "2", "--threads", "8")
+# Valid numbers (a US fixed-line-or-mobile range) that the sandbox connects.
+EXAMPLE_PARTIES = ("+14155552671", "+14155552672")
+OTHER_PARTIES = ("+14155552673", "+14155552674")
+
+
 def _masking(*args: str) -> list[str]:
     return [sys.executable, "-m", "service", *args]
 
@@ -147,13 +156,14 @@ def run(*, port: int | None, sandbox_port: int) -> int:
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{env['PORT']}")
         env.setdefault("LOG_FORMAT", "console")
         env.setdefault("RECORDINGS_DIR", str(STATE_DIR / "recordings"))
-        processes.append(subprocess.Popen(_masking("web", "--host", "127.0.0.1"), env=env))
-        processes.append(subprocess.Popen(_masking("worker", "--processes", "1"), env=env))
+        processes.append(subprocess.Popen(_masking(*WEB_ARGS), env=env))
+        processes.append(subprocess.Popen(_masking(*WORKER_ARGS), env=env))
         _wait_http(f"http://127.0.0.1:{env['PORT']}/readyz", processes)
         confirm_own_web(env)
         _wait_http(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics", processes)
+        example = example_session(env) if sandboxed else None
         _check_alive(processes)
-        sys.stdout.write(_banner(env, sandboxed))
+        sys.stdout.write(_banner(env, example))
         sys.stdout.flush()
         return _supervise(processes)
     except Unavailable as exc:
@@ -244,12 +254,36 @@ def _curl(url: str, *options: str, body: str | None = None) -> str:
     return " ".join([words[0], *(shlex.quote(w) for w in words[1:]), shlex.quote(url)])
 
 
-def _banner(env: dict[str, str], sandboxed: bool) -> str:
-    """Where everything listens, and how to create a session (and simulate a call)."""
+def example_session(env: dict[str, str]) -> dict[str, str]:
+    """A session between EXAMPLE_PARTIES, made through the API once everything runs (so
+    the banner's lines name a real one; it also proves the web, worker and sandbox work
+    together): its ``id`` and ``vts_session_uuid``."""
+    try:
+        answer = httpx2.post(
+            f"http://127.0.0.1:{env['PORT']}/v1/sessions",
+            json=_parties(EXAMPLE_PARTIES),
+            headers={"Authorization": f"Bearer {api_key(env)}", "Prefer": "wait=20"},
+            timeout=30,
+        )
+    except httpx2.HTTPError as exc:
+        raise Unavailable(f"the example session was not created ({type(exc).__name__})") from None
+    session = answer.json()
+    if answer.status_code != 201:
+        status = session.get("status") or session.get("title")
+        raise Unavailable(f"the example session was not created ({answer.status_code}: {status})")
+    return {"id": session["id"], "vts_session_uuid": session["vts_session_uuid"]}
+
+
+def _parties(numbers: tuple[str, str]) -> dict[str, str]:
+    return {"first_party": numbers[0], "second_party": numbers[1]}
+
+
+def _banner(env: dict[str, str], example: dict[str, str] | None) -> str:
+    """Where everything listens, and commands to paste: with the sandbox, a call on the
+    example session and its counters; a create in every case."""
     api = f"http://127.0.0.1:{env['PORT']}"
     key = api_key(env)
     bearer = f"Authorization: Bearer {key}"
-    parties = '{"first_party": "+14155552671", "second_party": "+14155552672"}'
     lines = [
         "",
         "The masking service is running.",
@@ -259,33 +293,39 @@ def _banner(env: dict[str, str], sandboxed: bool) -> str:
         f"  Worker metrics:  http://127.0.0.1:{env['METRICS_PORT']}/metrics",
         f"  Redis:           {env['REDIS_URL']}",
     ]
-    if sandboxed:
-        sandbox = env["VTS_BASE_URL"]
-        account = f"{env['VTS_AUTH_ID']}:{env['VTS_AUTH_TOKEN']}"
-        lines += [
-            f"  VTS sandbox:     {sandbox}   (auth id {env['VTS_AUTH_ID']},"
-            f" token {env['VTS_AUTH_TOKEN']})",
-        ]
+    if example is not None:
+        lines += _sandbox_lines(env, example, bearer, api)
+    create = json.dumps(_parties(OTHER_PARTIES))
     lines += [
-        "",
-        "Create a session (answers once VTS has made it; note its id and vts_session_uuid):",
-        "  " + _curl(f"{api}/v1/sessions", "-H", bearer, "-H", "Prefer: wait=10", body=parties),
-    ]
-    if sandboxed:
-        calls = f"{sandbox}/_sandbox/sessions/VTS_SESSION_UUID/calls"
-        call = '{"caller": "first", "duration": 42}'
-        lines += [
-            "Simulate a call between the parties (the sandbox sends VTS's callbacks):",
-            "  " + _curl(calls, "-u", account, "-X", "POST", body=call),
-        ]
-    lines += [
-        "See the session's counters:",
-        "  " + _curl(f"{api}/v1/sessions/SESSION_ID", "-H", bearer),
+        "Create a session (answers once VTS has made it):",
+        "  " + _curl(f"{api}/v1/sessions", "-H", bearer, "-H", "Prefer: wait=10", body=create),
+        "List the newest sessions:",
+        "  " + _curl(f"{api}/v1/sessions?limit=5", "-H", bearer),
         "",
         "Ctrl-C stops everything.",
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _sandbox_lines(
+    env: dict[str, str], example: dict[str, str], bearer: str, api: str
+) -> list[str]:
+    sandbox = env["VTS_BASE_URL"]
+    account = f"{env['VTS_AUTH_ID']}:{env['VTS_AUTH_TOKEN']}"
+    calls = f"{sandbox}/_sandbox/sessions/{example['vts_session_uuid']}/calls"
+    return [
+        f"  VTS sandbox:     {sandbox}   (auth id {env['VTS_AUTH_ID']},"
+        f" token {env['VTS_AUTH_TOKEN']})",
+        "",
+        f"An example session is made: {example['id']}, between {' and '.join(EXAMPLE_PARTIES)}.",
+        "Simulate a call between its parties (the sandbox sends VTS's callbacks):",
+        "  "
+        + _curl(calls, "-u", account, "-X", "POST", body='{"caller": "first", "duration": 42}'),
+        "See its counters (call_count, interaction_count) and its timeline:",
+        "  " + _curl(f"{api}/v1/sessions/{example['id']}", "-H", bearer),
+        "  " + _curl(f"{api}/v1/sessions/{example['id']}/events", "-H", bearer),
+    ]
 
 
 def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:
