@@ -1,13 +1,15 @@
 """``masking dev``: the whole system on one machine, with nothing installed beforehand.
 
 Starts an embedded Redis when ``REDIS_URL`` is unset and the VTS sandbox when no VTS
-credentials are set, then the ``web`` and ``worker`` processes exactly as the Procfile
-does, and prints how to call the API. Ctrl-C stops everything.
+credentials are set, then the ``web`` (on loopback) and ``worker`` processes as the
+Procfile does, and prints how to call the API. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import secrets
 import shlex
 import signal
@@ -24,10 +26,31 @@ from devkit.embedded_redis import EmbeddedRedis
 from service.settings import environment
 
 STATE_DIR = Path(".dev")
+# The pid of the dev running on STATE_DIR, so that another can tell its Redis from one
+# left running.
+OWNER_FILE = STATE_DIR / "dev.pid"
+# Ctrl-C, a stop from a process manager, and the terminal closing (SIGHUP: the embedded
+# Redis ignores it, and would outlive dev) all stop everything.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Unavailable(Exception):
     """A port dev needs is taken, or a process it started did not come up."""
+
+
+class Stopped(Exception):
+    """One of STOP_SIGNALS arrived."""
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    _ignore_stop_signals()
+    raise Stopped(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    # While stopping: a second signal must not cut the stopping short.
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def _wait_http(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
@@ -87,6 +110,14 @@ def _free_port() -> int:
         return port
 
 
+# The Procfile's web and worker; the web on loopback only, its keys being development ones.
+WEB_ARGS = ("web", "--host", "127.0.0.1")
+WORKER_ARGS = ("worker", "--processes", "2", "--threads", "8")
+# Valid numbers (a US fixed-line-or-mobile range) that the sandbox connects.
+EXAMPLE_PARTIES = ("+14155552671", "+14155552672")
+OTHER_PARTIES = ("+14155552673", "+14155552674")
+
+
 def _masking(*args: str) -> list[str]:
     return [sys.executable, "-m", "service", *args]
 
@@ -106,11 +137,13 @@ def run(*, port: int | None, sandbox_port: int) -> int:
     env.setdefault("METRICS_PORT", str(_free_port()))
     processes: list[subprocess.Popen[bytes]] = []
     redis_server: EmbeddedRedis | None = None
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _on_stop_signal)
     try:
         _check_free("PORT", int(env["PORT"]))
         _check_free("METRICS_PORT", int(env["METRICS_PORT"]))
         if not env.get("REDIS_URL"):
-            redis_server = EmbeddedRedis(STATE_DIR / "redis", persist=True).start()
+            redis_server = _start_redis()
             env["REDIS_URL"] = redis_server.url
         sandboxed = not env.get("VTS_AUTH_ID")
         if sandboxed:
@@ -123,22 +156,73 @@ def run(*, port: int | None, sandbox_port: int) -> int:
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{env['PORT']}")
         env.setdefault("LOG_FORMAT", "console")
         env.setdefault("RECORDINGS_DIR", str(STATE_DIR / "recordings"))
-        processes.append(subprocess.Popen(_masking("web", "--host", "127.0.0.1"), env=env))
-        processes.append(subprocess.Popen(_masking("worker", "--processes", "1"), env=env))
+        processes.append(subprocess.Popen(_masking(*WEB_ARGS), env=env))
+        processes.append(subprocess.Popen(_masking(*WORKER_ARGS), env=env))
         _wait_http(f"http://127.0.0.1:{env['PORT']}/readyz", processes)
         confirm_own_web(env)
         _wait_http(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics", processes)
+        example = example_session(env) if sandboxed else None
         _check_alive(processes)
-        sys.stdout.write(_banner(env, sandboxed))
+        sys.stdout.write(_banner(env, example))
         sys.stdout.flush()
         return _supervise(processes)
     except Unavailable as exc:
         sys.stderr.write(f"masking dev: {exc}\n")
         return 2
+    except Stopped:
+        return 0
     finally:
+        _ignore_stop_signals()
         _stop(processes)
         if redis_server is not None:
             redis_server.stop()
+            _release_state_dir()
+
+
+def _start_redis() -> EmbeddedRedis:
+    """The embedded Redis on STATE_DIR, after shutting down one left running there by a
+    dev that was killed outright (its data is kept: the shutdown syncs the AOF). A Redis
+    of a dev still running there is left alone: then this dev stops, saying so."""
+    server = EmbeddedRedis(STATE_DIR / "redis", persist=True)
+    leftover = server.running_pid()
+    if leftover is not None:
+        owner = _owner()
+        if owner is not None:
+            raise Unavailable(
+                f"another masking dev (pid {owner}) runs on {STATE_DIR}/: stop it first, "
+                "or start this one in another directory"
+            )
+        server.shut_down_running()
+        sys.stderr.write(
+            f"masking dev: shut down the Redis left running (pid {leftover}) on "
+            f"{server.directory} by an earlier run; its data is kept\n"
+        )
+    server.start()
+    OWNER_FILE.write_text(f"{os.getpid()}\n")
+    return server
+
+
+def _owner() -> int | None:
+    """The pid of another dev running on STATE_DIR, if one is."""
+    try:
+        pid = int(OWNER_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    return pid
+
+
+def _release_state_dir() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if int(OWNER_FILE.read_text()) == os.getpid():
+            OWNER_FILE.unlink()
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -170,12 +254,36 @@ def _curl(url: str, *options: str, body: str | None = None) -> str:
     return " ".join([words[0], *(shlex.quote(w) for w in words[1:]), shlex.quote(url)])
 
 
-def _banner(env: dict[str, str], sandboxed: bool) -> str:
-    """Where everything listens, and how to create a session (and simulate a call)."""
+def example_session(env: dict[str, str]) -> dict[str, str]:
+    """A session between EXAMPLE_PARTIES, made through the API once everything runs (so
+    the banner's lines name a real one; it also proves the web, worker and sandbox work
+    together): its ``id`` and ``vts_session_uuid``."""
+    try:
+        answer = httpx2.post(
+            f"http://127.0.0.1:{env['PORT']}/v1/sessions",
+            json=_parties(EXAMPLE_PARTIES),
+            headers={"Authorization": f"Bearer {api_key(env)}", "Prefer": "wait=20"},
+            timeout=30,
+        )
+    except httpx2.HTTPError as exc:
+        raise Unavailable(f"the example session was not created ({type(exc).__name__})") from None
+    session = answer.json()
+    if answer.status_code != 201:
+        status = session.get("status") or session.get("title")
+        raise Unavailable(f"the example session was not created ({answer.status_code}: {status})")
+    return {"id": session["id"], "vts_session_uuid": session["vts_session_uuid"]}
+
+
+def _parties(numbers: tuple[str, str]) -> dict[str, str]:
+    return {"first_party": numbers[0], "second_party": numbers[1]}
+
+
+def _banner(env: dict[str, str], example: dict[str, str] | None) -> str:
+    """Where everything listens, and commands to paste: with the sandbox, a call on the
+    example session and its counters; a create in every case."""
     api = f"http://127.0.0.1:{env['PORT']}"
     key = api_key(env)
     bearer = f"Authorization: Bearer {key}"
-    parties = '{"first_party": "+14155552671", "second_party": "+14155552672"}'
     lines = [
         "",
         "The masking service is running.",
@@ -185,28 +293,14 @@ def _banner(env: dict[str, str], sandboxed: bool) -> str:
         f"  Worker metrics:  http://127.0.0.1:{env['METRICS_PORT']}/metrics",
         f"  Redis:           {env['REDIS_URL']}",
     ]
-    if sandboxed:
-        sandbox = env["VTS_BASE_URL"]
-        account = f"{env['VTS_AUTH_ID']}:{env['VTS_AUTH_TOKEN']}"
-        lines += [
-            f"  VTS sandbox:     {sandbox}   (auth id {env['VTS_AUTH_ID']},"
-            f" token {env['VTS_AUTH_TOKEN']})",
-        ]
+    if example is not None:
+        lines += _sandbox_lines(env, example, bearer, api)
+    create = json.dumps(_parties(OTHER_PARTIES))
     lines += [
-        "",
-        "Create a session (answers once VTS has made it; note its id and vts_session_uuid):",
-        "  " + _curl(f"{api}/v1/sessions", "-H", bearer, "-H", "Prefer: wait=10", body=parties),
-    ]
-    if sandboxed:
-        calls = f"{sandbox}/_sandbox/sessions/VTS_SESSION_UUID/calls"
-        call = '{"caller": "first", "duration": 42}'
-        lines += [
-            "Simulate a call between the parties (the sandbox sends VTS's callbacks):",
-            "  " + _curl(calls, "-u", account, "-X", "POST", body=call),
-        ]
-    lines += [
-        "See the session's counters:",
-        "  " + _curl(f"{api}/v1/sessions/SESSION_ID", "-H", bearer),
+        "Create a session (answers once VTS has made it):",
+        "  " + _curl(f"{api}/v1/sessions", "-H", bearer, "-H", "Prefer: wait=10", body=create),
+        "List the newest sessions:",
+        "  " + _curl(f"{api}/v1/sessions?limit=5", "-H", bearer),
         "",
         "Ctrl-C stops everything.",
         "",
@@ -214,19 +308,31 @@ def _banner(env: dict[str, str], sandboxed: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sandbox_lines(
+    env: dict[str, str], example: dict[str, str], bearer: str, api: str
+) -> list[str]:
+    sandbox = env["VTS_BASE_URL"]
+    account = f"{env['VTS_AUTH_ID']}:{env['VTS_AUTH_TOKEN']}"
+    calls = f"{sandbox}/_sandbox/sessions/{example['vts_session_uuid']}/calls"
+    return [
+        f"  VTS sandbox:     {sandbox}   (auth id {env['VTS_AUTH_ID']},"
+        f" token {env['VTS_AUTH_TOKEN']})",
+        "",
+        f"An example session is made: {example['id']}, between {' and '.join(EXAMPLE_PARTIES)}.",
+        "Simulate a call between its parties (the sandbox sends VTS's callbacks):",
+        "  "
+        + _curl(calls, "-u", account, "-X", "POST", body='{"caller": "first", "duration": 42}'),
+        "See its counters (call_count, interaction_count) and its timeline:",
+        "  " + _curl(f"{api}/v1/sessions/{example['id']}", "-H", bearer),
+        "  " + _curl(f"{api}/v1/sessions/{example['id']}/events", "-H", bearer),
+    ]
+
+
 def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop:
+    """Wait until a process exits (1) or a stop signal arrives (raises Stopped)."""
+    while True:
         for process in processes:
             if process.poll() is not None:
                 sys.stderr.write(f"a process exited (code {process.returncode}); stopping\n")
                 return 1
         time.sleep(0.2)
-    return 0

@@ -57,6 +57,33 @@ class EmbeddedRedis:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def running_pid(self) -> int | None:
+        """The pid of a redis-server already answering on this socket (one left running
+        by an owner that died without stopping it), or None."""
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5)
+        try:
+            return int(client.info("server")["process_id"])
+        except (redis.ConnectionError, FileNotFoundError):
+            return None
+        finally:
+            client.close()
+
+    def shut_down_running(self, timeout: float = 30.0) -> None:
+        """Shut down the redis-server answering on this socket, as it would on SIGTERM:
+        the AOF flushed and synced first. Returns once the socket is gone."""
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout)
+        try:
+            client.shutdown()
+        except redis.ConnectionError:
+            pass  # it closes the connection as it exits
+        finally:
+            client.close()
+        deadline = time.monotonic() + timeout
+        while self.socket.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the redis-server on {self.socket} did not stop in time")
+            time.sleep(0.05)
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)

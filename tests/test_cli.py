@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
@@ -157,3 +158,49 @@ def test_dev_refuses_a_port_another_server_took_after_the_check() -> None:
             else:
                 with pytest.raises(devserver.Unavailable, match="is not free"):
                     devserver.confirm_own_web(env)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["apps", "create", "Not A Name"],
+        ["apps", "revoke", "0123456789ab"],
+        ["apps", "secret", "nobody"],
+        ["apps", "secret", "nobody", "--rotate"],
+    ],
+)
+def test_apps_refusals_are_one_line_with_status_2(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    argv: list[str],
+) -> None:
+    """`masking apps` refusing a name, key or app: exit 2, one line naming the command."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    err = _refused(capsys, *argv)
+    assert err.startswith("masking apps: ")
+
+
+def test_logs_of_a_file_it_cannot_read_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`masking logs` given a directory (or any file it cannot read): one line, exit 2."""
+    err = _refused(capsys, "logs", str(tmp_path))
+    assert err.startswith("masking logs: ")
+    assert str(tmp_path) in err
+
+
+def test_sandbox_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    """`masking sandbox` on a port in use: one line naming --port, exit 2, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [MASKING, "sandbox", "--auth-id", "MA1", "--auth-token", "t", "--port", str(port)],
+            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("masking sandbox: ")
+    assert "--port" in line

@@ -244,10 +244,14 @@ def test_secrets_stay_out_of_the_config_map() -> None:
 
 
 def _container_environment(container: Doc) -> set[str]:
+    """The variables a container gets: its own, and every key of each ConfigMap and Secret
+    it takes whole (a Secret marked optional may be absent)."""
     names = {entry["name"] for entry in container.get("env", [])}
     for source in container.get("envFrom", []):
-        config = _named("ConfigMap", source["configMapRef"]["name"])
-        names |= set(config["data"])
+        if "configMapRef" in source:
+            names |= set(_named("ConfigMap", source["configMapRef"]["name"])["data"])
+        elif not source["secretRef"].get("optional"):
+            names |= set(_named("Secret", source["secretRef"]["name"])["stringData"])
     return names
 
 
@@ -258,6 +262,25 @@ def test_k8s_containers_get_every_required_variable() -> None:
         environment = _container_environment(_container(name))
         assert environment <= known, environment - known
         assert required <= environment, required - environment
+
+
+def test_every_secret_key_reaches_both_deployments() -> None:
+    """Each key of secrets.env.example is in the web's and the worker's environment, in the
+    base manifests and with the s3 component's patches (which set the same envFrom)."""
+    keys = set(_env_file(K8S / "secrets.env.example"))
+    assert {"VTS_AUTH_TOKEN", "VTS_AUTH_TOKEN_PREVIOUS"} <= keys
+    s3_patches = [
+        document
+        for document in yaml.safe_load_all((K8S / "s3" / "without-volume.yaml").read_text())
+        if document["kind"] == "Deployment"
+    ]
+    for name in APP_SERVICES:
+        container = _container(name)
+        assert keys <= _container_environment(container), name
+        (patch,) = [d for d in s3_patches if d["metadata"]["name"] == f"masking-{name}"]
+        (patched,) = patch["spec"]["template"]["spec"]["containers"]
+        # envFrom has no merge key: kustomize's patch replaces the whole list.
+        assert keys <= _container_environment(container | {"envFrom": patched["envFrom"]}), name
 
 
 def test_k8s_secret_references_exist() -> None:
@@ -411,8 +434,10 @@ def test_kustomize_builds_the_manifests(tmp_path: Path) -> None:
     assert config.startswith("masking-config-")
     (deployment,) = [d for d in documents if d["metadata"]["name"] == "masking-web"
                      and d["kind"] == "Deployment"]  # fmt: skip
+    (secret,) = [name for kind, name in names if name.startswith("masking-secrets-")]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
-        {"configMapRef": {"name": config}}
+        {"configMapRef": {"name": config}},
+        {"secretRef": {"name": secret}},
     ]
     (auth,) = [d for d in documents if d["kind"] == "TriggerAuthentication"]
     referenced = {ref["name"] for ref in auth["spec"]["secretTargetRef"]}
@@ -562,6 +587,30 @@ def test_compose_lets_every_other_variable_be_set() -> None:
         "EGRESS_ALLOW_HTTP", "EGRESS_ALLOW_PRIVATE", "RECORDING_HOSTS",
         "PHONE_DEFAULT_REGION", "METRICS_PORT", "VTS_APP_BUDGET", "APP_SHARES",
     } <= set(environment)  # fmt: skip
+
+
+# README variables compose does not pass, each with the reason.
+COMPOSE_NOT_APPLICABLE: dict[str, str] = {}
+
+
+def _documented_variables() -> set[str]:
+    """Every variable named in the first column of README's configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.partition("\n## Configuration\n")[2].partition("\n## ")[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    return {name for cell in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cell)}
+
+
+def test_compose_passes_every_documented_setting() -> None:
+    """Every variable of README's configuration table reaches compose's web and worker, or
+    is listed as not applicable to compose, with the reason."""
+    documented = _documented_variables()
+    assert {"VTS_AUTH_TOKEN_PREVIOUS", "VTS_RATE_LIMIT", "REDIS_SENTINELS"} <= documented
+    assert set(COMPOSE_NOT_APPLICABLE) <= documented
+    for name in APP_SERVICES:
+        environment = set(_compose()["services"][name]["environment"])
+        missing = documented - environment - set(COMPOSE_NOT_APPLICABLE)
+        assert not missing, (name, sorted(missing))
 
 
 def test_compose_host_ports_can_be_moved() -> None:

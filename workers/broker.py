@@ -38,9 +38,11 @@ log = structlog.get_logger(__name__)
 # Above dramatiq's 10 minutes of patience nothing good happens: our actors make one or two
 # HTTP calls with their own timeouts.
 TIME_LIMIT_MS = 5 * 60_000
-# A worker process heartbeats on every broker call (at least every 100 ms: see
-# PromptRedisBroker), so 15 s of silence means it is gone and its messages can go back.
+# A worker process heartbeats at least every HEARTBEAT_SECONDS (see
+# PromptRedisBroker.do_fetch), so 15 s of silence means it is gone and its messages can go
+# back: 7 missed heartbeats, room for a process starved of CPU for a while.
 HEARTBEAT_TIMEOUT_MS = 15_000
+HEARTBEAT_SECONDS = 2.0
 
 
 _processed_line = logs.WorkLine(__name__, "message_processed")
@@ -216,7 +218,10 @@ class PromptRedisBroker(RedisBroker):
 
     The stock consumer backs off up to the worker timeout (1 s, not settable from the
     CLI) when a queue is empty, so the first message after a quiet spell could wait that
-    long; apps waiting on ``Prefer: wait`` and callbacks want far less.
+    long; apps waiting on ``Prefer: wait`` and callbacks want far less. Each poll of an
+    empty queue is a read (``LLEN``): dramatiq's fetch writes the process's heartbeat
+    every time, which for 8 queues polled 10 times a second was ~100 writes a second per
+    idle process, each replicated and appended to the AOF.
     """
 
     max_poll_ms = 100
@@ -236,6 +241,7 @@ class PromptRedisBroker(RedisBroker):
         self._suspect: set[str] = set()
         self._acks_checked: dict[str, float] = {}
         self._stranded_lock = threading.Lock()
+        self._beaten_at = 0.0
 
     @property
     def consumer_class(self) -> type[GuardedConsumer]:
@@ -243,6 +249,21 @@ class PromptRedisBroker(RedisBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         return super().consume(queue_name, prefetch, min(timeout, self.max_poll_ms))
+
+    def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
+        """dramatiq's fetch (which also writes the heartbeat), skipped while the queue is
+        empty and the last heartbeat is recent: then nothing is written."""
+        now = time.monotonic()
+        with self._stranded_lock:
+            due = now - self._beaten_at >= HEARTBEAT_SECONDS
+            if due:
+                self._beaten_at = now
+        if not due and not self.client.llen(f"{self.namespace}:{queue_name}"):
+            return []
+        # dramatiq makes its do_* commands in __getattr__.
+        fetch = super().__getattr__("do_fetch")  # type: ignore[no-untyped-call]
+        fetched: list[bytes | None] = fetch(queue_name, prefetch)
+        return fetched
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
         pause, longest = self.enqueue_backoff_seconds
@@ -321,14 +342,20 @@ class PromptRedisBroker(RedisBroker):
     def recover_abandoned(self) -> None:
         """Put back on their queues, now, the messages held by workers whose heartbeat has
         stopped (a SIGKILLed process). dramatiq does this only on a random 0.1% of broker
-        calls, so on a quiet queue it might never happen."""
+        calls, so on a quiet queue it might never happen. Its maintenance writes a
+        heartbeat per queue, so it runs only when there is something to do."""
         dispatch = self.scripts["dispatch"]
+        now_ms = int(time.time() * 1000)
+        heartbeats = f"{self.namespace}:__heartbeats__"
+        dead = self.client.zcount(heartbeats, 0, now_ms - self.heartbeat_timeout)
         for queue_name in self.get_declared_queues() | self.get_declared_delay_queues():
+            if not dead and not self._has_expired_dead_letters(queue_name, now_ms):
+                continue
             # "ack" of an id nobody holds does nothing; the "1" runs the maintenance.
             dispatch(
                 args=[
                     "ack",
-                    int(time.time() * 1000),
+                    now_ms,
                     queue_name,
                     self.broker_id,
                     self.heartbeat_timeout,
@@ -339,6 +366,12 @@ class PromptRedisBroker(RedisBroker):
                 ],
                 keys=[self.namespace],
             )
+
+    def _has_expired_dead_letters(self, queue_name: str, now_ms: int) -> bool:
+        """Whether the maintenance has dead letters of ``queue_name`` to drop (as
+        dispatch.lua names its dead-letter set)."""
+        dead_letters = f"{self.namespace}:{queue_name.removesuffix('.DQ')}.XQ"
+        return bool(self.client.zcount(dead_letters, 0, now_ms - self.dead_message_ttl))
 
 
 def _text(value: bytes | str) -> str:

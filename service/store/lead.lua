@@ -1,5 +1,7 @@
 -- Takes or keeps the scheduler's lead: one process at a time holds it, for a TTL it
--- renews while alive.
+-- renews while alive. The holder renews only once half the TTL has gone: asked every
+-- tick, a renewal each time would be a write (replicated, appended to the AOF) several
+-- times a second for nothing.
 --
 -- KEYS[1] the leader key (string: the holder's token)
 -- ARGV[1] our token  ARGV[2] the TTL (ms)
@@ -8,7 +10,7 @@
 
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('PTTL', KEYS[1]) <= ARGV[2] / 2 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
   return 1
 end
 if not holder then

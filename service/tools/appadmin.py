@@ -14,8 +14,8 @@ from service.store.apps import AppRecord, AppStore, TooManyKeys, UnknownApp
 
 
 def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Carry out ``args.action``, printing to ``out`` (refusals to ``err``); return the
-    exit status."""
+    """Carry out ``args.action``, printing to ``out`` (refusals to ``err``, one line);
+    return the exit status (2 for a refusal)."""
     try:
         if args.action == "list":
             for record in store.all():
@@ -27,14 +27,17 @@ def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
         elif args.action == "revoke":
             revoked = store.revoke(args.target)
             if not revoked:
-                err.write(f"no managed key or app {args.target} (see: masking apps list)\n")
-                return 1
+                err.write(
+                    f"masking apps: no managed key or app {args.target} (see: masking apps list)\n"
+                )
+                return 2
             out.write(f"revoked {', '.join(revoked)}; refused within seconds\n")
         else:
             out.write("\n".join(_secrets(store, args)) + "\n")
     except (InvalidAppName, TooManyKeys, UnknownApp) as exc:
-        err.write(f"{exc}\n")
-        return 1
+        # A refusal is a usage error, like every other command's: one line, status 2.
+        err.write(f"masking apps: {exc}\n")
+        return 2
     return 0
 
 

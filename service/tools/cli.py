@@ -174,6 +174,8 @@ def sandbox(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # uvicorn would report a taken port in several lines and exit 1 or 3.
+    _listen(args.host, args.port, "--port").close()
     vts_sandbox.serve(config, host=args.host, port=args.port)
 
 
@@ -184,6 +186,8 @@ def logs(args: argparse.Namespace) -> None:
         status = logtail.run_command(args, stdin=sys.stdin, stdout=sys.stdout, environ=os.environ)
     except FileNotFoundError as exc:
         raise UsageError(f"no such file: {exc.filename}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
     raise SystemExit(status)
 
 
