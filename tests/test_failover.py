@@ -75,7 +75,7 @@ class Cluster:
 
         def started() -> bool:
             try:
-                sentinel.execute_command("SENTINEL", "FAILOVER", MASTER)
+                sentinel.execute_command("SENTINEL", "FAILOVER", MASTER)  # type: ignore[no-untyped-call]
             except redis.ResponseError:  # NOGOODSLAVE or INPROGRESS: the last one settling
                 return False
             return True

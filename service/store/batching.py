@@ -4,7 +4,9 @@ own write.
 A request submits its script call and awaits the result. Calls submitted while a pipeline
 is in flight are sent together in the next one, so under load one round trip carries many
 writes, and at low load a call goes out at once. No request is answered before Redis has
-confirmed its write.
+confirmed its write, and, where ``Durability`` asks for replicas, before that many
+replicas hold it: the batch ends with a WAIT (one per batch, in the same round trip), and
+when too few replicas confirm, every call of the batch raises ReplicasBehind.
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ import redis.asyncio
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
+from service.redis_clients import MARK, Durability, ReplicasBehind
+
 MAX_BATCH = 256
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 
 class GroupCommit:
-    def __init__(self, client: redis.asyncio.Redis, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        max_batch: int = MAX_BATCH,
+        durability: Durability = Durability(),  # noqa: B008  (frozen: shared safely)
+    ) -> None:
         self._client = client
         self._max_batch = max_batch
+        self._durability = durability
         self._pending: list[_Call] = []
         self._flushing = False
 
@@ -94,6 +104,10 @@ class GroupCommit:
             pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             for script, keys, args, _ in batch
         )
+        durable = self._durability.replicas > 0
+        if durable:
+            payload += pack_command(*MARK) + pack_command(*self._durability.wait_command())
+        replies = len(batch) + 2 * durable
         pool = self._client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
 
@@ -103,8 +117,11 @@ class GroupCommit:
                 results: list[Any] = []
                 # One deadline for the batch's replies, not one per reply: redis-py
                 # arms and cancels a timer for every read it bounds itself.
-                async with asyncio.timeout(connection.socket_timeout):
-                    for _ in batch:
+                limit = connection.socket_timeout
+                if limit is not None:  # WAIT holds its reply back up to its own timeout
+                    limit += durable * self._durability.timeout
+                async with asyncio.timeout(limit):
+                    for _ in range(replies):
                         try:
                             results.append(await connection.read_response(timeout=math.inf))
                         except ResponseError as exc:
@@ -122,9 +139,17 @@ class GroupCommit:
 
         try:
             results: list[Any] = await connection.retry.call_with_retry(round_trip, failed)
+            if durable:
+                marked, acked = results[-2:]
+                self._durability.check(marked if isinstance(marked, Exception) else acked)
+        except ReplicasBehind:
+            # The master lost its replica, or is no longer the master: a new connection
+            # asks the Sentinels again.
+            await connection.disconnect()
+            raise
         finally:
             await pool.release(connection)
-        return results
+        return results[: len(batch)]
 
 
 def pack_command(*args: bytes | str | int | float) -> bytes:
