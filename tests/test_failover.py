@@ -435,3 +435,22 @@ def test_a_create_refused_for_want_of_a_replica_is_retried_into_one_session(
             system.api.get(f"/v1/sessions/{session_id}").json()["vts_session_uuid"]
             == (listed[0]["session_uuid"])
         )
+
+
+def test_settings_wait_for_a_replica_behind_sentinel_by_default() -> None:
+    """REDIS_MIN_REPLICAS_ACKED is 1 behind Sentinel and 0 for a plain REDIS_URL unless set;
+    a negative or non-numeric value, or a bad REDIS_REPLICA_ACK_TIMEOUT, stops start-up."""
+    base = {"VTS_AUTH_ID": "id", "VTS_AUTH_TOKEN": "token", "API_KEYS": "k" * 16,
+            "PUBLIC_BASE_URL": "https://masking.example"}  # fmt: skip
+    sentinel = base | {"REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": MASTER}
+    plain = base | {"REDIS_URL": "redis://localhost:6379/0"}
+    assert Settings.from_env(sentinel).durability.replicas == 1
+    assert Settings.from_env(plain).durability.replicas == 0
+    chosen = Settings.from_env(
+        sentinel | {"REDIS_MIN_REPLICAS_ACKED": "0", "REDIS_REPLICA_ACK_TIMEOUT": "0.25"}
+    )
+    assert (chosen.durability.replicas, chosen.durability.timeout) == (0, 0.25)
+    for name, bad in (("REDIS_MIN_REPLICAS_ACKED", "-1"), ("REDIS_MIN_REPLICAS_ACKED", "one"),
+                      ("REDIS_REPLICA_ACK_TIMEOUT", "0")):  # fmt: skip
+        with pytest.raises(ConfigurationError, match=name):
+            Settings.from_env(plain | {name: bad})
