@@ -398,9 +398,9 @@ def _counters_match(system: System, sessions: list[dict[str, Any]], called: list
 def test_a_create_refused_for_want_of_a_replica_is_retried_into_one_session(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """With the replica frozen, a create is answered 503 (problem+json, Retry-After) and no
-    VTS session is made; retried with its Idempotency-Key once the replica is back, it is
-    the same session, made active with exactly one VTS session."""
+    """With the replica frozen, a create is answered 503 (problem+json, Retry-After) and the
+    worker retries it without asking VTS; retried with its Idempotency-Key once the replica
+    is back, it is the same session, made active with exactly one VTS session."""
     env = {"REDIS_MIN_REPLICAS_ACKED": "1", "REDIS_REPLICA_ACK_TIMEOUT": "0.5"}
     with _system(cluster, tmp_path, **env) as system:
         first, second = new_numbers()
@@ -413,6 +413,10 @@ def test_a_create_refused_for_want_of_a_replica_is_retried_into_one_session(
             assert refused.status_code == 503, refused.text
             assert refused.headers["content-type"] == "application/problem+json"
             assert int(refused.headers["retry-after"]) >= 1
+            # The create landed on the primary alone; the worker that takes it must not
+            # ask VTS before a replica holds its attempt.
+            wait_until(lambda: _worker_waited_for_a_replica(system), timeout=30)
+            assert system.sandbox.get("/_sandbox/sessions").json()["sessions"] == []
         finally:
             os.kill(replica.pid, signal.SIGCONT)
 
@@ -454,3 +458,10 @@ def test_settings_wait_for_a_replica_behind_sentinel_by_default() -> None:
                       ("REDIS_REPLICA_ACK_TIMEOUT", "0")):  # fmt: skip
         with pytest.raises(ConfigurationError, match=name):
             Settings.from_env(plain | {name: bad})
+
+
+def _worker_waited_for_a_replica(system: System) -> bool:
+    return any(
+        '"work_retrying"' in line and '"reason":"ReplicasBehind"' in line
+        for line in system.output().splitlines()
+    )

@@ -22,7 +22,7 @@ import redis.asyncio
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
-from service.redis_clients import MARK, Durability, ReplicasBehind
+from service.redis_clients import MARK, Durability
 
 MAX_BATCH = 256
 
@@ -77,20 +77,22 @@ class GroupCommit:
                 future.set_result(result)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        results = await self._pipeline(batch)
+        results, acked = await self._pipeline(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if not missing:
-            return results
-        # Redis lost its scripts (a restart, SCRIPT FLUSH). Those calls did nothing, so
-        # loading the scripts and sending the calls again runs each exactly once.
-        for script in {batch[i][0] for i in missing}:
-            script.sha = await self._client.script_load(script.script)
-        again = await self._pipeline([batch[i] for i in missing])
-        for i, result in zip(missing, again, strict=True):
-            results[i] = result
+        if missing:
+            # Redis lost its scripts (a restart, SCRIPT FLUSH). Those calls did nothing, so
+            # loading the scripts and sending the calls again runs each exactly once.
+            for script in {batch[i][0] for i in missing}:
+                script.sha = await self._client.script_load(script.script)
+            again, acked = await self._pipeline([batch[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        if self._durability.replicas:
+            # The last WAIT covers every write of the batch, the first round trip's too.
+            self._durability.check(acked)
         return results
 
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+    async def _pipeline(self, batch: list[_Call]) -> tuple[list[Any], object]:
         """One round trip: every call as EVALSHA (a Script called on a redis-py pipeline
         would first ask Redis whether the scripts exist), packed here in one buffer, then
         one reply per call, an error reply as its exception. Packing the arguments this
@@ -99,7 +101,8 @@ class GroupCommit:
 
         Connection errors are retried as the client's retry policy says (as redis-py
         retries a pipeline); the connection is dropped whenever a round trip breaks off,
-        so no reply is ever read by the wrong caller."""
+        so no reply is ever read by the wrong caller. Returns the calls' replies and,
+        where durability asks for replicas, the WAIT's (or the error replied instead)."""
         payload = b"".join(
             pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             for script, keys, args, _ in batch
@@ -139,17 +142,12 @@ class GroupCommit:
 
         try:
             results: list[Any] = await connection.retry.call_with_retry(round_trip, failed)
-            if durable:
-                marked, acked = results[-2:]
-                self._durability.check(marked if isinstance(marked, Exception) else acked)
-        except ReplicasBehind:
-            # The master lost its replica, or is no longer the master: a new connection
-            # asks the Sentinels again.
-            await connection.disconnect()
-            raise
         finally:
             await pool.release(connection)
-        return results[: len(batch)]
+        if not durable:
+            return results, None
+        calls, (marked, acked) = results[: len(batch)], results[len(batch) :]
+        return calls, marked if isinstance(marked, Exception) else acked
 
 
 def pack_command(*args: bytes | str | int | float) -> bytes:
