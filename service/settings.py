@@ -119,13 +119,23 @@ class Settings:
     # Seconds before each retry of an app notification (about 27 h in all), jitter added.
     notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     storage_retry_for: int = 3 * 3600
+    # Replicas that must hold a write before it is acknowledged (see redis_clients).
+    redis_min_replicas_acked: int = 0
+    redis_replica_ack_timeout: float = 1.0
+
+    @property
+    def durability(self) -> redis_clients.Durability:
+        return redis_clients.Durability(
+            self.redis_min_replicas_acked, self.redis_replica_ack_timeout
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every variable; raise ConfigurationError naming the first bad one."""
         env = _Env(os.environ if environ is None else environ)
+        redis_url = _redis_location(env)
         return cls(
-            redis_url=_redis_location(env),
+            redis_url=redis_url,
             vts_auth_id=env.required("VTS_AUTH_ID", _nonempty),
             vts_auth_token=Secret(env.required("VTS_AUTH_TOKEN", _nonempty)),
             public_base_url=env.required("PUBLIC_BASE_URL", _http_url).rstrip("/"),
@@ -192,6 +202,12 @@ class Settings:
             ),
             storage_retry_for=env.optional(
                 "STORAGE_RETRY_FOR", _positive_int, cls.storage_retry_for
+            ),
+            redis_min_replicas_acked=env.optional(
+                "REDIS_MIN_REPLICAS_ACKED", _non_negative_int, _replicas_by_default(redis_url)
+            ),
+            redis_replica_ack_timeout=env.optional(
+                "REDIS_REPLICA_ACK_TIMEOUT", _positive_float, cls.redis_replica_ack_timeout
             ),
         )
 
@@ -378,6 +394,19 @@ def _positive_int(raw: str) -> int:
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or a positive whole number")
+    return value
+
+
+def _replicas_by_default(redis_url: str) -> int:
+    """A Redis behind Sentinel has a replica to fail over to: a write is acknowledged once
+    it holds it. A plain REDIS_URL may have none."""
+    return 1 if redis_url.startswith(redis_clients.SENTINEL_SCHEME + "://") else 0
 
 
 def _positive_float(raw: str) -> float:

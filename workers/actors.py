@@ -43,8 +43,14 @@ def declare(job: Job[P], work: Callable[[Dependencies, P], None]) -> dramatiq.Ac
 
     def perform(*args: Any, **kwargs: Any) -> None:
         payload = job.decode(args, kwargs)
+        deps = dependencies.of(actor.broker)
         try:
-            work(dependencies.of(actor.broker), payload)
+            work(deps, payload)
+            # Done only once the work's writes hold on a replica: the message is acked
+            # next, and a write lost in a failover under an acked message is never redone.
+            # One WAIT per message, not per write: a write lost along with its message's
+            # ack is redone when the message comes back from the replica's view.
+            deps.store.wait_for_replicas()
         except retried as exc:
             level = log.info if isinstance(exc, policy.waits) else log.warning
             level("work_retrying", reason=type(exc).__name__, detail=mask_text(str(exc))[:200])

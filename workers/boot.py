@@ -48,7 +48,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
     outbound = egress.EgressPolicy.from_settings(settings)
     download_policy = DownloadPolicy.from_settings(settings)
     return Dependencies(
-        store=Store(client, retention=settings.session_retention),
+        store=Store(client, retention=settings.session_retention, durability=settings.durability),
         recordings=RecordingStore(client),
         apps=AppStore(client),
         notifications=NotificationStore(client),
@@ -101,6 +101,8 @@ def setup() -> RedisBroker:
     client = redis_clients.connect(
         settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
     )
+    # Daemon threads: they end with the process, whose connections they watch over.
+    redis_clients.follow_master(client, settings.redis_url)
     broker = create_broker(client, build(settings, client))
     dramatiq.set_broker(broker)
     return broker

@@ -70,6 +70,9 @@ def create(deps: Dependencies, session_id: str, replay: bool = False) -> None:
         return
     with locked(deps, session_id) as fence:
         uncertain_since = deps.store.open_create_attempt(session_id, deps.clock())
+        # The attempt must outlive a failover before VTS acts on it: a redelivered create
+        # that finds it adopts the VTS session this one makes instead of making another.
+        deps.store.wait_for_replicas()
         if uncertain_since is not None and _adopt_existing(deps, session, uncertain_since, fence):
             return
         try:

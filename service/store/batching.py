@@ -4,7 +4,9 @@ own write.
 A request submits its script call and awaits the result. Calls submitted while a pipeline
 is in flight are sent together in the next one, so under load one round trip carries many
 writes, and at low load a call goes out at once. No request is answered before Redis has
-confirmed its write.
+confirmed its write, and, where ``Durability`` asks for replicas, before that many
+replicas hold it: the batch ends with a WAIT (one per batch, in the same round trip), and
+when too few replicas confirm, every call of the batch raises ReplicasBehind.
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ import redis.asyncio
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
+from service.redis_clients import MARK, Durability
+
 MAX_BATCH = 256
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 
 class GroupCommit:
-    def __init__(self, client: redis.asyncio.Redis, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        max_batch: int = MAX_BATCH,
+        durability: Durability = Durability(),  # noqa: B008  (frozen: shared safely)
+    ) -> None:
         self._client = client
         self._max_batch = max_batch
+        self._durability = durability
         self._pending: list[_Call] = []
         self._flushing = False
 
@@ -67,20 +77,22 @@ class GroupCommit:
                 future.set_result(result)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        results = await self._pipeline(batch)
+        results, acked = await self._pipeline(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if not missing:
-            return results
-        # Redis lost its scripts (a restart, SCRIPT FLUSH). Those calls did nothing, so
-        # loading the scripts and sending the calls again runs each exactly once.
-        for script in {batch[i][0] for i in missing}:
-            script.sha = await self._client.script_load(script.script)
-        again = await self._pipeline([batch[i] for i in missing])
-        for i, result in zip(missing, again, strict=True):
-            results[i] = result
+        if missing:
+            # Redis lost its scripts (a restart, SCRIPT FLUSH). Those calls did nothing, so
+            # loading the scripts and sending the calls again runs each exactly once.
+            for script in {batch[i][0] for i in missing}:
+                script.sha = await self._client.script_load(script.script)
+            again, acked = await self._pipeline([batch[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        if self._durability.replicas:
+            # The last WAIT covers every write of the batch, the first round trip's too.
+            self._durability.check(acked)
         return results
 
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+    async def _pipeline(self, batch: list[_Call]) -> tuple[list[Any], object]:
         """One round trip: every call as EVALSHA (a Script called on a redis-py pipeline
         would first ask Redis whether the scripts exist), packed here in one buffer, then
         one reply per call, an error reply as its exception. Packing the arguments this
@@ -89,11 +101,16 @@ class GroupCommit:
 
         Connection errors are retried as the client's retry policy says (as redis-py
         retries a pipeline); the connection is dropped whenever a round trip breaks off,
-        so no reply is ever read by the wrong caller."""
+        so no reply is ever read by the wrong caller. Returns the calls' replies and,
+        where durability asks for replicas, the WAIT's (or the error replied instead)."""
         payload = b"".join(
             pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             for script, keys, args, _ in batch
         )
+        durable = self._durability.replicas > 0
+        if durable:
+            payload += pack_command(*MARK) + pack_command(*self._durability.wait_command())
+        replies = len(batch) + 2 * durable
         pool = self._client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
 
@@ -103,8 +120,11 @@ class GroupCommit:
                 results: list[Any] = []
                 # One deadline for the batch's replies, not one per reply: redis-py
                 # arms and cancels a timer for every read it bounds itself.
-                async with asyncio.timeout(connection.socket_timeout):
-                    for _ in batch:
+                limit = connection.socket_timeout
+                if limit is not None:  # WAIT holds its reply back up to its own timeout
+                    limit += durable * self._durability.timeout
+                async with asyncio.timeout(limit):
+                    for _ in range(replies):
                         try:
                             results.append(await connection.read_response(timeout=math.inf))
                         except ResponseError as exc:
@@ -124,7 +144,10 @@ class GroupCommit:
             results: list[Any] = await connection.retry.call_with_retry(round_trip, failed)
         finally:
             await pool.release(connection)
-        return results
+        if not durable:
+            return results, None
+        calls, (marked, acked) = results[: len(batch)], results[len(batch) :]
+        return calls, marked if isinstance(marked, Exception) else acked
 
 
 def pack_command(*args: bytes | str | int | float) -> bytes:

@@ -17,6 +17,7 @@ from service.recordings import (
     recording_id,
     stored_name,
 )
+from service.redis_clients import Durability, wait_for_replicas_async
 from service.store import lua, scripts
 from service.store.codec import decode_str, hash_args, timeline_entry
 from service.store.names import PREFIX
@@ -145,8 +146,13 @@ class RecordingStore:
 class AsyncRecordingStore:
     """The web's read-only view of recordings."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        durability: Durability = Durability(),  # noqa: B008  (frozen: shared safely)
+    ) -> None:
         self.client = client
+        self.durability = durability
         self._delete = client.register_script(lua.source("delete_recording.lua"))
 
     async def delete(self, recording: Recording, message: Outgoing, entry: str) -> str:
@@ -163,6 +169,7 @@ class AsyncRecordingStore:
             ],
             args=[iso(now()) or "", entry, message.redis_message_id, message.payload],
         )
+        await wait_for_replicas_async(self.client, self.durability)
         return decode_str(result)
 
     async def get(self, rec_id: str) -> Recording | None:

@@ -7,6 +7,7 @@ import redis.asyncio
 
 from service.messages import Outgoing
 from service.models import Session, Status
+from service.redis_clients import Durability, wait_for_replicas_async
 from service.store import scripts
 from service.store.batching import GroupCommit
 from service.store.codec import decode_str
@@ -20,10 +21,15 @@ class AsyncStore(AsyncSessions, AsyncStoredEvents):
     """The web's view of the store: sessions and callbacks from their modules; here what
     crosses them (erasing a session)."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        durability: Durability = Durability(),  # noqa: B008  (frozen: shared safely)
+    ) -> None:
         self.client = client
+        self.durability = durability
         self._erase = client.register_script(scripts.ERASE)
-        self._group = GroupCommit(client)
+        self._group = GroupCommit(client, durability=durability)
         self._init_sessions()
         self._init_events()
 
@@ -59,6 +65,7 @@ class AsyncStore(AsyncSessions, AsyncStoredEvents):
                 EventKeys.webhook(""),
             ],
         )
+        await wait_for_replicas_async(self.client, self.durability)
         status = decode_str(current)
         return decode_str(result), Status(status) if status else None
 

@@ -9,6 +9,7 @@ import msgspec
 import redis
 
 from service.models import Status, iso, now
+from service.redis_clients import Durability, wait_for_replicas
 from service.store import scripts
 from service.store.codec import Applied, decode_str
 from service.store.deadletters import DeadLetters
@@ -36,10 +37,17 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
     session schedules its purge that much later.
     """
 
-    def __init__(self, client: redis.Redis, *, retention: int = SESSION_RETENTION_SECONDS) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        retention: int = SESSION_RETENTION_SECONDS,
+        durability: Durability = Durability(),  # noqa: B008  (frozen: shared safely)
+    ) -> None:
         self.client = client
         self.retention = retention
         self.notifications = NotificationStore(client)
+        self.durability = durability
         self._apply = client.register_script(scripts.APPLY_EVENT)
         self._apply_constants = {
             "session_key": SessionKeys.session(_ID),
@@ -121,6 +129,11 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
                 pipe.zscore(ScheduleKeys.schedule(), f"{task}:{session_id}")
             scores = pipe.execute()
         return cursor, [pair for pair, score in zip(wanted, scores, strict=True) if score is None]
+
+    def wait_for_replicas(self) -> None:
+        """Return once everything written so far holds on the replicas ``durability``
+        asks for; raise ReplicasBehind (a RedisError: the work is retried) otherwise."""
+        wait_for_replicas(self.client, self.durability)
 
     def purge_session(self, session_id: str, recording_ids: Sequence[str]) -> None:
         """Delete the session and everything hanging off it: timeline, applied events,

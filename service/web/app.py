@@ -112,8 +112,9 @@ def create_app(settings: Settings) -> Starlette:
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         app.state.settings = settings
-        app.state.store = AsyncStore(client)
-        app.state.recordings = AsyncRecordingStore(client)
+        follower = redis_clients.follow_master_async(client, settings.redis_url)
+        app.state.store = AsyncStore(client, settings.durability)
+        app.state.recordings = AsyncRecordingStore(client, settings.durability)
         app.state.storage = open_storage(settings)
         app.state.watcher = SessionWatcher(client, app.state.store)
         app.state.apps = registry
@@ -132,6 +133,8 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await app.state.watcher.stop()
+            if follower is not None:
+                follower.stop()
             scrape_client.close()
             await client.aclose()
 
