@@ -274,22 +274,34 @@ def _http_url(raw: str) -> str:
 
 
 def _api_keys(raw: str) -> tuple[AppKey, ...]:
-    """``app:key`` pairs; an entry without an app name is a key of the app ``default``."""
+    """``app:key`` pairs; an entry without ``:`` is a key of the app ``default``. A key
+    belongs to one app: listing it twice is an error, never a silent last-one-wins."""
     entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
     if not entries:
         raise ValueError("must list at least one app:key pair")
-    pairs = []
-    for entry in entries:
-        name, colon, key = entry.partition(":")
-        if not (colon and APP_NAME.fullmatch(name)):
-            name, key = DEFAULT_APP, entry
-        if len(key) < 16:
-            raise ValueError("every key must be at least 16 characters long")
-        pairs.append(AppKey(name, Secret(key)))
+    pairs = [_app_key(entry) for entry in entries]
+    if len({pair.key for pair in pairs}) < len(pairs):
+        raise ValueError("a key is listed more than once (each key belongs to one app)")
     per_app = [pair.app for pair in pairs]
     if any(per_app.count(name) > 2 for name in per_app):
         raise ValueError("an app may have at most two keys (the old and the new, for rotation)")
     return tuple(pairs)
+
+
+def _app_key(entry: str) -> AppKey:
+    # Whatever precedes the first ':' is meant as an app name: one that is not valid (such
+    # as 'Rides') is refused rather than read as part of a key of the app 'default'.
+    name, colon, key = entry.partition(":")
+    if not colon:
+        name, key = DEFAULT_APP, entry
+    elif not APP_NAME.fullmatch(name):
+        raise ValueError(
+            "an app name (before ':') is 1 to 32 characters: lower-case letters, digits, "
+            "'-' and '_', starting with a letter or digit"
+        )
+    if len(key) < 16:
+        raise ValueError("every key must be at least 16 characters long")
+    return AppKey(name, Secret(key))
 
 
 def _app_shares(raw: str) -> tuple[tuple[str, int], ...]:
