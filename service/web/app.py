@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> Starlette:
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         app.state.settings = settings
+        app.state.event_ids = webhooks.event_ids(settings)
         app.state.store = AsyncStore(client)
         app.state.recordings = AsyncRecordingStore(client)
         app.state.storage = open_storage(settings)
