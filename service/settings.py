@@ -116,6 +116,8 @@ class Settings:
     egress_allow_private: bool = False
     recording_max_bytes: int = 200 * 1024 * 1024
     recording_timeout: float = 30.0
+    # Live sessions (pending, active, in progress) one app may hold; 0: no cap.
+    app_max_live_sessions: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -183,6 +185,9 @@ class Settings:
             ),
             recording_timeout=env.optional(
                 "RECORDING_TIMEOUT", _positive_float, cls.recording_timeout
+            ),
+            app_max_live_sessions=env.optional(
+                "APP_MAX_LIVE_SESSIONS", _non_negative_int, cls.app_max_live_sessions
             ),
         )
 
@@ -374,6 +379,13 @@ def _address(raw: str) -> str:
         return str(ipaddress.ip_address(raw))
     except ValueError:
         raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
 
 
 def _positive_int(raw: str) -> int:
