@@ -217,9 +217,8 @@ class EventIds:
 
     def all(self, event: Event) -> tuple[str, ...]:
         """The id under the current token, then the one under the previous token if any."""
-        return tuple(
-            hmac.new(key, event.canonical, hashlib.sha256).hexdigest()[:32] for key in self._keys
-        )
+        # hmac.digest: the one-shot form, in C, a fraction of hmac.new's cost.
+        return tuple(hmac.digest(key, event.canonical, "sha256").hex()[:32] for key in self._keys)
 
 
 def check(kind: Kind, params: Mapping[str, str]) -> Event:
