@@ -87,7 +87,7 @@ def _follow_up(
     ):
         # The session's data is gone or going: nothing of the event may outlive it.
         deps.store.drop_callback(event_id, session_uuid)
-        log.info("event_dropped_session_erased", result=applied.outcome)
+        log.info("event_dropped_session_gone", result=applied.outcome)
     elif applied.outcome == "no_session":
         received_ms = int(applied.detail)
         age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)

@@ -179,7 +179,7 @@ async def _ingest(request: Request, kind: Kind) -> Response:
         raise Problem(401, "this nonce was already used for another callback")
     if result == "dropped":
         # Answered as taken: VTS has nothing to retry, and the session's data is gone.
-        log.info("webhook_dropped_session_erased", kind=kind, vts_session_uuid=event.session_uuid)
+        log.info("webhook_dropped_session_gone", kind=kind, vts_session_uuid=event.session_uuid)
     return PlainTextResponse("OK")
 
 
