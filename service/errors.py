@@ -35,6 +35,11 @@ class VtsUnavailable(VtsError):
         self.retry_after = retry_after
 
 
+class VtsNoNumberAvailable(VtsUnavailable):
+    """VTS has no virtual number free for a new session (every one is held by a live
+    session): nothing was created, and one may be freed at any time, so try again later."""
+
+
 class VtsOutcomeUnknown(VtsUnavailable):
     """The request was sent but no answer came back: VTS may or may not have acted on it."""
 

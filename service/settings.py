@@ -122,6 +122,8 @@ class Settings:
     # Replicas that must hold a write before it is acknowledged (see redis_clients).
     redis_min_replicas_acked: int = 0
     redis_replica_ack_timeout: float = 1.0
+    # Live sessions (pending, active, in progress) one app may hold; 0: no cap.
+    app_max_live_sessions: int = 1000
 
     @property
     def durability(self) -> redis_clients.Durability:
@@ -208,6 +210,9 @@ class Settings:
             ),
             redis_replica_ack_timeout=env.optional(
                 "REDIS_REPLICA_ACK_TIMEOUT", _positive_float, cls.redis_replica_ack_timeout
+            ),
+            app_max_live_sessions=env.optional(
+                "APP_MAX_LIVE_SESSIONS", _non_negative_int, cls.app_max_live_sessions
             ),
         )
 
@@ -299,22 +304,34 @@ def _http_url(raw: str) -> str:
 
 
 def _api_keys(raw: str) -> tuple[AppKey, ...]:
-    """``app:key`` pairs; an entry without an app name is a key of the app ``default``."""
+    """``app:key`` pairs; an entry without ``:`` is a key of the app ``default``. A key
+    belongs to one app: listing it twice is an error, never a silent last-one-wins."""
     entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
     if not entries:
         raise ValueError("must list at least one app:key pair")
-    pairs = []
-    for entry in entries:
-        name, colon, key = entry.partition(":")
-        if not (colon and APP_NAME.fullmatch(name)):
-            name, key = DEFAULT_APP, entry
-        if len(key) < 16:
-            raise ValueError("every key must be at least 16 characters long")
-        pairs.append(AppKey(name, Secret(key)))
+    pairs = [_app_key(entry) for entry in entries]
+    if len({pair.key for pair in pairs}) < len(pairs):
+        raise ValueError("a key is listed more than once (each key belongs to one app)")
     per_app = [pair.app for pair in pairs]
     if any(per_app.count(name) > 2 for name in per_app):
         raise ValueError("an app may have at most two keys (the old and the new, for rotation)")
     return tuple(pairs)
+
+
+def _app_key(entry: str) -> AppKey:
+    # Whatever precedes the first ':' is meant as an app name: one that is not valid (such
+    # as 'Rides') is refused rather than read as part of a key of the app 'default'.
+    name, colon, key = entry.partition(":")
+    if not colon:
+        name, key = DEFAULT_APP, entry
+    elif not APP_NAME.fullmatch(name):
+        raise ValueError(
+            "an app name (before ':') is 1 to 32 characters: lower-case letters, digits, "
+            "'-' and '_', starting with a letter or digit"
+        )
+    if len(key) < 16:
+        raise ValueError("every key must be at least 16 characters long")
+    return AppKey(name, Secret(key))
 
 
 def _app_shares(raw: str) -> tuple[tuple[str, int], ...]:
@@ -389,17 +406,17 @@ def _address(raw: str) -> str:
         raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
 
 
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _positive_int(raw: str) -> int:
     value = _int(raw)
     if value <= 0:
         raise ValueError("must be a positive whole number")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    value = _int(raw)
-    if value < 0:
-        raise ValueError("must be 0 or a positive whole number")
     return value
 
 

@@ -29,7 +29,7 @@ from service import logs, messages
 from service.models import Session, Status
 from service.settings import AppKey, Secret, Settings
 from service.store import AsyncStore
-from service.vts.callbacks import Event
+from service.vts.callbacks import Event, EventIds
 from tests.servers import free_port, serve
 from workers.dependencies import Dependencies
 
@@ -296,18 +296,26 @@ class Clock:
         return self.moment
 
 
+def event_id(event: Event) -> str:
+    """The id the web stores ``event`` under, with the tests' VTS token."""
+    return EventIds(AUTH_TOKEN).of(event)
+
+
 def store_event(redis_url: str, event: Event) -> str:
     """Make a callback durable and queue it, as the web does; return its id."""
+    stored_as = event_id(event)
 
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
+        message = messages.APPLY_EVENT.message(messages.EventRef(stored_as))
         received_ms = int(datetime.now(UTC).timestamp() * 1000)
-        await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
+        await AsyncStore(client).ingest_webhook(
+            event, [stored_as], message, nonce=None, received_ms=received_ms
+        )
         await client.aclose()
 
     asyncio.run(go())
-    return event.id
+    return stored_as
 
 
 def stored_session(redis_url: str, session_id: str) -> Session:

@@ -3,6 +3,8 @@ and sandbox, and a reading of everything Redis holds."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -98,3 +100,30 @@ def forms(number: str) -> list[bytes]:
 def holding(client: redis.Redis, *needles: bytes) -> list[str]:
     """The keys whose name or any value contains one of ``needles``."""
     return [key for key, _, blob in contents(client) if any(n in blob for n in needles)]
+
+
+def late_leg_end(session_uuid: str, first_party: str, sequence: int = 900) -> dict[str, str]:
+    """A billed leg end for ``session_uuid``, as VTS sends it (numbers without '+')."""
+    return {
+        "EventName": "SessionFirstPartyHangup",
+        "SessionUUID": session_uuid,
+        "SequenceNumber": str(sequence),
+        "FirstParty": first_party.lstrip("+"),
+        "BilledDuration": "60",
+        "Amount": "1.5",
+    }
+
+
+def store_unseen(client: redis.Redis, event_id: str, params: dict[str, str]) -> None:
+    """Store a session callback and queue it as a web did that could not yet know its
+    session was erased or purged (the worker then decides)."""
+    from service import messages
+    from service.store import Store
+    from service.store.keys import Keys
+
+    uuid = params["SessionUUID"]
+    fields = {"kind": "session", "params": json.dumps(params),
+              "received_ms": str(int(time.time() * 1000))}  # fmt: skip
+    client.hset(Keys.webhook(event_id), mapping=fields)  # type: ignore[arg-type]
+    client.sadd(Keys.callbacks(uuid), event_id)
+    Store(client).enqueue(messages.APPLY_EVENT.message(messages.EventRef(event_id, uuid)))

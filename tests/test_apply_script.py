@@ -160,6 +160,15 @@ def test_a_claimed_session_that_is_gone_is_missing(redis_client: redis.Redis) ->
     assert run.written() == [{}, 0, 0]
 
 
+def test_an_event_of_an_erased_session_is_refused(run: Run) -> None:
+    """Erased: the session keeps its counters as erasure left them; nothing written."""
+    run.client.hset(Keys.session(run.session_id), "erased_at", NOW)
+    assert run.apply(run.store(LEG))[:3] == ["erased", "", run.session_id]
+    written = run.written()
+    assert b"call_count" not in written[0]
+    assert written[1:] == [0, 0]
+
+
 def test_a_callback_no_longer_stored_is_expired(run: Run) -> None:
     """Expired: nothing to read, nothing written."""
     assert run.apply("0" * 32)[0] == "expired"

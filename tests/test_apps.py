@@ -56,10 +56,10 @@ def _client(web_url: str, key: str) -> httpx2.Client:
 def test_api_keys_are_app_key_pairs() -> None:
     """API_KEYS names each key's app (two keys per app at most); a bare key is the app
     ``default``'s."""
-    env = {**VALID, "API_KEYS": f"rides:{RIDES_KEY}, rides:{FOOD_KEY},food:{FOOD_KEY}"}
+    env = {**VALID, "API_KEYS": f"rides:{RIDES_KEY}, rides:{RIDES_KEY}2,food:{FOOD_KEY}"}
     keys = Settings.from_env(env).api_keys
     assert [(k.app, k.key.reveal()) for k in keys] == [
-        ("rides", RIDES_KEY), ("rides", FOOD_KEY), ("food", FOOD_KEY)
+        ("rides", RIDES_KEY), ("rides", RIDES_KEY + "2"), ("food", FOOD_KEY)
     ]  # fmt: skip
     assert [k.app for k in Settings.from_env({**VALID, "API_KEYS": RIDES_KEY}).api_keys] == [
         "default"
@@ -70,6 +70,24 @@ def test_api_keys_are_app_key_pairs() -> None:
         assert RIDES_KEY not in str(caught.value)
     with pytest.raises(ConfigurationError, match=r"^APP_SHARES: "):
         Settings.from_env({**VALID, "APP_SHARES": "rides:0"})
+
+
+def test_a_key_listed_for_two_apps_is_a_configuration_error() -> None:
+    """API_KEYS refuses one key listed twice (it would silently belong to the last app),
+    without printing the key."""
+    for listed in (f"a:{RIDES_KEY},b:{RIDES_KEY}", f"a:{RIDES_KEY},a:{RIDES_KEY}"):
+        with pytest.raises(ConfigurationError, match=r"^API_KEYS: .*more than once") as caught:
+            Settings.from_env({**VALID, "API_KEYS": listed})
+        assert RIDES_KEY not in str(caught.value)
+
+
+def test_an_app_name_that_is_not_valid_is_a_configuration_error() -> None:
+    """``Rides:KEY`` in API_KEYS is refused, naming the rule, rather than read as the
+    key ``Rides:KEY`` of the app ``default``."""
+    for listed in (f"Rides:{RIDES_KEY}", f"rides app:{RIDES_KEY}", f":{RIDES_KEY}"):
+        with pytest.raises(ConfigurationError, match=r"^API_KEYS: .*app name") as caught:
+            Settings.from_env({**VALID, "API_KEYS": listed})
+        assert RIDES_KEY not in str(caught.value)
 
 
 def test_a_managed_key_works_until_revoked_without_a_restart(
@@ -88,7 +106,7 @@ def test_a_managed_key_works_until_revoked_without_a_restart(
         made = support.post("/v1/sessions", json={"first_party": first, "second_party": second})
         assert made.status_code == 202
         assert rides.get(f"/v1/sessions/{made.json()['id']}").status_code == 404
-        assert apps.revoke(key_id) == [key_id]
+        assert apps.revoke_key(key_id) == [key_id]
         wait_until(lambda: support.get("/v1/sessions").status_code == 401)
         assert rides.get("/v1/sessions").status_code == 200
 
@@ -114,13 +132,36 @@ def test_operator_commands_need_only_redis_url(redis_url: str) -> None:
     assert key not in listed.stdout
     rotated = _masking(redis_url, "apps", "secret", "rides", "--rotate")
     assert [line.split()[0] for line in rotated.stdout.splitlines()] == ["current", "previous"]
-    assert _masking(redis_url, "apps", "revoke", "rides").returncode == 0
+    assert _masking(redis_url, "apps", "revoke", "--app", "rides").returncode == 0
     assert _masking(redis_url, "dlq", "list").returncode == 0
     replayed = _masking(redis_url, "replay-webhooks", "--since", "2026-01-01T00:00:00+00:00")
     assert (replayed.returncode, replayed.stdout) == (0, "queued 0 stored callbacks again\n")
     line = json.dumps({"event": "session_created", "level": "info", "app": "rides"})
     shown = _masking(redis_url, "logs", stdin=line + "\n")
     assert (shown.returncode, "session_created" in shown.stdout) == (0, True)
+
+
+def test_revoking_a_key_id_never_revokes_an_app_of_that_name(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """``revoke KEY_ID`` revokes that key only, even when an app is named like it;
+    ``revoke --app NAME`` revokes the app's keys; a name given as a key id is refused
+    with exit status 2 and the command to use."""
+    apps = AppStore(redis_client)
+    _, rides_key = apps.create_key("rides")
+    _, lookalike_key = apps.create_key(rides_key)  # an app named like rides' key id
+    revoked = _masking(redis_url, "apps", "revoke", rides_key)
+    assert (revoked.returncode, revoked.stdout) == (
+        0,
+        f"revoked {rides_key}; refused within seconds\n",
+    )
+    assert (apps.get("rides").key_ids, apps.get(rides_key).key_ids) == ([], [lookalike_key])  # type: ignore[union-attr]
+    refused = _masking(redis_url, "apps", "revoke", "support")
+    assert refused.returncode == 2
+    assert "masking apps revoke --app support" in refused.stderr
+    by_app = _masking(redis_url, "apps", "revoke", "--app", rides_key)
+    assert by_app.returncode == 0, by_app.stderr
+    assert apps.get(rides_key).key_ids == []  # type: ignore[union-attr]
 
 
 @dataclass

@@ -21,7 +21,7 @@ from devkit.embedded_redis import EmbeddedRedis
 from devkit.sandbox.server import create_sandbox_app
 from service.store.keys import Keys
 from service.vts.callbacks import Event
-from tests.conftest import new_numbers, sandbox_with, wait_until
+from tests.conftest import event_id, new_numbers, sandbox_with, wait_until
 from tests.servers import serve
 from tests.system import System
 
@@ -224,4 +224,4 @@ def _assert_every_accepted_event_is_stored(
         for params in events:
             key = (session_uuid, int(params["SequenceNumber"]))
             if key in accepted:
-                assert redis_client.exists(Keys.webhook(Event("session", params).id)), key
+                assert redis_client.exists(Keys.webhook(event_id(Event("session", params)))), key

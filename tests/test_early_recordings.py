@@ -16,7 +16,7 @@ from service.recordings import recording_id
 from service.store import RecordingStore, Store
 from service.store.keys import Keys
 from service.vts.callbacks import check
-from tests.conftest import stored_session, wait_until
+from tests.conftest import event_id, stored_session, wait_until
 
 
 def test_a_recording_event_waits_past_the_download_retries_for_its_session(
@@ -36,8 +36,11 @@ def test_a_recording_event_waits_past_the_download_retries_for_its_session(
     event = check("recording", params)
     received_ms = str(int(time.time() * 1000))
     fields = {"kind": "recording", "params": json.dumps(params), "received_ms": received_ms}
-    redis_client.hset(Keys.webhook(event.id), mapping=fields)  # type: ignore[arg-type]
-    Store(redis_client).enqueue(messages.APPLY_RECORDING_EVENT.message(messages.EventRef(event.id)))
+    stored_as = event_id(event)
+    redis_client.hset(Keys.webhook(stored_as), mapping=fields)  # type: ignore[arg-type]
+    Store(redis_client).enqueue(
+        messages.APPLY_RECORDING_EVENT.message(messages.EventRef(stored_as))
+    )
     waits: list[str] = []
     download_retries = messages.APPLY_RECORDING_EVENT.retry.max_retries
 

@@ -12,9 +12,11 @@ import pytest
 import redis
 
 from service.settings import Settings
+from service.store.events import webhook_totals
 from service.store.keys import Keys
 from tests.conftest import loopback_settings, wait_until
-from tests.datalife import end, forms, holding, recorded_session
+from tests.datalife import end, forms, holding, late_leg_end, recorded_session, store_unseen
+from tests.test_webhooks import SESSION, Caller
 
 
 @pytest.fixture
@@ -102,3 +104,34 @@ def test_deleting_a_recording(
     assert session["status"] == "active"
     timeline = api.get(f"/v1/sessions/{done.id}/events").json()["data"]
     assert "recording_deleted" in [e["type"] for e in timeline]
+
+
+def test_a_callback_for_an_erased_session_is_dropped_and_counts_nothing(
+    api: httpx2.Client,
+    sandbox: httpx2.Client,
+    worker: dramatiq.Worker,
+    redis_client: redis.Redis,
+    settings: Settings,
+    web_url: str,
+) -> None:
+    """After erasure a signed callback for the session is answered 200 and stored nowhere;
+    one a web stored before it could know is dropped and deleted by the worker; neither
+    changes a counter."""
+    done = recorded_session(api, sandbox)
+    end(api, done.id)
+    erased = api.post(f"/v1/sessions/{done.id}/erase").json()
+    uuid = done.session["vts_session_uuid"]
+    caller = Caller(web_url, settings.public_base_url)
+    stored_before = redis_client.zcard(Keys.webhooks())
+    assert caller.post(SESSION, late_leg_end(uuid, done.numbers[0])).status_code == 200
+    caller.client.close()
+    assert redis_client.zcard(Keys.webhooks()) == stored_before
+    assert not redis_client.exists(Keys.callbacks(uuid))
+    assert webhook_totals(redis_client)["dropped"] == 1
+
+    store_unseen(redis_client, "stored-before-erasure", late_leg_end(uuid, done.numbers[0], 901))
+    wait_until(lambda: not redis_client.exists(Keys.webhook("stored-before-erasure")), timeout=30)
+    assert not redis_client.exists(Keys.callbacks(uuid))
+    after = api.get(f"/v1/sessions/{done.id}").json()
+    counters = ("interaction_count", "call_count", "billed_duration", "call_amount")
+    assert {k: after[k] for k in counters} == {k: erased[k] for k in counters}

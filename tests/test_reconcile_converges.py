@@ -18,7 +18,7 @@ from service.models import Status
 from service.store import AsyncStore, Store
 from service.vts.callbacks import check
 from service.vts.client import VtsClient
-from tests.conftest import AUTH_ID, AUTH_TOKEN, Clock, stored_session
+from tests.conftest import AUTH_ID, AUTH_TOKEN, Clock, event_id, stored_session
 from workers import reconcile
 from workers.dependencies import Dependencies
 
@@ -36,8 +36,10 @@ def _store_callback(redis_url: str, params: dict[str, str], received_ms: int) ->
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
         event = check("session", params)
-        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
-        await AsyncStore(client).ingest_webhook(event, message, nonce=None, received_ms=received_ms)
+        message = messages.APPLY_EVENT.message(messages.EventRef(event_id(event)))
+        await AsyncStore(client).ingest_webhook(
+            event, [event_id(event)], message, nonce=None, received_ms=received_ms
+        )
         await client.aclose()
 
     asyncio.run(go())

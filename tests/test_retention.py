@@ -21,8 +21,9 @@ from service.settings import Settings
 from service.store import AsyncStore, Store
 from service.store.keys import Keys
 from service.vts.callbacks import Event
-from tests.conftest import loopback_settings, stored_session, wait_until
-from tests.datalife import end, forms, holding, recorded_session
+from tests.conftest import event_id, loopback_settings, stored_session, wait_until
+from tests.datalife import end, forms, holding, late_leg_end, recorded_session, store_unseen
+from tests.test_webhooks import SESSION, Caller
 
 RETENTION = 3
 
@@ -112,13 +113,41 @@ def test_callback_index_is_trimmed_by_age(redis_url: str, redis_client: redis.Re
 
     async def ingest() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        message = messages.APPLY_EVENT.message(messages.EventRef(event.id))
+        message = messages.APPLY_EVENT.message(messages.EventRef(event_id(event)))
         await AsyncStore(client).ingest_webhook(
-            event, message, nonce=None, received_ms=1_700_000_000_000
+            event, [event_id(event)], message, nonce=None, received_ms=1_700_000_000_000
         )
         await client.aclose()
 
     asyncio.run(ingest())
-    assert redis_client.zrange(Keys.webhooks(), 0, -1) == [event.id.encode()]
-    assert redis_client.smembers(Keys.callbacks("u-1")) == {event.id.encode()}
+    assert redis_client.zrange(Keys.webhooks(), 0, -1) == [event_id(event).encode()]
+    assert redis_client.smembers(Keys.callbacks("u-1")) == {event_id(event).encode()}
     assert redis_client.ttl(Keys.callbacks("u-1")) > 0
+
+
+def test_a_callback_for_a_purged_session_is_neither_stored_nor_kept(
+    api: httpx2.Client,
+    sandbox: httpx2.Client,
+    worker: dramatiq.Worker,
+    redis_client: redis.Redis,
+    settings: Settings,
+    web_url: str,
+) -> None:
+    """Once a session is purged, a signed callback for its VTS session is answered 200 and
+    stored nowhere, and one a web stored before it could know is dropped and deleted by
+    the worker rather than kept as an orphan."""
+    ended = recorded_session(api, sandbox)
+    end(api, ended.id)
+    uuid = ended.session["vts_session_uuid"]
+    wait_until(lambda: api.get(f"/v1/sessions/{ended.id}").status_code == 404, timeout=60)
+    wait_until(lambda: not redis_client.exists(Keys.callbacks(uuid)), timeout=30)
+    caller = Caller(web_url, settings.public_base_url)
+    assert caller.post(SESSION, late_leg_end(uuid, ended.numbers[0])).status_code == 200
+    caller.client.close()
+    assert redis_client.zcard(Keys.webhooks()) == 0
+    assert not redis_client.exists(Keys.callbacks(uuid))
+
+    store_unseen(redis_client, "stored-before-purge", late_leg_end(uuid, ended.numbers[0], 901))
+    wait_until(lambda: not redis_client.exists(Keys.webhook("stored-before-purge")), timeout=30)
+    assert redis_client.zcard(Keys.orphan_events()) == 0
+    assert not holding(redis_client, *forms(ended.numbers[0]), *forms(ended.numbers[1]))

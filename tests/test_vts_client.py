@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from service.errors import (
     VtsError,
+    VtsNoNumberAvailable,
     VtsNotFound,
     VtsOutcomeUnknown,
     VtsRejected,
@@ -346,6 +347,17 @@ def test_400_is_rejected_with_flattened_reason(error: object, expected: str) -> 
         client.create_session({})
     assert type(caught.value) is VtsRejected
     assert (str(caught.value), caught.value.status) == (expected, 400)
+
+
+def test_no_virtual_number_available_is_unavailable_not_rejected() -> None:
+    """VTS's 400 "no virtual number available" is VtsNoNumberAvailable, a VtsUnavailable
+    the create retries: a number may be freed at any moment."""
+    body = {"api_id": "a", "error": "no virtual number available"}
+    with vts(reply(400, body)) as (client, _), pytest.raises(VtsUnavailable) as caught:
+        client.create_session({})
+    assert isinstance(caught.value, VtsNoNumberAvailable)
+    assert caught.value.status == 400
+    assert "no virtual number available" in str(caught.value)
 
 
 def test_rejection_reason_masks_numbers_vts_echoes() -> None:

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from service.errors import ConfigurationError
 from service.settings import Secret, Settings
+from service.store.events import webhook_totals
 from service.store.keys import Keys
 from service.vts.callbacks import Kind
 from service.vts.signatures import new_nonce, v3_signature
 from tests.conftest import AUTH_TOKEN, http_client, make_settings
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 SESSION = "/webhooks/vts/session"
 RECORDING = "/webhooks/vts/recording"
@@ -414,15 +415,49 @@ def test_a_form_past_the_field_limit_is_refused_before_it_is_split() -> None:
     ),
     kind=st.sampled_from(["session", "recording"]),
 )
-def test_event_ids_are_the_digest_of_the_json_they_always_were(
+def test_event_ids_are_keyed_digests_of_the_json_they_always_were(
     params: dict[str, str], kind: Kind
 ) -> None:
-    """An event's id is what it was when ids were the SHA-256 of ``json.dumps`` of the kind
-    and sorted fields, so a delivery before an upgrade and its retry after it are one event."""
+    """An event's id is the HMAC-SHA256, under the key derived from the VTS token, of
+    ``json.dumps`` of the kind and sorted fields, whichever encoder wrote it."""
     import hashlib
+    import hmac
     import json
 
-    from service.vts.callbacks import Event
+    from service.vts.callbacks import Event, EventIds, id_key
 
     canonical = json.dumps([kind, sorted(params.items())], separators=(",", ":"))
-    assert Event(kind, params).id == hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    keyed = hmac.new(id_key(AUTH_TOKEN), canonical.encode(), hashlib.sha256)
+    assert EventIds(AUTH_TOKEN).of(Event(kind, params)) == keyed.hexdigest()[:32]
+
+
+def test_stored_callback_ids_need_the_secret_and_survive_a_token_rotation(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A stored callback's id is not the plain digest of its fields (which a brute force
+    over phone numbers could match); two webs with one token give one id, and during a
+    token rotation a retry of a callback stored under the old token is a duplicate."""
+    import hashlib
+
+    from service.web.app import create_app
+
+    params = _event()
+    canonical = json.dumps(["session", sorted(params.items())], separators=(",", ":"))
+    plain = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    webs = [("old-token", None), ("old-token", None), (AUTH_TOKEN, "old-token")]
+    for token, previous in webs:
+        port = free_port()
+        settings = make_settings(
+            redis_url, "http://127.0.0.1:1", public_base_url=f"http://127.0.0.1:{port}",
+            vts_auth_token=Secret(token),
+            vts_auth_token_previous=Secret(previous) if previous else None,
+        )  # fmt: skip
+        with serve(create_app(settings), port=port) as url:
+            caller = Caller(url, settings.public_base_url)
+            assert caller.post(SESSION, params, token=token).status_code == 200
+            caller.client.close()
+    assert (_stored(redis_client), _queued(redis_client)) == (1, 1)
+    assert webhook_totals(redis_client)["duplicate"] == 2
+    stored: list[bytes] = redis_client.zrange(Keys.webhooks(), 0, -1)  # type: ignore[assignment]
+    assert plain.encode() not in stored
+    assert not redis_client.exists(Keys.webhook(plain))

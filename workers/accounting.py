@@ -56,9 +56,8 @@ def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) ->
     if applied.outcome == "needs":
         # Only Python can say: the virtual number's E.164 form, the event's own id.
         event = Event("session", json.loads(applied.detail))
-        applied = _apply(
-            deps, event_id, session_uuid, marker=_marker(event), virtual_number=_number(event)
-        )
+        marker = _marker(event, event_id)
+        applied = _apply(deps, event_id, session_uuid, marker=marker, virtual_number=_number(event))
     structlog.contextvars.bind_contextvars(
         vts_session_uuid=session_uuid,
         vts_event=applied.name,
@@ -77,6 +76,12 @@ def _apply(deps: Dependencies, event_id: str, session_uuid: str, **answers: str)
 def _follow_up(deps: Dependencies, event_id: str, session_uuid: str, applied: Applied) -> None:
     if applied.outcome == "applied":
         log.info("event_applied", status_before=applied.before, status_after=applied.after)
+    elif applied.outcome in ("erased", "missing") or (
+        applied.outcome == "no_session" and deps.store.refuses_callbacks(session_uuid)
+    ):
+        # The session's data is gone or going: nothing of the event may outlive it.
+        deps.store.drop_callback(event_id, session_uuid)
+        log.info("event_dropped_session_gone", result=applied.outcome)
     elif applied.outcome == "no_session":
         received_ms = int(applied.detail)
         age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
@@ -93,10 +98,10 @@ def _follow_up(deps: Dependencies, event_id: str, session_uuid: str, applied: Ap
         log.info("event_skipped", result=applied.outcome)
 
 
-def _marker(event: Event) -> str:
-    """What makes a redelivery of ``event`` a duplicate."""
+def _marker(event: Event, event_id: str) -> str:
+    """What makes a redelivery of ``event``, stored as ``event_id``, a duplicate."""
     sequence = event.sequence
-    return f"seq:{sequence}" if sequence is not None else f"id:{event.id}"
+    return f"seq:{sequence}" if sequence is not None else f"id:{event_id}"
 
 
 def _number(event: Event) -> str:

@@ -44,6 +44,11 @@ def apply(deps: Dependencies, event_id: str) -> None:
         return
     _, params, received_ms = stored
     event = Event("recording", params)
+    if deps.store.refuses_callbacks(event.session_uuid):
+        # Erased or purged: nothing of the event may outlive the session's data.
+        deps.store.drop_callback(event_id, event.session_uuid)
+        log.info("event_dropped_session_gone")
+        return
     received = datetime.fromtimestamp(received_ms / 1000, UTC)
     session_id = deps.store.session_for_vts(event.session_uuid)
     if session_id is None:

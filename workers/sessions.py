@@ -41,8 +41,9 @@ LOOKUP_SLACK = timedelta(seconds=60)
 
 
 # Answers after which VTS has certainly not created anything: refused before sending
-# (None), rate limited, or unavailable. A 500, 502 or 504 may come after the work was done.
-_NOT_ACTED_ON = frozenset({None, 429, 503})
+# (None), no virtual number free (400, retried: see VtsNoNumberAvailable), rate limited,
+# or unavailable. A 500, 502 or 504 may come after the work was done.
+_NOT_ACTED_ON = frozenset({None, 400, 429, 503})
 
 
 def locked(deps: Dependencies, session_id: str) -> AbstractContextManager[str]:

@@ -34,6 +34,7 @@
 --   'duplicate'   its marker was applied before: nothing written but leaving the
 --                 in-flight set
 --   'missing'     the VTS session is claimed by a session that no longer exists
+--   'erased'      the session was erased: nothing written (the caller drops the event)
 --   'expired'     the stored callback is gone
 --   'no_session'  its VTS session is not claimed yet; detail: received (epoch ms)
 --   'invalid'     detail names the value; nothing written
@@ -226,6 +227,10 @@ local at = event_time(params.EventTimestamp) or a.now
 
 local s, applied = key(a.session_key, session_id), key(a.applied_key, session_id)
 local timeline = key(a.timeline_key, session_id)
+-- Erasure keeps the counters as they were: nothing that arrives later counts.
+if redis.call('HEXISTS', s, 'erased_at') == 1 then
+  return answer('erased', '', session_id, name, sequence)
+end
 if redis.call('SISMEMBER', applied, marker) == 1 then
   redis.call('ZREM', KEYS[3], a.event_id)
   return answer('duplicate', '', session_id, name, sequence)

@@ -142,17 +142,18 @@ class AppStore:
         ]
         return sorted(records, key=lambda record: record.name)
 
-    def revoke(self, target: str) -> list[str]:
-        """Revoke the managed key with id ``target``, or every managed key of the app
-        ``target``; return the ids revoked."""
-        gone = [
-            digest
-            for digest, app in self._managed().items()
-            if key_id(digest) == target or app == target
-        ]
-        if gone:
-            self.client.hdel(AppKeys.keys(), *gone)
-        return [key_id(digest) for digest in gone]
+    def revoke_key(self, target: str) -> list[str]:
+        """Revoke the managed key with id ``target``; return the ids revoked (none or it)."""
+        return self._revoke([d for d in self._managed() if key_id(d) == target])
+
+    def revoke_app(self, name: str) -> list[str]:
+        """Revoke every managed key of the app ``name``; return the ids revoked."""
+        return self._revoke([d for d, app in self._managed().items() if app == name])
+
+    def _revoke(self, digests: list[str]) -> list[str]:
+        if digests:
+            self.client.hdel(AppKeys.keys(), *digests)
+        return [key_id(digest) for digest in digests]
 
     def rotate_secret(self, name: str) -> AppRecord:
         """A new notification secret signs from now on; the current one keeps signing

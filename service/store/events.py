@@ -4,12 +4,14 @@ them, the per-VTS-session sets of callbacks and of events in flight, the per-ses
 
 Stored callbacks and nonces expire after ``WEBHOOK_RETENTION_SECONDS``; the ``webhooks``
 and ``orphan-events`` indexes are trimmed in step; the ``applied`` set goes with its session.
+A purged session's tombstone (``EventKeys.gone``) lasts as long as a stored callback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +24,7 @@ from service.store.batching import GroupCommit
 from service.store.codec import decode_str, hash_args
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
+from service.store.sessions import SessionKeys
 from service.vts.callbacks import Event, at_rest
 
 # How long raw callbacks (and the nonces that came with them) are kept: for replays,
@@ -51,6 +54,14 @@ class EventKeys:
     @staticmethod
     def webhooks() -> str:
         return f"{PREFIX}webhooks"
+
+    @staticmethod
+    def gone(session_uuid: str) -> str:
+        """Set when a session is purged, for the webhook retention: its VTS session's late
+        callbacks are dropped, not kept as orphans. Named by a digest of the VTS session
+        id, so the purge leaves no identifier of the session behind."""
+        digest = hashlib.sha256(session_uuid.encode()).hexdigest()[:32]
+        return f"{PREFIX}vts-session-gone:{digest}"
 
     @staticmethod
     def nonce(nonce: str) -> str:
@@ -90,24 +101,35 @@ def _totals(client: redis.Redis, key: str) -> dict[str, int]:
 
 # KEYS: nonce ('' when none), event, queue, queue messages, event index, stats,
 #       the VTS session's events in flight ('' for recordings; a zset of event id ->
-#       received ms, which the apply script empties), the VTS session's callbacks
+#       received ms, which the apply script empties), the VTS session's callbacks,
+#       the event under its id of the previous VTS token ('' when none), the VTS
+#       session's claim, the VTS session's tombstone (see EventKeys.gone)
 # ARGV: event id, retention (s), received (ms), redis message id, payload,
-#       sequence number (unused, kept for the argument layout), field, value, ...
-# The event index keeps what is younger than the retention: it is trimmed as it grows.
+#       the event's id under the previous VTS token ('' when none), session key prefix,
+#       field, value, ...
+# A callback for an erased or purged session is dropped: nothing is stored, not even its
+# nonce. The event index keeps what is younger than the retention: it is trimmed as it
+# grows.
 INGEST = f"""
+local owner = redis.call('GET', KEYS[10])
+if redis.call('EXISTS', KEYS[11]) == 1
+    or (owner and redis.call('HEXISTS', ARGV[7] .. owner, 'erased_at') == 1) then
+  redis.call('HINCRBY', KEYS[6], 'dropped', 1)
+  return 'dropped'
+end
 if KEYS[1] ~= '' then
   local seen = redis.call('GET', KEYS[1])
-  if seen and seen ~= ARGV[1] then
+  if seen and seen ~= ARGV[1] and seen ~= ARGV[6] then
     redis.call('HINCRBY', KEYS[6], 'replayed', 1)
     return 'replayed'
   end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
+if redis.call('EXISTS', KEYS[2]) == 1 or (KEYS[9] ~= '' and redis.call('EXISTS', KEYS[9]) == 1) then
   redis.call('HINCRBY', KEYS[6], 'duplicate', 1)
   return 'duplicate'
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (ARGV[3] - ARGV[2] * 1000))
@@ -148,6 +170,27 @@ class StoredEvents:
             pipe.zrem(EventKeys.in_flight(session_uuid), event_id)
             pipe.hincrby(EventKeys.event_stats(), stats_field, 1)
             pipe.execute()
+
+    def drop_callback(self, event_id: str, session_uuid: str) -> None:
+        """Delete a stored callback of an erased or purged session without applying it,
+        counting it as ``dropped``: nothing of it outlives the session's data."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(EventKeys.webhook(event_id))
+            pipe.zrem(EventKeys.webhooks(), event_id)
+            pipe.zrem(EventKeys.in_flight(session_uuid), event_id)
+            pipe.srem(EventKeys.callbacks(session_uuid), event_id)
+            pipe.hincrby(EventKeys.event_stats(), "dropped", 1)
+            pipe.execute()
+
+    def refuses_callbacks(self, session_uuid: str) -> bool:
+        """Whether the VTS session's session was erased or purged: its callbacks are
+        dropped."""
+        if self.client.exists(EventKeys.gone(session_uuid)):
+            return True
+        owner = self.client.get(SessionKeys.vts_session(session_uuid))
+        return owner is not None and bool(
+            self.client.hexists(SessionKeys.session(decode_str(owner)), "erased_at")
+        )
 
     def keep_orphan(self, event_id: str, received_ms: int, session_uuid: str = "") -> None:
         """Set aside an event for a session we never created (kept, counted, not lost)."""
@@ -191,13 +234,23 @@ class AsyncStoredEvents:
         self._ingest = self.client.register_script(INGEST)
 
     async def ingest_webhook(
-        self, event: Event, message: Outgoing, *, nonce: str | None, received_ms: int
+        self,
+        event: Event,
+        ids: Sequence[str],
+        message: Outgoing,
+        *,
+        nonce: str | None,
+        received_ms: int,
     ) -> str:
         """Make a VTS callback durable and queue its processing, in one shared round trip.
+        ``ids`` are the event's ids (``EventIds.all``): it is stored under the first, and
+        is a duplicate if stored under any.
 
-        Returns ``accepted``, ``duplicate`` (this event is already stored: nothing done) or
-        ``replayed`` (the nonce came with another event before: nothing done).
+        Returns ``accepted``, ``duplicate`` (this event is already stored: nothing done),
+        ``replayed`` (the nonce came with another event before: nothing done) or
+        ``dropped`` (its session was erased or purged: nothing stored).
         """
+        event_id, previous = ids[0], (ids[1] if len(ids) > 1 else "")
         fields = {
             "kind": event.kind,
             "params": msgspec.json.encode(at_rest(event.params)).decode(),
@@ -207,21 +260,25 @@ class AsyncStoredEvents:
             self._ingest,
             keys=[
                 EventKeys.nonce(nonce) if nonce else "",
-                EventKeys.webhook(event.id),
+                EventKeys.webhook(event_id),
                 QueueKeys.queue(message.queue_name),
                 QueueKeys.queue_messages(message.queue_name),
                 EventKeys.webhooks(),
                 EventKeys.webhook_stats(),
                 EventKeys.in_flight(event.session_uuid) if event.kind == "session" else "",
                 EventKeys.callbacks(event.session_uuid),
+                EventKeys.webhook(previous) if previous else "",
+                SessionKeys.vts_session(event.session_uuid),
+                EventKeys.gone(event.session_uuid),
             ],
             args=[
-                event.id,
+                event_id,
                 WEBHOOK_RETENTION_SECONDS,
                 received_ms,
                 message.redis_message_id,
                 message.payload,
-                str(event.sequence) if event.kind == "session" and event.sequence else "",
+                previous,
+                SessionKeys.session(""),
                 *hash_args(fields),
             ],
         )

@@ -101,12 +101,14 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class CreateOutcome:
-    """``result`` is ``created``, ``replay`` (same key, same body), ``conflict`` or
-    ``throttled`` (the app has spent its VTS budget; try after ``retry_after_ms``)."""
+    """``result`` is ``created``, ``replay`` (same key, same body), ``conflict``,
+    ``throttled`` (the app has spent its VTS budget; try after ``retry_after_ms``) or
+    ``full`` (the app holds ``live`` live sessions, its cap or more)."""
 
     result: str
     session_id: str
     retry_after_ms: int = 0
+    live: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,10 +243,15 @@ return redis.call('GET', KEYS[1])
 
 
 # KEYS: idempotency ('' when no key was given), session, index, status index, timeline,
-#       queue, queue messages, the app's VTS budget
+#       queue, queue messages, the app's VTS budget, the pending, active and in_progress
+#       indexes
 # ARGV: session id, index member, redis message id, payload, timeline entry,
-#       fingerprint, ttl, budget limit, budget window (ms), field, value, ...
-# Returns {'created'|'replay'|'conflict', session id} or {'throttled', ms to wait}.
+#       fingerprint, ttl, budget limit, budget window (ms), the app's live session cap
+#       (0: none), the app's range in the indexes (lowest, highest), field, value, ...
+# The app's live sessions are counted in the status indexes, which every transition,
+# purge and erasure keeps exact: nothing else to keep in step.
+# Returns {'created'|'replay'|'conflict', session id}, {'throttled', ms to wait} or
+# {'full', live sessions}.
 CREATE = (
     BUDGET
     + """
@@ -255,6 +262,12 @@ if KEYS[1] ~= '' then
     return {'conflict', found[2]}
   end
 end
+local cap = tonumber(ARGV[10])
+if cap > 0 then
+  local live = 0
+  for i = 9, 11 do live = live + redis.call('ZLEXCOUNT', KEYS[i], ARGV[11], ARGV[12]) end
+  if live >= cap then return {'full', tostring(live)} end
+end
 local now = now_ms()
 local wait = budget_wait(KEYS[8], now, tonumber(ARGV[8]), tonumber(ARGV[9]))
 if wait > 0 then return {'throttled', tostring(wait)} end
@@ -263,7 +276,7 @@ if KEYS[1] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
 budget_spend(KEYS[8], now, now, tonumber(ARGV[9]), ARGV[1])
-redis.call('HSET', KEYS[2], 'index_member', ARGV[2], unpack(ARGV, 10))
+redis.call('HSET', KEYS[2], 'index_member', ARGV[2], unpack(ARGV, 13))
 -- The session names its idempotency record, so that purge and erasure can remove it.
 if KEYS[1] ~= '' then redis.call('HSET', KEYS[2], 'idempotency_key', KEYS[1]) end
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
@@ -394,6 +407,10 @@ def _budget_args(budget: Budget) -> list[int]:
 def _throttled_or(result: Any) -> tuple[str, str]:
     return decode_str(result[0]), decode_str(result[1])
 
+
+# The statuses in which a session holds a virtual number, or is about to: what the live
+# session cap counts.
+_HELD = (Status.PENDING, Status.ACTIVE, Status.IN_PROGRESS)
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
@@ -605,12 +622,15 @@ class AsyncSessions:
         idempotency: tuple[str, str, str] | None,
         idempotency_ttl: int,
         budget: Budget = UNLIMITED,
+        max_live: int = 0,
     ) -> CreateOutcome:
         """Store a new session and queue its creation, atomically, in a shared round trip.
 
         ``idempotency`` is (scope, key, fingerprint of the request). When the key is known,
         nothing is written and the outcome names the existing session. When the session's
-        app has spent its ``budget``, nothing is written and the outcome is ``throttled``.
+        app holds ``max_live`` live sessions (pending, active or in progress; 0: no cap),
+        nothing is written and the outcome is ``full``. When the app has spent its
+        ``budget``, nothing is written and the outcome is ``throttled``.
         """
         scope, key, fingerprint = idempotency or ("", "", "")
         member = index_member(session)
@@ -625,6 +645,7 @@ class AsyncSessions:
                 QueueKeys.queue(message.queue_name),
                 QueueKeys.queue_messages(message.queue_name),
                 AppKeys.budget(session.app or ""),
+                *(SessionKeys.index(status) for status in _HELD),
             ],
             args=[
                 session.id,
@@ -635,12 +656,16 @@ class AsyncSessions:
                 fingerprint,
                 idempotency_ttl,
                 *_budget_args(budget),
+                max_live,
+                *app_range(session.app or ""),
                 *hash_args(session.to_fields()),
             ],
         )
         outcome, detail = _throttled_or(result)
         if outcome == "throttled":
             return CreateOutcome(outcome, "", retry_after_ms=int(detail))
+        if outcome == "full":
+            return CreateOutcome(outcome, "", live=int(detail))
         return CreateOutcome(outcome, detail)
 
     async def get_session(self, session_id: str) -> Session | None:

@@ -13,7 +13,7 @@ from service.redis_clients import Durability, wait_for_replicas
 from service.store import scripts
 from service.store.codec import Applied, decode_str
 from service.store.deadletters import DeadLetters
-from service.store.events import EventKeys, StoredEvents
+from service.store.events import WEBHOOK_RETENTION_SECONDS, EventKeys, StoredEvents
 from service.store.notifications import NotificationStore
 from service.store.queue import QueueAccess
 from service.store.recordings import RecordingKeys
@@ -138,8 +138,9 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
     def purge_session(self, session_id: str, recording_ids: Sequence[str]) -> None:
         """Delete the session and everything hanging off it: timeline, applied events,
         recordings' records, notifications and their attempts, index entries, timers, its
-        VTS session's claim and stored callbacks, its idempotency record. Idempotent.
-        The recordings' files are the caller's to delete first."""
+        VTS session's claim and stored callbacks (leaving a tombstone, see
+        ``EventKeys.gone``), its idempotency record. Idempotent. The recordings' files are
+        the caller's to delete first."""
         key = SessionKeys.session(session_id)
         member, uuid, idempotency = (
             decode_str(v) if v else None
@@ -177,6 +178,9 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             if callbacks:
                 pipe.zrem(EventKeys.webhooks(), *callbacks)
             pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id), *notification_timers)
+            if uuid:
+                # Late callbacks of the VTS session are dropped, not kept as orphans.
+                pipe.set(EventKeys.gone(uuid), 1, ex=WEBHOOK_RETENTION_SECONDS)
             pipe.execute()
 
 

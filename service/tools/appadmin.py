@@ -25,19 +25,30 @@ def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
             out.write(f"app {args.name}: new key {key_id}\n{key}\n")
             out.write("the key is shown only now: hand it to the app, it cannot be read back\n")
         elif args.action == "revoke":
-            revoked = store.revoke(args.target)
-            if not revoked:
-                err.write(
-                    f"masking apps: no managed key or app {args.target} (see: masking apps list)\n"
-                )
-                return 2
-            out.write(f"revoked {', '.join(revoked)}; refused within seconds\n")
+            return _revoke(store, args, out, err)
         else:
             out.write("\n".join(_secrets(store, args)) + "\n")
     except (InvalidAppName, TooManyKeys, UnknownApp) as exc:
         # A refusal is a usage error, like every other command's: one line, status 2.
         err.write(f"masking apps: {exc}\n")
         return 2
+    return 0
+
+
+def _revoke(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.app:
+        revoked = store.revoke_app(args.app)
+        missing = f"app {args.app} has no managed key (see: masking apps list)"
+    else:
+        revoked = store.revoke_key(args.key_id)
+        missing = (
+            f"no managed key with id {args.key_id} (see: masking apps list); to revoke "
+            f"every key of an app: masking apps revoke --app {args.key_id}"
+        )
+    if not revoked:
+        err.write(f"masking apps: {missing}\n")
+        return 2
+    out.write(f"revoked {', '.join(revoked)}; refused within seconds\n")
     return 0
 
 

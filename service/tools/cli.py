@@ -377,8 +377,11 @@ def _apps_command(commands: argparse._SubParsersAction[Parser]) -> None:
     actions.add_parser("list", help="every app, its key ids and number of secrets")
     a = actions.add_parser("create", help="a new key for an app (the app is created if new)")
     a.add_argument("name")
-    a = actions.add_parser("revoke", help="revoke a managed key by id, or every one of an app")
-    a.add_argument("target", metavar="KEY_ID|NAME")
+    a = actions.add_parser("revoke", help="revoke a managed key by id, or every key of an app")
+    # A key id and an app name may look alike: which one is meant is said, never guessed.
+    target = a.add_mutually_exclusive_group(required=True)
+    target.add_argument("key_id", nargs="?", metavar="KEY_ID", help="a key id (apps list)")
+    target.add_argument("--app", metavar="NAME", help="revoke every managed key of NAME")
     a = actions.add_parser("secret", help="show an app's notification secrets; rotate them")
     a.add_argument("name")
     change = a.add_mutually_exclusive_group()

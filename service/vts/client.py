@@ -3,7 +3,8 @@
 Outcomes: a 2xx is parsed into :mod:`service.vts.models`; 429, 5xx, network failures and
 unreadable 2xx bodies raise :class:`~service.errors.VtsUnavailable` (retry), and
 :class:`~service.errors.VtsOutcomeUnknown` when the request may have been applied;
-404 raises :class:`~service.errors.VtsNotFound`, other 4xx
+404 raises :class:`~service.errors.VtsNotFound`, a 400 saying no virtual number is free
+:class:`~service.errors.VtsNoNumberAvailable` (a VtsUnavailable: retry), other 4xx
 :class:`~service.errors.VtsRejected` (don't retry). The client never retries by itself:
 retry policy belongs to the actors.
 
@@ -29,7 +30,13 @@ from urllib.parse import quote
 import httpx2
 import structlog
 
-from service.errors import VtsNotFound, VtsOutcomeUnknown, VtsRejected, VtsUnavailable
+from service.errors import (
+    VtsNoNumberAvailable,
+    VtsNotFound,
+    VtsOutcomeUnknown,
+    VtsRejected,
+    VtsUnavailable,
+)
 from service.phones import mask_text
 from service.vts.dialects import (
     MalformedResponse,
@@ -53,6 +60,8 @@ _NOT_SENT = (
     httpx2.UnsupportedProtocol,
 )
 _MAX_REASON = 300
+# How VTS says that every virtual number is held: a 400 that is temporary, unlike others.
+_NO_NUMBER = "no virtual number available"
 
 
 class VtsClient:
@@ -262,6 +271,8 @@ def _status_error(response: httpx2.Response) -> VtsUnavailable | VtsRejected:
         retry_after = _retry_after(response.headers.get("Retry-After"))
         return VtsUnavailable(f"VTS failed ({status})", status=status, retry_after=retry_after)
     detail = _error_detail(response)
+    if status == 400 and _NO_NUMBER in detail.lower():
+        return VtsNoNumberAvailable(f"VTS has no virtual number free (400){detail}", status=400)
     if status == 404:
         return VtsNotFound(f"VTS does not know this session (404){detail}", status=status)
     if status == 401:

@@ -79,6 +79,21 @@ def _throttled(retry_after_ms: int) -> Problem:
     )
 
 
+# When an app at its live session cap is told to try again: sessions end by their expiry
+# or a DELETE, which the service cannot foresee; a short wait keeps retries cheap.
+FULL_RETRY_AFTER = 30
+
+
+def _full(live: int) -> Problem:
+    return Problem(
+        429,
+        f"this app holds {live} live sessions, as many as it may: end one (DELETE) or let "
+        f"one expire, then retry (after {FULL_RETRY_AFTER} s, the Retry-After header)",
+        slug="too-many-live-sessions",
+        headers={"retry-after": str(FULL_RETRY_AFTER)},
+    )
+
+
 class JSON(Response):
     """A response whose content is one of the API's typed models (service.schemas)."""
 
@@ -183,9 +198,12 @@ async def create_session(request: Request) -> Response:
         idempotency=idempotency,
         idempotency_ttl=settings.idempotency_ttl,
         budget=_budget(request, app),
+        max_live=settings.app_max_live_sessions,
     )
     if outcome.result == "throttled":
         raise _throttled(outcome.retry_after_ms)
+    if outcome.result == "full":
+        raise _full(outcome.live)
     if outcome.result == "conflict":
         # The IETF draft on Idempotency-Key: 422 for a key reused with another body.
         # The store creates a session and records its key in one step, so no request

@@ -113,6 +113,7 @@ def create_app(settings: Settings) -> Starlette:
         )
         app.state.settings = settings
         follower = redis_clients.follow_master_async(client, settings.redis_url)
+        app.state.event_ids = webhooks.event_ids(settings)
         app.state.store = AsyncStore(client, settings.durability)
         app.state.recordings = AsyncRecordingStore(client, settings.durability)
         app.state.storage = open_storage(settings)

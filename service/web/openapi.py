@@ -110,6 +110,11 @@ _OVER_SHARE = _problem(
     "the app is over its share of the VTS budget; retry after `Retry-After` seconds",
     "Retry-After",
 )
+_OVER_SHARE_OR_FULL = _problem(
+    "the app is over its share of the VTS budget, or holds as many live sessions as it "
+    "may; retry after `Retry-After` seconds",
+    "Retry-After",
+)
 _BODY_ERRORS = {
     "400": _problem("the body is not JSON (or not within bounds: depth, number size, UTF-8)"),
     "413": _problem("body over 64 KiB"),
@@ -166,7 +171,7 @@ def _create() -> dict[str, Any]:
             "201": _json("Session", "active (after Prefer: wait, or replayed)", *_CREATED_HEADERS),
             "202": _json("Session", "accepted; status pending", *_CREATED_HEADERS),
             **_BODY_ERRORS,
-            "429": _OVER_SHARE,
+            "429": _OVER_SHARE_OR_FULL,
             **_COMMON,
         },
     }

@@ -62,6 +62,11 @@ TYPES: dict[str, tuple[int, str]] = {
         429,
         "The app is over its share of the VTS request budget: retry after Retry-After seconds.",
     ),
+    "too-many-live-sessions": (
+        429,
+        "The app holds as many live sessions as it may: end one, then retry after "
+        "Retry-After seconds.",
+    ),
     "internal-error": (
         500,
         "A fault on our side; it has been logged with the request's X-Request-ID.",

@@ -27,7 +27,7 @@ from service.metrics import metrics
 from service.phones import mask_text
 from service.settings import Settings
 from service.store import AsyncStore
-from service.vts.callbacks import MAX_FIELDS, InvalidEvent, Kind, check
+from service.vts.callbacks import MAX_FIELDS, EventIds, InvalidEvent, Kind, check
 from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, verify_v3
 from service.web.endpoints import Endpoint
 from service.web.problems import Problem
@@ -166,17 +166,27 @@ async def _ingest(request: Request, kind: Kind) -> Response:
     except InvalidEvent as exc:
         raise Problem(400, str(exc), slug="invalid-event") from None
     store: AsyncStore = request.app.state.store
+    ids = request.app.state.event_ids.all(event)
     # The VTS session id rides along (an id, not a number): the worker then reads the
     # event and finds our session in one round trip.
-    message = _JOB_OF[kind].message(messages.EventRef(event.id, event.session_uuid))
+    message = _JOB_OF[kind].message(messages.EventRef(ids[0], event.session_uuid))
     nonce = _first(headers, _NONCE_NAMES) or None
     result = await store.ingest_webhook(
-        event, message, nonce=nonce, received_ms=int(time.time() * 1000)
+        event, ids, message, nonce=nonce, received_ms=int(time.time() * 1000)
     )
     if result == "replayed":
         log.warning("webhook_nonce_replayed", kind=kind)
         raise Problem(401, "this nonce was already used for another callback")
+    if result == "dropped":
+        # Answered as taken: VTS has nothing to retry, and the session's data is gone.
+        log.info("webhook_dropped_session_gone", kind=kind, vts_session_uuid=event.session_uuid)
     return PlainTextResponse("OK")
+
+
+def event_ids(settings: Settings) -> EventIds:
+    """The ids callbacks are stored under, from the VTS token (and the previous one)."""
+    previous = settings.vts_auth_token_previous
+    return EventIds(settings.vts_auth_token.reveal(), previous.reveal() if previous else None)
 
 
 async def session_events(request: Request) -> Response:

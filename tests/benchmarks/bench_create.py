@@ -139,6 +139,8 @@ def targets(redis_url: str) -> list[Target]:
         # No worker runs and nothing reaches VTS: an app's share of the VTS budget would
         # turn all but the first few hundred requests into 429s.
         "VTS_APP_BUDGET": str(10**9),
+        # Nor does any session end: the live-session cap is counted, never reached.
+        "APP_MAX_LIVE_SESSIONS": str(10**9),
         "LOG_FORMAT": "json",
     }
     return [

@@ -78,6 +78,7 @@ from tests.benchmarks.common import (
     wait_for,
     worker_command,
 )
+from tests.conftest import event_id
 from tests.servers import free_port
 from tests.system import System
 
@@ -191,8 +192,9 @@ async def _ingest(redis_url: str, events: list[Event]) -> None:
                 *(
                     store.ingest_webhook(
                         event,
+                        [event_id(event)],
                         messages.APPLY_EVENT.message(
-                            messages.EventRef(event.id, event.session_uuid)
+                            messages.EventRef(event_id(event), event.session_uuid)
                         ),
                         nonce=nonce(),
                         received_ms=received_ms,
