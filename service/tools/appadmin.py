@@ -11,6 +11,7 @@ from typing import TextIO
 
 from service.apps import InvalidAppName
 from service.store.apps import AppRecord, AppStore, TooManyKeys, UnknownApp
+from service.tools.terminal import printable
 
 
 def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -19,21 +20,22 @@ def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
     try:
         if args.action == "list":
             for record in store.all():
-                out.write(_summary(record) + "\n")
+                out.write(printable(_summary(record)) + "\n")
         elif args.action == "create":
             key, key_id = store.create_key(args.name)
-            out.write(f"app {args.name}: new key {key_id}\n{key}\n")
+            out.write(printable(f"app {args.name}: new key {key_id}") + f"\n{key}\n")
             out.write("the key is shown only now: hand it to the app, it cannot be read back\n")
         elif args.action == "revoke":
             revoked = store.revoke(args.target)
             if not revoked:
-                err.write(f"no managed key or app {args.target} (see: masking apps list)\n")
+                refusal = f"no managed key or app {args.target} (see: masking apps list)"
+                err.write(printable(refusal) + "\n")
                 return 1
-            out.write(f"revoked {', '.join(revoked)}; refused within seconds\n")
+            out.write(printable(f"revoked {', '.join(revoked)}; refused within seconds") + "\n")
         else:
             out.write("\n".join(_secrets(store, args)) + "\n")
     except (InvalidAppName, TooManyKeys, UnknownApp) as exc:
-        err.write(f"{exc}\n")
+        err.write(printable(str(exc)) + "\n")
         return 1
     return 0
 
