@@ -105,8 +105,15 @@ async def get_recording(request: Request) -> Response:
     if wanted is not None:
         headers["content-range"] = f"bytes {start}-{end}/{size}"
     storage: Storage = request.app.state.storage
+    media_type = recording.content_type or "application/octet-stream"
     try:
         # An object store answers over the network: not on the event loop.
+        if request.method == "HEAD":
+            # Whether the file is there, by its size (a stat, an S3 HEAD): a reader would
+            # open the file, or GET the object, for nothing.
+            await run_in_threadpool(storage.size, recording.stored_name)
+            status = 206 if wanted else 200
+            return Response(status_code=status, headers=headers, media_type=media_type)
         chunks = await run_in_threadpool(storage.open_reader, recording.stored_name, start, end + 1)
     except NotStored:
         raise Problem(404, "the recording's file is missing from storage") from None
@@ -114,7 +121,7 @@ async def get_recording(request: Request) -> Response:
         chunks,
         status_code=206 if wanted else 200,
         headers=headers,
-        media_type=recording.content_type or "application/octet-stream",
+        media_type=media_type,
     )
 
 
