@@ -19,6 +19,7 @@ import redis
 from starlette.requests import Request
 
 from service import logs, phones, strictjson
+from service.egress import EgressPolicy
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.store import RecordingStore
@@ -60,6 +61,10 @@ CASES: dict[str, Callable[[], None]] = {
     "mask digits": _ignore(lambda: phones.mask_text("1 " * (SIZE // 2))),
     "mask groups": _ignore(lambda: phones.mask_text("+1 (1) " * (SIZE // 7))),
     "mask separators": _ignore(lambda: phones.mask_text("415-555-" * (SIZE // 8))),
+    "mask pairs": _ignore(lambda: phones.mask_text("0" + " 12" * (SIZE // 3))),
+    "mask nanp": _ignore(lambda: phones.mask_text("1-415-555-" * (SIZE // 10))),
+    "callback_url": _ignore(lambda: EgressPolicy().refusal("https://x/?" + "a=&" * (SIZE // 3))),
+    "callback_url host": _ignore(lambda: EgressPolicy().refusal("https://" + "1." * (SIZE // 2))),
     "log line": _ignore(
         lambda: logs.mask_phone_numbers(None, "info", {"route": "/" + "1." * (SIZE // 2)})
     ),
