@@ -46,13 +46,25 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+# NAT64's well-known prefix (RFC 6052): the last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def is_public(address: str) -> bool:
-    """False for loopback, private, link-local, multicast, reserved, unspecified..."""
+    """False for loopback, private, link-local, multicast, reserved, unspecified..., and
+    for an IPv6 address that carries such an IPv4 one (IPv4-mapped, 6to4, NAT64): a
+    gateway would deliver it there."""
     ip = ipaddress.ip_address(address.partition("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = _carried(ip) or ip
     special = ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
     return ip.is_global and not (special or ip.is_reserved or ip.is_unspecified)
+
+
+def _carried(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.ipv4_mapped or ip.sixtofour
 
 
 def default_port(scheme: str) -> int:
@@ -137,7 +149,7 @@ class EgressPolicy:
             raise EgressRefused("no host")
         if self.hosts is not None and url.host not in self.hosts:
             raise EgressRefused("host not allowed")
-        if not self.allow_private and (url.host == "localhost" or _private_literal(url.host)):
+        if not self.allow_private and _private_literal(url.host):
             raise EgressRefused("host address not allowed")
 
 
@@ -149,10 +161,21 @@ def _refusal(policy: EgressPolicy, url: str) -> str | None:
 
 
 def _private_literal(host: str) -> bool:
+    """Whether ``host`` names loopback or a private address by its text alone: localhost
+    (with a final dot too), an IP address, or an IPv4 one in a form the resolver takes
+    (``127.1``, ``0x7f000001``, ``2130706433``)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True  # RFC 6761: always loopback
     try:
-        return not is_public(host.strip("[]"))
+        return not is_public(name)
     except ValueError:
+        pass
+    try:
+        packed = socket.inet_aton(name)
+    except OSError:
         return False  # a name, not an address: checked when it is resolved
+    return not is_public(socket.inet_ntoa(packed))
 
 
 class Destinations(Protocol):

@@ -16,7 +16,8 @@ import phonenumbers
 MASK = "***"
 
 # E.164 with or without "+", and the common written forms ("+1 415-555-2345",
-# "(415) 555-2345", "415 555 2345", "07911 123456"). Every quantifier is bounded and every
+# "+44 7911 123456", "(415) 555-2345", "1-415-555-2345", "415 555 2345", "415 5552345",
+# "07911 123456", "06 12 34 56 78"). Every quantifier is bounded and every
 # group is set off by a separator, so each starting position costs a small constant: the
 # whole search is linear in the text. A number may follow "_" (``party_14155552345``) but
 # not a letter, digit, "." or "-", nor be followed by them: ids, UUIDs, decimals and dates
@@ -26,10 +27,11 @@ _PHONE_IN_TEXT = re.compile(
     (?<![^\W_]|[.+-])
     (?:
         \+?\d{8,15}                                          # +14155552345, 14155552345
-      | \+\d{1,3}(?:[ .-]\(?\d{1,4}\)?|\(\d{1,4}\)){2,5}   # +1 415-555-2345, +1 (415) 555 2345
+      | \+\d{1,3}(?:[ .-]\(?\d{1,6}\)?|\(\d{1,4}\)){2,5}   # +1 415-555-2345, +44 7911 123456
       | \(\d{2,4}\)[ ]?\d{3,4}[ .-]\d{3,4}                  # (415) 555-2345
-      | \d{3}([ .-])\d{3}\1\d{4}                           # 415 555 2345, 415.555.2345
+      | (?:1[ .-])?\d{3}(?:([ .-])\d{3}\1|[ -]\d{3})\d{4}     # 1.415.555.2345, 415 5552345
       | 0\d{2,4}[ ](?:\d{6,8}|\d{3,4}[ ]\d{3,4})             # 07911 123456, 020 7946 0958
+      | 0\d([ .-])\d{2}(?:\2\d{2}){3}                       # 06 12 34 56 78
     )
     (?![^\W_]|[+-]|\.\d)
     """,

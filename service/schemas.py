@@ -203,7 +203,8 @@ class TimelineEntry(msgspec.Struct, omit_defaults=True):
 
 
 class Timeline(msgspec.Struct):
-    """What happened to the session, oldest first."""
+    """What happened to the session, oldest first: VTS events by their ``event_time``,
+    other entries by ``at``."""
 
     session_id: str
     data: list[TimelineEntry]

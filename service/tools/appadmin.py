@@ -11,6 +11,7 @@ from typing import TextIO
 
 from service.apps import InvalidAppName
 from service.store.apps import AppRecord, AppStore, TooManyKeys, UnknownApp
+from service.tools.terminal import printable
 
 
 def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -19,10 +20,10 @@ def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
     try:
         if args.action == "list":
             for record in store.all():
-                out.write(_summary(record) + "\n")
+                out.write(printable(_summary(record)) + "\n")
         elif args.action == "create":
             key, key_id = store.create_key(args.name)
-            out.write(f"app {args.name}: new key {key_id}\n{key}\n")
+            out.write(printable(f"app {args.name}: new key {key_id}") + f"\n{key}\n")
             out.write("the key is shown only now: hand it to the app, it cannot be read back\n")
         elif args.action == "revoke":
             return _revoke(store, args, out, err)
@@ -30,7 +31,7 @@ def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
             out.write("\n".join(_secrets(store, args)) + "\n")
     except (InvalidAppName, TooManyKeys, UnknownApp) as exc:
         # A refusal is a usage error, like every other command's: one line, status 2.
-        err.write(f"masking apps: {exc}\n")
+        err.write(printable(f"masking apps: {exc}") + "\n")
         return 2
     return 0
 
@@ -46,9 +47,9 @@ def _revoke(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO)
             f"every key of an app: masking apps revoke --app {args.key_id}"
         )
     if not revoked:
-        err.write(f"masking apps: {missing}\n")
+        err.write(printable(f"masking apps: {missing}") + "\n")
         return 2
-    out.write(f"revoked {', '.join(revoked)}; refused within seconds\n")
+    out.write(printable(f"revoked {', '.join(revoked)}; refused within seconds") + "\n")
     return 0
 
 

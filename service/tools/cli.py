@@ -25,6 +25,7 @@ import redis
 from service.errors import ConfigurationError, ServiceError
 from service.settings import Settings, redis_url_from_env
 from service.tools.logtail import LEVELS
+from service.tools.terminal import printable
 
 if TYPE_CHECKING:
     from service.store import Store
@@ -232,7 +233,8 @@ def dlq(args: argparse.Namespace) -> None:
         if args.action == "show":
             sys.stdout.write(letter.details() + "\n")
         elif deadletters.replay(store, letter):
-            sys.stdout.write(f"replayed {letter.redis_id} ({letter.message['actor_name']})\n")
+            replayed = f"replayed {letter.redis_id} ({letter.message['actor_name']})"
+            sys.stdout.write(printable(replayed) + "\n")
 
 
 def replay_webhooks(args: argparse.Namespace) -> None:
@@ -395,7 +397,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def fail(command: str, message: str) -> NoReturn:
     """End ``masking COMMAND`` with ``message`` on one line and exit status 2."""
-    sys.stderr.write(f"masking {command}: {message}\n")
+    sys.stderr.write(printable(f"masking {command}: {message}") + "\n")
     raise SystemExit(2)
 
 

@@ -17,6 +17,7 @@ from service import messages
 from service.messages import Outgoing
 from service.phones import mask_text
 from service.store import Store
+from service.tools.terminal import printable
 
 # Options dramatiq keeps about a message's past attempts: a replay starts afresh.
 _SPENT_OPTIONS = ("retries", "traceback", "requeue_timestamp", "redis_message_id", "eta")
@@ -43,7 +44,7 @@ class DeadLetter:
     def summary(self) -> str:
         age = int(time.time() - self.died_at)
         retries = self.message.get("options", {}).get("retries", 0)
-        return (
+        return printable(
             f"{self.redis_id}  {self.queue:<13} {self.message.get('actor_name', '?'):<24} "
             f"age={age}s retries={retries}  {self.error}"
         )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from service.phones import mask_text
+from service.tools.terminal import printable, printable_json
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 # The ids that tie a story together, shown first and in this order.
@@ -100,7 +101,8 @@ class Renderer:
     """Turns a record into ``timestamp level event ids... key=value...`` (and a traceback).
 
     Every piece is masked on its own, before colouring: an escape code ends in a letter,
-    which would hide a number right after it from the masking pattern.
+    which would hide a number right after it from the masking pattern. Control characters
+    are written out after masking, for the same reason (``\x1b`` ends in a letter).
     """
 
     def __init__(self, *, color: bool) -> None:
@@ -125,11 +127,13 @@ class Renderer:
     def _exception(self, exception: object) -> str:
         if not exception:
             return ""
-        lines = str(exception).rstrip("\n").splitlines()
+        # Newlines only: splitlines() would also break at a carriage return or a C1 code,
+        # and print what follows as a line of its own.
+        lines = str(exception).rstrip("\n").split("\n")
         return "".join("\n    " + self._paint(line, _RED) for line in lines)
 
     def _paint(self, text: str, style: str) -> str:
-        masked = mask_text(text)
+        masked = printable(mask_text(text))
         return f"{style}{masked}{_RESET}" if self.color and style else masked
 
 
@@ -161,10 +165,10 @@ def format_line(line: str, record: Record | None, options: Options) -> str | Non
     """What to print for one input line (without its newline) and the record parsed from
     it (None if it is not JSON), or None to skip it."""
     if record is None:
-        return None if options.json_only else mask_text(line)
+        return None if options.json_only else printable(mask_text(line))
     if not options.filter.matches(record):
         return None
-    return mask_text(line) if options.raw else options.renderer.render(record)
+    return printable_json(mask_text(line)) if options.raw else options.renderer.render(record)
 
 
 def read_lines(stream: TextIO) -> Iterator[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -372,7 +373,26 @@ async def session_events(request: Request) -> Response:
         except msgspec.ValidationError:
             # One entry written by an older version must not hide the whole timeline.
             metrics().unreadable_records.labels("timeline").inc()
+    # Stored in the order things were applied, and VTS's callbacks arrive in any order:
+    # shown by when each happened (a stable sort keeps ties as applied).
+    entries.sort(key=_happened)
     return JSON(schemas.Timeline(session_id=session.id, data=entries))
+
+
+def _happened(entry: schemas.TimelineEntry) -> datetime:
+    """When ``entry`` happened: a VTS event's own time, else when it was written (both
+    ISO 8601 in UTC); an unreadable time sorts first."""
+    for text in (entry.event_time, entry.at):
+        if text:
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                continue
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return _EARLIEST
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 def routes() -> list[Route]:

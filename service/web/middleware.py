@@ -21,6 +21,8 @@ _request_line = logs.WorkLine("service.http", "http_request")
 Observe = Callable[[float], None]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGIT_RUN = re.compile(r"\d{10}")
+# Digits as a number is written in a request id (``415-555-2671``, ``1.415.555.2671``).
+_WRITTEN = re.compile(r"[0-9][0-9.-]*")
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -42,9 +44,19 @@ def _request_id(incoming: str | None) -> str:
         and _REQUEST_ID.match(incoming)
         and not _DIGIT_RUN.search(incoming)
         and mask_text(incoming) == incoming
+        and not any(map(_written_number, _WRITTEN.findall(incoming)))
     ):
         return incoming
     return secrets.token_hex(16)
+
+
+def _written_number(run: str) -> bool:
+    """Whether a run of digits, dots and dashes from a request id is a number as written
+    with separators. Read alone: the masking leaves a number right after a letter or a
+    dash alone (``a415-555-2671``), as it must in text; in an id, that is no excuse. Runs
+    of digits alone are left to the ten-digit rule, so UUIDs stay ids."""
+    run = run.rstrip(".-")
+    return not run.isdigit() and mask_text(run) != run
 
 
 class RequestContext:
