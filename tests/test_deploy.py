@@ -288,7 +288,7 @@ def test_web_listens_on_the_default_port_everywhere() -> None:
     assert int(web["ports"][0].rsplit(":", 1)[1]) == port
     assert int(_named("ConfigMap", "masking-config")["data"]["PORT"]) == port
     assert ("EXPOSE", str(port)) in _dockerfile_stages()[-1]
-    assert [p["containerPort"] for p in _container("web")["ports"]][0] == port
+    assert _container("web")["ports"][0]["containerPort"] == port
 
 
 def test_service_targets_the_web_port() -> None:

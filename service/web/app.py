@@ -1,4 +1,7 @@
-"""The web process: ``create_app(settings)``, or ``uvicorn --factory service.web.app:from_env``."""
+"""The web process: ``create_app(settings)`` (the public port) and
+``create_admin_app(settings)`` (``ADMIN_PORT``), both served by ``masking web`` with the
+web's limits. ``uvicorn --factory service.web.app:from_env`` serves the public app alone,
+with neither the limits nor the internal endpoints."""
 
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ that never sends, or one that sends a header line every few seconds, is kept for
 Both are added by a subclass of uvicorn's httptools protocol, passed as its ``http``
 option (a documented way to give uvicorn a protocol class): it feeds the parser no more
 than the head may hold, answers ``431`` beyond it, and closes a connection whose head has
-not arrived within the timeout. It overrides four methods of that class and calls each
-original, so uvicorn's own handling (pipelining, keep-alive, ``503``) is unchanged.
+not arrived within the timeout. It overrides five methods of that class and calls each
+original, so uvicorn's own handling (pipelining, keep-alive, ``503``) is unchanged;
+tests/test_web_limits.py holds it to that on every uvicorn the lock allows.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.web.problems import MEDIA_TYPE, Problem
 
 TOO_LARGE = 431
+# Seconds a refused connection is still read (and what arrives dropped) after the 431:
+# closed at once with the rest of a large head unread, the kernel would answer with a
+# reset, which can destroy the 431 before the client reads it (nginx's lingering close).
+LINGER = 2.0
 
 
 def _too_large(base: str, limit: int) -> bytes:
@@ -52,6 +57,7 @@ def protocol(
         # or its response written (the head is complete).
         _head: int | None = 0
         _head_timer: asyncio.TimerHandle | None = None
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -63,10 +69,12 @@ def protocol(
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
             # Fed in slices no longer than the head may still grow: the parser never
             # holds more than the cap of one head, however large the read.
             view = memoryview(data)
-            while view and not self.transport.is_closing():
+            while view and not self.transport.is_closing() and not self._refused:
                 if self._head is None:
                     piece, view = view[:max_header_bytes], view[max_header_bytes:]
                 else:
@@ -91,8 +99,12 @@ def protocol(
 
         def _refuse(self) -> None:
             self._disarm_head_timer()
+            self._refused = True
             self.transport.write(refusal)
-            self.transport.close()
+            # The client sees the end after the 431; it closing ends the wait
+            # (eof_received), or LINGER does.
+            self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
 
         def _arm_head_timer(self) -> None:
             if self._head_timer is None:
