@@ -111,9 +111,10 @@ def web(args: argparse.Namespace) -> None:
     app = create_app(settings)
     admin = create_admin_app(settings)
     memory.settle()
-    asyncio.run(
-        _serve_both(_server(app, settings), listener, _server(admin, settings), admin_listener)
-    )
+    public_server, admin_server = _server(app, settings), _server(admin, settings)
+    # The loop uvicorn's own run() would pick (uvloop where it is installed).
+    with asyncio.Runner(loop_factory=public_server.config.get_loop_factory()) as runner:
+        runner.run(_serve_both(public_server, listener, admin_server, admin_listener))
 
 
 def _server(app: Any, settings: Settings) -> Any:
