@@ -42,6 +42,7 @@ class Web:
     port: int
     admin_port: int
     process: subprocess.Popen[bytes]
+    log: Path
 
     @property
     def url(self) -> str:
@@ -78,17 +79,17 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_web(redis_url: str, tmp_path: Path, **extra: str) -> Iterator[Web]:
+def running_web(
+    redis_url: str, tmp_path: Path, descriptors: int | None = None, **extra: str
+) -> Iterator[Web]:
     port, admin_port = free_port(), free_port()
     env = _env(redis_url, port, admin_port, extra)
+    command = [sys.executable, "-m", "service", "web", "--host", "127.0.0.1"]
+    if descriptors is not None:
+        command = ["/bin/sh", "-c", f'ulimit -n {descriptors} && exec "$0" "$@"', *command]
     with (tmp_path / f"web-{port}.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "web", "--host", "127.0.0.1"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    web = Web(port, admin_port, process)
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    web = Web(port, admin_port, process, tmp_path / f"web-{port}.log")
     try:
         wait_until(lambda: _answers(web.url) or process.poll() is not None, timeout=60)
         assert process.poll() is None, (tmp_path / f"web-{port}.log").read_text()
@@ -248,6 +249,17 @@ def test_the_web_exposes_only_its_own_metric_families(web: Web) -> None:
     names = {family.name for family in text_string_to_metric_families(text)}
     assert "masking_http_requests" in names
     assert not names & WORKER_FAMILIES
+
+
+def test_a_descriptor_limit_below_the_connection_limit_is_warned(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """With 256 descriptors and WEB_MAX_CONNECTIONS at its 1000, the web says at start-up
+    that it may run out of descriptors first (it would stop accepting, not answer 503)."""
+    with running_web(redis_url, tmp_path, descriptors=256) as web:
+        lines = [json.loads(line) for line in web.log.read_text().splitlines() if line[:1] == "{"]
+        (warning,) = [line for line in lines if line["event"] == "web_descriptor_limit_low"]
+        assert (warning["descriptors"], warning["web_max_connections"]) == (256, 1000)
 
 
 def test_admin_port_must_differ_from_port(redis_url: str) -> None:

@@ -108,6 +108,9 @@ def web(args: argparse.Namespace) -> None:
     from service.web.app import create_admin_app, create_app
 
     logs.configure(fmt=settings.log_format, level=settings.log_level)
+    from service.web import limits
+
+    limits.check_descriptors(settings.web_max_connections)
     app = create_app(settings)
     admin = create_admin_app(settings)
     memory.settle()

@@ -20,16 +20,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 
+import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.web.problems import MEDIA_TYPE, Problem
+
+log = structlog.get_logger(__name__)
 
 TOO_LARGE = 431
 # Seconds a refused connection is still read (and what arrives dropped) after the 431:
 # closed at once with the rest of a large head unread, the kernel would answer with a
 # reset, which can destroy the 431 before the client reads it (nginx's lingering close).
 LINGER = 2.0
+
+
+# Descriptors the web holds besides its connections: listeners, Redis, storage, logs.
+RESERVED_DESCRIPTORS = 64
+
+
+def check_descriptors(max_connections: int) -> None:
+    """Warn when the process may run out of descriptors before WEB_MAX_CONNECTIONS is
+    reached: then new connections are not even accepted (not answered 503)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + RESERVED_DESCRIPTORS:
+        log.warning(
+            "web_descriptor_limit_low",
+            descriptors=soft,
+            web_max_connections=max_connections,
+            advice="raise the descriptor limit (ulimit -n) or lower WEB_MAX_CONNECTIONS",
+        )
 
 
 def _too_large(base: str, limit: int) -> bytes:
