@@ -135,6 +135,7 @@ def run(*, port: int | None, sandbox_port: int) -> int:
     env = environment()
     env["PORT"] = str(port or int(env.get("PORT") or 8000))
     env.setdefault("METRICS_PORT", str(_free_port()))
+    env.setdefault("ADMIN_PORT", str(_free_port()))
     processes: list[subprocess.Popen[bytes]] = []
     redis_server: EmbeddedRedis | None = None
     for stop_signal in STOP_SIGNALS:
@@ -142,6 +143,7 @@ def run(*, port: int | None, sandbox_port: int) -> int:
     try:
         _check_free("PORT", int(env["PORT"]))
         _check_free("METRICS_PORT", int(env["METRICS_PORT"]))
+        _check_free("ADMIN_PORT", int(env["ADMIN_PORT"]))
         if not env.get("REDIS_URL"):
             redis_server = _start_redis()
             env["REDIS_URL"] = redis_server.url
@@ -289,7 +291,8 @@ def _banner(env: dict[str, str], example: dict[str, str] | None) -> str:
         "The masking service is running.",
         f"  API:             {api}   (OpenAPI: {api}/openapi.json)",
         f"  API key:         {key}",
-        f"  Web metrics:     {api}/metrics",
+        f"  Web metrics:     http://127.0.0.1:{env['ADMIN_PORT']}/metrics"
+        f"   (and /metrics/cluster, /openapi-internal.json)",
         f"  Worker metrics:  http://127.0.0.1:{env['METRICS_PORT']}/metrics",
         f"  Redis:           {env['REDIS_URL']}",
     ]

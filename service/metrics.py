@@ -20,7 +20,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer,
 
 import redis
 from dramatiq.common import dq_name
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
@@ -66,36 +66,56 @@ def metrics() -> Metrics:
 
 
 def _create() -> Metrics:
+    # The web serves the default registry at /metrics: only what the web counts is
+    # registered there (the workers' families would be series that stay zero). The
+    # workers' are made unregistered: prometheus-client's multi-process mode writes
+    # them to files, which the worker parent's collector reads whatever the registry.
+    web = REGISTRY
+    worker = None
     return Metrics(
         http_requests=Counter(
-            "masking_http_requests", "HTTP requests", ["method", "route", "status"]
+            "masking_http_requests", "HTTP requests", ["method", "route", "status"],
+            registry=web,
         ),
         http_seconds=Histogram(
             "masking_http_request_seconds", "HTTP request latency", ["method", "route"],
-            buckets=LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS, registry=web,
         ),
         webhook_signature_failures=Counter(
-            "masking_webhook_signature_failures", "Callbacks with a bad signature", ["kind"]
+            "masking_webhook_signature_failures", "Callbacks with a bad signature", ["kind"],
+            registry=web,
         ),
         messages=Counter(
-            "masking_messages", "Messages processed by outcome", ["actor", "outcome"]
+            "masking_messages", "Messages processed by outcome", ["actor", "outcome"],
+            registry=worker,
         ),
         message_seconds=Histogram(
             "masking_message_seconds", "Time to process a message", ["actor"],
-            buckets=LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS, registry=worker,
         ),
-        vts_calls=Counter("masking_vts_calls", "VTS API calls", ["action", "outcome"]),
+        vts_calls=Counter(
+            "masking_vts_calls", "VTS API calls", ["action", "outcome"], registry=worker
+        ),
         vts_seconds=Histogram(
-            "masking_vts_call_seconds", "VTS API latency", ["action"], buckets=LATENCY_BUCKETS
+            "masking_vts_call_seconds", "VTS API latency", ["action"], buckets=LATENCY_BUCKETS,
+            registry=worker,
         ),
-        rate_limit_waits=Counter("masking_vts_rate_limit_waits", "Waits for a VTS slot"),
+        rate_limit_waits=Counter(
+            "masking_vts_rate_limit_waits", "Waits for a VTS slot", registry=worker
+        ),
         rate_limit_wait_seconds=Counter(
-            "masking_vts_rate_limit_wait_seconds", "Time spent waiting for a VTS slot"
+            "masking_vts_rate_limit_wait_seconds", "Time spent waiting for a VTS slot",
+            registry=worker,
         ),
-        recordings=Counter("masking_recordings", "Recording downloads", ["outcome"]),
-        recording_bytes=Counter("masking_recording_bytes", "Recording bytes stored"),
+        recordings=Counter(
+            "masking_recordings", "Recording downloads", ["outcome"], registry=worker
+        ),
+        recording_bytes=Counter(
+            "masking_recording_bytes", "Recording bytes stored", registry=worker
+        ),
         unreadable_records=Counter(
-            "masking_unreadable_records", "Stored records skipped as unreadable", ["kind"]
+            "masking_unreadable_records", "Stored records skipped as unreadable", ["kind"],
+            registry=web,
         ),
         timers_repaired=Counter(
             "masking_timers_repaired",

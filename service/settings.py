@@ -124,6 +124,11 @@ class Settings:
     redis_replica_ack_timeout: float = 1.0
     # Live sessions (pending, active, in progress) one app may hold; 0: no cap.
     app_max_live_sessions: int = 1000
+    web_max_connections: int = 1000
+    web_max_header_bytes: int = 16 * 1024
+    web_keepalive_timeout: float = 5.0
+    web_header_timeout: float = 10.0
+    admin_port: int = 8001
 
     @property
     def durability(self) -> redis_clients.Durability:
@@ -214,7 +219,38 @@ class Settings:
             app_max_live_sessions=env.optional(
                 "APP_MAX_LIVE_SESSIONS", _non_negative_int, cls.app_max_live_sessions
             ),
+            web_max_connections=env.optional(
+                "WEB_MAX_CONNECTIONS", _positive_int, cls.web_max_connections
+            ),
+            web_max_header_bytes=env.optional(
+                "WEB_MAX_HEADER_BYTES", _header_bytes, cls.web_max_header_bytes
+            ),
+            web_keepalive_timeout=env.optional(
+                "WEB_KEEPALIVE_TIMEOUT", _positive_float, cls.web_keepalive_timeout
+            ),
+            web_header_timeout=env.optional(
+                "WEB_HEADER_TIMEOUT", _positive_float, cls.web_header_timeout
+            ),
+            admin_port=_admin_port(env),
         )
+
+
+def _admin_port(env: _Env) -> int:
+    """ADMIN_PORT: the internal endpoints' port, never the public one (they would be
+    public again)."""
+    admin = env.optional("ADMIN_PORT", _port, Settings.admin_port)
+    if admin == env.optional("PORT", _port, Settings.port):
+        raise ConfigurationError("ADMIN_PORT", f"must differ from PORT (both are {admin})")
+    return admin
+
+
+def _header_bytes(raw: str) -> int:
+    size = _int(raw)
+    # Below 1 KiB ordinary requests (an API key, a traceparent, a proxy's
+    # X-Forwarded-*) would be refused.
+    if size < 1024:
+        raise ValueError("must be at least 1024 (bytes)")
+    return size
 
 
 def _s3_location(env: _Env) -> S3Location | None:

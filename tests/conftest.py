@@ -193,6 +193,15 @@ def web_url(settings: Settings, web_port: int) -> Iterator[str]:
 
 
 @pytest.fixture
+def admin_url(settings: Settings) -> Iterator[str]:
+    """The web's internal endpoints (ADMIN_PORT's app): metrics, the internal document."""
+    from service.web.app import create_admin_app
+
+    with serve(create_admin_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
 def api(web_url: str) -> Iterator[httpx2.Client]:
     """A client of the app API; each answer is checked against the OpenAPI documents."""
     from tests import contract

@@ -38,6 +38,7 @@ class System:
     port: int = field(default_factory=free_port)
     # The worker's metrics take the first free port of ten from METRICS_PORT.
     metrics_port: int = field(default_factory=lambda: free_ports(10))
+    admin_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     numbers: list[str] = field(default_factory=list)
@@ -65,6 +66,7 @@ class System:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
             "METRICS_PORT": str(self.metrics_port),
+            "ADMIN_PORT": str(self.admin_port),
             **self.extra_env,
         }
 

@@ -313,12 +313,13 @@ def test_health_and_openapi_need_no_key(web_url: str) -> None:
 
 def test_openapi_describes_every_route(web_url: str) -> None:
     """Every route the app serves is in one of the OpenAPI documents, with its methods."""
-    from service.web.app import create_app
+    from service.web.app import create_admin_app, create_app
     from tests.conftest import make_settings
 
-    app = create_app(make_settings("redis://127.0.0.1:1", "http://127.0.0.1:1"))
+    settings = make_settings("redis://127.0.0.1:1", "http://127.0.0.1:1")
+    routes = [*create_app(settings).routes, *create_admin_app(settings).routes]
     paths = document()["paths"] | internal_document()["paths"]
-    for route in app.routes:
+    for route in routes:
         path = getattr(route, "path", "")
         if path in ("/openapi.json", "/openapi-internal.json"):
             continue

@@ -32,7 +32,7 @@ from service.metrics import ClusterCollector, metrics
 from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.tools import cli
-from service.web.app import create_app
+from service.web.app import create_admin_app, create_app
 from workers import supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,15 +145,23 @@ def _settings_variables() -> tuple[set[str], set[str]]:
     return {name for kind, name in found if kind == "required"}, {name for _, name in found}
 
 
-def _app_paths() -> set[str]:
-    settings = Settings(
+def _test_settings() -> Settings:
+    return Settings(
         redis_url="redis://127.0.0.1:1/0",
         vts_auth_id="MATEST",
         vts_auth_token=Secret("token"),
         public_base_url="http://testserver",
         api_keys=(AppKey("test", Secret("k" * 16)),),
     )
-    return {getattr(route, "path", "") for route in create_app(settings).routes}
+
+
+def _app_paths() -> set[str]:
+    return {getattr(route, "path", "") for route in create_app(_test_settings()).routes}
+
+
+def _admin_paths() -> set[str]:
+    """The paths served on ADMIN_PORT (never on the public port)."""
+    return {getattr(route, "path", "") for route in create_admin_app(_test_settings()).routes}
 
 
 def _queues() -> set[str]:
@@ -299,10 +307,11 @@ def test_web_listens_on_the_default_port_everywhere() -> None:
     port = Settings.port
     web = _compose()["services"]["web"]
     assert int(web["environment"]["PORT"]) == port
-    assert [int(p.rsplit(":", 1)[1]) for p in web["ports"]] == [port]
+    # The first published port is the public one (the second, ADMIN_PORT).
+    assert int(web["ports"][0].rsplit(":", 1)[1]) == port
     assert int(_named("ConfigMap", "masking-config")["data"]["PORT"]) == port
     assert ("EXPOSE", str(port)) in _dockerfile_stages()[-1]
-    assert [p["containerPort"] for p in _container("web")["ports"]] == [port]
+    assert _container("web")["ports"][0]["containerPort"] == port
 
 
 def test_service_targets_the_web_port() -> None:
@@ -514,8 +523,9 @@ def test_network_policies_admit_only_the_serving_ports() -> None:
 
 
 def test_every_metrics_endpoint_is_scraped() -> None:
-    """PodMonitors scrape each web and worker pod's /metrics; /metrics/cluster is scraped
-    once, through the web Service, not once per pod."""
+    """PodMonitors scrape each web pod's /metrics on ADMIN_PORT and each worker pod's on
+    METRICS_PORT; /metrics/cluster is scraped once, through the web's admin Service (not
+    the public one), not once per pod."""
     monitors = {m["metadata"]["name"]: m["spec"] for m in _of_kind("PodMonitor")}
     for name in APP_SERVICES:
         spec = monitors[f"masking-{name}"]
@@ -524,16 +534,32 @@ def test_every_metrics_endpoint_is_scraped() -> None:
         (endpoint,) = spec["podMetricsEndpoints"]
         assert endpoint["path"] == "/metrics"
         _port_number(_container(name), endpoint["port"])
-    assert "/metrics" in _app_paths()
+    assert monitors["masking-web"]["podMetricsEndpoints"][0]["port"] == "admin"
+    assert "/metrics" in _admin_paths() - _app_paths()
     worker_port = _port_number(_container("worker"), "metrics")
     config = _named("ConfigMap", "masking-config")["data"]
     assert worker_port == int(config["METRICS_PORT"]) == Settings.metrics_port
+    admin_port = _port_number(_container("web"), "admin")
+    assert admin_port == int(config["ADMIN_PORT"]) == Settings.admin_port
+    annotations = _deployment("web")["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == admin_port
     cluster = _named("ScrapeConfig", "masking-cluster")["spec"]
-    assert cluster["metricsPath"] == "/metrics/cluster" in _app_paths()
+    assert cluster["metricsPath"] == "/metrics/cluster" in _admin_paths() - _app_paths()
     assert [sd["role"] for sd in cluster["kubernetesSDConfigs"]] == ["Service"]
     (keep,) = [r for r in cluster["relabelings"] if r["action"] == "keep"]
-    (service_port,) = _named("Service", "masking-web")["spec"]["ports"]
-    assert keep["regex"] == f"masking-web;{service_port['name']}"
+    (service_port,) = _named("Service", "masking-web-admin")["spec"]["ports"]
+    assert _port_number(_container("web"), service_port["targetPort"]) == admin_port
+    assert keep["regex"] == f"masking-web-admin;{service_port['name']}"
+
+
+def test_the_public_service_and_compose_keep_the_admin_port_apart() -> None:
+    """The web Service an Ingress routes to has only the public port; compose sets
+    ADMIN_PORT and publishes it under a host variable of its own."""
+    (public,) = _named("Service", "masking-web")["spec"]["ports"]
+    assert _port_number(_container("web"), public["targetPort"]) == Settings.port
+    web = _compose()["services"]["web"]
+    assert web["environment"]["ADMIN_PORT"] == "${ADMIN_PORT:-8001}"
+    assert "${WEB_ADMIN_PORT:-8001}:${ADMIN_PORT:-8001}" in web["ports"]
 
 
 def test_web_scales_on_cpu() -> None:

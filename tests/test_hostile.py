@@ -109,7 +109,7 @@ def test_metadata_size_counts_utf8_bytes(api: httpx2.Client) -> None:
 
 
 def test_an_unreadable_stored_session_never_breaks_the_list(
-    api: httpx2.Client, redis_client: redis.Redis
+    api: httpx2.Client, redis_client: redis.Redis, admin_url: str
 ) -> None:
     """A stored session that cannot be read is left out of lists; the others are listed."""
     good = api.post("/v1/sessions", json=json.loads("{" + _parties() + "}")).json()["id"]
@@ -118,7 +118,7 @@ def test_an_unreadable_stored_session_never_breaks_the_list(
     response = api.get("/v1/sessions")
     assert response.status_code == 200, response.text
     assert [s["id"] for s in response.json()["data"]] == [good]
-    metrics = api.get("/metrics").text
+    metrics = httpx2.get(admin_url + "/metrics").text
     assert 'masking_unreadable_records_total{kind="session"}' in metrics
 
 

@@ -38,13 +38,13 @@ def test_cluster_families_are_described_without_redis() -> None:
 
 
 def test_cluster_path_serves_redis_totals_as_counters(
-    web_url: str, redis_client: redis.Redis
+    admin_url: str, redis_client: redis.Redis
 ) -> None:
     """/metrics/cluster has the totals as ``_total`` counters and the retry queues' depth."""
     redis_client.hincrby(Keys.webhook_stats(), "accepted", 3)
     redis_client.hincrby(Keys.event_stats(), "orphaned", 1)
     redis_client.rpush(Keys.queue("events.DQ"), "m1", "m2")
-    families = _families(httpx2.get(web_url + "/metrics/cluster").text)
+    families = _families(httpx2.get(admin_url + "/metrics/cluster").text)
     assert {name: kind for name, (kind, _) in families.items()} == CLUSTER_FAMILIES
     assert families["masking_webhooks"][1][("masking_webhooks_total", "accepted")] == 3
     assert families["masking_events"][1][("masking_events_total", "orphaned")] == 1
@@ -55,9 +55,9 @@ def test_cluster_path_serves_redis_totals_as_counters(
     }
 
 
-def test_process_path_leaves_the_cluster_families_out(web_url: str) -> None:
+def test_process_path_leaves_the_cluster_families_out(web_url: str, admin_url: str) -> None:
     """/metrics is this process only, so that summing it over replicas counts nothing twice."""
     httpx2.get(web_url + "/healthz")
-    families = _families(httpx2.get(web_url + "/metrics").text)
+    families = _families(httpx2.get(admin_url + "/metrics").text)
     assert not families.keys() & CLUSTER_FAMILIES.keys()
     assert families["masking_http_requests"][0] == "counter"

@@ -51,11 +51,13 @@ def test_every_operation_is_named() -> None:
     assert len(apps) == total
 
 
-def test_vts_callbacks_and_metrics_are_only_in_the_internal_document(web_url: str) -> None:
+def test_vts_callbacks_and_metrics_are_only_in_the_internal_document(
+    web_url: str, admin_url: str
+) -> None:
     """Apps' document has no VTS callback or metrics route; the internal one, served
-    at /openapi-internal.json, has them."""
+    at /openapi-internal.json on ADMIN_PORT, has them."""
     apps = httpx2.get(web_url + "/openapi.json").json()
-    internal = httpx2.get(web_url + "/openapi-internal.json").json()
+    internal = httpx2.get(admin_url + "/openapi-internal.json").json()
     assert not [p for p in apps["paths"] if p.startswith(("/webhooks", "/metrics"))]
     assert {"/webhooks/vts/session", "/webhooks/vts/recording", "/metrics"} <= set(
         internal["paths"]

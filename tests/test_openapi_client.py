@@ -28,11 +28,8 @@ from tests import contract
 from tests.conftest import API_KEY, loopback_settings, new_numbers, wait_until
 from tests.servers import serve
 
-# The generator has no built-in notion of audio: it is told to treat it as bytes.
+# The document alone, as an app team gets it: no overrides of its media types.
 _CONFIG = """\
-content_type_overrides:
-  audio/mpeg: application/octet-stream
-  audio/wav: application/octet-stream
 post_hooks: []
 """
 
@@ -82,7 +79,8 @@ def test_generated_client_creates_reads_lists_and_downloads(
     sandbox: httpx2.Client,
     worker: dramatiq.Worker,
 ) -> None:
-    """A generated client creates, reads and lists sessions and downloads a recording."""
+    """A generated client creates, reads, changes (PATCH) and lists sessions and downloads
+    a recording."""
     with generated.AuthenticatedClient(base_url=web_url, token=API_KEY, timeout=40.0) as client:
         _drive(generated, client, sandbox)
 
@@ -104,6 +102,7 @@ def _drive(generated: ModuleType, client: Any, sandbox: httpx2.Client) -> None:
 
     read = _operation(generated, "get_session").sync(session_id=session.id, client=client)
     assert (read.id, read.first_party, read.record) == (session.id, first, True)
+    _change(generated, client, session.id)
     page = _operation(generated, "list_sessions").sync(client=client, limit=10)
     assert [s.id for s in page.data] == [session.id]
 
@@ -136,6 +135,22 @@ def _drive(generated: ModuleType, client: Any, sandbox: httpx2.Client) -> None:
     durations = [e.duration for e in timeline.data if isinstance(e.duration, int | str)]
     assert durations, timeline.data
     assert all(isinstance(d, int) for d in durations), durations
+
+
+def _change(generated: ModuleType, client: Any, session_id: str) -> None:
+    """The generated PATCH: a merge patch of one option, applied by the worker."""
+    patch = _model(generated, "UpdateSession")(call_time_limit=600)
+    changed = _operation(generated, "update_session").sync_detailed(
+        session_id=session_id, client=client, body=patch
+    )
+    assert changed.status_code == 202, changed.content
+    assert changed.parsed.id == session_id
+    get_session = _operation(generated, "get_session")
+
+    def applied() -> bool:
+        return bool(get_session.sync(session_id=session_id, client=client).call_time_limit == 600)
+
+    wait_until(applied, timeout=30, interval=0.2)
 
 
 class Receiver:

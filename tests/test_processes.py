@@ -155,14 +155,16 @@ def test_metrics_are_exposed_by_web_and_workers(system: System) -> None:
     system.sandbox.post(
         f"/_sandbox/sessions/{session['vts_session_uuid']}/calls", json={"caller": "first"}
     )
+    admin = f"http://127.0.0.1:{system.admin_port}"
     cluster = wait_until(
-        lambda: _text_if(system.api.get("/metrics/cluster"), "masking_webhooks_total"), timeout=10
+        lambda: _text_if(httpx2.get(admin + "/metrics/cluster"), "masking_webhooks_total"),
+        timeout=10,
     )
     for family in ("masking_queue_depth", "masking_queue_oldest_age_seconds",
                    "masking_dead_letters", "masking_webhooks_total",
                    "masking_events_total"):  # fmt: skip
         assert family in cluster, family
-    web = system.api.get("/metrics").text
+    web = httpx2.get(admin + "/metrics").text
     for family in ("masking_http_requests_total", "masking_http_request_seconds_bucket"):
         assert family in web, family
     assert 'route="/v1/sessions"' in web

@@ -11,6 +11,7 @@ and an error is one line on standard error with exit status 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import os
 import socket
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import ModuleType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
@@ -98,23 +99,66 @@ def _settings() -> Settings:
 def web(args: argparse.Namespace) -> None:
     settings = _settings()
     named = "--port" if args.port is not None else "PORT"
-    listener = _listen(args.host, settings.port if args.port is None else args.port, named)
-    import uvicorn
+    port = settings.port if args.port is None else args.port
+    if port == settings.admin_port:
+        raise ConfigurationError("ADMIN_PORT", f"must differ from {named} (both are {port})")
+    listener = _listen(args.host, port, named)
+    admin_listener = _listen(args.host, settings.admin_port, "ADMIN_PORT")
 
     from service import logs, memory
-    from service.web.app import create_app
+    from service.web.app import create_admin_app, create_app
 
     logs.configure(fmt=settings.log_format, level=settings.log_level)
+    from service.web import limits
+
+    limits.check_descriptors(settings.web_max_connections)
     app = create_app(settings)
+    admin = create_admin_app(settings)
     memory.settle()
+    public_server, admin_server = _server(app, settings), _server(admin, settings)
+    # The loop uvicorn's own run() would pick (uvloop where it is installed).
+    with asyncio.Runner(loop_factory=public_server.config.get_loop_factory()) as runner:
+        runner.run(_serve_both(public_server, listener, admin_server, admin_listener))
+
+
+def _server(app: Any, settings: Settings) -> Any:
+    """A uvicorn server of ``app`` with the web's limits (see service/web/limits.py)."""
+    import uvicorn
+
+    from service.web import limits
+
     config = uvicorn.Config(
         app,
+        http=limits.protocol(
+            max_header_bytes=settings.web_max_header_bytes,
+            header_timeout=settings.web_header_timeout,
+            public_base_url=settings.public_base_url,
+        ),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=20,
         server_header=False,
+        # uvicorn answers 503 once its connections (counting the asking one) reach the
+        # limit: one more makes WEB_MAX_CONNECTIONS the number of connections served.
+        limit_concurrency=settings.web_max_connections + 1,
+        timeout_keep_alive=settings.web_keepalive_timeout,  # type: ignore[arg-type]
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    return uvicorn.Server(config)
+
+
+async def _serve_both(
+    public: Any, listener: socket.socket, admin: Any, admin_listener: socket.socket
+) -> None:
+    """Both servers in one event loop, stopping together: each installs uvicorn's signal
+    handlers, and the one that stops first (a signal, a failed start-up) stops the other."""
+
+    async def serve(server: Any, sock: socket.socket, other: Any) -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            other.should_exit = True
+
+    await asyncio.gather(serve(public, listener, admin), serve(admin, admin_listener, public))
 
 
 def _listen(host: str, port: int, named: str) -> socket.socket:

@@ -1,4 +1,7 @@
-"""The web process: ``create_app(settings)``, or ``uvicorn --factory service.web.app:from_env``."""
+"""The web process: ``create_app(settings)`` (the public port) and
+``create_admin_app(settings)`` (``ADMIN_PORT``), both served by ``masking web`` with the
+web's limits. ``uvicorn --factory service.web.app:from_env`` serves the public app alone,
+with neither the limits nor the internal endpoints."""
 
 from __future__ import annotations
 
@@ -122,9 +125,6 @@ def create_app(settings: Settings) -> Starlette:
         apps = AsyncAppStore(client)
         await _sync_apps(registry, apps)
         refresher = asyncio.create_task(_refresh_apps(registry, apps, settings.apps_refresh))
-        app.state.cluster_metrics = CollectorRegistry()
-        scrape_client = redis_clients.connect(settings.redis_url, socket_timeout=2)
-        app.state.cluster_metrics.register(ClusterCollector(scrape_client, messages.QUEUES))
         await app.state.watcher.start()
         log.info("web_started", vts_base_url=settings.vts_base_url)
         try:
@@ -136,7 +136,6 @@ def create_app(settings: Settings) -> Starlette:
             await app.state.watcher.stop()
             if follower is not None:
                 follower.stop()
-            scrape_client.close()
             await client.aclose()
 
     # Paths without parameters are looked up (ExactRouter); the rest are tried in turn,
@@ -148,9 +147,6 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
-        Route("/openapi-internal.json", internal_openapi_document, methods=["GET"]),
-        Route("/metrics", metrics_text, methods=["GET"]),
-        Route("/metrics/cluster", cluster_metrics_text, methods=["GET"]),
         Route("/problems/{name}", problem_type, methods=["GET"]),
     ]
     app = Starlette(
@@ -172,6 +168,41 @@ def create_app(settings: Settings) -> Starlette:
     app.router = ExactRouter(routes, lifespan=lifespan, redirect_slashes=False)
     app.state.rules = Rules.from_settings(settings)
     # Problem types are URLs under the service's public address (see problems.py).
+    app.state.public_base_url = settings.public_base_url
+    return app
+
+
+def create_admin_app(settings: Settings) -> Starlette:
+    """The internal endpoints (metrics, the internal API document), on ``ADMIN_PORT``:
+    never on the public port, which an ingress exposes to the internet."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.cluster_metrics = CollectorRegistry()
+        scrape_client = redis_clients.connect(settings.redis_url, socket_timeout=2)
+        app.state.cluster_metrics.register(ClusterCollector(scrape_client, messages.QUEUES))
+        try:
+            yield
+        finally:
+            scrape_client.close()
+
+    routes = [
+        Route("/metrics", metrics_text, methods=["GET"]),
+        Route("/metrics/cluster", cluster_metrics_text, methods=["GET"]),
+        Route("/openapi-internal.json", internal_openapi_document, methods=["GET"]),
+        Route("/problems/{name}", problem_type, methods=["GET"]),
+    ]
+    app = Starlette(
+        middleware=[Middleware(RequestContext)],
+        exception_handlers={
+            Problem: handle_problem,
+            HTTPException: handle_http_exception,
+            redis.RedisError: _store_unavailable,
+            ConnectionError: _store_unavailable,
+            500: _internal_error,
+        },
+    )
+    app.router = ExactRouter(routes, lifespan=lifespan, redirect_slashes=False)
     app.state.public_base_url = settings.public_base_url
     return app
 

@@ -216,13 +216,13 @@ def _one_session() -> dict[str, Any]:
             "operationId": "updateSession",
             "summary": "Change expiry, recording, limits or play URLs",
             "description": "A JSON merge patch (RFC 7396) of the options; `null` leaves an "
-            "option as it is. Parties and create-only options cannot be changed.",
+            "option as it is. Parties and create-only options cannot be changed. "
+            "`application/json` is accepted too, with the same meaning.",
+            # One media type: two with the same schema make generators (openapi-python-client)
+            # emit a union of one type with itself that does not import.
             "requestBody": {
                 "required": True,
-                "content": {
-                    "application/json": {"schema": _ref("UpdateSession")},
-                    "application/merge-patch+json": {"schema": _ref("UpdateSession")},
-                },
+                "content": {"application/merge-patch+json": {"schema": _ref("UpdateSession")}},
             },
             "responses": {
                 "202": session,
@@ -246,6 +246,14 @@ def _recording_get(operation_id: str, summary: str) -> dict[str, Any]:
     def audio(media: str) -> dict[str, Any]:
         return {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
 
+    # application/octet-stream: what a file of unknown format is served as, and the
+    # binary type generators map to bytes (they skip a response of audio types alone).
+    content = {
+        "audio/mpeg": audio("audio/mpeg"),
+        "audio/wav": audio("audio/wav"),
+        "application/octet-stream": audio("application/octet-stream"),
+    }
+
     file_headers = ("ETag", "Accept-Ranges", "Cache-Control", "Content-Length")
     return {
         "operationId": operation_id,
@@ -267,12 +275,12 @@ def _recording_get(operation_id: str, summary: str) -> dict[str, Any]:
             "200": {
                 "description": "the file",
                 "headers": _headers(*file_headers),
-                "content": {"audio/mpeg": audio("audio/mpeg"), "audio/wav": audio("audio/wav")},
+                "content": content,
             },
             "206": {
                 "description": "the requested byte range",
                 "headers": _headers(*file_headers, "Content-Range"),
-                "content": {"audio/mpeg": audio("audio/mpeg"), "audio/wav": audio("audio/wav")},
+                "content": content,
             },
             "304": {
                 "description": "not modified (If-None-Match)",

@@ -58,6 +58,11 @@ TYPES: dict[str, tuple[int, str]] = {
         "The Idempotency-Key was used before with another body: use a new key.",
     ),
     "too-many-requests": (429, "Too many requests: retry after Retry-After seconds."),
+    "request-header-fields-too-large": (
+        431,
+        "The request line and headers are over the size limit (WEB_MAX_HEADER_BYTES, "
+        "16 KiB by default); the connection is closed.",
+    ),
     "app-budget-exceeded": (
         429,
         "The app is over its share of the VTS request budget: retry after Retry-After seconds.",
@@ -89,6 +94,7 @@ _TITLES = {
     416: "Range not satisfiable",
     422: "Invalid request",
     429: "Too many requests",
+    431: "Request header fields too large",
     500: "Internal error",
     503: "Service unavailable",
 }
