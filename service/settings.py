@@ -118,6 +118,8 @@ class Settings:
     recording_timeout: float = 30.0
     # Seconds before each retry of an app notification (about 27 h in all), jitter added.
     notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    # Seconds an endpoint may fail every attempt before it is disabled (5 days).
+    notification_disable_after: float = 5 * 24 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -188,6 +190,9 @@ class Settings:
             ),
             notification_retry_schedule=env.optional(
                 "NOTIFICATION_RETRY_SCHEDULE", _delays, cls.notification_retry_schedule
+            ),
+            notification_disable_after=env.optional(
+                "NOTIFICATION_DISABLE_AFTER", _positive_float, cls.notification_disable_after
             ),
         )
 

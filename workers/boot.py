@@ -18,6 +18,7 @@ from service.settings import Settings
 from service.storage import open_storage
 from service.store import RecordingStore, Store, vts_rate_limit_key
 from service.store.apps import AppStore
+from service.store.endpoints import EndpointHealth
 from service.store.notifications import NotificationStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
@@ -52,6 +53,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         recordings=RecordingStore(client),
         apps=AppStore(client),
         notifications=NotificationStore(client),
+        endpoints=EndpointHealth(client),
         storage=open_storage(settings),
         vts=vts,
         public_base_url=settings.public_base_url,
@@ -67,6 +69,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         budget_window=settings.vts_rate_window,
         retry_limits={messages.CREATE_SESSION.name: settings.create_max_retries},
         notification_retry_schedule=settings.notification_retry_schedule,
+        notification_disable_after=settings.notification_disable_after,
     )
 
 

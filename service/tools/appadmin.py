@@ -11,15 +11,24 @@ from typing import TextIO
 
 from service.apps import InvalidAppName
 from service.store.apps import AppRecord, AppStore, TooManyKeys, UnknownApp
+from service.store.endpoints import EndpointHealth
 
 
-def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run(
+    store: AppStore,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    endpoints: EndpointHealth | None = None,
+) -> int:
     """Carry out ``args.action``, printing to ``out`` (refusals to ``err``); return the
     exit status."""
     try:
         if args.action == "list":
-            for record in store.all():
-                out.write(_summary(record) + "\n")
+            records = store.all()
+            out.write("".join(_summary(record) + "\n" for record in records) or "no apps\n")
+        elif args.action == "enable":
+            return _enable(store, endpoints or EndpointHealth(store.client), args.name, out)
         elif args.action == "create":
             key, key_id = store.create_key(args.name)
             out.write(f"app {args.name}: new key {key_id}\n{key}\n")
@@ -35,6 +44,20 @@ def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
     except (InvalidAppName, TooManyKeys, UnknownApp) as exc:
         err.write(f"{exc}\n")
         return 1
+    return 0
+
+
+def _enable(store: AppStore, endpoints: EndpointHealth, name: str, out: TextIO) -> int:
+    """Enable the app's disabled notification endpoints (their records stay ``failed``:
+    ``masking notifications recover`` sends them)."""
+    if store.get(name) is None:
+        raise UnknownApp(f"no app named {name} (see: masking apps list)")
+    enabled = endpoints.enable(name)
+    if not enabled:
+        out.write(f"app {name} has no disabled endpoint\n")
+    else:
+        out.write(f"enabled {', '.join(enabled)} for app {name}; to send what failed: "
+                  f"masking notifications recover --app {name} --since TIME\n")  # fmt: skip
     return 0
 
 

@@ -375,6 +375,10 @@ def _apps_command(commands: argparse._SubParsersAction[Parser]) -> None:
     a.add_argument("name")
     a = actions.add_parser("revoke", help="revoke a managed key by id, or every one of an app")
     a.add_argument("target", metavar="KEY_ID|NAME")
+    a = actions.add_parser(
+        "enable", help="enable an app's notification endpoints disabled for failing or 410"
+    )
+    a.add_argument("name")
     a = actions.add_parser("secret", help="show an app's notification secrets; rotate them")
     a.add_argument("name")
     change = a.add_mutually_exclusive_group()

@@ -26,7 +26,8 @@ from service.settings import Settings
 from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
-from service.web import api, media, openapi, webhooks
+from service.store.notifications import AsyncNotificationStore
+from service.web import api, media, notifications, openapi, webhooks
 from service.web.endpoints import ExactRouter
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
 from service.web.problems import Problem, handle_http_exception, handle_problem, problem_type
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.settings = settings
         app.state.store = AsyncStore(client)
         app.state.recordings = AsyncRecordingStore(client)
+        app.state.notifications = AsyncNotificationStore(client)
         app.state.storage = open_storage(settings)
         app.state.watcher = SessionWatcher(client, app.state.store)
         app.state.apps = registry
@@ -140,6 +142,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *webhooks.routes(),
         *api.routes(),
+        *notifications.routes(),
         *media.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
