@@ -60,7 +60,10 @@ class Endpoint:
 
 
 @pytest.fixture
-def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
+def settings(
+    redis_url: str, sandbox_url: str, web_port: int, request: pytest.FixtureRequest
+) -> Settings:
+    """Two apps; a short retry schedule; a test may add settings (indirect parameter)."""
     return make_settings(
         redis_url,
         sandbox_url,
@@ -70,6 +73,7 @@ def settings(redis_url: str, sandbox_url: str, web_port: int) -> Settings:
         egress_allow_http=True,
         egress_allow_private=True,
         notification_retry_schedule=(0.5, 1.0, 2.0, 4.0),
+        **getattr(request, "param", {}),
     )
 
 
@@ -204,6 +208,31 @@ def test_gone_disables_the_endpoint_and_recover_after_enable_delivers_once_each(
     assert again.json()["queued"] == 0
 
 
+@pytest.mark.parametrize("settings", [{"notification_disable_after": 1.0}], indirect=True)
+def test_an_endpoint_failing_for_long_enough_is_disabled_until_a_ping_succeeds(
+    api: httpx2.Client, worker: dramatiq.Worker, endpoint: tuple[str, Endpoint], web_url: str
+) -> None:
+    """An endpoint failing every attempt for NOTIFICATION_DISABLE_AFTER (1 s here) is
+    disabled before the schedule is spent: the record is failed, nothing more is tried;
+    a ping it answers 2xx enables it again."""
+    url, receiver = endpoint
+    receiver.status = 500
+    session = _active(api, url)
+    (record,) = _settled(api, session["id"], 1)
+    assert record["state"] == "failed"
+    assert 2 <= len(record["attempts"]) < 5
+    assert _disabled_endpoints(web_url) == 1
+    tried = len(receiver.got)
+    later = _active(api, url)
+    (kept,) = _settled(api, later["id"], 1)
+    assert (kept["state"], kept["attempts"], len(receiver.got)) == ("failed", [], tried)
+    receiver.status = 204
+    assert api.post("/v1/notifications/ping", json={"url": url}).json()["delivered"]
+    assert _disabled_endpoints(web_url) == 0
+    assert api.post(f"/v1/notifications/{kept['id']}/redeliver").status_code == 202
+    wait_until(lambda: kept["id"] in receiver.delivered(), timeout=30)
+
+
 def test_redelivery_keeps_the_webhook_id(
     api: httpx2.Client, worker: dramatiq.Worker, endpoint: tuple[str, Endpoint]
 ) -> None:
@@ -316,6 +345,86 @@ def _masking(*argv: str) -> int:
     """The exit status of ``masking ARGV`` (REDIS_URL set by the test)."""
     from service.tools import cli
 
-    with pytest.raises(SystemExit) as done:
+    try:
         cli.main(list(argv))
-    return int(done.value.code or 0)
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
+def test_operators_list_show_redeliver_and_recover_notifications(
+    api: httpx2.Client,
+    worker: dramatiq.Worker,
+    endpoint: tuple[str, Endpoint],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """masking notifications says when there are none, lists them by app, session and
+    state, shows one with its attempts, redelivers it and recovers an app's failed ones."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert _masking("notifications", "list") == 0
+    assert capsys.readouterr().out == "no notifications\n"
+    url, receiver = endpoint
+    receiver.answers = [(410, {})]
+    session = _active(api, url)
+    (record,) = _settled(api, session["id"], 1)
+    assert _masking("notifications", "list", "--state", "failed", "--app", "test") == 0
+    listed = capsys.readouterr().out
+    assert record["id"] in listed
+    assert "last=410" in listed
+    assert _masking("notifications", "list", "--state", "delivered") == 0
+    assert capsys.readouterr().out == "no notifications\n"
+    assert _masking("notifications", "show", record["id"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [a["status"] for a in shown["attempts"]] == [410]
+    assert _masking("notifications", "show", "nope") == 1
+    assert _masking("apps", "enable", "test") == 0
+    assert _masking("notifications", "redeliver", record["id"]) == 0
+    wait_until(lambda: receiver.delivered() == [record["id"]], timeout=30)
+    receiver.answers = [(410, {})]
+    later = _active(api, url)
+    _settled(api, later["id"], 1)
+    assert _masking("apps", "enable", "test") == 0
+    since = "2000-01-01T00:00:00Z"
+    assert _masking("notifications", "recover", "--app", "test", "--since", since) == 0
+    assert "queued 1 notifications of test again" in capsys.readouterr().out
+    wait_until(lambda: len(receiver.delivered()) == 2, timeout=30)
+    assert _masking("notifications", "list", "--session", later["id"]) == 0
+    assert "delivered" in capsys.readouterr().out
+
+
+def test_operators_discard_dead_letters_and_are_told_when_there_are_none(
+    redis_url: str,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """masking dlq list says when there are no dead letters; discard drops one by id, or
+    every one with --all, with its note."""
+    from service import messages
+    from service.messages import SessionRef
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert _masking("dlq", "list") == 0
+    assert capsys.readouterr().out == "no dead letters\n"
+    ids = []
+    for n in range(3):
+        # Written as dramatiq's nack writes a dead letter.
+        message = messages.PURGE_SESSION.message(SessionRef(f"ses_{n:032x}"))
+        queue = message.queue_name
+        redis_client.zadd(Keys.dead_letters(queue), {message.redis_message_id: 1000 + n})
+        redis_client.hset(
+            Keys.dead_letter_messages(queue), message.redis_message_id, message.payload
+        )
+        Store(redis_client).note_dead_letter(message.redis_message_id, "OSError: disk")
+        ids.append(message.redis_message_id)
+    assert _masking("dlq", "discard", ids[0]) == 0
+    assert f"discarded {ids[0]} (purge_session)" in capsys.readouterr().out
+    assert not redis_client.exists(Keys.dead_letter_note(ids[0]))
+    assert _masking("dlq", "discard", "--all") == 0
+    assert capsys.readouterr().out.count("discarded") == 2
+    assert _masking("dlq", "list") == 0
+    assert capsys.readouterr().out == "no dead letters\n"
+    assert _masking("dlq", "discard", "--all") == 0
+    assert capsys.readouterr().out == "no dead letters\n"
