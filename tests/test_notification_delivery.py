@@ -279,7 +279,8 @@ def test_ping_without_a_url_or_with_a_bad_body_is_a_client_error(api: httpx2.Cli
     )
     assert bad.status_code == 400
     assert api.post("/v1/notifications/ping", json={"uri": "x"}).status_code == 422
-    assert api.post("/v1/notifications/ping", json={"url": "ftp://x"}).status_code == 422
+    for url in ("ftp://x", "http://", "https://user:pw@example.com/", "x" * 3000):
+        assert api.post("/v1/notifications/ping", json={"url": url}).status_code == 422, url
 
 
 def test_recover_needs_a_time_with_its_zone(api: httpx2.Client) -> None:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from service import messages, schemas
 from service.messages import PingRef
 from service.store.notifications import AsyncNotificationStore
-from service.web.api import JSON, _app, _existing, _request_id
+from service.web.api import JSON, _app, _existing, _request_id, _rules
 from service.web.api import _store as _sessions
 from service.web.middleware import header
 from service.web.problems import FieldError, Problem
@@ -122,8 +122,10 @@ async def ping(request: Request) -> Response:
             "this app has no endpoint yet (no notification was sent to it): give a url",
             errors=[FieldError("url", "required")],
         )
-    if not url.lower().startswith(("https://", "http://")):
-        raise Problem(422, "url must be an https URL", errors=[FieldError("url", "invalid")])
+    # The worker's egress policy, as far as the text shows: refused here at once.
+    reason = _rules(request).egress.refusal(url)
+    if reason is not None:
+        raise Problem(422, f"url {reason}", errors=[FieldError("url", reason)])
     ping_id = "ping_" + secrets.token_hex(16)
     message = messages.PING_ENDPOINT.message(
         PingRef(ping_id, app, url), request_id=_request_id(request), app=app
