@@ -38,7 +38,7 @@ TYPES: dict[str, tuple[int, str]] = {
     ),
     "not-found": (
         404,
-        "No such session, recording or notification for this app, or no such route.",
+        "No such session or recording (or notification) for this app, or no such route.",
     ),
     "method-not-allowed": (405, "The route does not serve this method."),
     "conflict": (409, "The session has ended and can no longer be changed."),
