@@ -36,6 +36,9 @@ PING_RESULT_SECONDS = 60
 # How often a web request looks for its ping's result.
 PING_POLL_SECONDS = 0.05
 
+# Records queued again per round trip by a recovery.
+RECOVER_BATCH = 500
+
 # Attempts kept per notification: a day of retries makes fewer; redeliveries add more.
 ATTEMPTS_KEPT = 50
 
@@ -312,8 +315,16 @@ class NotificationStore:
     def recover(self, app: str, since: datetime) -> int:
         """Queue again every notification of ``app`` created since ``since`` and not
         delivered; how many."""
-        outcomes = [self.requeue(i, app, undelivered=True) for i in self.app_ids(app, since)]
-        return outcomes.count("queued")
+        ids, moment, outcomes = self.app_ids(app, since), now(), []
+        for start in range(0, len(ids), RECOVER_BATCH):
+            with self.client.pipeline(transaction=False) as pipe:
+                for notification_id in ids[start : start + RECOVER_BATCH]:
+                    keys, args = _requeue_call(
+                        notification_id, app, undelivered=True, moment=moment
+                    )
+                    self._requeue(keys=keys, args=args, client=pipe)
+                outcomes += pipe.execute()
+        return sum(decode_str(outcome) == "queued" for outcome in outcomes)
 
     def ping_result(self, ping_id: str, result: bytes) -> None:
         """Hand a ping's result to the web request awaiting it."""
@@ -406,7 +417,13 @@ class AsyncNotificationStore:
         delivered; how many."""
         key = NotificationKeys.app_notifications(app)
         ids = _ids(await self.client.zrangebyscore(key, int(since.timestamp() * 1000), "+inf"))
-        queued = 0
-        for notification_id in ids:
-            queued += await self.requeue(notification_id, app, undelivered=True) == "queued"
-        return queued
+        moment, outcomes = now(), []
+        for start in range(0, len(ids), RECOVER_BATCH):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for notification_id in ids[start : start + RECOVER_BATCH]:
+                    keys, args = _requeue_call(
+                        notification_id, app, undelivered=True, moment=moment
+                    )
+                    await self._requeue(keys=keys, args=args, client=pipe)
+                outcomes += await pipe.execute()
+        return sum(decode_str(outcome) == "queued" for outcome in outcomes)
