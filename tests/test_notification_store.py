@@ -106,3 +106,25 @@ def test_an_endpoint_is_disabled_after_failing_long_enough_or_at_once(
     assert [d.app for d in health.disabled()] == ["food"]
     health.succeeded("food", ORIGIN)
     assert (health.disabled(), disabled_count(redis_client)) == ([], 0)
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    """Retry-After in seconds or as an HTTP date is a wait in seconds; anything else (a
+    negative or huge number, text, a date without a zone) is no wait at all."""
+    from email.utils import format_datetime
+
+    import httpx2
+
+    from workers.notifications import _retry_after, endpoint_of
+
+    def wait(value: str) -> float | None:
+        return _retry_after(httpx2.Response(503, headers={"retry-after": value}))
+
+    assert wait("120") == 120.0
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    assert 60 < (wait(later) or 0) <= 90
+    assert wait(format_datetime(datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
+    for value in ("-5", "1" * 20, "soon", "Sat, 01 Jan 2000 00:00:00 -0000"):
+        assert wait(value) is None, value
+    assert endpoint_of("https://hooks.example.com/a?b=c") == "https://hooks.example.com:443"
+    assert endpoint_of("http://127.0.0.1:8080/x") == "http://127.0.0.1:8080"

@@ -27,7 +27,7 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from service import schemas
-from service.egress import EgressRefused, EgressUnresolved
+from service.egress import EgressRefused, EgressUnresolved, origin
 from service.metrics import metrics
 from service.models import Session, iso
 from service.settings import DEFAULT_APP
@@ -152,11 +152,9 @@ def _retry_after(response: httpx2.Response) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def origin(url: str) -> str:
-    """The endpoint a callback URL belongs to: its scheme, host and port."""
-    parsed = httpx2.URL(url)
-    port = parsed.port or {"https": 443, "http": 80}.get(parsed.scheme, 0)
-    return f"{parsed.scheme}://{parsed.host}:{port}"
+def endpoint_of(url: str) -> str:
+    """The endpoint a callback URL belongs to: its origin (scheme, host and port)."""
+    return origin(httpx2.URL(url))
 
 
 def deliver(deps: Dependencies, notification_id: str) -> None:
@@ -174,7 +172,7 @@ def deliver(deps: Dependencies, notification_id: str) -> None:
     if session is None or not session.callback_url:
         deps.notifications.attempted(notification_id, None, State.DISCARDED, None)
         return
-    app, endpoint = session.app or DEFAULT_APP, origin(session.callback_url)
+    app, endpoint = session.app or DEFAULT_APP, endpoint_of(session.callback_url)
     health = deps.endpoints.state(app, endpoint)
     if health is not None and health.disabled_at:
         deps.notifications.attempted(notification_id, None, State.FAILED, None, record.failures)
@@ -238,7 +236,7 @@ def ping(deps: Dependencies, ping_id: str, app: str, url: str) -> None:
         deps, app, url, kind="ping", notification_id=ping_id, payload=payload, moment=moment
     )
     if delivery.delivered:
-        deps.endpoints.succeeded(app, origin(url))
+        deps.endpoints.succeeded(app, endpoint_of(url))
     attempt = schemas.NotificationAttempt(**msgspec.structs.asdict(delivery.attempt))
     result = schemas.Ping(id=ping_id, url=url, delivered=delivery.delivered, attempt=attempt)
     deps.notifications.ping_result(ping_id, schemas.encode(result))
