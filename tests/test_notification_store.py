@@ -128,3 +128,30 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
         assert wait(value) is None, value
     assert endpoint_of("https://hooks.example.com/a?b=c") == "https://hooks.example.com:443"
     assert endpoint_of("http://127.0.0.1:8080/x") == "http://127.0.0.1:8080"
+
+
+def test_a_given_up_message_is_not_logged_as_an_event_id() -> None:
+    """The job told that another job's retries ran out (its argument is the given-up
+    message) binds no event_id: only a stored callback's id is one, never a message with
+    its traceback; a notification's attempt binds its notification_id."""
+    import dramatiq
+    import structlog
+    from dramatiq.broker import MessageProxy
+
+    from service import messages
+    from workers.broker import LogContext
+
+    def bound(actor: str, args: list[object]) -> dict[str, object]:
+        message = MessageProxy(dramatiq.Message("sessions", actor, tuple(args), {}, {}))
+        LogContext().before_process_message(dramatiq.get_broker(), message)
+        return dict(structlog.contextvars.get_contextvars())
+
+    exhausted = {"actor_name": "create_session", "args": ["ses_" + "0" * 32],
+                 "options": {"traceback": "Traceback ..."}}  # fmt: skip
+    context = bound(messages.CREATE_SESSION_EXHAUSTED.name, [exhausted, {"retries": 20}])
+    assert "event_id" not in context
+    assert bound(messages.APPLY_EVENT.name, ["evt-1"])["event_id"] == "evt-1"
+    nid = "ses_" + "0" * 32 + ".session.active"
+    notifying = bound(messages.NOTIFY_APP.name, [nid])
+    assert (notifying["notification_id"], notifying["session_id"]) == (nid, "ses_" + "0" * 32)
+    structlog.contextvars.clear_contextvars()
