@@ -69,6 +69,14 @@ class NotificationRef(msgspec.Struct, array_like=True, frozen=True, forbid_unkno
     notification_id: str
 
 
+class PingRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A ``ping`` to send now to ``url`` for ``app``; its result goes under ``ping_id``."""
+
+    ping_id: str
+    app: str
+    url: str
+
+
 class Exhausted(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     """What dramatiq sends a job's ``on_exhausted`` job when its retries run out: the
     given-up message (as a dict) and its retry count."""
@@ -273,6 +281,9 @@ DELETE_RECORDING_FILES = Job("delete_recording_files", RECORDINGS_QUEUE, Session
 # of its own (see workers.notifications), never a dramatiq retry.
 NOTIFY_APP = Job("notify_app", NOTIFICATIONS_QUEUE, NotificationRef, RetryPolicy())
 
+# One attempt, awaited by the web request that asked for it.
+PING_ENDPOINT = Job("ping_endpoint", NOTIFICATIONS_QUEUE, PingRef, RetryPolicy())
+
 JOBS: tuple[Job[Any], ...] = (
     CREATE_SESSION,
     CREATE_SESSION_EXHAUSTED,
@@ -287,6 +298,7 @@ JOBS: tuple[Job[Any], ...] = (
     RECORDING_DOWNLOAD_EXHAUSTED,
     DELETE_RECORDING_FILES,
     NOTIFY_APP,
+    PING_ENDPOINT,
 )
 
 # The job each kind of timer in the store's schedule runs, with the timer's target: the

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from service.store import deadletters, events, queue, sessions
+from service.store import deadletters, endpoints, events, notifications, queue, sessions
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -46,6 +46,9 @@ class Metrics:
     unreadable_records: Counter
     timers_repaired: Counter
     storage_failures: Counter
+    notification_attempts: Counter
+    notifications_given_up: Counter
+    notification_endpoints_disabled: Counter
 
 
 _made: list[Metrics] = []
@@ -120,12 +123,24 @@ def _create() -> Metrics:
         timers_repaired=Counter(
             "masking_timers_repaired",
             "Live sessions found without a timer they must have, and given it back",
-            ["task"],
+            ["task"], registry=worker,
         ),
         # reason: an errno name (ENOSPC) or an S3 error code (SlowDown), never a path.
         storage_failures=Counter(
             "masking_storage_failures", "Recording storage operations that failed",
-            ["backend", "reason"],
+            ["backend", "reason"], registry=worker,
+        ),
+        notification_attempts=Counter(
+            "masking_notification_attempts", "Attempts to notify apps, by outcome and "
+            "status class (2xx..5xx, or error)", ["outcome", "status_class"], registry=worker,
+        ),
+        notifications_given_up=Counter(
+            "masking_notifications_given_up", "Notifications left failed, by reason "
+            "(exhausted, endpoint_disabled, refused)", ["reason"], registry=worker,
+        ),
+        notification_endpoints_disabled=Counter(
+            "masking_notification_endpoint_disablings", "App endpoints disabled",
+            registry=worker,
         ),
     )  # fmt: skip
 
@@ -151,6 +166,7 @@ class ClusterCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         yield from self._queue_families()
+        yield from self._notification_families(empty=True)
         yield from (family for family, _ in self._total_families())
 
     def collect(self) -> Iterator[Metric]:
@@ -162,6 +178,7 @@ class ClusterCollector(Collector):
             age.add_metric([name], queue.oldest_age(self._client, name))
             dead.add_metric([name], deadletters.dead_letter_count(self._client, name))
         yield from (depth, age, dead)
+        yield from self._notification_families()
         for family, totals in self._total_families():
             for label, value in sorted(totals(self._client).items()):
                 family.add_metric([label], float(value))
@@ -182,6 +199,19 @@ class ClusterCollector(Collector):
                 "masking_dead_letters", "Messages in the dead-letter queue", labels=["queue"]
             ),
         )  # fmt: skip
+
+    def _notification_families(self, *, empty: bool = False) -> Iterator[GaugeMetricFamily]:
+        pending = GaugeMetricFamily(
+            "masking_notifications_oldest_pending_seconds",
+            "How long the longest-pending app notification has been pending",
+        )
+        disabled = GaugeMetricFamily(
+            "masking_notification_endpoints_disabled", "App endpoints disabled now"
+        )
+        if not empty:
+            pending.add_metric([], notifications.oldest_pending_age(self._client))
+            disabled.add_metric([], float(endpoints.disabled_count(self._client)))
+        yield from (pending, disabled)
 
     @staticmethod
     def _total_families() -> list[tuple[CounterMetricFamily, _Totals]]:

@@ -23,6 +23,7 @@ from service.models import Session as StoredSession
 from service.models import Status, iso
 from service.recordings import Recording as StoredRecording
 from service.recordings import RecordingStatus
+from service.store.notifications import Notification as StoredNotification
 
 MAX_URL = 2048
 MAX_PHONE = 32
@@ -240,6 +241,89 @@ class Notification(msgspec.Struct):
     type: NotificationType
     timestamp: Moment
     data: NotificationSession
+
+
+class NotificationAttempt(msgspec.Struct, omit_defaults=True):
+    """One try at delivering a notification: the receiver's HTTP status, or the class of
+    the error that kept it from answering (e.g. ``ConnectError``, ``egress_refused``)."""
+
+    at: Moment
+    latency_ms: Annotated[float, msgspec.Meta(description="milliseconds")]
+    status: int | None = None
+    error: str | None = None
+
+
+NotificationState = Literal["pending", "delivered", "failed", "discarded"]
+
+
+class NotificationRecord(msgspec.Struct):
+    """A notification sent (or being sent) to the app, with every attempt, oldest first."""
+
+    id: Annotated[str, msgspec.Meta(description="its webhook-id: the same on every attempt")]
+    type: NotificationType
+    session_id: str
+    created_at: Moment
+    state: NotificationState
+    next_attempt_at: Moment | None
+    attempts: list[NotificationAttempt]
+
+
+class NotificationList(msgspec.Struct):
+    """The session's notifications, oldest first."""
+
+    session_id: str
+    data: list[NotificationRecord]
+
+
+class Recover(msgspec.Struct, forbid_unknown_fields=True):
+    """Which notifications to send again: those created since ``since`` not delivered."""
+
+    since: Annotated[Moment, msgspec.Meta(description="an ISO 8601 time with its zone")]
+
+
+class Recovery(msgspec.Struct):
+    since: Moment
+    queued: Annotated[int, msgspec.Meta(description="notifications queued again")]
+
+
+class PingRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Where to send a ``ping``; by default, the app's endpoint (the callback URL of its
+    latest notification)."""
+
+    url: Url | None = None
+
+
+class PingData(msgspec.Struct):
+    app: str
+
+
+class PingNotification(msgspec.Struct):
+    """The ``ping`` event: signed like every notification, it tells of nothing."""
+
+    type: Literal["ping"]
+    timestamp: Moment
+    data: PingData
+
+
+class Ping(msgspec.Struct):
+    """A ping's one attempt; ``delivered`` when the endpoint answered 2xx."""
+
+    id: str
+    url: Url
+    delivered: bool
+    attempt: NotificationAttempt
+
+
+def notification_record(stored: StoredNotification) -> NotificationRecord:
+    return NotificationRecord(
+        id=stored.id,
+        type=stored.type,  # type: ignore[arg-type]  # one of the kinds by construction
+        session_id=stored.session_id,
+        created_at=stored.created_at,
+        state=stored.state.value,
+        next_attempt_at=stored.next_attempt_at,
+        attempts=[NotificationAttempt(**msgspec.structs.asdict(a)) for a in stored.attempts],
+    )
 
 
 def recording(stored: StoredRecording) -> Recording:

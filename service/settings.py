@@ -129,6 +129,8 @@ class Settings:
     web_keepalive_timeout: float = 5.0
     web_header_timeout: float = 10.0
     admin_port: int = 8001
+    # Seconds an endpoint may fail every attempt before it is disabled (5 days).
+    notification_disable_after: float = 5 * 24 * 3600
 
     @property
     def durability(self) -> redis_clients.Durability:
@@ -232,6 +234,9 @@ class Settings:
                 "WEB_HEADER_TIMEOUT", _positive_float, cls.web_header_timeout
             ),
             admin_port=_admin_port(env),
+            notification_disable_after=env.optional(
+                "NOTIFICATION_DISABLE_AFTER", _positive_float, cls.notification_disable_after
+            ),
         )
 
 

@@ -358,7 +358,9 @@ def test_a_problem_type_url_leads_to_what_it_means(api: httpx2.Client) -> None:
     _assert_problem(api.get("/problems/no-such-thing"), 404)
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503])
+@pytest.mark.parametrize(
+    "status", [400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503, 504]
+)
 def test_every_problem_status_has_its_own_title(status: int) -> None:
     """No problem the service answers is titled with the generic "Error"."""
     assert Problem(status, "x").body("http://x")["title"] != "Error"

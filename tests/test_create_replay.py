@@ -98,3 +98,28 @@ def test_a_replayed_create_stays_failed_until_vts_has_the_session(
     _replay_the_create(store)
     wait_until(lambda: _status(api, session_id) == "active", timeout=60)
     assert _vts_sessions_for(sandbox, parties) == 1
+
+
+def test_one_failure_leaves_one_dead_letter(
+    api: httpx2.Client, sandbox: httpx2.Client, worker: dramatiq.Worker, redis_client: redis.Redis
+) -> None:
+    """A create given up, whose app's endpoint cannot be reached either, leaves one
+    dead letter; replayed while VTS still fails it leaves one again, and replayed once
+    VTS is back, none (the app's notifications are records, never dead letters)."""
+    store = Store(redis_client)
+    sandbox.put("/_sandbox/faults", json={"error_rate": 1.0, "error_paths": ["create"]})
+    parties = new_numbers()
+    body = {"first_party": parties[0], "second_party": parties[1],
+            "callback_url": "https://receiver.invalid/hook"}  # fmt: skip
+    session_id = api.post("/v1/sessions", json=body).json()["id"]
+    wait_until(lambda: _dead_create(store), timeout=60)
+    log = f"/v1/sessions/{session_id}/notifications"
+    wait_until(lambda: [n["attempts"] != [] for n in api.get(log).json()["data"]] == [True])
+    assert len(list(deadletters.dead_letters(store))) == 1
+    _replay_the_create(store)
+    wait_until(lambda: _dead_create(store), timeout=60)
+    assert len(list(deadletters.dead_letters(store))) == 1
+    sandbox.put("/_sandbox/faults", json={})
+    _replay_the_create(store)
+    wait_until(lambda: _status(api, session_id) == "active", timeout=60)
+    assert list(deadletters.dead_letters(store)) == []

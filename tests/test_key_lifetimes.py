@@ -30,11 +30,18 @@ BOUNDED = [
         r"masking:stats:[a-z]+",  # a fixed set of counters
         r"masking:apps",  # an entry per app
         r"masking:app-keys",  # an entry per managed key, revoked ones removed
+        # An entry per notification, removed with its session (purge, erasure).
+        r"masking:app-notifications:[a-z0-9_-]+",
+        r"masking:notifications-pending",
+        r"masking:endpoints-disabled",  # an entry per app endpoint, trimmed by age
         r"dramatiq:.+",  # queues, emptied by the workers; dead letters dropped after 7 days
     )
 ]
 # Keys of one session, without a TTL: bounded by the session's life plus its retention.
-_SESSION_KEY = re.compile(r"masking:session:(ses_[0-9a-f]{32})(:events|:applied|:recordings)?")
+_SESSION_KEY = re.compile(
+    r"masking:session:(ses_[0-9a-f]{32})(:events|:applied|:recordings|:notifications)?"
+)
+_NOTIFICATION_KEY = re.compile(r"masking:notification(?:-attempts)?:(ses_[0-9a-f]{32})\..+")
 _RECORDING_KEY = re.compile(r"masking:recording:rec_[0-9a-f]{32}")
 _CLAIM_KEY = re.compile(r"masking:vts-session:[A-Za-z0-9-]+")
 
@@ -53,7 +60,7 @@ def settings(redis_url: str, sandbox_url: str, web_port: int, tmp_path: Path) ->
 
 def _owner(client: redis.Redis, key: str) -> str | None:
     """The session a per-session key belongs to, or None if the key is not one."""
-    if match := _SESSION_KEY.fullmatch(key):
+    if match := _SESSION_KEY.fullmatch(key) or _NOTIFICATION_KEY.fullmatch(key):
         return match.group(1)
     if _RECORDING_KEY.fullmatch(key):
         owner = client.hget(key, "session_id")
@@ -97,7 +104,8 @@ def test_every_key_has_a_ttl_or_a_bound(
     """After live, ended, failed and erased sessions, a deleted recording, idempotent
     requests and a dead letter, no key lacks both a TTL and a bound."""
     live = recorded_session(api, sandbox)
-    ended = recorded_session(api, sandbox)
+    # Its app's endpoint is down: its notifications stay pending, with their attempts.
+    ended = recorded_session(api, sandbox, callback_url="http://127.0.0.1:9/hook")
     erased = recorded_session(api, sandbox, metadata={"k": "v"})
     assert api.delete(live.recording["url"]).status_code == 204
     for done in (ended, erased):
@@ -117,3 +125,4 @@ def test_every_key_has_a_ttl_or_a_bound(
     assert unbounded == []
     kinds = {key.split(":")[1] for key, _, _ in contents(redis_client)}
     assert {"session", "recording", "idempotency", "webhook", "dead-letter-error"} <= kinds
+    assert {"notification", "notification-attempts", "app-notifications"} <= kinds

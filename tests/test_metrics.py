@@ -17,6 +17,8 @@ CLUSTER_FAMILIES = {
     "masking_webhooks": "counter",
     "masking_events": "counter",
     "masking_reconciliation_drift": "counter",
+    "masking_notifications_oldest_pending_seconds": "gauge",
+    "masking_notification_endpoints_disabled": "gauge",
 }
 
 

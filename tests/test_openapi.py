@@ -23,6 +23,8 @@ OPERATIONS = {
     "createSession", "listSessions", "getSession", "updateSession", "endSession",
     "eraseSession", "listSessionEvents", "getRecording", "getRecordingHead",
     "deleteRecording", "getHealth", "getReadiness", "getProblemType",
+    "listSessionNotifications", "redeliverNotification", "recoverNotifications",
+    "pingEndpoint",
 }  # fmt: skip
 
 
@@ -127,6 +129,14 @@ def test_notifications_are_documented_as_webhooks() -> None:
     assert "first_party" not in notification["properties"]
 
 
+def test_ping_is_documented_among_the_webhooks() -> None:
+    """The ping event an app may ask for is a webhook too, with its typed body."""
+    post = document()["webhooks"]["ping"]["post"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/PingNotification"}
+    assert {p["name"] for p in post["parameters"]} >= {"webhook-id", "webhook-signature"}
+
+
 def _response(
     status: int, body: Any, path: str = "/v1/sessions", media: str = "application/json"
 ) -> httpx2.Response:
@@ -162,7 +172,7 @@ def test_every_problem_type_is_documented() -> None:
     names = {name for pair in documented for name in pair if name}
     code = "".join(path.read_text() for path in (root / "service").rglob("*.py"))
     slugs = set(re.findall(r'slug="([a-z-]+)"', code))
-    statuses = {400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503}
+    statuses = {400, 401, 404, 405, 409, 413, 415, 416, 422, 429, 500, 503, 504}
     slugs |= {Problem(status, "x").slug for status in statuses}
     assert slugs <= set(problems.TYPES), slugs - set(problems.TYPES)
     assert names == set(problems.TYPES)

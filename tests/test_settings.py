@@ -55,6 +55,8 @@ def test_each_missing_required_variable_is_named(missing: str) -> None:
         ("NOTIFICATION_RETRY_SCHEDULE", "5,soon"),
         ("NOTIFICATION_RETRY_SCHEDULE", "5,,10"),
         ("NOTIFICATION_RETRY_SCHEDULE", "0"),
+        ("NOTIFICATION_DISABLE_AFTER", "0"),
+        ("NOTIFICATION_DISABLE_AFTER", "five days"),
     ],
 )
 def test_malformed_values_are_named(name: str, value: str) -> None:
@@ -65,6 +67,13 @@ def test_malformed_values_are_named(name: str, value: str) -> None:
     assert str(caught.value).startswith(f"{name}: ")
     if len(value.strip()) > 3:
         assert value not in str(caught.value)
+
+
+def test_notification_disable_after_is_read_in_seconds() -> None:
+    """NOTIFICATION_DISABLE_AFTER is seconds, five days when unset."""
+    assert Settings.from_env(VALID).notification_disable_after == 5 * 24 * 3600
+    given = Settings.from_env({**VALID, "NOTIFICATION_DISABLE_AFTER": "3600"})
+    assert given.notification_disable_after == 3600
 
 
 def test_secrets_stay_out_of_repr() -> None:

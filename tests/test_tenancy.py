@@ -16,9 +16,10 @@ import pytest
 import redis
 from starlette.routing import Route
 
+from service.models import Status
 from service.settings import AppKey, Secret, Settings
 from service.storage import LocalStorage
-from service.store import RecordingStore
+from service.store import RecordingStore, Store
 from service.store.keys import Keys
 from service.web.app import create_app
 from tests.conftest import http_client, make_settings, new_numbers
@@ -26,7 +27,7 @@ from tests.conftest import http_client, make_settings, new_numbers
 RIDES_KEY = "rides-key-" + "a" * 20
 FOOD_KEY = "food-key-" + "b" * 20
 # Path parameters the ownership test knows how to fill with another app's resource.
-OWNED = ("session_id", "recording_id")
+OWNED = ("session_id", "recording_id", "notification_id")
 
 
 @pytest.fixture
@@ -80,6 +81,16 @@ def _stored_recording(settings: Settings, client: redis.Redis, session_id: str) 
     return recording.id
 
 
+def _stored_notification(client: redis.Redis, session_id: str) -> str:
+    """A notification of the session, recorded as the worker's transition records one."""
+    client.hset(Keys.session(session_id), "callback_url", "https://example.com/hook")
+    store = Store(client)
+    store.transition(session_id, None, allowed=list(Status), notify=("session.active", ""))
+    (notification_id,) = store.notifications.ids(session_id)
+    store.notifications.unschedule(notification_id)
+    return notification_id
+
+
 def _fill(path: str, resources: dict[str, str]) -> str:
     def resource(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -119,7 +130,12 @@ def test_every_v1_route_hides_another_apps_resources(
     created = rides.post("/v1/sessions", json=body, headers={"Idempotency-Key": "order-1"})
     session_id = created.json()["id"]
     recording_id = _stored_recording(settings, redis_client, session_id)
-    owned = {"session_id": session_id, "recording_id": recording_id}
+    notification_id = _stored_notification(redis_client, session_id)
+    owned = {
+        "session_id": session_id,
+        "recording_id": recording_id,
+        "notification_id": notification_id,
+    }
     before = rides.get(f"/v1/sessions/{session_id}").json()
     routes = _v1_routes(settings)
     assert {path for _, path in routes} >= {
@@ -143,6 +159,9 @@ def test_every_v1_route_hides_another_apps_resources(
     events = rides.get(f"/v1/sessions/{session_id}/events").json()["data"]
     assert [e["type"] for e in events] == ["requested", "recording_stored"]
     assert rides.get(f"/v1/recordings/{recording_id}").status_code == 200
+    notifications = rides.get(f"/v1/sessions/{session_id}/notifications").json()["data"]
+    assert [(n["id"], n["state"]) for n in notifications] == [(notification_id, "pending")]
+    assert not redis_client.zscore(Keys.schedule(), Keys.notification_timer(notification_id))
     queued = _queued_actors(redis_client, "sessions")
     assert [args for actor, args in queued if args[:1] == [session_id]] == [[session_id]]
 

@@ -17,6 +17,7 @@ from service.messages import (
     Exhausted,
     Job,
     NotificationRef,
+    PingRef,
     SessionRef,
 )
 from service.phones import mask_text
@@ -143,6 +144,10 @@ def notify_app(deps: Dependencies, payload: NotificationRef) -> None:
     notifications.deliver(deps, payload.notification_id)
 
 
+def ping_endpoint(deps: Dependencies, payload: PingRef) -> None:
+    notifications.ping(deps, payload.ping_id, payload.app, payload.url)
+
+
 declare(messages.CREATE_SESSION, create_session)
 declare(messages.CREATE_SESSION_EXHAUSTED, create_session_exhausted)
 declare(messages.UPDATE_SESSION, update_session)
@@ -156,3 +161,4 @@ declare(messages.APPLY_RECORDING_EVENT, apply_recording_event)
 declare(messages.RECORDING_DOWNLOAD_EXHAUSTED, recording_download_exhausted)
 declare(messages.DELETE_RECORDING_FILES, delete_recording_files)
 declare(messages.NOTIFY_APP, notify_app)
+declare(messages.PING_ENDPOINT, ping_endpoint)

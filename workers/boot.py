@@ -18,6 +18,7 @@ from service.settings import Settings
 from service.storage import open_storage
 from service.store import RecordingStore, Store, vts_rate_limit_key
 from service.store.apps import AppStore
+from service.store.endpoints import EndpointHealth
 from service.store.notifications import NotificationStore
 from service.vts.client import VtsClient
 from service.vts.ratelimit import RateLimiter
@@ -52,6 +53,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         recordings=RecordingStore(client),
         apps=AppStore(client),
         notifications=NotificationStore(client),
+        endpoints=EndpointHealth(client),
         storage=open_storage(settings),
         vts=vts,
         public_base_url=settings.public_base_url,
@@ -68,6 +70,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         notification_retry_schedule=settings.notification_retry_schedule,
         storage_retry_for=timedelta(seconds=settings.storage_retry_for),
         retry_limits=_retry_limits(settings),
+        notification_disable_after=settings.notification_disable_after,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dramatiq
@@ -60,9 +60,7 @@ class LogContext(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
-        subject = str(message.args[0]) if message.args else ""
-        # Session work names the session; event work names the stored callback.
-        ids = {"session_id": subject} if subject.startswith("ses_") else {"event_id": subject}
+        ids = _subject(message.args)
         if "app" in message.options:
             ids["app"] = message.options["app"]
         structlog.contextvars.bind_contextvars(
@@ -110,6 +108,23 @@ class LogContext(Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
+
+
+def _subject(args: Sequence[Any]) -> dict[str, str]:
+    """The ids a message's first argument names: a session; a notification (its id
+    starts with its session's); a ping; else a stored callback. None for the jobs told
+    of another's given-up retries, whose argument is that whole message."""
+    first = args[0] if args else None
+    if not isinstance(first, str):
+        return {}
+    if first.startswith("ses_"):
+        session_id, dot, _ = first.partition(".")
+        return (
+            {"session_id": session_id, "notification_id": first} if dot else {"session_id": first}
+        )
+    if first.startswith("ping_"):
+        return {"ping_id": first}
+    return {"event_id": first}
 
 
 def _kind_of(exception: BaseException | None) -> str:

@@ -21,6 +21,7 @@ from service.messages import Job
 from service.storage import Storage
 from service.store import RecordingStore, Store
 from service.store.apps import AppStore
+from service.store.endpoints import EndpointHealth
 from service.store.notifications import NotificationStore
 from service.vts.client import VtsClient
 from workers.downloads import DownloadPolicy
@@ -39,6 +40,7 @@ class Dependencies:
     recordings: RecordingStore
     apps: AppStore
     notifications: NotificationStore
+    endpoints: EndpointHealth
     storage: Storage
     vts: VtsClient
     # Where VTS calls us back (our public base URL).
@@ -68,6 +70,8 @@ class Dependencies:
     retry_limits: Mapping[str, int] = field(default_factory=dict)
     # Seconds before each retry of a notification (see ``workers.notifications``).
     notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    # Seconds an endpoint may fail every attempt before it is disabled.
+    notification_disable_after: float = 5 * 24 * 3600
 
     def max_retries(self, job: Job[Any]) -> int:
         return self.retry_limits.get(job.name, job.retry.max_retries)

@@ -75,6 +75,15 @@ class DeadLetters:
         )
         return [decode_str(n) if n is not None else None for n in notes]
 
+    def discard_dead_letter(self, queue: str, redis_id: str) -> bool:
+        """Drop a dead letter and its note, atomically; False if it was gone already."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(QueueKeys.dead_letters(queue), redis_id)
+            pipe.hdel(QueueKeys.dead_letter_messages(queue), redis_id)
+            pipe.delete(DeadLetterKeys.dead_letter_note(redis_id))
+            removed, _, _ = pipe.execute()
+        return bool(removed)
+
     def replay_dead_letter(self, queue: str, redis_id: str, message: Outgoing) -> bool:
         """Put ``message`` (the dead letter, renewed) back on ``queue``, atomically."""
         done = self._replay_dead_letter(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from service.store.apps import AppKeys
 from service.store.deadletters import DeadLetterKeys
+from service.store.endpoints import EndpointKeys
 from service.store.events import WEBHOOK_RETENTION_SECONDS, EventKeys
 from service.store.names import PREFIX
 from service.store.notifications import NotificationKeys
@@ -40,6 +41,13 @@ __all__ = [
 
 
 class Keys(
-    SessionKeys, EventKeys, ScheduleKeys, QueueKeys, DeadLetterKeys, AppKeys, NotificationKeys
+    SessionKeys,
+    EventKeys,
+    ScheduleKeys,
+    QueueKeys,
+    DeadLetterKeys,
+    AppKeys,
+    NotificationKeys,
+    EndpointKeys,
 ):
     """All the keys but recordings' (``RecordingKeys``)."""

@@ -7,12 +7,14 @@
 --   record    the prefix of a notification's hash, before its id
 --   attempts  the prefix of a notification's attempt list, before its id
 --   session   a session's notification index (zset), with '{id}' for the session id
+--   app       the prefix of an app's notification index (zset by creation), before its name
+--   pending   the index of pending notifications (zset by creation)
 --   schedule  the timer schedule (zset): 'notify:<id>' is due at the next attempt
 --
 -- record_notification(session_key, session_id, kind, tag, now_ms, now_iso) does nothing
 -- when the session has no callback_url, and nothing twice for one id (the id is the
 -- session id, the kind and the tag: the same on every redelivery). Returns the id or
--- false.
+-- false. The indexes' entries go with the session's purge or erasure.
 
 local function notification_key(template, id)
   local at = string.find(template, '{id}', 1, true)
@@ -26,10 +28,13 @@ local function record_notification(session_key, session_id, kind, tag, now_ms, n
   if tag ~= '' then id = id .. '.' .. tag end
   local record = NOTIFICATION_KEYS.record .. id
   if redis.call('EXISTS', record) == 1 then return id end
+  local app = wanted[2] or ''
   redis.call('HSET', record, 'id', id, 'type', kind, 'session_id', session_id,
-    'app', wanted[2] or '', 'created_at', now_iso, 'state', 'pending',
-    'next_attempt_at', now_iso)
+    'app', app, 'created_at', now_iso, 'state', 'pending',
+    'next_attempt_at', now_iso, 'failures', 0)
   redis.call('ZADD', notification_key(NOTIFICATION_KEYS.session, session_id), now_ms, id)
+  redis.call('ZADD', NOTIFICATION_KEYS.app .. app, now_ms, id)
+  redis.call('ZADD', NOTIFICATION_KEYS.pending, now_ms, id)
   redis.call('ZADD', NOTIFICATION_KEYS.schedule, now_ms, 'notify:' .. id)
   return id
 end

@@ -19,12 +19,15 @@ APPLY_EVENT = "\n".join([_events_table(), RECORD_NOTIFICATION, _load("apply_even
 TRANSITION = "\n".join([RECORD_NOTIFICATION, _load("transition.lua")])
 RECORDING_STORED = "\n".join([RECORD_NOTIFICATION, _load("recording_stored.lua")])
 
-# Erases a session's personal data; counters and the timeline stay.
+# Erases a session's personal data; counters and the timeline stay. Its notifications go
+# (records, attempts, index entries, timers): they told of the session's calls.
 # KEYS: session, timeline, session's recordings, queue, queue messages, event index,
-#       the VTS session's callbacks ('' when it has none)
+#       the VTS session's callbacks ('' when it has none), the session's notifications,
+#       the timer schedule, the pending notifications
 # ARGV: first party masked, second party masked, erased at, timeline entry, channel,
 #       session id, redis message id, payload (the job deleting the recordings' files:
-#       it names the session, never a number), recording key prefix, callback key prefix
+#       it names the session, never a number), recording key prefix, callback key prefix,
+#       notification key prefix, attempts key prefix, app notifications key prefix
 # Returns {'erased' | 'already' | 'missing' | 'live', status}.
 ERASE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -52,6 +55,14 @@ if KEYS[7] ~= '' then
   end
   redis.call('DEL', KEYS[7])
 end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[8], 0, -1)) do
+  local app = redis.call('HGET', ARGV[11] .. id, 'app')
+  if app then redis.call('ZREM', ARGV[13] .. app, id) end
+  redis.call('DEL', ARGV[11] .. id, ARGV[12] .. id)
+  redis.call('ZREM', KEYS[9], 'notify:' .. id)
+  redis.call('ZREM', KEYS[10], id)
+end
+redis.call('DEL', KEYS[8])
 redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
 redis.call('RPUSH', KEYS[4], ARGV[7])

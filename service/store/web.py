@@ -12,8 +12,10 @@ from service.store import scripts
 from service.store.batching import GroupCommit
 from service.store.codec import decode_str
 from service.store.events import AsyncStoredEvents, EventKeys
+from service.store.notifications import NotificationKeys
 from service.store.queue import QueueKeys
 from service.store.recordings import RecordingKeys
+from service.store.schedule import ScheduleKeys
 from service.store.sessions import CHANNEL, AsyncSessions, SessionKeys
 
 
@@ -52,6 +54,9 @@ class AsyncStore(AsyncSessions, AsyncStoredEvents):
                 QueueKeys.queue_messages(message.queue_name),
                 EventKeys.webhooks(),
                 EventKeys.callbacks(uuid) if uuid else "",
+                NotificationKeys.session_notifications(session.id),
+                ScheduleKeys.schedule(),
+                NotificationKeys.pending_notifications(),
             ],
             args=[
                 *masked,
@@ -63,6 +68,9 @@ class AsyncStore(AsyncSessions, AsyncStoredEvents):
                 message.payload,
                 RecordingKeys.recording(""),
                 EventKeys.webhook(""),
+                NotificationKeys.notification(""),
+                NotificationKeys.notification_attempts(""),
+                NotificationKeys.app_notifications(""),
             ],
         )
         await wait_for_replicas_async(self.client, self.durability)

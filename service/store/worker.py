@@ -157,8 +157,8 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             SessionKeys.session_lock(session_id),
         ]
         doomed.append(SessionKeys.pending_update(session_id))
-        notification_keys, notification_timers = self.notifications.session_keys(session_id)
-        doomed += notification_keys
+        notifications = self.notifications.session_keys(session_id)
+        doomed += notifications.keys
         doomed += [RecordingKeys.recording(rec_id) for rec_id in recording_ids]
         if uuid:
             doomed += [EventKeys.in_flight(uuid), EventKeys.callbacks(uuid)]
@@ -177,7 +177,9 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
                     pipe.zrem(index, member)
             if callbacks:
                 pipe.zrem(EventKeys.webhooks(), *callbacks)
-            pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id), *notification_timers)
+            pipe.zrem(ScheduleKeys.schedule(), *timer_entries(session_id), *notifications.timers)
+            for index, notification_id in notifications.entries:
+                pipe.zrem(index, notification_id)
             if uuid:
                 # Late callbacks of the VTS session are dropped, not kept as orphans.
                 pipe.set(EventKeys.gone(uuid), 1, ex=WEBHOOK_RETENTION_SECONDS)

@@ -11,16 +11,26 @@ from typing import TextIO
 
 from service.apps import InvalidAppName
 from service.store.apps import AppRecord, AppStore, TooManyKeys, UnknownApp
+from service.store.endpoints import EndpointHealth
 from service.tools.terminal import printable
 
 
-def run(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def run(
+    store: AppStore,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    endpoints: EndpointHealth | None = None,
+) -> int:
     """Carry out ``args.action``, printing to ``out`` (refusals to ``err``, one line);
     return the exit status (2 for a refusal)."""
     try:
         if args.action == "list":
-            for record in store.all():
-                out.write(printable(_summary(record)) + "\n")
+            records = store.all()
+            lines = "".join(printable(_summary(record)) + "\n" for record in records)
+            out.write(lines or "no apps\n")
+        elif args.action == "enable":
+            return _enable(store, endpoints or EndpointHealth(store.client), args.name, out)
         elif args.action == "create":
             key, key_id = store.create_key(args.name)
             out.write(printable(f"app {args.name}: new key {key_id}") + f"\n{key}\n")
@@ -50,6 +60,20 @@ def _revoke(store: AppStore, args: argparse.Namespace, out: TextIO, err: TextIO)
         err.write(printable(f"masking apps: {missing}") + "\n")
         return 2
     out.write(printable(f"revoked {', '.join(revoked)}; refused within seconds") + "\n")
+    return 0
+
+
+def _enable(store: AppStore, endpoints: EndpointHealth, name: str, out: TextIO) -> int:
+    """Enable the app's disabled notification endpoints (their records stay ``failed``:
+    ``masking notifications recover`` sends them)."""
+    if store.get(name) is None:
+        raise UnknownApp(f"no app named {name} (see: masking apps list)")
+    enabled = endpoints.enable(name)
+    if not enabled:
+        out.write(f"app {name} has no disabled endpoint\n")
+    else:
+        out.write(f"enabled {', '.join(enabled)} for app {name}; to send what failed: "
+                  f"masking notifications recover --app {name} --since TIME\n")  # fmt: skip
     return 0
 
 

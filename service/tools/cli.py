@@ -261,8 +261,8 @@ def dlq(args: argparse.Namespace) -> None:
 
     store = _operator_store()
     if args.action == "list":
-        for letter in deadletters.dead_letters(store):
-            sys.stdout.write(letter.summary() + "\n")
+        lines = [letter.summary() + "\n" for letter in deadletters.dead_letters(store)]
+        sys.stdout.write("".join(lines) or "no dead letters\n")
         return
     if args.all == (args.id is not None):
         raise UsageError(f"dlq {args.action} takes an ID or --all (see: masking dlq list)")
@@ -271,14 +271,28 @@ def dlq(args: argparse.Namespace) -> None:
         if args.all
         else [d for d in [deadletters.find(store, args.id)] if d is not None]
     )
+    if not letters and args.all:
+        sys.stdout.write("no dead letters\n")
+        return
     if not letters:
         raise UsageError("no such dead letter (see: masking dlq list)")
     for letter in letters:
         if args.action == "show":
             sys.stdout.write(letter.details() + "\n")
+        elif args.action == "discard":
+            if deadletters.discard(store, letter):
+                sys.stdout.write(f"discarded {letter.redis_id} ({letter.message['actor_name']})\n")
         elif deadletters.replay(store, letter):
             replayed = f"replayed {letter.redis_id} ({letter.message['actor_name']})"
             sys.stdout.write(printable(replayed) + "\n")
+
+
+def notifications(args: argparse.Namespace) -> None:
+    from service.store.notifications import NotificationStore
+    from service.tools import notificationadmin
+
+    store = NotificationStore(_operator_redis())
+    raise SystemExit(notificationadmin.run(store, args, sys.stdout, sys.stderr))
 
 
 def replay_webhooks(args: argparse.Namespace) -> None:
@@ -353,6 +367,7 @@ def build_parser() -> Parser:
     )
 
     _apps_command(commands)
+    _notifications_command(commands)
     return parser
 
 
@@ -411,10 +426,13 @@ def _logs_command(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def _dlq_command(commands: argparse._SubParsersAction[Parser]) -> None:
-    p = _command(commands, "dlq", dlq, "dead letters: list, show ID|--all, replay ID|--all")
-    p.add_argument("action", choices=["list", "show", "replay"])
+    p = _command(
+        commands, "dlq", dlq,
+        "dead letters: list, show ID|--all, replay ID|--all, discard ID|--all",
+    )  # fmt: skip
+    p.add_argument("action", choices=["list", "show", "replay", "discard"])
     p.add_argument("id", nargs="?", help="a dead letter's id (from: masking dlq list)")
-    p.add_argument("--all", action="store_true", help="every dead letter (show, replay)")
+    p.add_argument("--all", action="store_true", help="every dead letter (show, replay, discard)")
 
 
 def _apps_command(commands: argparse._SubParsersAction[Parser]) -> None:
@@ -428,11 +446,37 @@ def _apps_command(commands: argparse._SubParsersAction[Parser]) -> None:
     target = a.add_mutually_exclusive_group(required=True)
     target.add_argument("key_id", nargs="?", metavar="KEY_ID", help="a key id (apps list)")
     target.add_argument("--app", metavar="NAME", help="revoke every managed key of NAME")
+    a = actions.add_parser(
+        "enable", help="enable an app's notification endpoints disabled for failing or 410"
+    )
+    a.add_argument("name")
     a = actions.add_parser("secret", help="show an app's notification secrets; rotate them")
     a.add_argument("name")
     change = a.add_mutually_exclusive_group()
     change.add_argument("--rotate", action="store_true", help="a new secret, the old one kept")
     change.add_argument("--drop-previous", action="store_true", help="forget the old one")
+
+
+def _notifications_command(commands: argparse._SubParsersAction[Parser]) -> None:
+    p = _command(
+        commands, "notifications", notifications,
+        "notifications to apps: list, show ID, redeliver ID, recover --app A --since T",
+    )  # fmt: skip
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="notifications, oldest first, with their state")
+    a.add_argument("--app", help="only this app's")
+    a.add_argument("--session", help="only this session's")
+    a.add_argument("--state", choices=["pending", "delivered", "failed", "discarded"])
+    a = actions.add_parser("show", help="one notification and every attempt")
+    a.add_argument("id")
+    a = actions.add_parser("redeliver", help="an attempt now, with the same webhook-id")
+    a.add_argument("id")
+    a = actions.add_parser("recover", help="an attempt now for each not delivered since T")
+    a.add_argument("--app", required=True)
+    a.add_argument(
+        "--since", type=iso_time, required=True, metavar="TIME",
+        help="created since then (ISO 8601 with a zone)",
+    )  # fmt: skip
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""Operator tools: dead letters (list, show, replay) and replaying stored VTS callbacks.
+"""Operator tools: dead letters (list, show, replay, discard) and replaying stored VTS
+callbacks.
 
 Replays are safe because every actor is idempotent: a replayed create finds its session
 created, a replayed event finds itself applied, a replayed download finds the file stored.
@@ -81,6 +82,11 @@ def find(store: Store, redis_id: str) -> DeadLetter | None:
 def replay(store: Store, letter: DeadLetter) -> bool:
     """Put the dead letter back on its queue; False if it was replayed meanwhile."""
     return store.replay_dead_letter(letter.queue, letter.redis_id, letter.renewed())
+
+
+def discard(store: Store, letter: DeadLetter) -> bool:
+    """Drop the dead letter for good; False if it was replayed or dropped meanwhile."""
+    return store.discard_dead_letter(letter.queue, letter.redis_id)
 
 
 def replay_webhooks(store: Store, event_ids: list[str]) -> int:

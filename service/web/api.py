@@ -379,20 +379,25 @@ async def session_events(request: Request) -> Response:
     return JSON(schemas.Timeline(session_id=session.id, data=entries))
 
 
-def _happened(entry: schemas.TimelineEntry) -> datetime:
-    """When ``entry`` happened: a VTS event's own time, else when it was written (both
-    ISO 8601 in UTC); an unreadable time sorts first."""
+def _happened(entry: schemas.TimelineEntry) -> tuple[int, int, int]:
+    """When ``entry`` happened, to the second: VTS stamps its events in whole seconds, our
+    own entries to the millisecond, so within one second our entries come first (a call
+    is never before its session was created) and VTS's events follow by sequence. A VTS
+    event's own time counts, else when the entry was written; an unreadable time sorts
+    first."""
+    vts = entry.event_time is not None
     for text in (entry.event_time, entry.at):
         if text:
             try:
                 moment = datetime.fromisoformat(text)
             except ValueError:
                 continue
-            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return _EARLIEST
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            return int(moment.timestamp()), int(vts), entry.sequence or 0
+    return _EARLIEST, int(vts), entry.sequence or 0
 
 
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_EARLIEST = int(datetime.min.replace(tzinfo=UTC).timestamp())
 
 
 def routes() -> list[Route]:

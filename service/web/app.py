@@ -29,7 +29,8 @@ from service.settings import Settings
 from service.storage import open_storage
 from service.store import AsyncRecordingStore, AsyncStore
 from service.store.apps import AsyncAppStore
-from service.web import api, media, openapi, webhooks
+from service.store.notifications import AsyncNotificationStore
+from service.web import api, media, notifications, openapi, webhooks
 from service.web.endpoints import ExactRouter
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
 from service.web.problems import Problem, handle_http_exception, handle_problem, problem_type
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.event_ids = webhooks.event_ids(settings)
         app.state.store = AsyncStore(client, settings.durability)
         app.state.recordings = AsyncRecordingStore(client, settings.durability)
+        app.state.notifications = AsyncNotificationStore(client)
         app.state.storage = open_storage(settings)
         app.state.watcher = SessionWatcher(client, app.state.store)
         app.state.apps = registry
@@ -143,6 +145,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *webhooks.routes(),
         *api.routes(),
+        *notifications.routes(),
         *media.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

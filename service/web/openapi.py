@@ -24,6 +24,12 @@ _MODELS = (
     schemas.Timeline,
     schemas.Problem,
     schemas.Notification,
+    schemas.NotificationList,
+    schemas.Recover,
+    schemas.Recovery,
+    schemas.PingRequest,
+    schemas.Ping,
+    schemas.PingNotification,
 )
 
 
@@ -342,6 +348,7 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        **_notification_paths(),
         "/v1/recordings/{recording_id}": {
             "parameters": [_RECORDING_ID],
             "get": _recording_get("getRecording", "A stored recording's audio"),
@@ -386,6 +393,78 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_NOTIFICATION_ID = {
+    "name": "notification_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^ses_[0-9a-f]{32}\\.[A-Za-z0-9_.:-]{1,200}$"},
+    "description": "the notification's id: its `webhook-id`",
+}
+
+
+def _json_body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _notification_paths() -> dict[str, Any]:
+    return {
+        "/v1/sessions/{session_id}/notifications": {
+            "parameters": [_SESSION_ID],
+            "get": {
+                "operationId": "listSessionNotifications",
+                "summary": "The notifications sent to the app for this session",
+                "description": "Each with its state and every attempt (time, status or "
+                "error, latency), oldest first.",
+                "responses": {
+                    "200": _json("NotificationList", "the delivery log"),
+                    "404": _NOT_FOUND,
+                    **_COMMON,
+                },
+            },
+        },
+        "/v1/notifications/{notification_id}/redeliver": {
+            "parameters": [_NOTIFICATION_ID],
+            "post": {
+                "operationId": "redeliverNotification",
+                "summary": "Send one notification again now, with the same webhook-id",
+                "description": "Any state, delivered included: the record becomes `pending` "
+                "with an attempt due now, and the retry schedule starts again.",
+                "responses": {
+                    "202": _json("NotificationRecord", "queued"),
+                    "404": _NOT_FOUND,
+                    **_COMMON,
+                },
+            },
+        },
+        "/v1/notifications/recover": {
+            "post": {
+                "operationId": "recoverNotifications",
+                "summary": "Send again every notification not delivered since a time",
+                "description": "Every `pending` or `failed` notification of the app created "
+                "at or after `since` gets an attempt now and the retry schedule again.",
+                "requestBody": _json_body("Recover"),
+                "responses": {"202": _json("Recovery", "queued"), **_BODY_ERRORS, **_COMMON},
+            },
+        },
+        "/v1/notifications/ping": {
+            "post": {
+                "operationId": "pingEndpoint",
+                "summary": "Send a signed `ping` now and answer with its attempt",
+                "description": "To `url`, or by default the app's endpoint (the callback URL "
+                "of its latest notification), under the same egress policy as every "
+                "notification. A 2xx enables the endpoint again if it was disabled.",
+                "requestBody": _json_body("PingRequest", required=False),
+                "responses": {
+                    "200": _json("Ping", "the attempt, whatever the endpoint answered"),
+                    **_BODY_ERRORS,
+                    "504": _problem("the attempt did not finish in time; try again"),
+                    **_COMMON,
+                },
+            },
+        },
+    }
+
+
 def _webhooks() -> dict[str, Any]:
     """What an app's ``callback_url`` receives (OpenAPI 3.1 ``webhooks``)."""
     signed = [
@@ -404,8 +483,10 @@ def _webhooks() -> dict[str, Any]:
                 "summary": "A session changed: created (active), failed, call ended, "
                 "recording stored, expired",
                 "description": "Sent to the session's `callback_url` (https, public "
-                "addresses only), signed with the app's own secret, retried with backoff "
-                "until a 2xx. The body never holds the parties' numbers.",
+                "addresses only), signed with the app's own secret, retried over about a "
+                "day (NOTIFICATION_RETRY_SCHEDULE; a 429's or 503's Retry-After is "
+                "honoured) until a 2xx; `410 Gone` disables the endpoint. The body never "
+                "holds the parties' numbers.",
                 "security": [],
                 "parameters": signed,
                 "requestBody": {
@@ -414,7 +495,23 @@ def _webhooks() -> dict[str, Any]:
                 },
                 "responses": {"2XX": {"description": "received; anything else is retried"}},
             }
-        }
+        },
+        "ping": {
+            "post": {
+                "operationId": "receivePing",
+                "summary": "A test of the endpoint, asked for by the app "
+                "(`POST /v1/notifications/ping`)",
+                "description": "Signed like every notification; it tells of nothing. "
+                "Answering 2xx enables the endpoint again if it was disabled.",
+                "security": [],
+                "parameters": signed,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("PingNotification")}},
+                },
+                "responses": {"2XX": {"description": "received"}},
+            }
+        },
     }
 
 

@@ -36,7 +36,10 @@ TYPES: dict[str, tuple[int, str]] = {
         401,
         "The API key is missing or unknown (on VTS callbacks: the signature is missing or wrong).",
     ),
-    "not-found": (404, "No such session or recording for this app, or no such route."),
+    "not-found": (
+        404,
+        "No such session or recording (or notification) for this app, or no such route.",
+    ),
     "method-not-allowed": (405, "The route does not serve this method."),
     "conflict": (409, "The session has ended and can no longer be changed."),
     "session-not-ended": (
@@ -76,6 +79,10 @@ TYPES: dict[str, tuple[int, str]] = {
         500,
         "A fault on our side; it has been logged with the request's X-Request-ID.",
     ),
+    "ping-timeout": (
+        504,
+        "The ping's one attempt did not finish in time (the workers are busy or away): try again.",
+    ),
     "service-unavailable": (
         503,
         "Storage (Redis) is unavailable: retry after Retry-After seconds.",
@@ -97,6 +104,7 @@ _TITLES = {
     431: "Request header fields too large",
     500: "Internal error",
     503: "Service unavailable",
+    504: "Ping timeout",
 }
 
 
