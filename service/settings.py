@@ -131,6 +131,8 @@ class Settings:
     admin_port: int = 8001
     # Seconds an endpoint may fail every attempt before it is disabled (5 days).
     notification_disable_after: float = 5 * 24 * 3600
+    # The part of VTS_RATE_LIMIT reconciliation may spend (the rest is the apps').
+    reconcile_rate_share: float = 0.2
 
     @property
     def durability(self) -> redis_clients.Durability:
@@ -236,6 +238,9 @@ class Settings:
             admin_port=_admin_port(env),
             notification_disable_after=env.optional(
                 "NOTIFICATION_DISABLE_AFTER", _positive_float, cls.notification_disable_after
+            ),
+            reconcile_rate_share=env.optional(
+                "RECONCILE_RATE_SHARE", _share, cls.reconcile_rate_share
             ),
         )
 
@@ -474,6 +479,14 @@ def _positive_float(raw: str) -> float:
         raise ValueError("must be a number") from None
     if not value > 0:
         raise ValueError("must be a positive number")
+    return value
+
+
+def _share(raw: str) -> float:
+    """A fraction above 0 and at most 1."""
+    value = _positive_float(raw)
+    if value > 1:
+        raise ValueError("must be a fraction above 0 and at most 1, e.g. 0.2")
     return value
 
 

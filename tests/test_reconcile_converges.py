@@ -16,8 +16,10 @@ import redis.asyncio
 from service import messages
 from service.models import Status
 from service.store import AsyncStore, Store
+from service.store.keys import Keys
 from service.vts.callbacks import check
 from service.vts.client import VtsClient
+from service.vts.ratelimit import RateLimiter
 from tests.conftest import AUTH_ID, AUTH_TOKEN, Clock, event_id, stored_session
 from workers import reconcile
 from workers.dependencies import Dependencies
@@ -142,3 +144,23 @@ def test_a_missed_hangup_leaves_the_session_as_the_hangup_would_have(
     assert settled is not None
     assert settled.call_count == 2
     assert settled.status is Status.ACTIVE
+
+
+def test_reconciliation_spends_only_its_share_of_the_vts_rate(
+    redis_client: redis.Redis, redis_url: str, deps: Dependencies
+) -> None:
+    """With reconciliation's share of the VTS rate spent, a reconciliation asks VTS nothing
+    (the VTS of ``deps`` is unreachable: asking would fail) and comes back once a slot
+    frees."""
+    store, clock = Store(redis_client), Clock()
+    session = stored_session(redis_url, "ses_" + "f" * 32)
+    fields = {"vts_session_uuid": "7c2e5f80-4444-4555-8666-b77788889999"}
+    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING], fields=fields)
+    budget = RateLimiter(redis_client, "test:reconcile-share", limit=1, window=60)
+    ctx = replace(deps, store=store, clock=clock, reconcile_budget=budget)
+    with budget.slot_now() as wait:
+        assert wait == 0
+        reconcile.reconcile(ctx, session.id)
+    due = redis_client.zscore(Keys.schedule(), f"reconcile:{session.id}")
+    assert due is not None
+    assert due >= (clock.moment + timedelta(seconds=59)).timestamp() * 1000

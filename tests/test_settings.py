@@ -55,6 +55,8 @@ def test_each_missing_required_variable_is_named(missing: str) -> None:
         ("NOTIFICATION_RETRY_SCHEDULE", "5,soon"),
         ("NOTIFICATION_RETRY_SCHEDULE", "5,,10"),
         ("NOTIFICATION_RETRY_SCHEDULE", "0"),
+        ("RECONCILE_RATE_SHARE", "1.5"),
+        ("RECONCILE_RATE_SHARE", "0"),
         ("NOTIFICATION_DISABLE_AFTER", "0"),
         ("NOTIFICATION_DISABLE_AFTER", "five days"),
     ],

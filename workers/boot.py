@@ -16,7 +16,7 @@ from service import egress, logs, messages, redis_clients
 from service.metrics import metrics
 from service.settings import Settings
 from service.storage import open_storage
-from service.store import RecordingStore, Store, vts_rate_limit_key
+from service.store import RecordingStore, Store, reconcile_rate_limit_key, vts_rate_limit_key
 from service.store.apps import AppStore
 from service.store.endpoints import EndpointHealth
 from service.store.notifications import NotificationStore
@@ -46,6 +46,14 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         connect_timeout=settings.vts_connect_timeout,
         observe=_observe_vts,
     )
+    # Reconciliation grows with live sessions: it spends only its share of the account's
+    # rate, so that the apps' creates keep the rest.
+    reconcile_budget = RateLimiter(
+        client,
+        reconcile_rate_limit_key(settings.vts_auth_id),
+        limit=max(1, int(settings.vts_rate_limit * settings.reconcile_rate_share)),
+        window=settings.vts_rate_window,
+    )
     outbound = egress.EgressPolicy.from_settings(settings)
     download_policy = DownloadPolicy.from_settings(settings)
     return Dependencies(
@@ -71,6 +79,7 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
         storage_retry_for=timedelta(seconds=settings.storage_retry_for),
         retry_limits=_retry_limits(settings),
         notification_disable_after=settings.notification_disable_after,
+        reconcile_budget=reconcile_budget,
     )
 
 

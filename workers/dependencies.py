@@ -24,6 +24,7 @@ from service.store.apps import AppStore
 from service.store.endpoints import EndpointHealth
 from service.store.notifications import NotificationStore
 from service.vts.client import VtsClient
+from service.vts.ratelimit import RateLimiter
 from workers.downloads import DownloadPolicy
 from workers.leases import LEASE
 
@@ -68,6 +69,8 @@ class Dependencies:
     storage_retry_for: timedelta = timedelta(hours=3)
     # Jobs whose retry limit the settings set (job name -> max retries).
     retry_limits: Mapping[str, int] = field(default_factory=dict)
+    # Reconciliation's own share of the VTS rate (None: no share of its own, as in tests).
+    reconcile_budget: RateLimiter | None = None
     # Seconds before each retry of a notification (see ``workers.notifications``).
     notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     # Seconds an endpoint may fail every attempt before it is disabled.

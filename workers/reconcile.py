@@ -8,6 +8,7 @@ add up to, VTS wins, and every difference is logged and counted. A session whose
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -55,14 +56,20 @@ def reconcile(deps: Dependencies, session_id: str) -> None:
     if session is None or session.vts_session_uuid is None:
         deps.store.unschedule("reconcile", session_id)
         return
-    with locked(deps, session_id):
-        try:
-            remote = deps.vts.get_session(session.vts_session_uuid)
-        except VtsNotFound:
-            log.warning("reconcile_vts_session_unknown")
-            deps.store.unschedule("reconcile", session_id)
+    with _budget(deps) as wait:
+        if wait:
+            # Over reconciliation's share of the VTS rate: try again once a slot frees.
+            deps.store.schedule("reconcile", session_id, deps.clock() + timedelta(seconds=wait))
+            log.info("reconcile_deferred", wait_seconds=round(wait, 2))
             return
-        settled = _settle(deps, session, truth(remote), _last_call_end(remote))
+        with locked(deps, session_id):
+            try:
+                remote = deps.vts.get_session(session.vts_session_uuid)
+            except VtsNotFound:
+                log.warning("reconcile_vts_session_unknown")
+                deps.store.unschedule("reconcile", session_id)
+                return
+            settled = _settle(deps, session, truth(remote), _last_call_end(remote))
     if remote.status == "expired" and session.status in LIVE:
         _expire(deps, session_id, "vts_says_expired")
         return
@@ -74,6 +81,13 @@ def reconcile(deps: Dependencies, session_id: str) -> None:
         deps.store.schedule("reconcile", session_id, deps.clock() + deps.reconcile_every)
     else:
         deps.store.unschedule("reconcile", session_id)
+
+
+def _budget(deps: Dependencies) -> AbstractContextManager[float]:
+    """A slot of reconciliation's share of the VTS rate, or the seconds until one frees."""
+    if deps.reconcile_budget is None:
+        return nullcontext(0.0)
+    return deps.reconcile_budget.slot_now()
 
 
 def _shown(session: Session) -> dict[str, int]:

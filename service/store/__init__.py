@@ -11,7 +11,7 @@ workers; ``RecordingStore``/``AsyncRecordingStore`` keep recordings. All use cli
 ``decode_responses=False`` so they can share dramatiq's connection.
 """
 
-from service.store.apps import vts_rate_limit_key
+from service.store.apps import reconcile_rate_limit_key, vts_rate_limit_key
 from service.store.codec import Applied, timeline_entry
 from service.store.events import WEBHOOK_RETENTION_SECONDS
 from service.store.names import PREFIX
@@ -49,6 +49,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "index_member",
+    "reconcile_rate_limit_key",
     "timeline_entry",
     "vts_rate_limit_key",
 ]

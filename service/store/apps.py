@@ -43,6 +43,11 @@ class AppKeys:
         """The VTS account's rate limiter, shared by every worker."""
         return f"{PREFIX}rate-limit:vts:{auth_id}"
 
+    @staticmethod
+    def reconcile_rate_limit(auth_id: str) -> str:
+        """The share of the VTS account's rate that reconciliation may spend."""
+        return f"{PREFIX}rate-limit:vts-reconcile:{auth_id}"
+
 
 # An app's share of the VTS budget: a sliding window of the VTS requests it caused, a
 # sorted set scored by when each request counts (ms of Redis time; a follow-up update may
@@ -72,6 +77,11 @@ end
 def vts_rate_limit_key(auth_id: str) -> str:
     """The key of the VTS account's rate limiter (shared by every worker)."""
     return AppKeys.vts_rate_limit(auth_id)
+
+
+def reconcile_rate_limit_key(auth_id: str) -> str:
+    """The key of reconciliation's own share of the VTS account's rate."""
+    return AppKeys.reconcile_rate_limit(auth_id)
 
 
 class TooManyKeys(ValueError):

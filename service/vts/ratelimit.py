@@ -97,12 +97,30 @@ class RateLimiter:
         finally:
             self._give_back(member)
 
+    @contextmanager
+    def slot_now(self) -> Iterator[float]:
+        """Take a slot if one is free now and hold it for the block, yielding 0; else take
+        none and yield the seconds until one frees. Never sleeps."""
+        member = uuid.uuid4().hex
+        wait_us = self._try(member)
+        if wait_us:
+            yield wait_us / 1_000_000
+            return
+        try:
+            yield 0.0
+        finally:
+            self._give_back(member)
+
+    def _try(self, member: str) -> int:
+        """0 when ``member`` took a slot, else the microseconds until one frees."""
+        try:
+            return int(self._acquire(keys=[self._key], args=[*self._args, member]))
+        except RedisError as exc:
+            raise StoreUnavailable("the VTS rate limiter's Redis is unavailable") from exc
+
     def _take(self, member: str) -> None:
         while True:
-            try:
-                wait_us = int(self._acquire(keys=[self._key], args=[*self._args, member]))
-            except RedisError as exc:
-                raise StoreUnavailable("the VTS rate limiter's Redis is unavailable") from exc
+            wait_us = self._try(member)
             if wait_us == 0:
                 return
             seconds = wait_us / 1_000_000

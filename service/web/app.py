@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -158,13 +159,7 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(BodyLimit, limit=settings.max_body_bytes),
             Middleware(BearerAuth, apps=registry),
         ],
-        exception_handlers={
-            Problem: handle_problem,
-            HTTPException: handle_http_exception,
-            redis.RedisError: _store_unavailable,
-            ConnectionError: _store_unavailable,
-            500: _internal_error,
-        },
+        exception_handlers=_EXCEPTION_HANDLERS,
     )
     # Starlette would redirect "/path/" to "/path" with a Location built from the Host
     # header, which the client chooses: unknown paths are plain 404s instead.
@@ -197,17 +192,21 @@ def create_admin_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(
         middleware=[Middleware(RequestContext)],
-        exception_handlers={
-            Problem: handle_problem,
-            HTTPException: handle_http_exception,
-            redis.RedisError: _store_unavailable,
-            ConnectionError: _store_unavailable,
-            500: _internal_error,
-        },
+        exception_handlers=_EXCEPTION_HANDLERS,
     )
     app.router = ExactRouter(routes, lifespan=lifespan, redirect_slashes=False)
     app.state.public_base_url = settings.public_base_url
     return app
+
+
+# Every error becomes a problem document; Redis away is 503, anything else a bare 500.
+_EXCEPTION_HANDLERS: dict[Any, Any] = {
+    Problem: handle_problem,
+    HTTPException: handle_http_exception,
+    redis.RedisError: _store_unavailable,
+    ConnectionError: _store_unavailable,
+    500: _internal_error,
+}
 
 
 def from_env() -> Starlette:
