@@ -126,9 +126,10 @@ def _create() -> Metrics:
             ["task"], registry=worker,
         ),
         # reason: an errno name (ENOSPC) or an S3 error code (SlowDown), never a path.
+        # Counted by both: workers write recordings, the web reads them.
         storage_failures=Counter(
             "masking_storage_failures", "Recording storage operations that failed",
-            ["backend", "reason"], registry=worker,
+            ["backend", "reason"], registry=web,
         ),
         notification_attempts=Counter(
             "masking_notification_attempts", "Attempts to notify apps, by outcome and "
