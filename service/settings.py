@@ -193,15 +193,8 @@ class Settings:
             ),
             metrics_host=env.optional("METRICS_HOST", _address, cls.metrics_host),
             recording_hosts=env.optional("RECORDING_HOSTS", _hostnames, cls.recording_hosts),
-            # RECORDING_ALLOW_*: the names from before notifications shared the policy.
-            egress_allow_http=env.optional(
-                "EGRESS_ALLOW_HTTP", _bool, env.optional("RECORDING_ALLOW_HTTP", _bool, False)
-            ),
-            egress_allow_private=env.optional(
-                "EGRESS_ALLOW_PRIVATE",
-                _bool,
-                env.optional("RECORDING_ALLOW_PRIVATE", _bool, False),
-            ),
+            egress_allow_http=env.optional("EGRESS_ALLOW_HTTP", _bool, False),
+            egress_allow_private=env.optional("EGRESS_ALLOW_PRIVATE", _bool, False),
             recording_max_bytes=env.optional(
                 "RECORDING_MAX_BYTES", _positive_int, cls.recording_max_bytes
             ),

@@ -280,3 +280,15 @@ def test_encoded_messages_are_dramatiq_messages() -> None:
     }
     assert decoded.message_id == built.message_id == built.redis_message_id
     assert before <= decoded.message_timestamp <= int(time.time() * 1000)
+
+
+def test_no_lua_inside_python_modules() -> None:
+    """Every Lua script of the service is a ``.lua`` file of its own, never a string in a
+    Python module."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("service", "workers")
+        for path in (ROOT / package).rglob("*.py")
+        if "redis.call(" in path.read_text()
+    ]
+    assert offenders == []

@@ -17,7 +17,7 @@ import structlog
 
 from service.errors import EventNotReady
 from service.phones import InvalidNumber, normalise
-from service.store import Applied
+from service.store import Applied, ApplyOutcome
 from service.vts import callbacks
 from service.vts.callbacks import Event, Role
 from workers.dependencies import Dependencies
@@ -53,7 +53,7 @@ def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) ->
             return
         session_uuid = stored[1]["SessionUUID"]
     applied = _apply(deps, event_id, session_uuid)
-    if applied.outcome == "needs":
+    if applied.outcome is ApplyOutcome.NEEDS:
         # Only Python can say: the virtual number's E.164 form, the event's own id.
         event = Event("session", json.loads(applied.detail))
         marker = _marker(event, event_id)
@@ -74,25 +74,25 @@ def _apply(deps: Dependencies, event_id: str, session_uuid: str, **answers: str)
 
 
 def _follow_up(deps: Dependencies, event_id: str, session_uuid: str, applied: Applied) -> None:
-    if applied.outcome == "applied":
+    if applied.outcome is ApplyOutcome.APPLIED:
         log.info("event_applied", status_before=applied.before, status_after=applied.after)
-    elif applied.outcome in ("erased", "missing") or (
-        applied.outcome == "no_session" and deps.store.refuses_callbacks(session_uuid)
+    elif applied.outcome in (ApplyOutcome.ERASED, ApplyOutcome.MISSING) or (
+        applied.outcome is ApplyOutcome.NO_SESSION and deps.store.refuses_callbacks(session_uuid)
     ):
         # The session's data is gone or going: nothing of the event may outlive it.
         deps.store.drop_callback(event_id, session_uuid)
         log.info("event_dropped_session_gone", result=applied.outcome)
-    elif applied.outcome == "no_session":
+    elif applied.outcome is ApplyOutcome.NO_SESSION:
         received_ms = int(applied.detail)
         age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
         if age < ORPHAN_AFTER:
             raise EventNotReady("the session of this event is not known yet")
         deps.store.keep_orphan(event_id, received_ms, session_uuid)
         log.warning("event_orphaned")
-    elif applied.outcome == "invalid":
+    elif applied.outcome is ApplyOutcome.INVALID:
         deps.store.set_aside(event_id, session_uuid, "invalid")
         log.warning("event_invalid", reason=f"{applied.detail} is not a possible value")
-    elif applied.outcome == "expired":
+    elif applied.outcome is ApplyOutcome.EXPIRED:
         log.warning("event_expired_before_applied")
     else:
         log.info("event_skipped", result=applied.outcome)

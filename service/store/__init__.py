@@ -12,7 +12,7 @@ workers; ``RecordingStore``/``AsyncRecordingStore`` keep recordings. All use cli
 """
 
 from service.store.apps import reconcile_rate_limit_key, vts_rate_limit_key
-from service.store.codec import Applied, timeline_entry
+from service.store.codec import Applied, ApplyOutcome, timeline_entry
 from service.store.events import WEBHOOK_RETENTION_SECONDS
 from service.store.names import PREFIX
 from service.store.queue import DRAMATIQ_NAMESPACE
@@ -21,6 +21,7 @@ from service.store.sessions import (
     CHANNEL,
     TIMELINE_LIMIT,
     CreateOutcome,
+    CreateResult,
     InvalidCursor,
     Outcome,
     Page,
@@ -38,9 +39,11 @@ __all__ = [
     "TIMELINE_LIMIT",
     "WEBHOOK_RETENTION_SECONDS",
     "Applied",
+    "ApplyOutcome",
     "AsyncRecordingStore",
     "AsyncStore",
     "CreateOutcome",
+    "CreateResult",
     "InvalidCursor",
     "Outcome",
     "Page",

@@ -6,11 +6,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import msgspec
 
 from service.models import iso, now
+
+
+class ApplyOutcome(StrEnum):
+    """What applying a stored event did (see ``apply_event.lua``)."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    MISSING = "missing"
+    ERASED = "erased"
+    EXPIRED = "expired"
+    NO_SESSION = "no_session"
+    INVALID = "invalid"
+    NEEDS = "needs"
 
 
 @dataclass(frozen=True)
@@ -20,7 +34,7 @@ class Applied:
     (epoch ms) or what a ``needs`` answer asks about (the callback's params, JSON).
     ``name`` and ``sequence`` are the event's, once read."""
 
-    outcome: str
+    outcome: ApplyOutcome
     detail: str = ""
     session_id: str = ""
     name: str = ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import redis
 
 from service.messages import Outgoing
+from service.store import lua
 from service.store.codec import decode_str
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
@@ -22,19 +23,6 @@ class DeadLetterKeys:
         return f"{PREFIX}dead-letter-error:{redis_id}"
 
 
-# Moves a dead letter back onto its queue as a fresh message (retries start again).
-# KEYS: dead letters, dead letter messages, queue, queue messages, dead letter note
-# ARGV: dead letter id, new id, new payload. Returns 1 if it was there.
-REPLAY_DEAD_LETTER = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[5])
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-redis.call('RPUSH', KEYS[3], ARGV[2])
-return 1
-"""
-
-
 def dead_letter_count(client: redis.Redis, queue_name: str) -> int:
     return int(client.zcard(QueueKeys.dead_letters(queue_name)))
 
@@ -45,7 +33,7 @@ class DeadLetters:
     client: redis.Redis
 
     def _init_dead_letters(self) -> None:
-        self._replay_dead_letter = self.client.register_script(REPLAY_DEAD_LETTER)
+        self._replay_dead_letter = self.client.register_script(lua.source("replay_dead_letter.lua"))
 
     def dead_letters(self, queue: str) -> list[tuple[str, float, bytes]]:
         """The queue's dead letters: (redis message id, when it died (epoch s), message)."""

@@ -1,11 +1,17 @@
 """The store's Lua scripts, each in a ``.lua`` file beside this module that says what its
-KEYS and ARGV are (or the named arguments of its one JSON argument) and what it returns."""
+KEYS and ARGV are (or the named arguments of its one JSON argument) and what it returns.
+Logic several scripts share (the app budget's functions, recording a notification) lives
+in a file of its own, put ahead of the scripts that use it."""
 
 from functools import cache
 from importlib import resources
 
 
+def source(*names: str) -> str:
+    """The text of the scripts ``names`` (e.g. ``"budget.lua", "create.lua"``), in order."""
+    return "\n".join(_read(name) for name in names)
+
+
 @cache
-def source(name: str) -> str:
-    """The text of the script ``name`` (e.g. ``"take_due.lua"``)."""
+def _read(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")

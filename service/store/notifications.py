@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from importlib import resources
 from typing import Any
 
 import msgspec
@@ -26,6 +25,7 @@ import redis.asyncio
 
 from service.messages import Outgoing
 from service.models import iso, now
+from service.store import lua
 from service.store.codec import decode_str
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
@@ -95,8 +95,7 @@ def _lua() -> str:
         "schedule": ScheduleKeys.schedule(),
     }
     table = ", ".join(f"{name} = '{value}'" for name, value in names.items())
-    source = resources.files(__package__).joinpath("notify.lua").read_text(encoding="utf-8")
-    return f"local NOTIFICATION_KEYS = {{{table}}}\n{source}"
+    return f"local NOTIFICATION_KEYS = {{{table}}}\n{lua.source('notify.lua')}"
 
 
 # Included ahead of every script that records notifications.
@@ -140,48 +139,6 @@ class Notification:
             attempts=[msgspec.json.decode(raw, type=Attempt) for raw in attempts],
             failures=int(fields.get("failures") or 0),
         )
-
-
-# KEYS: record, attempts, schedule, pending index. ARGV: attempt (JSON; '' for none: given
-# up unattempted), state, next attempt at (ISO, '' when none), next attempt at (epoch ms,
-# '' when none), timer member, attempts kept, failures, notification id.
-# Notes an attempt and what follows it, unless the record is gone (purged, erased).
-# Returns 1 when noted, 0 when the record is gone.
-ATTEMPTED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[1] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'next_attempt_at', ARGV[3], 'failures', ARGV[7])
-if ARGV[4] == '' then
-  redis.call('ZREM', KEYS[3], ARGV[5])
-else
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-end
-if ARGV[2] ~= 'pending' then redis.call('ZREM', KEYS[4], ARGV[8]) end
-return 1
-"""
-
-# KEYS: record, schedule, pending index. ARGV: the app it must belong to ('' for any),
-# 'any' or 'undelivered' (which states may be queued again), now (ISO), now (epoch ms),
-# timer member, notification id.
-# Queues the notification's next attempt now, its retry schedule from the start; the
-# record keeps its id (the webhook-id) and its attempts.
-# Returns 'queued', 'skipped' (delivered or discarded, when 'undelivered') or 'missing'
-# (gone, or another app's).
-REQUEUE = """
-local found = redis.call('HMGET', KEYS[1], 'app', 'state')
-if not found[2] then return 'missing' end
-if ARGV[1] ~= '' and found[1] ~= ARGV[1] then return 'missing' end
-if ARGV[2] == 'undelivered' and (found[2] == 'delivered' or found[2] == 'discarded') then
-  return 'skipped'
-end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'next_attempt_at', ARGV[3], 'failures', 0)
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
-return 'queued'
-"""
 
 
 def _requeue_call(
@@ -238,8 +195,8 @@ class NotificationStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._attempted = client.register_script(ATTEMPTED)
-        self._requeue = client.register_script(REQUEUE)
+        self._attempted = client.register_script(lua.source("notification_attempted.lua"))
+        self._requeue = client.register_script(lua.source("notification_requeue.lua"))
 
     def get(self, notification_id: str) -> Notification | None:
         with self.client.pipeline(transaction=False) as pipe:
@@ -308,7 +265,8 @@ class NotificationStore:
     def requeue(
         self, notification_id: str, app: str | None = None, *, undelivered: bool = False
     ) -> str:
-        """Queue an attempt now (see ``REQUEUE``): 'queued', 'skipped' or 'missing'."""
+        """Queue an attempt now (see ``notification_requeue.lua``): 'queued', 'skipped'
+        or 'missing'."""
         keys, args = _requeue_call(notification_id, app, undelivered=undelivered, moment=now())
         return decode_str(self._requeue(keys=keys, args=args))
 
@@ -361,7 +319,7 @@ class AsyncNotificationStore:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
-        self._requeue = client.register_script(REQUEUE)
+        self._requeue = client.register_script(lua.source("notification_requeue.lua"))
 
     async def for_session(self, session_id: str) -> list[Notification]:
         """The session's notifications with their attempts, oldest first."""
@@ -408,7 +366,8 @@ class AsyncNotificationStore:
         return None
 
     async def requeue(self, notification_id: str, app: str, *, undelivered: bool = False) -> str:
-        """Queue an attempt now (see ``REQUEUE``): 'queued', 'skipped' or 'missing'."""
+        """Queue an attempt now (see ``notification_requeue.lua``): 'queued', 'skipped'
+        or 'missing'."""
         keys, args = _requeue_call(notification_id, app, undelivered=undelivered, moment=now())
         return decode_str(await self._requeue(keys=keys, args=args))
 

@@ -26,8 +26,8 @@ import structlog
 from service.apps import Budget
 from service.messages import Outgoing
 from service.models import Session, Status, iso, now
-from service.store import scripts
-from service.store.apps import BUDGET, AppKeys
+from service.store import lua, scripts
+from service.store.apps import AppKeys
 from service.store.batching import GroupCommit
 from service.store.codec import decode_str, hash_args, timeline_entry
 from service.store.names import PREFIX
@@ -99,13 +99,24 @@ class Outcome(StrEnum):
     FENCED = "fenced"
 
 
+class CreateResult(StrEnum):
+    """What a create did: ``created``, ``replay`` (same key, same body), ``conflict``,
+    ``throttled`` (the app has spent its VTS budget) or ``full`` (the app holds its cap
+    of live sessions or more)."""
+
+    CREATED = "created"
+    REPLAY = "replay"
+    CONFLICT = "conflict"
+    THROTTLED = "throttled"
+    FULL = "full"
+
+
 @dataclass(frozen=True)
 class CreateOutcome:
-    """``result`` is ``created``, ``replay`` (same key, same body), ``conflict``,
-    ``throttled`` (the app has spent its VTS budget; try after ``retry_after_ms``) or
-    ``full`` (the app holds ``live`` live sessions, its cap or more)."""
+    """``retry_after_ms`` when ``throttled``; ``live``, the app's live sessions, when
+    ``full``."""
 
-    result: str
+    result: CreateResult
     session_id: str
     retry_after_ms: int = 0
     live: int = 0
@@ -161,9 +172,7 @@ def index_member(session: Session) -> str:
 
     The time is in microseconds: one web process can answer two creates within a
     millisecond, and at millisecond resolution they would be listed in the order of
-    their random ids. Members written with milliseconds (13 digits) still sort among
-    these by their first 13 digits; only within one millisecond is the order of the two
-    forms arbitrary."""
+    their random ids."""
     created = session.created_at
     micros = int(created.timestamp()) * 1_000_000 + created.microsecond
     return f"{session.app or ''}:{micros:016d}:{session.id}"
@@ -189,8 +198,8 @@ def decode_cursor(cursor: str, app: str) -> str:
     except ValueError as exc:  # binascii.Error, UnicodeDecodeError, or not ASCII at all
         raise InvalidCursor("cursor is not one this service gave out") from exc
     owner, _, rest = member.partition(":")
-    millis, _, session_id = rest.partition(":")
-    if owner != app or not (millis.isdigit() and session_id):
+    micros, _, session_id = rest.partition(":")
+    if owner != app or not (len(micros) == 16 and micros.isdigit() and session_id):
         raise InvalidCursor("cursor is not one this service gave out")
     return member
 
@@ -204,196 +213,6 @@ def drift_totals(client: redis.Redis) -> dict[str, int]:
     bounded by the counters)."""
     raw: dict[bytes | str, bytes | str] = client.hgetall(SessionKeys.reconcile_stats())
     return {decode_str(field): int(value) for field, value in raw.items()}
-
-
-# Sets each counter's adjustment so that counter + adjustment equals VTS's total.
-# KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
-# Returns the shown values before, in the same order.
-RECONCILE = """
-local before = {}
-for i = 1, #ARGV, 2 do
-  local name = ARGV[i]
-  local counted = tonumber(redis.call('HGET', KEYS[1], name) or '0')
-  local adjust = tonumber(redis.call('HGET', KEYS[1], 'adjust_' .. name) or '0')
-  -- %.0f, not tostring: Lua would write large numbers in exponent form.
-  before[#before + 1] = string.format('%.0f', counted + adjust)
-  local wanted = tonumber(ARGV[i + 1])
-  redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', wanted - counted))
-end
-return before
-"""
-
-# KEYS: lock. ARGV: token, ttl (ms). Extends the lock only if we still hold it.
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-# KEYS: lock. ARGV: token. Deletes the lock only if we still hold it.
-UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# KEYS: vts session claim. ARGV: session id. Returns the owner.
-CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return ARGV[1] end
-return redis.call('GET', KEYS[1])
-"""
-
-
-# KEYS: idempotency ('' when no key was given), session, index, status index, timeline,
-#       queue, queue messages, the app's VTS budget, the pending, active and in_progress
-#       indexes
-# ARGV: session id, index member, redis message id, payload, timeline entry,
-#       fingerprint, ttl, budget limit, budget window (ms), the app's live session cap
-#       (0: none), the app's range in the indexes (lowest, highest), field, value, ...
-# The app's live sessions are counted in the status indexes, which every transition,
-# purge and erasure keeps exact: nothing else to keep in step.
-# Returns {'created'|'replay'|'conflict', session id}, {'throttled', ms to wait} or
-# {'full', live sessions}.
-CREATE = (
-    BUDGET
-    + """
-if KEYS[1] ~= '' then
-  local found = redis.call('HMGET', KEYS[1], 'fingerprint', 'session_id')
-  if found[1] then
-    if found[1] == ARGV[6] then return {'replay', found[2]} end
-    return {'conflict', found[2]}
-  end
-end
-local cap = tonumber(ARGV[10])
-if cap > 0 then
-  local live = 0
-  for i = 9, 11 do live = live + redis.call('ZLEXCOUNT', KEYS[i], ARGV[11], ARGV[12]) end
-  if live >= cap then return {'full', tostring(live)} end
-end
-local now = now_ms()
-local wait = budget_wait(KEYS[8], now, tonumber(ARGV[8]), tonumber(ARGV[9]))
-if wait > 0 then return {'throttled', tostring(wait)} end
-if KEYS[1] ~= '' then
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[6], 'session_id', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-end
-budget_spend(KEYS[8], now, now, tonumber(ARGV[9]), ARGV[1])
-redis.call('HSET', KEYS[2], 'index_member', ARGV[2], unpack(ARGV, 13))
--- The session names its idempotency record, so that purge and erasure can remove it.
-if KEYS[1] ~= '' then redis.call('HSET', KEYS[2], 'idempotency_key', KEYS[1]) end
-redis.call('ZADD', KEYS[3], 0, ARGV[2])
-redis.call('ZADD', KEYS[4], 0, ARGV[2])
-redis.call('RPUSH', KEYS[5], ARGV[5])
-redis.call('HSET', KEYS[7], ARGV[3], ARGV[4])
-redis.call('RPUSH', KEYS[6], ARGV[3])
-return {'created', ARGV[1]}
-"""
-)
-
-# KEYS: session, timeline, queue, queue messages, the app's VTS budget
-# ARGV: allowed statuses (space separated), timeline entry, redis message id, payload,
-#       owner app, budget limit, budget window (ms)
-# A session of another app is 'missing'. Returns {'enqueued'|'skipped'|'missing', status}
-# or {'throttled', ms to wait}.
-ENQUEUE_IF = (
-    BUDGET
-    + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current or redis.call('HGET', KEYS[1], 'app') ~= ARGV[5] then return {'missing', ''} end
-if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. current .. ' ', 1, true) then
-  return {'skipped', current}
-end
-local now = now_ms()
-local wait = budget_wait(KEYS[5], now, tonumber(ARGV[6]), tonumber(ARGV[7]))
-if wait > 0 then return {'throttled', tostring(wait)} end
-budget_spend(KEYS[5], now, now, tonumber(ARGV[7]), ARGV[3])
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
-redis.call('RPUSH', KEYS[3], ARGV[3])
-return {'enqueued', current}
-"""
-)
-
-# Asks for changes to a session; changes asked while an update is on its way merge into
-# it (last writer wins per field), so a burst of them costs one VTS update. VTS updates of
-# a session are at least the update interval apart: a first change asked sooner than that
-# after the last update is scheduled (schedule entry 'update:<session id>') rather than
-# queued. Only a change that starts an update spends the app's budget.
-# KEYS: session, timeline, pending update, update sent, queue, queue messages, schedule,
-#       the app's VTS budget
-# ARGV: owner app, allowed statuses, timeline entry, redis message id, payload, budget
-#       limit, budget window (ms), pending ttl (s), timeline limit, schedule member,
-#       field, JSON value, ...
-# Returns {'merged'|'enqueued'|'scheduled'|'skipped'|'missing', status} or
-# {'throttled', ms to wait}.
-REQUEST_UPDATE = (
-    BUDGET
-    + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current or redis.call('HGET', KEYS[1], 'app') ~= ARGV[1] then return {'missing', ''} end
-if not string.find(' ' .. ARGV[2] .. ' ', ' ' .. current .. ' ', 1, true) then
-  return {'skipped', current}
-end
-local limit, window = tonumber(ARGV[6]), tonumber(ARGV[7])
-local queued = redis.call('HEXISTS', KEYS[3], '~queued') == 1
-local now = now_ms()
-if not queued then
-  local wait = budget_wait(KEYS[8], now, limit, window)
-  if wait > 0 then return {'throttled', tostring(wait)} end
-end
-redis.call('HSET', KEYS[3], '~app', ARGV[1], '~limit', ARGV[6], unpack(ARGV, 11))
-redis.call('EXPIRE', KEYS[3], ARGV[8])
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
-if queued then return {'merged', current} end
-redis.call('HSET', KEYS[3], '~queued', '1')
-local too_soon = redis.call('PTTL', KEYS[4])
-if too_soon > 0 then
-  budget_spend(KEYS[8], now, now + too_soon, window, ARGV[4])
-  redis.call('ZADD', KEYS[7], now + too_soon, ARGV[10])
-  return {'scheduled', current}
-end
-budget_spend(KEYS[8], now, now, window, ARGV[4])
-redis.call('HSET', KEYS[6], ARGV[4], ARGV[5])
-redis.call('RPUSH', KEYS[5], ARGV[4])
-return {'enqueued', current}
-"""
-)
-
-# After a VTS update: forgets the changes it sent (those not changed again meanwhile),
-# notes when it was sent, and schedules a follow-up for what was asked meanwhile, once
-# the interval has passed and the app's budget has room.
-# KEYS: pending update, update sent, schedule, the app's VTS budget
-# ARGV: interval (ms; 0 when nothing was sent), budget window (ms), schedule member,
-#       budget member,
-#       field, JSON value sent, ...
-# Returns 'done' or 'scheduled'.
-FINISH_UPDATE = (
-    BUDGET
-    + """
-for i = 5, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-  end
-end
-local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-if interval > 0 then redis.call('SET', KEYS[2], '1', 'PX', interval) end
-local left = 0
-for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(name, 1, 1) ~= '~' then left = left + 1 end
-end
-if left == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  return 'done'
-end
-local now = now_ms()
-local limit = tonumber(redis.call('HGET', KEYS[1], '~limit') or '1')
-local at = now + interval
-at = at + budget_wait(KEYS[4], at, limit, window)
-budget_spend(KEYS[4], now, at, window, ARGV[4])
-redis.call('ZADD', KEYS[3], at, ARGV[3])
-return 'scheduled'
-"""
-)
 
 
 # For sessions stored by the service itself (tests, tools) rather than by an app.
@@ -429,11 +248,13 @@ class Sessions:
 
     def _init_sessions(self) -> None:
         self._transition = self.client.register_script(scripts.TRANSITION)
-        self._claim = self.client.register_script(CLAIM)
-        self._unlock = self.client.register_script(UNLOCK)
-        self._renew = self.client.register_script(RENEW)
-        self._reconcile = self.client.register_script(RECONCILE)
-        self._finish_update = self.client.register_script(FINISH_UPDATE)
+        self._claim = self.client.register_script(lua.source("claim_vts_session.lua"))
+        self._unlock = self.client.register_script(lua.source("unlock.lua"))
+        self._renew = self.client.register_script(lua.source("renew_lock.lua"))
+        self._reconcile = self.client.register_script(lua.source("reconcile.lua"))
+        self._finish_update = self.client.register_script(
+            lua.source("budget.lua", "finish_update.lua")
+        )
 
     def get_session(self, session_id: str) -> Session | None:
         return decode_session(self.client.hgetall(SessionKeys.session(session_id)))
@@ -610,9 +431,11 @@ class AsyncSessions:
     _group: GroupCommit
 
     def _init_sessions(self) -> None:
-        self._create = self.client.register_script(CREATE)
-        self._enqueue_if = self.client.register_script(ENQUEUE_IF)
-        self._request_update = self.client.register_script(REQUEST_UPDATE)
+        self._create = self.client.register_script(lua.source("budget.lua", "create.lua"))
+        self._enqueue_if = self.client.register_script(lua.source("budget.lua", "enqueue_if.lua"))
+        self._request_update = self.client.register_script(
+            lua.source("budget.lua", "request_update.lua")
+        )
 
     async def create_session(
         self,
@@ -661,10 +484,11 @@ class AsyncSessions:
                 *hash_args(session.to_fields()),
             ],
         )
-        outcome, detail = _throttled_or(result)
-        if outcome == "throttled":
+        text, detail = _throttled_or(result)
+        outcome = CreateResult(text)
+        if outcome is CreateResult.THROTTLED:
             return CreateOutcome(outcome, "", retry_after_ms=int(detail))
-        if outcome == "full":
+        if outcome is CreateResult.FULL:
             return CreateOutcome(outcome, "", live=int(detail))
         return CreateOutcome(outcome, detail)
 

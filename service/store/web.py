@@ -8,7 +8,7 @@ import redis.asyncio
 from service.messages import Outgoing
 from service.models import Session, Status
 from service.redis_clients import Durability, wait_for_replicas_async
-from service.store import scripts
+from service.store import lua
 from service.store.batching import GroupCommit
 from service.store.codec import decode_str
 from service.store.events import AsyncStoredEvents, EventKeys
@@ -30,7 +30,7 @@ class AsyncStore(AsyncSessions, AsyncStoredEvents):
     ) -> None:
         self.client = client
         self.durability = durability
-        self._erase = client.register_script(scripts.ERASE)
+        self._erase = client.register_script(lua.source("erase.lua"))
         self._group = GroupCommit(client, durability=durability)
         self._init_sessions()
         self._init_events()

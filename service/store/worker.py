@@ -11,7 +11,7 @@ import redis
 from service.models import Status, iso, now
 from service.redis_clients import Durability, wait_for_replicas
 from service.store import scripts
-from service.store.codec import Applied, decode_str
+from service.store.codec import Applied, ApplyOutcome, decode_str
 from service.store.deadletters import DeadLetters
 from service.store.events import WEBHOOK_RETENTION_SECONDS, EventKeys, StoredEvents
 from service.store.notifications import NotificationStore
@@ -102,7 +102,7 @@ class Store(Sessions, StoredEvents, Schedule, QueueAccess, DeadLetters):
             decode_str(item) if isinstance(item, bytes) else item for item in reply
         )
         return Applied(
-            outcome,
+            ApplyOutcome(outcome),
             detail,
             session_id,
             name,

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import resources
 
 import structlog
 from redis import Redis, RedisError
@@ -26,33 +27,10 @@ from service.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
-# KEYS[1]: the sorted set of slots, scored in microseconds of Redis time.
-# ARGV: limit, window (us), max_in_flight (us), member. Returns 0 when admitted, else the
-# microseconds until the earliest slot frees (at least the window if all are in flight).
-# Scores go to Redis as numbers (17 significant digits); Lua's own tostring keeps only 14,
-# hence string.format for the exclusive bound.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit, window, in_flight = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - window))
-if redis.call('ZCARD', KEYS[1]) < limit then
-    redis.call('ZADD', KEYS[1], now + in_flight, ARGV[4])
-    redis.call('PEXPIRE', KEYS[1], math.ceil((in_flight + window) / 1000) + 1000)
-    return 0
-end
-local earliest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-if earliest > now then
-    return window
-end
-return math.max(1, earliest + window - now)
-"""
 
-# Marks a slot complete now; XX, so a slot that already expired is not brought back.
-_RELEASE = """
-local t = redis.call('TIME')
-return redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
-"""
+def _lua(name: str) -> str:
+    """A script of the limiter's, from its ``.lua`` file beside this module."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 class RateLimiter:
@@ -82,8 +60,8 @@ class RateLimiter:
         self._args = (limit, round(window * 1_000_000), round(max_in_flight * 1_000_000))
         self._sleep = sleep
         self._on_wait = on_wait
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._release = redis.register_script(_RELEASE)
+        self._acquire = redis.register_script(_lua("acquire_slot.lua"))
+        self._release = redis.register_script(_lua("release_slot.lua"))
         self._lock = threading.Lock()
         self.waits = 0
 

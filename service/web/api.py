@@ -20,7 +20,13 @@ from service.metrics import metrics
 from service.models import LIVE, Session, Status, iso, now
 from service.phones import mask
 from service.settings import Settings
-from service.store import AsyncRecordingStore, AsyncStore, InvalidCursor, timeline_entry
+from service.store import (
+    AsyncRecordingStore,
+    AsyncStore,
+    CreateResult,
+    InvalidCursor,
+    timeline_entry,
+)
 from service.web.endpoints import Endpoint
 from service.web.middleware import header
 from service.web.problems import FieldError, Problem
@@ -201,11 +207,11 @@ async def create_session(request: Request) -> Response:
         budget=_budget(request, app),
         max_live=settings.app_max_live_sessions,
     )
-    if outcome.result == "throttled":
+    if outcome.result is CreateResult.THROTTLED:
         raise _throttled(outcome.retry_after_ms)
-    if outcome.result == "full":
+    if outcome.result is CreateResult.FULL:
         raise _full(outcome.live)
-    if outcome.result == "conflict":
+    if outcome.result is CreateResult.CONFLICT:
         # The IETF draft on Idempotency-Key: 422 for a key reused with another body.
         # The store creates a session and records its key in one step, so no request
         # with a key is ever seen half done (the draft's 409).
@@ -215,12 +221,12 @@ async def create_session(request: Request) -> Response:
             "use a new key for a new request",
             slug="idempotency-key-reused",
         )
-    headers = {"idempotent-replayed": "true"} if outcome.result == "replay" else {}
+    headers = {"idempotent-replayed": "true"} if outcome.result is CreateResult.REPLAY else {}
     if wait:
         headers["preference-applied"] = f"wait={wait}"
     structlog.contextvars.bind_contextvars(session_id=outcome.session_id)
     # No line of its own: the request's http_request line carries the session_id.
-    if outcome.result == "created" and not wait:
+    if outcome.result is CreateResult.CREATED and not wait:
         # Answer with what was just stored: no second round trip on the hot path.
         return JSON(schemas.session(session), status_code=202, headers=_location(session))
     return await _answer(request, outcome.session_id, wait, headers)
