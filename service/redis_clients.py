@@ -219,7 +219,7 @@ def follow_master(client: redis.Redis, url: str) -> MasterFollower | None:
 def follow_master_async(client: redis.asyncio.Redis, url: str) -> MasterFollower | None:
     """``follow_master`` for an asyncio client, made in its event loop (the pool is the
     loop's: the connections are dropped there). A batch then in flight fails as a
-    connection error and is sent again, to the new master, by the client's retry."""
+    connection error (503: Redis may have run it); the next goes to the new master."""
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         return None
     loop = asyncio.get_running_loop()

@@ -95,9 +95,8 @@ def test_calls_after_redis_lost_its_scripts_run_once(
 
 def test_a_dropped_connection_is_replaced(redis_url: str, redis_client: redis.Redis) -> None:
     """Redis closing the client's connection between batches fails at most the batch
-    that meets it (its callers answer 503; nothing is sent twice, since the client's
-    retry policy is none: a script may have run before the connection broke); the next
-    batch goes out on a new connection."""
+    that meets it (its callers answer 503; nothing is sent twice: a script may have run
+    before the connection broke); the next batch goes out on a new connection."""
 
     async def go() -> list[object]:
         client = redis.asyncio.Redis.from_url(redis_url)
@@ -156,3 +155,70 @@ def test_replies_that_do_not_come_fail_the_batch_in_time(
     assert all(isinstance(outcome, redis.TimeoutError) for outcome in outcomes), outcomes
     assert timeout <= waited < timeout + 0.5
     assert after == [b"paused", b"after"]
+
+
+def test_a_batch_redis_may_have_run_is_never_sent_twice(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The connection breaking after the batch went out but before its replies came
+    back fails the batch's calls: Redis may have run them, and a script is not
+    idempotent (a create without an Idempotency-Key), so they are never sent again.
+    The next batch gets a new connection."""
+    upstream = redis_client.connection_pool.connection_kwargs
+    cut = asyncio.Event()
+
+    async def go() -> tuple[object, object]:
+        relays: set[asyncio.Task[None]] = set()
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            relays.add(task)
+            if "path" in upstream:
+                upstream_reader, upstream_writer = await asyncio.open_unix_connection(
+                    upstream["path"]
+                )
+            else:
+                upstream_reader, upstream_writer = await asyncio.open_connection(
+                    upstream["host"], upstream["port"]
+                )
+
+            async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+                try:
+                    while data := await source.read(65536):
+                        if source is upstream_reader and cut.is_set():
+                            cut.clear()  # Redis ran the batch; its replies are lost
+                            break
+                        sink.write(data)
+                        await sink.drain()
+                finally:
+                    writer.close()
+                    upstream_writer.close()
+
+            await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+
+        server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        proxy_port = server.sockets[0].getsockname()[1]
+        client = redis.asyncio.Redis(host="127.0.0.1", port=proxy_port, db=upstream.get("db", 0))
+        try:
+            group = GroupCommit(client)
+            script = client.register_script(ECHO)
+            await script(keys=["warm"], args=["up"])
+            cut.set()
+            try:
+                met: object = await group.call(script, ["ran"], ["once"])
+            except redis.ConnectionError as exc:
+                met = exc
+            after = await group.call(script, ["ran"], ["after"])
+            return met, after
+        finally:
+            await client.aclose()
+            server.close()
+            for task in relays:
+                task.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
+
+    met, after = asyncio.run(go())
+    assert isinstance(met, redis.ConnectionError), met
+    assert after == [b"ran", b"after"]
+    assert redis_client.lrange("ran", 0, -1) == [b"once", b"after"]

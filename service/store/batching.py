@@ -82,8 +82,9 @@ class GroupCommit:
         if missing:
             # Redis lost its scripts (a restart, SCRIPT FLUSH). Those calls did nothing, so
             # loading the scripts and sending the calls again runs each exactly once.
+            # A script's SHA1 is its source's, so loading it again gives the same one.
             for script in {batch[i][0] for i in missing}:
-                script.sha = await self._client.script_load(script.script)
+                await self._client.script_load(script.script)
             again, acked = await self._pipeline([batch[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
@@ -99,10 +100,14 @@ class GroupCommit:
         way, by hiredis, costs a tenth of redis-py's generic packing in Python, and a
         create packs some forty arguments.
 
-        Connection errors are retried as the client's retry policy says (as redis-py
-        retries a pipeline); the connection is dropped whenever a round trip breaks off,
-        so no reply is ever read by the wrong caller. Returns the calls' replies and,
-        where durability asks for replicas, the WAIT's (or the error replied instead)."""
+        Connecting is retried as the client's retry policy says (the pool connects, and
+        replaces a pooled connection Redis has closed); a round trip that breaks off is
+        not: Redis may have run the batch, and not every script is idempotent (a create
+        without an Idempotency-Key), so each call fails with the connection's error (the
+        web answers 503, and the app retries, with its key). The connection is then
+        dropped, so no reply is ever read by the wrong caller. Returns the calls' replies
+        and, where durability asks for replicas, the WAIT's (or the error replied
+        instead)."""
         payload = b"".join(
             pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             for script, keys, args, _ in batch
@@ -114,34 +119,26 @@ class GroupCommit:
         pool = self._client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
 
-        async def round_trip() -> list[Any]:
-            try:
-                await connection.send_packed_command(payload)
-                results: list[Any] = []
-                # One deadline for the batch's replies, not one per reply: redis-py
-                # arms and cancels a timer for every read it bounds itself.
-                limit = connection.socket_timeout
-                if limit is not None:  # WAIT holds its reply back up to its own timeout
-                    limit += durable * self._durability.timeout
-                async with asyncio.timeout(limit):
-                    for _ in range(replies):
-                        try:
-                            results.append(await connection.read_response(timeout=math.inf))
-                        except ResponseError as exc:
-                            results.append(exc)
-            except TimeoutError:  # the deadline's (redis-py's own is not a TimeoutError)
-                await connection.disconnect()
-                raise redis.TimeoutError("Timeout reading the replies from Redis") from None
-            except BaseException:
-                await connection.disconnect()
-                raise
-            return results
-
-        async def failed(_: Exception) -> None:
-            await connection.disconnect()
-
+        results: list[Any] = []
         try:
-            results: list[Any] = await connection.retry.call_with_retry(round_trip, failed)
+            await connection.send_packed_command(payload)
+            # One deadline for the batch's replies, not one per reply: redis-py arms and
+            # cancels a timer for every read it bounds itself.
+            limit = connection.socket_timeout
+            if limit is not None:  # WAIT holds its reply back up to its own timeout
+                limit += durable * self._durability.timeout
+            async with asyncio.timeout(limit):
+                for _ in range(replies):
+                    try:
+                        results.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        results.append(exc)
+        except TimeoutError:  # the deadline's (redis-py's own is not a TimeoutError)
+            await connection.disconnect()
+            raise redis.TimeoutError("Timeout reading the replies from Redis") from None
+        except BaseException:
+            await connection.disconnect()
+            raise
         finally:
             await pool.release(connection)
         if not durable:
