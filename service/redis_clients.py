@@ -137,6 +137,20 @@ def wait_for_replicas(client: redis.Redis, durability: Durability) -> None:
     durability.check(marked if isinstance(marked, Exception) else acked)
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """The replicas ``client``'s writes must reach before the work that made them is
+    acknowledged (``durability``)."""
+
+    client: redis.Redis
+    durability: Durability = Durability()
+
+    def wait(self) -> None:
+        """Return once everything written so far holds on the replicas ``durability``
+        asks for; raise ReplicasBehind (a RedisError: the work is retried) otherwise."""
+        wait_for_replicas(self.client, self.durability)
+
+
 async def wait_for_replicas_async(client: redis.asyncio.Redis, durability: Durability) -> None:
     """``wait_for_replicas`` for an asyncio client."""
     if not durability.replicas:
