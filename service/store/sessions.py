@@ -5,6 +5,10 @@ waiting for a VTS update.
 An ended session and everything listed here are deleted ``SESSION_RETENTION_SECONDS``
 after it ended (unless configured otherwise); live ones keep no TTL but are bounded by the
 sessions apps keep open.
+
+The sweep for sessions missing their timers is here (``Sessions.sweep_timers``): it scans
+a status index, which sessions own, and only reads the schedule. So is the web's
+readiness probe (``AsyncSessions.ping``): the web is ready when it can serve sessions.
 """
 
 from __future__ import annotations
