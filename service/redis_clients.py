@@ -4,9 +4,10 @@ Sentinel (the client asks the Sentinels for the current primary on every new con
 ``follow_master`` drops the pooled connections when the Sentinels announce a new one).
 
 A write is acknowledged only once it has reached ``Durability.replicas`` replicas (``WAIT``,
-see ``wait_for_replicas``): replication is asynchronous, and a master demoted by a planned
-failover keeps taking writes until Sentinel reconfigures it, then throws them away when it
-resyncs from the promoted replica."""
+see ``wait_for_replicas``; the workers wait through ``Replicas``, once per message):
+replication is asynchronous, and a master demoted by a planned failover keeps taking
+writes until Sentinel reconfigures it, then throws them away when it resyncs from the
+promoted replica."""
 
 from __future__ import annotations
 
