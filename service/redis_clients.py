@@ -4,9 +4,10 @@ Sentinel (the client asks the Sentinels for the current primary on every new con
 ``follow_master`` drops the pooled connections when the Sentinels announce a new one).
 
 A write is acknowledged only once it has reached ``Durability.replicas`` replicas (``WAIT``,
-see ``wait_for_replicas``): replication is asynchronous, and a master demoted by a planned
-failover keeps taking writes until Sentinel reconfigures it, then throws them away when it
-resyncs from the promoted replica."""
+see ``wait_for_replicas``; the workers wait through ``Replicas``, once per message):
+replication is asynchronous, and a master demoted by a planned failover keeps taking
+writes until Sentinel reconfigures it, then throws them away when it resyncs from the
+promoted replica."""
 
 from __future__ import annotations
 
@@ -135,6 +136,20 @@ def wait_for_replicas(client: redis.Redis, durability: Durability) -> None:
         pipe.execute_command(*durability.wait_command())  # type: ignore[no-untyped-call]
         marked, acked = pipe.execute(raise_on_error=False)
     durability.check(marked if isinstance(marked, Exception) else acked)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """The replicas ``client``'s writes must reach before the work that made them is
+    acknowledged (``durability``)."""
+
+    client: redis.Redis
+    durability: Durability = Durability()
+
+    def wait(self) -> None:
+        """Return once everything written so far holds on the replicas ``durability``
+        asks for; raise ReplicasBehind (a RedisError: the work is retried) otherwise."""
+        wait_for_replicas(self.client, self.durability)
 
 
 async def wait_for_replicas_async(client: redis.asyncio.Redis, durability: Durability) -> None:

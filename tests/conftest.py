@@ -28,7 +28,7 @@ from devkit.sandbox.server import SandboxConfig, create_sandbox_app, number_rang
 from service import logs, messages
 from service.models import Session, Status
 from service.settings import AppKey, Secret, Settings
-from service.store import AsyncStore
+from service.store import AsyncSessions, AsyncStoredEvents
 from service.vts.callbacks import Event, EventIds
 from tests.servers import free_port, serve
 from workers.dependencies import Dependencies
@@ -318,7 +318,7 @@ def store_event(redis_url: str, event: Event) -> str:
         client = redis.asyncio.Redis.from_url(redis_url)
         message = messages.APPLY_EVENT.message(messages.EventRef(stored_as))
         received_ms = int(datetime.now(UTC).timestamp() * 1000)
-        await AsyncStore(client).ingest_webhook(
+        await AsyncStoredEvents(client).ingest_webhook(
             event, [stored_as], message, nonce=None, received_ms=received_ms
         )
         await client.aclose()
@@ -342,7 +342,7 @@ def stored_session(redis_url: str, session_id: str) -> Session:
     async def go() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
         message = messages.CREATE_SESSION.message(messages.SessionRef(session.id))
-        await AsyncStore(client).create_session(
+        await AsyncSessions(client).create_session(
             session, message, idempotency=None, idempotency_ttl=60
         )
         await client.aclose()

@@ -118,7 +118,7 @@ def store_unseen(client: redis.Redis, event_id: str, params: dict[str, str]) -> 
     """Store a session callback and queue it as a web did that could not yet know its
     session was erased or purged (the worker then decides)."""
     from service import messages
-    from service.store import Store
+    from service.store import Queue
     from service.store.keys import Keys
 
     uuid = params["SessionUUID"]
@@ -126,4 +126,4 @@ def store_unseen(client: redis.Redis, event_id: str, params: dict[str, str]) -> 
               "received_ms": str(int(time.time() * 1000))}  # fmt: skip
     client.hset(Keys.webhook(event_id), mapping=fields)  # type: ignore[arg-type]
     client.sadd(Keys.callbacks(uuid), event_id)
-    Store(client).enqueue(messages.APPLY_EVENT.message(messages.EventRef(event_id, uuid)))
+    Queue(client).enqueue(messages.APPLY_EVENT.message(messages.EventRef(event_id, uuid)))

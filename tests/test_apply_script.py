@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from service import schemas
 from service.models import iso, to_nanos
-from service.store import Store, scripts, timeline_entry
+from service.store import StoredEvents, scripts, timeline_entry
 from service.store.keys import CHANNEL, TIMELINE_LIMIT, Keys
 
 NOW = "2026-03-01T12:00:00.000+00:00"
@@ -266,9 +266,9 @@ def test_an_unreadable_virtual_number_changes_none(run: Run) -> None:
 
 
 def test_the_store_applies_in_one_call(redis_client: redis.Redis) -> None:
-    """``Store.apply_event`` passes the store's keys and arguments and decodes the reply."""
+    """``StoredEvents.apply_event`` passes the store's keys and arguments and decodes the reply."""
     run = Run(redis_client)
-    applied = Store(redis_client).apply_event(
+    applied = StoredEvents(redis_client).apply_event(
         run.store(LEG), run.vts_uuid, clock=datetime.now(UTC), reconcile_after=RECONCILE_AFTER
     )
     assert (applied.outcome, applied.session_id, applied.sequence) == ("applied", run.session_id, 7)

@@ -159,6 +159,51 @@ def test_key_name_imports_are_found(tmp_path: Path) -> None:
     assert {"Keys", "SessionKeys", "EventKeys", "QueueKeys", "AppKeys"} <= KEY_CLASSES
 
 
+def _store_classes() -> set[str]:
+    return {
+        node.name
+        for path in _modules("service/store")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+
+
+def _inherited_store_classes(source: str, store_classes: set[str]) -> set[tuple[str, str]]:
+    """The (class, base) pairs of ``source`` whose base is one of ``store_classes``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                if name in store_classes:
+                    found.add((node.name, name))
+    return found
+
+
+def test_no_store_class_inherits_from_another() -> None:
+    """The store's classes are composed, never mixed in: none inherits from another class
+    of the store (``keys.Keys`` alone gathers the key classes, for tests)."""
+    store_classes = _store_classes()
+    for path in _modules("service/store"):
+        inherited = _inherited_store_classes(path.read_text(), store_classes)
+        if path.name == "keys.py":
+            inherited = {(name, base) for name, base in inherited if name != "Keys"}
+        assert not inherited, f"{path.relative_to(ROOT)}: {inherited}"
+
+
+def test_inherited_store_classes_are_found() -> None:
+    source = (
+        "from service.store import sessions\n"
+        "from service.store.events import StoredEvents\n"
+        "class Store(sessions.Sessions, StoredEvents): ...\n"
+        "class Outcome(StrEnum): ...\n"
+    )
+    assert _inherited_store_classes(source, _store_classes()) == {
+        ("Store", "Sessions"),
+        ("Store", "StoredEvents"),
+    }
+
+
 def test_every_job_of_the_contract_has_its_actor(broker: dramatiq.Broker) -> None:
     """Each job's actor exists, on the job's queue, with the job's retry policy."""
     for job in messages.JOBS:

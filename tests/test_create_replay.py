@@ -13,7 +13,7 @@ import redis
 
 from service import messages
 from service.settings import Settings
-from service.store import Store
+from service.store import DeadLetters
 from service.tools import deadletters
 from tests.conftest import make_settings, new_numbers, wait_until
 
@@ -41,7 +41,7 @@ def _status(api: httpx2.Client, session_id: str) -> str:
     return str(api.get(f"/v1/sessions/{session_id}").json()["status"])
 
 
-def _replay_the_create(store: Store) -> None:
+def _replay_the_create(store: DeadLetters) -> None:
     letters = [
         letter
         for letter in deadletters.dead_letters(store, (messages.SESSIONS_QUEUE,))
@@ -51,7 +51,7 @@ def _replay_the_create(store: Store) -> None:
     assert deadletters.replay(store, letters[0])
 
 
-def _dead_create(store: Store) -> bool:
+def _dead_create(store: DeadLetters) -> bool:
     return any(
         letter.message["actor_name"] == messages.CREATE_SESSION.name
         for letter in deadletters.dead_letters(store, (messages.SESSIONS_QUEUE,))
@@ -68,7 +68,7 @@ def test_a_replayed_create_adopts_the_session_vts_made(
 ) -> None:
     """VTS made the session but every answer was lost, and the lookup failed too: the
     create is given up. Replayed, it finds that session and adopts it: one VTS session."""
-    store = Store(redis_client)
+    store = DeadLetters(redis_client)
     faults = {"stall_after_create": 2, "error_rate": 1.0, "error_paths": ["list"]}
     sandbox.put("/_sandbox/faults", json=faults)
     session_id, parties = _create(api)
@@ -87,7 +87,7 @@ def test_a_replayed_create_stays_failed_until_vts_has_the_session(
 ) -> None:
     """Replayed while VTS still fails, the session stays failed; replayed once VTS is
     back, it is created, once."""
-    store = Store(redis_client)
+    store = DeadLetters(redis_client)
     sandbox.put("/_sandbox/faults", json={"error_rate": 1.0, "error_paths": ["create"]})
     session_id, parties = _create(api)
     wait_until(lambda: _dead_create(store), timeout=60)
@@ -106,7 +106,7 @@ def test_one_failure_leaves_one_dead_letter(
     """A create given up, whose app's endpoint cannot be reached either, leaves one
     dead letter; replayed while VTS still fails it leaves one again, and replayed once
     VTS is back, none (the app's notifications are records, never dead letters)."""
-    store = Store(redis_client)
+    store = DeadLetters(redis_client)
     sandbox.put("/_sandbox/faults", json={"error_rate": 1.0, "error_paths": ["create"]})
     parties = new_numbers()
     body = {"first_party": parties[0], "second_party": parties[1],

@@ -12,7 +12,7 @@ import httpx2
 import redis
 import redis.asyncio
 
-from service.store import Store
+from service.store import DeadLetters, Queue, StoredEvents
 from service.store.keys import Keys
 from service.tools import deadletters
 from service.vts.callbacks import check
@@ -47,7 +47,7 @@ def test_failed_message_is_listed_replayed_and_applied_once(
     params = {"EventName": "SessionFirstPartyHangup", "SessionUUID": session["vts_session_uuid"],
               "SequenceNumber": "1", "BilledDuration": "60", "Amount": "0.0085",
               "FirstParty": first[1:]}  # fmt: skip
-    store = Store(redis_client)
+    store = DeadLetters(redis_client)
     # Paused, so that the worker cannot apply the event before its record is damaged.
     worker.pause()
     event_id = store_event(redis_url, check("session", params))
@@ -65,7 +65,10 @@ def test_failed_message_is_listed_replayed_and_applied_once(
     assert "replayed" in _cli(redis_url, "dlq", "replay", letter.redis_id)
     wait_until(lambda: api.get(f"/v1/sessions/{session['id']}").json()["call_count"] == 1)
     assert not deadletters.replay(store, letter)
-    assert deadletters.replay_webhooks(store, [event_id]) == 1
+    assert (
+        deadletters.replay_webhooks(StoredEvents(redis_client), Queue(redis_client), [event_id])
+        == 1
+    )
     _cli(redis_url, "replay-webhooks", "--since", "2000-01-01T00:00:00+00:00")
     wait_until(lambda: redis_client.llen(Keys.queue("events")) == 0)
     wait_until(lambda: int(redis_client.hget(Keys.event_stats(), "applied") or 0) >= 1)

@@ -13,7 +13,7 @@ import redis
 from service import messages
 from service.models import Status
 from service.recordings import recording_id
-from service.store import RecordingStore, Store
+from service.store import Queue, RecordingStore, Sessions
 from service.store.keys import Keys
 from service.vts.callbacks import check
 from tests.conftest import event_id, stored_session, wait_until
@@ -38,7 +38,7 @@ def test_a_recording_event_waits_past_the_download_retries_for_its_session(
     fields = {"kind": "recording", "params": json.dumps(params), "received_ms": received_ms}
     stored_as = event_id(event)
     redis_client.hset(Keys.webhook(stored_as), mapping=fields)  # type: ignore[arg-type]
-    Store(redis_client).enqueue(
+    Queue(redis_client).enqueue(
         messages.APPLY_RECORDING_EVENT.message(messages.EventRef(stored_as))
     )
     waits: list[str] = []
@@ -52,9 +52,9 @@ def test_a_recording_event_waits_past_the_download_retries_for_its_session(
 
     wait_until(waited_enough, timeout=60)
     session = stored_session(redis_url, "ses_" + "e" * 32)
-    store = Store(redis_client)
-    store.claim_vts_session(vts_uuid, session.id)
-    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
+    sessions = Sessions(redis_client)
+    sessions.claim_vts_session(vts_uuid, session.id)
+    sessions.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
     recordings = RecordingStore(redis_client)
     wait_until(lambda: recordings.get(recording_id(recording_uuid)), timeout=30)
     assert redis_client.zcard(Keys.dead_letters(messages.RECORDINGS_QUEUE)) == 0

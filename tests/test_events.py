@@ -13,7 +13,7 @@ import redis.asyncio
 
 from service.errors import EventNotReady
 from service.models import Status
-from service.store import Store
+from service.store import Sessions
 from service.store.keys import Keys
 from service.vts.callbacks import Event, check
 from tests.conftest import Clock, store_event, stored_session
@@ -24,8 +24,8 @@ UUID = "5f0c3f6e-1111-4222-8333-944455556666"
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> Store:
-    return Store(redis_client)
+def sessions(redis_client: redis.Redis) -> Sessions:
+    return Sessions(redis_client)
 
 
 @pytest.fixture
@@ -39,11 +39,11 @@ def ctx(deps: Dependencies, clock: Clock) -> Dependencies:
 
 
 @pytest.fixture
-def session_id(store: Store, redis_url: str) -> str:
+def session_id(sessions: Sessions, redis_url: str) -> str:
     """An active session tied to VTS session ``UUID``."""
     session = stored_session(redis_url, "ses_" + "a" * 32)
-    store.claim_vts_session(UUID, session.id)
-    store.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
+    sessions.claim_vts_session(UUID, session.id)
+    sessions.transition(session.id, Status.ACTIVE, allowed=[Status.PENDING])
     return session.id
 
 
@@ -97,7 +97,12 @@ def _apply_all(ctx: Dependencies, ids: list[str], clock: Clock) -> None:
 
 @pytest.mark.parametrize("family", ["hangup", "complete"])
 def test_shuffled_duplicated_events_count_exactly(
-    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock, family: str
+    ctx: Dependencies,
+    sessions: Sessions,
+    session_id: str,
+    redis_url: str,
+    clock: Clock,
+    family: str,
 ) -> None:
     """Three calls' events, shuffled and each delivered twice, count exactly once."""
     size = len(_call(1, family))
@@ -106,7 +111,7 @@ def test_shuffled_duplicated_events_count_exactly(
     deliveries = ids + ids
     random.Random(4).shuffle(deliveries)
     _apply_all(ctx, deliveries, clock)
-    session = store.get_session(session_id)
+    session = sessions.get_session(session_id)
     assert session is not None
     assert (session.call_count, session.billed_duration) == (6, 360)
     assert session.call_amount == Decimal("0.051")
@@ -115,33 +120,33 @@ def test_shuffled_duplicated_events_count_exactly(
 
 
 def test_a_live_call_shows_in_progress(
-    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, sessions: Sessions, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """The session is in_progress while a call is live, active after it."""
     call = _call(1, "hangup")
     _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[:3]], clock)
-    assert store.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
+    assert sessions.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
     _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[3:]], clock)
-    assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
+    assert sessions.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
 
 
 def test_an_event_whose_predecessor_is_missing_is_applied_at_once(
-    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, sessions: Sessions, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """No event waits for an earlier one: the third of a call applies with no clock move."""
     call = _call(1, "hangup")
     accounting.apply(ctx, _ingest(redis_url, check("session", call[2])))
-    assert store.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
+    assert sessions.get_session(session_id).status is Status.IN_PROGRESS  # type: ignore[union-attr]
 
 
 def test_a_late_answer_does_not_reopen_an_ended_call(
-    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, sessions: Sessions, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """The call event with the highest sequence number decides whether a call is live."""
     call = _call(1, "hangup")
     _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[3:]], clock)
     _apply_all(ctx, [_ingest(redis_url, check("session", p)) for p in call[:3]], clock)
-    session = store.get_session(session_id)
+    session = sessions.get_session(session_id)
     assert session is not None
     assert session.status is Status.ACTIVE
     assert session.interaction_count == 1
@@ -164,7 +169,7 @@ def test_event_before_the_session_is_known_waits_then_is_kept_aside(
 
 
 def test_timeout_expires_and_number_replaced_updates(
-    ctx: Dependencies, store: Store, session_id: str, redis_url: str, clock: Clock
+    ctx: Dependencies, sessions: Sessions, session_id: str, redis_url: str, clock: Clock
 ) -> None:
     """SessionVirtualNumberReplaced changes the number; SessionTimeout expires."""
     replaced = {"EventName": "SessionVirtualNumberReplaced", "SessionUUID": UUID,
@@ -172,34 +177,38 @@ def test_timeout_expires_and_number_replaced_updates(
     timeout = {"EventName": "SessionTimeout", "SessionUUID": UUID, "SequenceNumber": "2"}
     ids = [_ingest(redis_url, check("session", p)) for p in (replaced, timeout)]
     _apply_all(ctx, ids, clock)
-    session = store.get_session(session_id)
+    session = sessions.get_session(session_id)
     assert session is not None
     assert session.virtual_number == "+14152000099"
     assert session.status is Status.EXPIRED
 
 
 def test_unknown_events_are_counted_without_effect(
-    ctx: Dependencies, store: Store, session_id: str, redis_client: redis.Redis, redis_url: str,
+    ctx: Dependencies,
+    sessions: Sessions,
+    session_id: str,
+    redis_client: redis.Redis,
+    redis_url: str,
     clock: Clock,
-) -> None:  # fmt: skip
+) -> None:
     """An event name we do not know changes no counter, but is counted and on the timeline."""
     params = {"EventName": "SessionSomethingNew", "SessionUUID": UUID, "SequenceNumber": "1"}
     _apply_all(ctx, [_ingest(redis_url, check("session", params))], clock)
-    session = store.get_session(session_id)
+    session = sessions.get_session(session_id)
     assert session is not None
     assert session.call_count == 0
     assert redis_client.hget(Keys.event_stats(), "unknown") == b"1"
 
 
 def test_reconciliation_sets_vts_totals_and_later_events_still_add(
-    store: Store, session_id: str
+    sessions: Sessions, session_id: str
 ) -> None:
     """Reconciling makes counters equal VTS's; an event applied afterwards still counts."""
-    before = store.reconcile(session_id, {"call_count": 4, "billed_duration": 240,
+    before = sessions.reconcile(session_id, {"call_count": 4, "billed_duration": 240,
                                           "call_amount_nanos": 34_000_000,
                                           "interaction_count": 2})  # fmt: skip
     assert before["call_count"] == 0
-    session = store.get_session(session_id)
+    session = sessions.get_session(session_id)
     assert session is not None
     assert (session.call_count, session.billed_duration) == (4, 240)
     assert session.call_amount == Decimal("0.034")

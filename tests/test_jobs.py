@@ -14,7 +14,7 @@ from service import messages
 from service.errors import EventNotReady, RecordingPending, SessionBusy, VtsUnavailable
 from service.messages import EventRef, SessionRef
 from service.settings import Settings
-from service.store import Store
+from service.store import Queue
 from service.store.keys import Keys
 from tests.conftest import make_settings, wait_until
 
@@ -91,7 +91,7 @@ def test_a_message_that_does_not_fit_is_dead_lettered_at_once(
 ) -> None:
     """A malformed payload is never retried: it goes to the dead letters, with a note."""
     bad = messages.encode(messages.EVENTS_QUEUE, messages.APPLY_EVENT.name, [42], {}, {})
-    Store(redis_client).enqueue(bad)
+    Queue(redis_client).enqueue(bad)
     dead = Keys.dead_letters(messages.EVENTS_QUEUE)
     wait_until(lambda: redis_client.zscore(dead, bad.redis_message_id) is not None, timeout=30)
     note = redis_client.get(Keys.dead_letter_note(bad.redis_message_id))

@@ -13,7 +13,7 @@ import redis
 
 from service.models import FINAL, Status
 from service.settings import Settings
-from service.store import Store
+from service.store import DeadLetters
 from service.store.codec import decode_str
 from service.store.keys import Keys
 from tests.conftest import make_settings, new_numbers, wait_until
@@ -115,7 +115,7 @@ def test_every_key_has_a_ttl_or_a_bound(
     keyed = {"first_party": first, "second_party": second}
     assert api.post("/v1/sessions", json=keyed, headers={"Idempotency-Key": "k-1"}).is_success
     _failed_session(api, sandbox)
-    Store(redis_client).note_dead_letter("0" * 32, "a reason")
+    DeadLetters(redis_client).note_dead_letter("0" * 32, "a reason")
     queues = [Keys.queue(name) for name in ("sessions", "recordings")]
     wait_until(lambda: not any(redis_client.llen(queue) for queue in queues))
 

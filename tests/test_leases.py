@@ -15,7 +15,7 @@ import redis
 
 from service.errors import SessionBusy
 from service.models import Status
-from service.store import Store
+from service.store import Sessions
 from service.store.keys import Keys
 from tests.conftest import stored_session, wait_until
 from workers import leases
@@ -24,54 +24,56 @@ SESSION = "ses_" + "f" * 32
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> Store:
-    return Store(redis_client)
+def sessions(redis_client: redis.Redis) -> Sessions:
+    return Sessions(redis_client)
 
 
-def test_a_lease_is_renewed_while_its_work_runs(store: Store) -> None:
+def test_a_lease_is_renewed_while_its_work_runs(sessions: Sessions) -> None:
     """Work that outlasts several leases keeps the session: nobody else can take it."""
     lease = timedelta(milliseconds=300)
-    with leases.held(store, SESSION, lease):
+    with leases.held(sessions, SESSION, lease):
         until = time.monotonic() + 4 * lease.total_seconds()
         while time.monotonic() < until:
-            with pytest.raises(SessionBusy), leases.held(store, SESSION, lease):
+            with pytest.raises(SessionBusy), leases.held(sessions, SESSION, lease):
                 pass
             time.sleep(0.05)
-    with leases.held(store, SESSION, lease):  # released at the end
+    with leases.held(sessions, SESSION, lease):  # released at the end
         pass
 
 
 def test_a_write_under_a_lapsed_lease_is_fenced(
-    store: Store, redis_url: str, redis_client: redis.Redis
+    sessions: Sessions, redis_url: str, redis_client: redis.Redis
 ) -> None:
     """A holder whose lease passed to another worker writes nothing."""
     session = stored_session(redis_url, SESSION)
-    assert store.lock_session(session.id, "stalled", 1)
+    assert sessions.lock_session(session.id, "stalled", 1)
     wait_until(lambda: not redis_client.exists(Keys.session_lock(session.id)))
-    with leases.held(store, session.id) as fence:
-        late = store.transition(
+    with leases.held(sessions, session.id) as fence:
+        late = sessions.transition(
             session.id, Status.FAILED, allowed=[Status.PENDING], fence="stalled"
         )
         assert late == ("fenced", Status.PENDING)
-        assert store.transition(
+        assert sessions.transition(
             session.id, Status.ACTIVE, allowed=[Status.PENDING], fence=fence
         ) == ("ok", Status.PENDING)
-    assert store.get_session(session.id).status is Status.ACTIVE  # type: ignore[union-attr]
+    assert sessions.get_session(session.id).status is Status.ACTIVE  # type: ignore[union-attr]
 
 
 _HOLDER = """
 import sys, time, redis
 from datetime import timedelta
-from service.store import Store
+from service.store import Sessions
 from workers import leases
 lease = timedelta(seconds=float(sys.argv[3]))
-with leases.held(Store(redis.Redis.from_url(sys.argv[1])), sys.argv[2], lease):
+with leases.held(Sessions(redis.Redis.from_url(sys.argv[1])), sys.argv[2], lease):
     print("holding", flush=True)
     time.sleep(600)
 """
 
 
-def test_a_killed_holders_session_is_free_within_seconds(store: Store, redis_url: str) -> None:
+def test_a_killed_holders_session_is_free_within_seconds(
+    sessions: Sessions, redis_url: str
+) -> None:
     """SIGKILL the process holding a session: another worker has it within one lease."""
     lease = timedelta(seconds=2)  # the mechanism is the same for LEASE's 5 s, only slower
     command = [sys.executable, "-c", _HOLDER, redis_url, SESSION, str(lease.total_seconds())]
@@ -79,7 +81,7 @@ def test_a_killed_holders_session_is_free_within_seconds(store: Store, redis_url
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "holding"
-        with pytest.raises(SessionBusy), leases.held(store, SESSION):
+        with pytest.raises(SessionBusy), leases.held(sessions, SESSION):
             pass
         os.kill(holder.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -91,7 +93,7 @@ def test_a_killed_holders_session_is_free_within_seconds(store: Store, redis_url
 
     def free() -> bool:
         try:
-            with leases.held(store, SESSION):
+            with leases.held(sessions, SESSION):
                 return True
         except SessionBusy:
             return False

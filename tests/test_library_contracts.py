@@ -24,7 +24,7 @@ from dramatiq.brokers import redis as dramatiq_redis
 
 from service import messages
 from service.messages import SessionRef
-from service.store import Store
+from service.store import Queue
 from workers.broker import GuardedConsumer, PromptRedisBroker
 
 
@@ -50,7 +50,7 @@ def test_what_the_store_enqueues_a_dramatiq_broker_delivers(
     """Written into dramatiq's Redis layout by the store, a message is consumed by a
     plain dramatiq Redis broker."""
     outgoing = messages.CREATE_SESSION.message(SessionRef("ses_2"))
-    Store(redis_client).enqueue(outgoing)
+    Queue(redis_client).enqueue(outgoing)
     broker = dramatiq_redis.RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]
     broker.declare_queue(messages.SESSIONS_QUEUE)
     consumer = broker.consume(messages.SESSIONS_QUEUE, prefetch=1, timeout=100)

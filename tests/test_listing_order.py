@@ -9,7 +9,7 @@ import redis.asyncio
 
 from service import messages
 from service.models import Session, Status
-from service.store import AsyncStore
+from service.store import AsyncSessions
 
 
 def _session(session_id: str, created_at: datetime) -> Session:
@@ -35,7 +35,7 @@ def test_sessions_created_in_one_millisecond_list_newest_first(redis_url: str) -
     async def go() -> list[str]:
         client = redis.asyncio.Redis.from_url(redis_url)
         try:
-            store = AsyncStore(client)
+            store = AsyncSessions(client)
             for index, session_id in enumerate(ids):
                 session = _session(session_id, start + timedelta(microseconds=200 * index))
                 message = messages.CREATE_SESSION.message(messages.SessionRef(session_id))

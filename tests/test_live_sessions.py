@@ -16,7 +16,7 @@ from devkit.sandbox.server import number_range
 from service.errors import ConfigurationError
 from service.models import Status
 from service.settings import AppKey, Secret, Settings
-from service.store import Store
+from service.store import Sessions
 from tests.conftest import (
     API_KEY,
     http_client,
@@ -81,7 +81,7 @@ def test_an_app_at_its_live_session_cap_is_answered_429_until_one_ends(
     assert replayed.status_code == 422  # the key is answered as before, not counted
     with http_client(web_url, headers={"Authorization": f"Bearer {OTHER_KEY}"}) as other:
         assert _create(other).status_code == 202
-    Store(redis_client).transition(made[0].json()["id"], Status.FAILED, allowed=[Status.PENDING])
+    Sessions(redis_client).transition(made[0].json()["id"], Status.FAILED, allowed=[Status.PENDING])
     assert _create(api).status_code == 202
     assert _create(api).status_code == 429
 

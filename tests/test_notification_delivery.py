@@ -21,9 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.settings import AppKey, Secret, Settings
-from service.store import Store
+from service.store import DeadLetters, Retention
 from service.store.apps import AppStore
 from service.store.keys import Keys
+from service.store.notifications import NotificationStore
 from tests.conftest import API_KEY, http_client, make_settings, new_numbers, wait_until
 from tests.servers import serve
 
@@ -324,7 +325,7 @@ def test_erasure_and_purge_remove_the_records(
     ids = [n["id"] for s in (erased, purged) for n in _log(api, s["id"])]
     assert api.post(f"/v1/sessions/{erased['id']}/erase").status_code == 200
     assert _log(api, erased["id"]) == []
-    Store(redis_client).purge_session(purged["id"], [])
+    Retention(redis_client, NotificationStore(redis_client)).purge_session(purged["id"], [])
     for notification_id in ids:
         assert not redis_client.exists(Keys.notification(notification_id))
         assert not redis_client.exists(Keys.notification_attempts(notification_id))
@@ -415,7 +416,7 @@ def test_operators_discard_dead_letters_and_are_told_when_there_are_none(
         redis_client.hset(
             Keys.dead_letter_messages(queue), message.redis_message_id, message.payload
         )
-        Store(redis_client).note_dead_letter(message.redis_message_id, "OSError: disk")
+        DeadLetters(redis_client).note_dead_letter(message.redis_message_id, "OSError: disk")
         ids.append(message.redis_message_id)
     assert _masking("dlq", "discard", ids[0]) == 0
     assert f"discarded {ids[0]} (purge_session)" in capsys.readouterr().out

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from service.models import Status
-from service.store import Store
+from service.store import Sessions
 from service.store.endpoints import EndpointHealth, disabled_count
 from service.store.keys import Keys
 from service.store.notifications import Attempt, NotificationStore, State
@@ -21,8 +21,7 @@ def _recorded(redis_url: str, client: redis.Redis, session_id: str, kind: str) -
     """A notification of a stored session, recorded as a transition records one."""
     stored_session(redis_url, session_id)
     client.hset(Keys.session(session_id), "callback_url", "https://hooks.example.com/h")
-    store = Store(client)
-    store.transition(session_id, None, allowed=list(Status), notify=(kind, ""))
+    Sessions(client).transition(session_id, None, allowed=list(Status), notify=(kind, ""))
     return f"{session_id}.{kind}"
 
 

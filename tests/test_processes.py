@@ -19,7 +19,7 @@ import redis
 
 from devkit.sandbox.server import create_sandbox_app
 from service import messages
-from service.store import Store
+from service.store import Queue
 from service.store.keys import Keys
 from tests.conftest import new_numbers, sandbox_with, wait_until
 from tests.servers import serve
@@ -107,7 +107,7 @@ def _force_a_failure_quoting_a_number(system: System, redis_url: str) -> str:
     record = {"kind": "session", "params": json.dumps(params), "received_ms": number}
     client.hset(Keys.webhook(event_id), mapping=record)  # type: ignore[arg-type]
     message = messages.APPLY_EVENT.message(messages.EventRef(event_id))
-    Store(client).enqueue(message)
+    Queue(client).enqueue(message)
     client.close()
     return message.message_id
 

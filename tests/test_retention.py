@@ -18,7 +18,7 @@ import redis.asyncio
 from service import messages
 from service.models import Status
 from service.settings import Settings
-from service.store import AsyncStore, Store
+from service.store import AsyncStoredEvents, Schedule, Sessions
 from service.store.keys import Keys
 from service.vts.callbacks import Event
 from tests.conftest import event_id, loopback_settings, stored_session, wait_until
@@ -88,20 +88,20 @@ def _active(api: httpx2.Client, session_id: str) -> dict[str, Any] | None:
 def test_ending_a_session_schedules_its_purge(redis_url: str, redis_client: redis.Redis) -> None:
     """Failing or expiring a session puts its purge on the schedule, retention later;
     a pending or live session has none."""
-    store = Store(redis_client, retention=3600)
+    sessions = Sessions(redis_client, retention=3600)
     stored_session(redis_url, "ses_failing")
     assert redis_client.zscore(Keys.schedule(), "purge:ses_failing") is None
-    store.transition("ses_failing", Status.FAILED, allowed=[Status.PENDING])
+    sessions.transition("ses_failing", Status.FAILED, allowed=[Status.PENDING])
     due = redis_client.zscore(Keys.schedule(), "purge:ses_failing")
     assert due is not None
     stored_session(redis_url, "ses_live")
-    store.transition("ses_live", Status.ACTIVE, allowed=[Status.PENDING])
+    sessions.transition("ses_live", Status.ACTIVE, allowed=[Status.PENDING])
     assert redis_client.zscore(Keys.schedule(), "purge:ses_live") is None
-    store.transition("ses_live", Status.EXPIRED, allowed=[Status.ACTIVE])
+    sessions.transition("ses_live", Status.EXPIRED, allowed=[Status.ACTIVE])
     later = redis_client.zscore(Keys.schedule(), "purge:ses_live")
     assert later is not None
     assert later >= due
-    due_in_two_hours = store.take_due(datetime.now(UTC) + timedelta(hours=2))
+    due_in_two_hours = Schedule(redis_client).take_due(datetime.now(UTC) + timedelta(hours=2))
     assert due_in_two_hours == [("purge", "ses_failing"), ("purge", "ses_live")]
 
 
@@ -114,7 +114,7 @@ def test_callback_index_is_trimmed_by_age(redis_url: str, redis_client: redis.Re
     async def ingest() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
         message = messages.APPLY_EVENT.message(messages.EventRef(event_id(event)))
-        await AsyncStore(client).ingest_webhook(
+        await AsyncStoredEvents(client).ingest_webhook(
             event, [event_id(event)], message, nonce=None, received_ms=1_700_000_000_000
         )
         await client.aclose()

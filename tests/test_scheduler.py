@@ -13,7 +13,7 @@ import redis.asyncio
 
 from service.metrics import metrics
 from service.models import Status
-from service.store import Store
+from service.store import Schedule, Sessions
 from service.store.keys import Keys
 from tests.conftest import Clock, stored_session, wait_until
 from workers import reconcile
@@ -24,8 +24,13 @@ from workers.sweep import TimerSweep
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> Store:
-    return Store(redis_client)
+def sessions(redis_client: redis.Redis) -> Sessions:
+    return Sessions(redis_client)
+
+
+@pytest.fixture
+def schedule(redis_client: redis.Redis) -> Schedule:
+    return Schedule(redis_client)
 
 
 def _queued(client: redis.Redis, queue: str = "sessions") -> int:
@@ -33,14 +38,14 @@ def _queued(client: redis.Redis, queue: str = "sessions") -> int:
 
 
 def test_only_one_scheduler_leads_and_each_timer_fires_once(
-    broker: dramatiq.Broker, store: Store, redis_client: redis.Redis, deps: Dependencies
+    broker: dramatiq.Broker, schedule: Schedule, redis_client: redis.Redis, deps: Dependencies
 ) -> None:
     """Two schedulers (two processes): one leads, and a due timer is enqueued once."""
     clock = Clock()
     deps = replace(deps, clock=clock)
     first, second = Scheduler(), Scheduler()
     for n in range(5):
-        store.schedule("reconcile", f"ses_{n}", clock.moment - timedelta(seconds=1))
+        schedule.schedule("reconcile", f"ses_{n}", clock.moment - timedelta(seconds=1))
     ticks = (first, second, first, second)
     fired = sum(scheduler.tick(deps, broker) for scheduler in ticks)
     assert fired == 5
@@ -48,29 +53,29 @@ def test_only_one_scheduler_leads_and_each_timer_fires_once(
 
 
 def test_taken_timers_come_back_after_their_lease(
-    broker: dramatiq.Broker, store: Store, deps: Dependencies
+    broker: dramatiq.Broker, schedule: Schedule, deps: Dependencies
 ) -> None:
     """A timer taken but never rescheduled (its process died) fires again after the lease."""
     clock = Clock()
     deps = replace(deps, clock=clock)
     scheduler = Scheduler()
-    store.schedule("expire", "ses_x", clock.moment)
+    schedule.schedule("expire", "ses_x", clock.moment)
     assert scheduler.tick(deps, broker) == 1
     assert scheduler.tick(deps, broker) == 0
     clock.moment += timedelta(seconds=61)
     assert scheduler.tick(deps, broker) == 1
 
 
-def test_a_leader_that_stops_renewing_is_replaced(store: Store) -> None:
+def test_a_leader_that_stops_renewing_is_replaced(schedule: Schedule) -> None:
     """The lead expires with its holder: another process takes it."""
-    assert store.lead("a", ttl_ms=50)
-    assert not store.lead("b", ttl_ms=50)
-    wait_until(lambda: store.lead("b", ttl_ms=50), timeout=2)
+    assert schedule.lead("a", ttl_ms=50)
+    assert not schedule.lead("b", ttl_ms=50)
+    wait_until(lambda: schedule.lead("b", ttl_ms=50), timeout=2)
 
 
-def _active_session(redis_url: str, store: Store, expires_at: datetime) -> str:
+def _active_session(redis_url: str, sessions: Sessions, expires_at: datetime) -> str:
     session = stored_session(redis_url, "ses_" + "b" * 32)
-    store.transition(
+    sessions.transition(
         session.id, Status.ACTIVE, allowed=[Status.PENDING],
         fields={"expires_at": expires_at.isoformat(), "vts_session_uuid": "u-1"},
     )  # fmt: skip
@@ -78,29 +83,29 @@ def _active_session(redis_url: str, store: Store, expires_at: datetime) -> str:
 
 
 def test_an_overdue_session_expires_without_vts(
-    store: Store, redis_url: str, redis_client: redis.Redis, deps: Dependencies
+    sessions: Sessions, redis_url: str, redis_client: redis.Redis, deps: Dependencies
 ) -> None:
     """When expires_at has passed and VTS said nothing, the session becomes expired."""
     clock = Clock()
-    session_id = _active_session(redis_url, store, clock.moment + timedelta(seconds=30))
+    session_id = _active_session(redis_url, sessions, clock.moment + timedelta(seconds=30))
     ctx = replace(deps, clock=clock)
     reconcile.expire_if_due(ctx, session_id)
-    assert store.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
+    assert sessions.get_session(session_id).status is Status.ACTIVE  # type: ignore[union-attr]
     clock.moment += timedelta(seconds=31)
     reconcile.expire_if_due(ctx, session_id)
-    session = store.get_session(session_id)
+    session = sessions.get_session(session_id)
     assert session is not None
     assert session.status is Status.EXPIRED
     assert redis_client.zscore(Keys.schedule(), f"reconcile:{session_id}") is not None
 
 
 def test_the_sweep_gives_a_live_session_back_the_timers_it_lacks(
-    store: Store, redis_url: str, redis_client: redis.Redis, deps: Dependencies
+    sessions: Sessions, redis_url: str, redis_client: redis.Redis, deps: Dependencies
 ) -> None:
     """A live session written without its expiry and reconciliation timers gets both back
     from the sweep, counted; a second pass finds nothing to repair."""
     expires_at = datetime.now(UTC) + timedelta(minutes=10)
-    session_id = _active_session(redis_url, store, expires_at)
+    session_id = _active_session(redis_url, sessions, expires_at)
     redis_client.zrem(Keys.schedule(), f"expire:{session_id}", f"reconcile:{session_id}")
     before = _repaired("expire")
     sweep = TimerSweep(every=0)

@@ -23,7 +23,7 @@ from service.errors import ConfigurationError, StorageError, StorageUnavailable
 from service.messages import QUEUES
 from service.settings import Settings
 from service.storage import LocalStorage
-from service.store import Store
+from service.store import DeadLetters
 from tests.conftest import loopback_settings, make_settings, wait_until
 from tests.test_recordings import _recorded_call, _recording
 from tests.test_retry_logs import Lines
@@ -133,8 +133,8 @@ def test_other_local_failures_are_errors_not_outages(tmp_path: Path) -> None:
 
 
 def _dead_letters(client: redis.Redis) -> int:
-    store = Store(client)
-    return sum(len(store.dead_letters(queue)) for queue in QUEUES)
+    dead_letters = DeadLetters(client)
+    return sum(len(dead_letters.dead_letters(queue)) for queue in QUEUES)
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ from starlette.routing import Route
 from service.models import Status
 from service.settings import AppKey, Secret, Settings
 from service.storage import LocalStorage
-from service.store import RecordingStore, Store
+from service.store import RecordingStore, Sessions
 from service.store.keys import Keys
+from service.store.notifications import NotificationStore
 from service.web.app import create_app
 from tests.conftest import http_client, make_settings, new_numbers
 
@@ -84,10 +85,12 @@ def _stored_recording(settings: Settings, client: redis.Redis, session_id: str) 
 def _stored_notification(client: redis.Redis, session_id: str) -> str:
     """A notification of the session, recorded as the worker's transition records one."""
     client.hset(Keys.session(session_id), "callback_url", "https://example.com/hook")
-    store = Store(client)
-    store.transition(session_id, None, allowed=list(Status), notify=("session.active", ""))
-    (notification_id,) = store.notifications.ids(session_id)
-    store.notifications.unschedule(notification_id)
+    Sessions(client).transition(
+        session_id, None, allowed=list(Status), notify=("session.active", "")
+    )
+    notifications = NotificationStore(client)
+    (notification_id,) = notifications.ids(session_id)
+    notifications.unschedule(notification_id)
     return notification_id
 
 

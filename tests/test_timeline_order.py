@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx2
 import redis
 
-from service.store import Store
+from service.store import StoredEvents
 from service.store.keys import Keys
 from service.vts.callbacks import Event
 from tests.conftest import store_event
@@ -39,10 +39,10 @@ def test_events_applied_out_of_order_are_shown_oldest_first(
     ).json()["id"]
     session_uuid = str(uuid.uuid4())
     redis_client.set(Keys.vts_session(session_uuid), session_id)
-    store, start = Store(redis_client), datetime.now(UTC) + timedelta(minutes=1)
+    events, start = StoredEvents(redis_client), datetime.now(UTC) + timedelta(minutes=1)
     for sequence in ARRIVAL:
         event_id = store_event(redis_url, _event(session_uuid, sequence, start))
-        applied = store.apply_event(event_id, session_uuid, clock=start, reconcile_after={})
+        applied = events.apply_event(event_id, session_uuid, clock=start, reconcile_after={})
         assert applied.outcome == "applied"
     entries = api.get(f"/v1/sessions/{session_id}/events").json()["data"]
     shown = [entry for entry in entries if entry["type"] == "vts_event"]

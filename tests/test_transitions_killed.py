@@ -24,7 +24,7 @@ import redis.client
 from service.errors import SessionBusy, SessionNotReady
 from service.models import Status
 from service.settings import Settings
-from service.store import Store
+from service.store import Sessions
 from service.store.keys import Keys
 from service.vts.callbacks import check
 from tests.conftest import Clock, make_settings, store_event, stored_session, wait_until
@@ -200,7 +200,7 @@ def test_activation_killed_after_any_write(
     assert writes >= 3  # the attempt's note, the VTS session's claim, the transition
     assert _vts_sessions(sandbox) - vts_before == len(session_ids)
     for session_id in session_ids:
-        session = healthy.store.get_session(session_id)
+        session = healthy.sessions.get_session(session_id)
         assert session is not None
         assert session.status is Status.ACTIVE, session_id
         assert session.expires_at is not None
@@ -222,7 +222,7 @@ def live(redis_url: str, redis_client: redis.Redis) -> Callable[[], str]:
     def make() -> str:
         made.append(1)
         session = stored_session(redis_url, f"ses_{len(made):032x}")
-        store = Store(redis_client)
+        store = Sessions(redis_client)
         redis_client.delete(Keys.vts_session(UUID))
         store.claim_vts_session(UUID, session.id)
         store.transition(
@@ -272,7 +272,7 @@ def test_an_event_killed_after_any_write(
     )
     assert writes >= 1
     for session_id, _ in current:
-        session = healthy.store.get_session(session_id)
+        session = healthy.sessions.get_session(session_id)
         assert session is not None
         assert session.status is status
         assert session.interaction_count == (1 if name == "SessionPartiesHangup" else 0)
@@ -310,7 +310,7 @@ def test_expiry_killed_after_any_write(
     )
     assert writes >= 1
     for session_id in current:
-        session = healthy.store.get_session(session_id)
+        session = healthy.sessions.get_session(session_id)
         assert session is not None
         assert session.status is Status.EXPIRED
         assert _timer(redis_client, "purge", session_id) is not None
@@ -346,7 +346,7 @@ def test_a_rejected_create_killed_after_any_write(
     )
     assert writes >= 2  # the attempt's note, the transition
     for session_id in session_ids:
-        session = healthy.store.get_session(session_id)
+        session = healthy.sessions.get_session(session_id)
         assert session is not None
         assert session.status is Status.FAILED
         assert session.error_code == "vts_rejected"

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from service.settings import Settings
-from service.store import Store
+from service.store import Sessions
 from service.store.keys import Keys
 from tests.conftest import new_numbers, wait_until
 from workers import boot, sessions
@@ -84,9 +84,9 @@ def test_a_busy_session_is_retried_without_an_error_or_traceback(
     """While another worker holds the session, its update is retried (logged as a retry,
     not as an error with a traceback) and applied once the session is free."""
     session = _active_session(api)
-    store, token = Store(redis_client), uuid.uuid4().hex
+    sessions, token = Sessions(redis_client), uuid.uuid4().hex
     # The create lets go of the session just after it shows active.
-    wait_until(lambda: store.lock_session(session["id"], token, 60_000), timeout=10)
+    wait_until(lambda: sessions.lock_session(session["id"], token, 60_000), timeout=10)
     capsys.readouterr()
     assert api.patch(f"/v1/sessions/{session['id']}", json={"ring_timeout": 30}).status_code == 202
 
@@ -97,7 +97,7 @@ def test_a_busy_session_is_retried_without_an_error_or_traceback(
 
     seen: list[dict[str, Any]] = []
     wait_until(retried, timeout=20, interval=0.1)
-    store.unlock_session(session["id"], token)
+    sessions.unlock_session(session["id"], token)
     wait_until(
         lambda: api.get(f"/v1/sessions/{session['id']}").json()["ring_timeout"] == 30,
         timeout=30,

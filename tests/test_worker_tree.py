@@ -23,7 +23,7 @@ import redis
 from devkit.embedded_redis import EmbeddedRedis
 from service import messages
 from service.models import Status
-from service.store import Store
+from service.store import Queue, Sessions
 from service.store.keys import Keys
 from tests.conftest import stored_session, wait_until
 from tests.servers import free_port, free_ports
@@ -119,10 +119,10 @@ def _metrics(port: int) -> int:
 
 def _creates_a_session(redis_url: str, name: str) -> None:
     session = stored_session(redis_url, name)
-    store = Store(redis.Redis.from_url(redis_url))
+    sessions = Sessions(redis.Redis.from_url(redis_url))
 
     def active() -> bool:
-        found = store.get_session(session.id)
+        found = sessions.get_session(session.id)
         return found is not None and found.status == Status.ACTIVE
 
     wait_until(active, timeout=30)
@@ -175,13 +175,14 @@ def test_a_full_log_pipe_cannot_keep_the_tree_alive(
     system: System, redis_url: str, tmp_path: Path
 ) -> None:
     """Workers blocked writing logs into a pipe nobody reads still exit after SIGTERM."""
-    store = Store(redis.Redis.from_url(redis_url))
+    client = redis.Redis.from_url(redis_url)
+    queue = Queue(client)
     with _tree(system, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as tree:
         children = tree.wait_running()
         # Each of these logs two lines: far more than the pipe's 64 KiB.
         for index in range(2000):
-            store.enqueue(messages.APPLY_EVENT.message(messages.EventRef(f"evt_missing{index}")))
-        wait_until(lambda: store.client.llen(Keys.queue("events")) < 1900, timeout=30)
+            queue.enqueue(messages.APPLY_EVENT.message(messages.EventRef(f"evt_missing{index}")))
+        wait_until(lambda: client.llen(Keys.queue("events")) < 1900, timeout=30)
         tree.process.terminate()
         tree.process.wait(STOP_DEADLINE)
         assert not any(map(_alive, children))

@@ -47,7 +47,7 @@ def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) ->
     queued before the web named it have to read the callback for it). Raises
     EventNotReady while it must wait."""
     if not session_uuid:
-        stored = deps.store.webhook(event_id)
+        stored = deps.events.webhook(event_id)
         if stored is None:
             log.warning("event_expired_before_applied", event_id=event_id)
             return
@@ -68,7 +68,7 @@ def apply(deps: Dependencies, event_id: str, session_uuid: str | None = None) ->
 
 
 def _apply(deps: Dependencies, event_id: str, session_uuid: str, **answers: str) -> Applied:
-    return deps.store.apply_event(
+    return deps.events.apply_event(
         event_id, session_uuid, clock=deps.clock(), reconcile_after=_RECONCILE_AFTER, **answers
     )
 
@@ -77,20 +77,20 @@ def _follow_up(deps: Dependencies, event_id: str, session_uuid: str, applied: Ap
     if applied.outcome is ApplyOutcome.APPLIED:
         log.info("event_applied", status_before=applied.before, status_after=applied.after)
     elif applied.outcome in (ApplyOutcome.ERASED, ApplyOutcome.MISSING) or (
-        applied.outcome is ApplyOutcome.NO_SESSION and deps.store.refuses_callbacks(session_uuid)
+        applied.outcome is ApplyOutcome.NO_SESSION and deps.events.refuses_callbacks(session_uuid)
     ):
         # The session's data is gone or going: nothing of the event may outlive it.
-        deps.store.drop_callback(event_id, session_uuid)
+        deps.events.drop_callback(event_id, session_uuid)
         log.info("event_dropped_session_gone", result=applied.outcome)
     elif applied.outcome is ApplyOutcome.NO_SESSION:
         received_ms = int(applied.detail)
         age = deps.clock() - datetime.fromtimestamp(received_ms / 1000, UTC)
         if age < ORPHAN_AFTER:
             raise EventNotReady("the session of this event is not known yet")
-        deps.store.keep_orphan(event_id, received_ms, session_uuid)
+        deps.events.keep_orphan(event_id, received_ms, session_uuid)
         log.warning("event_orphaned")
     elif applied.outcome is ApplyOutcome.INVALID:
-        deps.store.set_aside(event_id, session_uuid, "invalid")
+        deps.events.set_aside(event_id, session_uuid, "invalid")
         log.warning("event_invalid", reason=f"{applied.detail} is not a possible value")
     elif applied.outcome is ApplyOutcome.EXPIRED:
         log.warning("event_expired_before_applied")

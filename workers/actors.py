@@ -51,7 +51,7 @@ def declare(job: Job[P], work: Callable[[Dependencies, P], None]) -> dramatiq.Ac
             # next, and a write lost in a failover under an acked message is never redone.
             # One WAIT per message, not per write: a write lost along with its message's
             # ack is redone when the message comes back from the replica's view.
-            deps.store.wait_for_replicas()
+            deps.replicas.wait()
         except retried as exc:
             level = log.info if isinstance(exc, policy.waits) else log.warning
             level("work_retrying", reason=type(exc).__name__, detail=mask_text(str(exc))[:200])
@@ -89,7 +89,7 @@ def create_session(deps: Dependencies, payload: SessionRef) -> None:
 def create_session_exhausted(deps: Dependencies, payload: Exhausted) -> None:
     given_up = _given_up(messages.CREATE_SESSION, payload)
     reason = "the session could not be created at VTS; try again later"
-    sessions.fail(deps.store, given_up.session_id, sessions.GAVE_UP, reason)
+    sessions.fail(deps.sessions, given_up.session_id, sessions.GAVE_UP, reason)
 
 
 def _given_up(job: Job[P], exhausted: Exhausted) -> P:

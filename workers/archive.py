@@ -39,22 +39,22 @@ log = structlog.get_logger(__name__)
 def apply(deps: Dependencies, event_id: str) -> None:
     """Handle one stored recording callback. Raises EventNotReady (retry) while its session
     is unknown or VTS still answers 404; RecordingUnavailable (retry) on network errors."""
-    stored = deps.store.webhook(event_id)
+    stored = deps.events.webhook(event_id)
     if stored is None:
         return
     _, params, received_ms = stored
     event = Event("recording", params)
-    if deps.store.refuses_callbacks(event.session_uuid):
+    if deps.events.refuses_callbacks(event.session_uuid):
         # Erased or purged: nothing of the event may outlive the session's data.
-        deps.store.drop_callback(event_id, event.session_uuid)
+        deps.events.drop_callback(event_id, event.session_uuid)
         log.info("event_dropped_session_gone")
         return
     received = datetime.fromtimestamp(received_ms / 1000, UTC)
-    session_id = deps.store.session_for_vts(event.session_uuid)
+    session_id = deps.sessions.session_for_vts(event.session_uuid)
     if session_id is None:
         if deps.clock() - received < ORPHAN_AFTER:
             raise EventNotReady("the session of this recording is not known yet")
-        deps.store.keep_orphan(event_id, received_ms)
+        deps.events.keep_orphan(event_id, received_ms)
         return
     structlog.contextvars.bind_contextvars(session_id=session_id, vts_event=event.name)
     uuid = params.get("RecordingUUID", "")
@@ -71,9 +71,9 @@ def apply(deps: Dependencies, event_id: str) -> None:
 
 
 def _note(deps: Dependencies, session_id: str, event: Event, uuid: str) -> None:
-    if deps.store.mark_applied(session_id, f"recording:{event.name}:{uuid}"):
+    if deps.events.mark_applied(session_id, f"recording:{event.name}:{uuid}"):
         entry = timeline_entry("recording", name=event.name, recording_id=recording_id(uuid))
-        deps.store.add_timeline(session_id, entry)
+        deps.sessions.add_timeline(session_id, entry)
 
 
 def _register(deps: Dependencies, session_id: str, event: Event) -> Recording | None:
@@ -136,7 +136,7 @@ def _stored(deps: Dependencies, recording: Recording, size: int, sha256: str, ki
 
 def give_up(deps: Dependencies, event_id: str) -> None:
     """Retries are exhausted for this event: its recording, if any, has failed."""
-    stored = deps.store.webhook(event_id)
+    stored = deps.events.webhook(event_id)
     uuid = stored[1].get("RecordingUUID") if stored else None
     if uuid:
         fail(deps, recording_id(uuid), "VTS kept failing to serve the recording")
@@ -149,5 +149,5 @@ def fail(deps: Dependencies, rec_id: str, reason: str) -> None:
         return
     metrics().recordings.labels("failed").inc()
     entry = timeline_entry("recording_failed", recording_id=rec_id, reason=reason)
-    deps.store.add_timeline(recording.session_id, entry)
+    deps.sessions.add_timeline(recording.session_id, entry)
     log.warning("recording_failed", recording_id=rec_id, reason=reason)

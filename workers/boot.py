@@ -16,7 +16,17 @@ from service import egress, logs, messages, redis_clients
 from service.metrics import metrics
 from service.settings import Settings
 from service.storage import open_storage
-from service.store import RecordingStore, Store, reconcile_rate_limit_key, vts_rate_limit_key
+from service.store import (
+    DeadLetters,
+    Queue,
+    RecordingStore,
+    Retention,
+    Schedule,
+    Sessions,
+    StoredEvents,
+    reconcile_rate_limit_key,
+    vts_rate_limit_key,
+)
 from service.store.apps import AppStore
 from service.store.endpoints import EndpointHealth
 from service.store.notifications import NotificationStore
@@ -56,11 +66,18 @@ def build(settings: Settings, client: redis.Redis) -> Dependencies:
     )
     outbound = egress.EgressPolicy.from_settings(settings)
     download_policy = DownloadPolicy.from_settings(settings)
+    notification_store = NotificationStore(client)
     return Dependencies(
-        store=Store(client, retention=settings.session_retention, durability=settings.durability),
+        sessions=Sessions(client, retention=settings.session_retention),
+        events=StoredEvents(client, retention=settings.session_retention),
+        schedule=Schedule(client),
+        queue=Queue(client),
+        dead_letters=DeadLetters(client),
+        retention=Retention(client, notification_store),
+        replicas=redis_clients.Replicas(client, settings.durability),
         recordings=RecordingStore(client),
         apps=AppStore(client),
-        notifications=NotificationStore(client),
+        notifications=notification_store,
         endpoints=EndpointHealth(client),
         storage=open_storage(settings),
         vts=vts,

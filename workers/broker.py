@@ -28,7 +28,7 @@ from dramatiq.middleware import (
 from service import logs
 from service.metrics import metrics
 from service.phones import mask_text
-from service.store import DRAMATIQ_NAMESPACE, Store
+from service.store import DRAMATIQ_NAMESPACE, DeadLetters
 from workers import dependencies
 from workers.dependencies import Dependencies
 from workers.scheduler import Scheduler
@@ -84,7 +84,7 @@ class LogContext(Middleware):
         outcome = "ok" if exception is None else type(exception).__name__
         metrics().messages.labels(message.actor_name, _kind_of(exception)).inc()
         if exception is not None and message.failed:
-            self._note_dead_letter(dependencies.of(broker).store, message, exception)
+            self._note_dead_letter(dependencies.of(broker).dead_letters, message, exception)
         metrics().message_seconds.labels(message.actor_name).observe(seconds)
         _processed_line(
             outcome=outcome,
@@ -94,7 +94,7 @@ class LogContext(Middleware):
         structlog.contextvars.clear_contextvars()
 
     def _note_dead_letter(
-        self, store: Store, message: MessageProxy, exception: BaseException
+        self, dead_letters: DeadLetters, message: MessageProxy, exception: BaseException
     ) -> None:
         # A Retry given up stands for the failure it retried: name that one.
         cause = exception.__cause__ if isinstance(exception, dramatiq.Retry) else None
@@ -102,7 +102,7 @@ class LogContext(Middleware):
         error = mask_text(f"{type(failure).__name__}: {failure}")[:500]
         log.error("message_dead_lettered", error=error, exc_info=failure)
         try:
-            store.note_dead_letter(message.options["redis_message_id"], error)
+            dead_letters.note_dead_letter(message.options["redis_message_id"], error)
         except redis.RedisError as exc:
             log.warning("dead_letter_note_failed", reason=type(exc).__name__)
 

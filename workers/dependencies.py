@@ -18,8 +18,17 @@ import httpx2
 
 from service.egress import EgressPolicy
 from service.messages import Job
+from service.redis_clients import Replicas
 from service.storage import Storage
-from service.store import RecordingStore, Store
+from service.store import (
+    DeadLetters,
+    Queue,
+    RecordingStore,
+    Retention,
+    Schedule,
+    Sessions,
+    StoredEvents,
+)
 from service.store.apps import AppStore
 from service.store.endpoints import EndpointHealth
 from service.store.notifications import NotificationStore
@@ -31,13 +40,21 @@ from workers.leases import LEASE
 
 @dataclass(frozen=True)
 class Dependencies:
-    """The worker process's clients, stores and clock, and the timings of its work.
+    """The worker process's clients, stores (one per concept) and clock, and the timings
+    of its work.
 
     It owns the HTTP clients it holds (:meth:`close`); the Redis client under the stores
     is the broker's, closed with it.
     """
 
-    store: Store
+    sessions: Sessions
+    events: StoredEvents
+    schedule: Schedule
+    queue: Queue
+    dead_letters: DeadLetters
+    retention: Retention
+    # Where the work's writes must be before its message is acknowledged.
+    replicas: Replicas
     recordings: RecordingStore
     apps: AppStore
     notifications: NotificationStore

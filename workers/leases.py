@@ -19,7 +19,7 @@ import redis
 import structlog
 
 from service.errors import SessionBusy
-from service.store import Store
+from service.store import Sessions
 
 log = structlog.get_logger(__name__)
 
@@ -27,16 +27,16 @@ LEASE = timedelta(seconds=5)
 
 
 @contextmanager
-def held(store: Store, session_id: str, lease: timedelta = LEASE) -> Iterator[str]:
+def held(sessions: Sessions, session_id: str, lease: timedelta = LEASE) -> Iterator[str]:
     """Hold the session's lease while the block runs; yield its owner token (the fence for
     the block's writes). Raises SessionBusy when another worker holds it."""
     token = uuid.uuid4().hex
     lease_ms = max(1, int(lease.total_seconds() * 1000))
-    if not store.lock_session(session_id, token, lease_ms):
+    if not sessions.lock_session(session_id, token, lease_ms):
         raise SessionBusy("another worker holds this session")
     stop = threading.Event()
     renewer = threading.Thread(
-        target=_renew, args=(store, session_id, token, lease_ms, stop), daemon=True
+        target=_renew, args=(sessions, session_id, token, lease_ms, stop), daemon=True
     )
     renewer.start()
     try:
@@ -44,13 +44,15 @@ def held(store: Store, session_id: str, lease: timedelta = LEASE) -> Iterator[st
     finally:
         stop.set()
         renewer.join()
-        store.unlock_session(session_id, token)
+        sessions.unlock_session(session_id, token)
 
 
-def _renew(store: Store, session_id: str, token: str, lease_ms: int, stop: threading.Event) -> None:
+def _renew(
+    sessions: Sessions, session_id: str, token: str, lease_ms: int, stop: threading.Event
+) -> None:
     while not stop.wait(lease_ms / 3000):
         try:
-            if not store.renew_session_lock(session_id, token, lease_ms):
+            if not sessions.renew_session_lock(session_id, token, lease_ms):
                 # Our writes are fenced from now on; the work will learn it when it writes.
                 log.warning("session_lease_lost")
                 return

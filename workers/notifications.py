@@ -71,7 +71,7 @@ def send(deps: Dependencies, session_id: str, kind: str, notification_id: str) -
     """POST the notification once; None when there is nothing to send (the session is
     gone, or has no callback_url). Never raises for the receiver's failures: they are in
     the attempt."""
-    session = deps.store.get_session(session_id)
+    session = deps.sessions.get_session(session_id)
     if session is None or not session.callback_url:
         return None
     return send_for(deps, session, kind, notification_id)
@@ -168,7 +168,7 @@ def deliver(deps: Dependencies, notification_id: str) -> None:
         deps.notifications.unschedule(notification_id)
         return
     structlog.contextvars.bind_contextvars(session_id=record.session_id)
-    session = deps.store.get_session(record.session_id)
+    session = deps.sessions.get_session(record.session_id)
     if session is None or not session.callback_url:
         deps.notifications.attempted(notification_id, None, State.DISCARDED, None)
         return

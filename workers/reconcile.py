@@ -52,14 +52,14 @@ def reconcile(deps: Dependencies, session_id: str) -> None:
     A difference is acted on only once it has held still for ``deps.reconcile_settle``:
     events still on their way (VTS counts a call before its callbacks reach us) are not drift.
     """
-    session = deps.store.get_session(session_id)
+    session = deps.sessions.get_session(session_id)
     if session is None or session.vts_session_uuid is None:
-        deps.store.unschedule("reconcile", session_id)
+        deps.schedule.unschedule("reconcile", session_id)
         return
     with _budget(deps) as wait:
         if wait:
             # Over reconciliation's share of the VTS rate: try again once a slot frees.
-            deps.store.schedule("reconcile", session_id, deps.clock() + timedelta(seconds=wait))
+            deps.schedule.schedule("reconcile", session_id, deps.clock() + timedelta(seconds=wait))
             log.info("reconcile_deferred", wait_seconds=round(wait, 2))
             return
         with locked(deps, session_id):
@@ -67,7 +67,7 @@ def reconcile(deps: Dependencies, session_id: str) -> None:
                 remote = deps.vts.get_session(session.vts_session_uuid)
             except VtsNotFound:
                 log.warning("reconcile_vts_session_unknown")
-                deps.store.unschedule("reconcile", session_id)
+                deps.schedule.unschedule("reconcile", session_id)
                 return
             settled = _settle(deps, session, truth(remote), _last_call_end(remote))
     if remote.status == "expired" and session.status in LIVE:
@@ -76,11 +76,11 @@ def reconcile(deps: Dependencies, session_id: str) -> None:
     if settled and _call_ended_unheard(session, remote):
         _end_call(deps, session_id)
     if not settled:
-        deps.store.schedule("reconcile", session_id, deps.clock() + deps.reconcile_settle)
+        deps.schedule.schedule("reconcile", session_id, deps.clock() + deps.reconcile_settle)
     elif session.status in LIVE:
-        deps.store.schedule("reconcile", session_id, deps.clock() + deps.reconcile_every)
+        deps.schedule.schedule("reconcile", session_id, deps.clock() + deps.reconcile_every)
     else:
-        deps.store.unschedule("reconcile", session_id)
+        deps.schedule.unschedule("reconcile", session_id)
 
 
 def _budget(deps: Dependencies) -> AbstractContextManager[float]:
@@ -112,46 +112,46 @@ def _settle(
     """Return True when our counters agree with VTS (now, or after correcting them)."""
     shown = _shown(session)
     if shown == totals:
-        deps.store.note_unsettled(session.id, None)
+        deps.sessions.note_unsettled(session.id, None)
         log.info("reconciled", drift=False)
         return True
     snapshot = json.dumps([totals, shown], sort_keys=True)
     since = deps.clock() - IN_FLIGHT_PATIENCE
-    waiting = deps.store.events_in_flight(session.vts_session_uuid or "", since)
+    waiting = deps.events.events_in_flight(session.vts_session_uuid or "", since)
     # VTS counts a call when it ends and sends its callbacks after: until the settle time
     # has passed since VTS's last call ended, the difference may be those callbacks.
     recent = last_call_end is not None and deps.clock() - last_call_end < deps.reconcile_settle
-    if deps.store.note_unsettled(session.id, snapshot) != snapshot or waiting or recent:
+    if deps.sessions.note_unsettled(session.id, snapshot) != snapshot or waiting or recent:
         # Callbacks stored recently but not applied yet (a backlog, a worker restarting)
         # are not drift: wait for them, up to IN_FLIGHT_PATIENCE.
         log.info("reconcile_unsettled", events_in_flight=waiting, call_just_ended=recent)
         return False
-    before = deps.store.reconcile(session.id, totals)
+    before = deps.sessions.reconcile(session.id, totals)
     drift = {name: totals[name] - before[name] for name in totals if totals[name] != before[name]}
-    deps.store.note_unsettled(session.id, None)
-    deps.store.count_drift("sessions_with_drift")
+    deps.sessions.note_unsettled(session.id, None)
+    deps.sessions.count_drift("sessions_with_drift")
     for name, difference in drift.items():
-        deps.store.count_drift(name, abs(difference))
-    deps.store.add_timeline(session.id, timeline_entry("reconciled", drift=drift))
+        deps.sessions.count_drift(name, abs(difference))
+    deps.sessions.add_timeline(session.id, timeline_entry("reconciled", drift=drift))
     log.warning("reconciliation_drift", drift=drift)
     return True
 
 
 def expire_if_due(deps: Dependencies, session_id: str) -> None:
     """Expire a live session whose ``expires_at`` has passed; otherwise check again then."""
-    session = deps.store.get_session(session_id)
+    session = deps.sessions.get_session(session_id)
     if session is None or session.status not in LIVE or session.expires_at is None:
-        deps.store.unschedule("expire", session_id)
+        deps.schedule.unschedule("expire", session_id)
         return
     if session.expires_at > deps.clock():
-        deps.store.schedule("expire", session_id, session.expires_at + EXPIRY_GRACE)
+        deps.schedule.schedule("expire", session_id, session.expires_at + EXPIRY_GRACE)
         return
-    deps.store.unschedule("expire", session_id)
+    deps.schedule.unschedule("expire", session_id)
     _expire(deps, session_id, "expiry_passed")
 
 
 def _expire(deps: Dependencies, session_id: str, reason: str) -> None:
-    result, _ = deps.store.transition(
+    result, _ = deps.sessions.transition(
         session_id,
         Status.EXPIRED,
         allowed=list(LIVE),
@@ -175,7 +175,7 @@ def _call_ended_unheard(session: Session, remote: VtsSession) -> bool:
 
 def _end_call(deps: Dependencies, session_id: str) -> None:
     """Set the status the missed hangup would have set."""
-    result, _ = deps.store.transition(
+    result, _ = deps.sessions.transition(
         session_id,
         Status.ACTIVE,
         allowed=[Status.IN_PROGRESS],

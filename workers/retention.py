@@ -19,15 +19,15 @@ log = structlog.get_logger(__name__)
 
 def purge(deps: Dependencies, session_id: str) -> None:
     """Delete an ended session, its records and its recordings' files. Idempotent."""
-    session = deps.store.get_session(session_id)
+    session = deps.sessions.get_session(session_id)
     if session is not None and session.status not in FINAL:
-        deps.store.unschedule("purge", session_id)
+        deps.schedule.unschedule("purge", session_id)
         log.warning("purge_of_live_session_skipped", session_id=session_id)
         return
     recordings = deps.recordings.for_session(session_id)
     for recording in recordings:
         deps.storage.delete(recording.stored_name)
-    deps.store.purge_session(session_id, [r.id for r in recordings])
+    deps.retention.purge_session(session_id, [r.id for r in recordings])
     log.info("session_purged", session_id=session_id, recordings=len(recordings))
 
 

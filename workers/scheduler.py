@@ -59,12 +59,11 @@ class Scheduler(Middleware):
 
     def tick(self, deps: Dependencies, broker: dramatiq.Broker) -> int:
         """If this process leads, enqueue what is due; return how many."""
-        store = deps.store
-        if not store.lead(self._token, LEAD_TTL_MS):
+        if not deps.schedule.lead(self._token, LEAD_TTL_MS):
             return 0
-        due = store.take_due(deps.clock())
+        due = deps.schedule.take_due(deps.clock())
         if due:
-            store.enqueue(*(_message(task, session_id) for task, session_id in due))
+            deps.queue.enqueue(*(_message(task, session_id) for task, session_id in due))
         self._recover(broker)
         self._sweep.maybe_step(deps)
         return len(due)

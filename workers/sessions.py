@@ -26,7 +26,7 @@ from service.errors import (
 )
 from service.models import FINAL, LIVE, Session, Status, iso
 from service.phones import mask_text
-from service.store import Outcome, Store, timeline_entry
+from service.store import Outcome, Sessions, timeline_entry
 from service.vts.models import VtsSession
 from workers import leases
 from workers.dependencies import Dependencies
@@ -48,7 +48,7 @@ _NOT_ACTED_ON = frozenset({None, 400, 429, 503})
 
 def locked(deps: Dependencies, session_id: str) -> AbstractContextManager[str]:
     """Hold the session's lease (see :mod:`workers.leases`); yields the fence token."""
-    return leases.held(deps.store, session_id, deps.lock_lease)
+    return leases.held(deps.sessions, session_id, deps.lock_lease)
 
 
 # The code a create given up after its retries leaves; only such a session is created
@@ -66,14 +66,14 @@ def create(deps: Dependencies, session_id: str, replay: bool = False) -> None:
     VTS has the session.
     Raises VtsUnavailable (retry) or SessionBusy (retry).
     """
-    session = deps.store.get_session(session_id)
+    session = deps.sessions.get_session(session_id)
     if session is None or Status(session.status) not in _creatable(session, replay=replay):
         return
     with locked(deps, session_id) as fence:
-        uncertain_since = deps.store.open_create_attempt(session_id, deps.clock())
+        uncertain_since = deps.sessions.open_create_attempt(session_id, deps.clock())
         # The attempt must outlive a failover before VTS acts on it: a redelivered create
         # that finds it adopts the VTS session this one makes instead of making another.
-        deps.store.wait_for_replicas()
+        deps.replicas.wait()
         if uncertain_since is not None and _adopt_existing(deps, session, uncertain_since, fence):
             return
         try:
@@ -83,10 +83,10 @@ def create(deps: Dependencies, session_id: str, replay: bool = False) -> None:
             raise
         except VtsUnavailable as exc:
             if exc.status in _NOT_ACTED_ON:
-                deps.store.close_create_attempt(session_id)
+                deps.sessions.close_create_attempt(session_id)
             raise
         except VtsRejected as exc:
-            fail(deps.store, session_id, "vts_rejected", exc.reason, fence=fence)
+            fail(deps.sessions, session_id, "vts_rejected", exc.reason, fence=fence)
             return
         _activate(deps, session, created, adopted=False, fence=fence)
 
@@ -105,7 +105,7 @@ def _adopt_existing(deps: Dependencies, session: Session, since: datetime, fence
         created_since=since - LOOKUP_SLACK,
     )
     for candidate in sorted(candidates, key=_created_or_min):
-        if deps.store.claim_vts_session(candidate.session_uuid, session.id) == session.id:
+        if deps.sessions.claim_vts_session(candidate.session_uuid, session.id) == session.id:
             _activate(deps, session, candidate, adopted=True, fence=fence)
             return True
     log.info("vts_session_lookup_found_none", candidates=len(candidates))
@@ -122,7 +122,7 @@ def _activate(
     """Store what VTS created. Its claim is written first, so that if storing fails (Redis
     away, the lease lost) the next attempt adopts this VTS session rather than make
     another. Raises SessionBusy when the lease has passed to another worker."""
-    owner = deps.store.claim_vts_session(created.session_uuid, session.id)
+    owner = deps.sessions.claim_vts_session(created.session_uuid, session.id)
     if owner != session.id:
         log.error("vts_session_claimed_by_another", other_session_id=owner)
     expires_at = created.expiry_time or _expiry(deps, session)
@@ -137,7 +137,7 @@ def _activate(
     allowed = (
         [Status.PENDING, Status.FAILED] if session.status is Status.FAILED else [Status.PENDING]
     )
-    result, _ = deps.store.transition(
+    result, _ = deps.sessions.transition(
         session.id,
         Status.ACTIVE,
         allowed=allowed,
@@ -162,12 +162,12 @@ def _expiry(deps: Dependencies, session: Session) -> datetime:
 
 
 def fail(
-    store: Store, session_id: str, code: str, message: str, *, fence: str | None = None
+    sessions: Sessions, session_id: str, code: str, message: str, *, fence: str | None = None
 ) -> None:
     """Mark a pending session failed with a reason safe to show (numbers masked)."""
     reason = mask_text(message)[:500]
     entry = timeline_entry("failed", code=code, message=reason)
-    result, _ = store.transition(
+    result, _ = sessions.transition(
         session_id,
         Status.FAILED,
         allowed=[Status.PENDING],
@@ -193,15 +193,15 @@ def update(deps: Dependencies, session_id: str) -> None:
     vts_session_uuid = session.vts_session_uuid
     with locked(deps, session_id) as fence:
         # Read again under the lock: an update that just finished may have changed options.
-        session = deps.store.get_session(session_id) or session
-        app, pending = deps.store.pending_update(session_id)
+        session = deps.sessions.get_session(session_id) or session
+        app, pending = deps.sessions.pending_update(session_id)
         if app:
             structlog.contextvars.bind_contextvars(app=app)
         wanted = {k: json.loads(v) for k, v in pending.items()}
         if wanted:
             _send_update(deps, session, vts_session_uuid, wanted, fence)
         interval = deps.update_interval if wanted else 0.0
-        deps.store.finish_update(
+        deps.sessions.finish_update(
             session_id, app, pending, interval=interval, window=deps.budget_window
         )
 
@@ -209,8 +209,8 @@ def update(deps: Dependencies, session_id: str) -> None:
 def give_up_update(deps: Dependencies, session_id: str) -> None:
     """Drop the changes that could not be sent to VTS (retries exhausted), so that the next
     change asked starts an update of its own rather than waiting on this one."""
-    _, pending = deps.store.pending_update(session_id)
-    deps.store.add_timeline(session_id, timeline_entry("update_failed", changes=sorted(pending)))
+    _, pending = deps.sessions.pending_update(session_id)
+    deps.sessions.add_timeline(session_id, timeline_entry("update_failed", changes=sorted(pending)))
     log.warning("session_update_given_up", changes=sorted(pending))
     _finish_update(deps, session_id)
 
@@ -218,8 +218,8 @@ def give_up_update(deps: Dependencies, session_id: str) -> None:
 def _finish_update(deps: Dependencies, session_id: str) -> None:
     """Drop what is pending, unsent (the session can no longer be updated, or the update
     was given up)."""
-    app, pending = deps.store.pending_update(session_id)
-    deps.store.finish_update(session_id, app, pending, interval=0.0, window=deps.budget_window)
+    app, pending = deps.sessions.pending_update(session_id)
+    deps.sessions.finish_update(session_id, app, pending, interval=0.0, window=deps.budget_window)
 
 
 def _send_update(
@@ -235,7 +235,7 @@ def _send_update(
         _mark_expired(deps, session.id, reason="vts_unknown_session", fence=fence)
         return
     except VtsRejected as exc:
-        deps.store.add_timeline(
+        deps.sessions.add_timeline(
             session.id, timeline_entry("update_rejected", message=mask_text(exc.reason))
         )
         log.warning("session_update_rejected", reason=mask_text(exc.reason))
@@ -247,7 +247,7 @@ def _send_update(
         fields["expires_at"] = (
             iso(expiry or _expiry(deps, session.with_changes(options=options))) or ""
         )
-    deps.store.transition(
+    deps.sessions.transition(
         session.id,
         None,
         allowed=list(LIVE),
@@ -274,7 +274,7 @@ def expire(deps: Dependencies, session_id: str) -> None:
 
 
 def _live_session(deps: Dependencies, session_id: str) -> Session | None:
-    session = deps.store.get_session(session_id)
+    session = deps.sessions.get_session(session_id)
     if session is None or session.status in FINAL:
         return None
     if session.status is Status.PENDING:
@@ -290,7 +290,7 @@ def _mark_expired(
     fence: str,
     timers: Sequence[tuple[str, datetime]] = (),
 ) -> None:
-    result, _ = deps.store.transition(
+    result, _ = deps.sessions.transition(
         session_id,
         Status.EXPIRED,
         allowed=list(LIVE),

@@ -42,21 +42,21 @@ class TimerSweep:
     def step(self, deps: Dependencies) -> int:
         repaired = 0
         for status, cursor in self._cursors.items():
-            self._cursors[status], missing = deps.store.sweep_timers(status, cursor, TASKS)
+            self._cursors[status], missing = deps.sessions.sweep_timers(status, cursor, TASKS)
             for session_id, task in missing:
                 repaired += _repair(deps, session_id, task)
         return repaired
 
 
 def _repair(deps: Dependencies, session_id: str, task: str) -> int:
-    session = deps.store.get_session(session_id)
+    session = deps.sessions.get_session(session_id)
     if session is None or session.status not in LIVE:
         return 0
     if task == "expire":
         due = (session.expires_at or deps.clock()) + EXPIRY_GRACE
     else:
         due = deps.clock() + deps.reconcile_every
-    deps.store.schedule(task, session_id, due, only_if_missing=True)
+    deps.schedule.schedule(task, session_id, due, only_if_missing=True)
     metrics().timers_repaired.labels(task).inc()
     log.warning("session_timer_repaired", session_id=session_id, task=task)
     return 1

@@ -28,12 +28,11 @@ def dead_letter_count(client: redis.Redis, queue_name: str) -> int:
 
 
 class DeadLetters:
-    """Reading, noting and replaying dead letters (a mixin of ``Store``)."""
+    """Reading, noting, discarding and replaying dead letters."""
 
-    client: redis.Redis
-
-    def _init_dead_letters(self) -> None:
-        self._replay_dead_letter = self.client.register_script(lua.source("replay_dead_letter.lua"))
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._replay_dead_letter = client.register_script(lua.source("replay_dead_letter.lua"))
 
     def dead_letters(self, queue: str) -> list[tuple[str, float, bytes]]:
         """The queue's dead letters: (redis message id, when it died (epoch s), message)."""

@@ -5,6 +5,10 @@ them, the per-VTS-session sets of callbacks and of events in flight, the per-ses
 Stored callbacks and nonces expire after ``WEBHOOK_RETENTION_SECONDS``; the ``webhooks``
 and ``orphan-events`` indexes are trimmed in step; the ``applied`` set goes with its session.
 A purged session's tombstone (``EventKeys.gone``) lasts as long as a stored callback.
+
+Applying a stored callback to its session is here too (``StoredEvents.apply_event``): the
+callback is what the script consumes, and its session, timeline and timers are what it
+changes, in the one script call the callback path allows.
 """
 
 from __future__ import annotations
@@ -20,12 +24,19 @@ import redis
 import redis.asyncio
 
 from service.messages import Outgoing
-from service.store import lua
+from service.models import iso, now
+from service.store import lua, scripts
 from service.store.batching import GroupCommit
-from service.store.codec import decode_str, hash_args
+from service.store.codec import Applied, ApplyOutcome, decode_str, hash_args
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
-from service.store.sessions import SessionKeys
+from service.store.schedule import ScheduleKeys
+from service.store.sessions import (
+    CHANNEL,
+    SESSION_RETENTION_SECONDS,
+    TIMELINE_LIMIT,
+    SessionKeys,
+)
 from service.vts.callbacks import Event, at_rest
 
 # How long raw callbacks (and the nonces that came with them) are kept: for replays,
@@ -108,10 +119,76 @@ def decode_webhook(raw: Mapping[Any, Any]) -> tuple[str, dict[str, str], int] | 
 
 
 class StoredEvents:
-    """The workers' side of stored callbacks, events in flight, orphans and ``applied``
-    markers (a mixin of ``Store``)."""
+    """The workers' side of stored callbacks: applying them, and events in flight, orphans
+    and ``applied`` markers.
 
-    client: redis.Redis
+    ``retention`` (seconds) is how long an ended session is kept: an event that ends a
+    session schedules its purge that much later.
+    """
+
+    def __init__(self, client: redis.Redis, *, retention: int = SESSION_RETENTION_SECONDS) -> None:
+        self.client = client
+        self.retention = retention
+        self._apply = client.register_script(scripts.APPLY_EVENT)
+        self._apply_constants = {
+            "session_key": SessionKeys.session(_ID),
+            "applied_key": EventKeys.applied(_ID),
+            "timeline_key": SessionKeys.timeline(_ID),
+            "channel": CHANNEL,
+            "status_prefix": SessionKeys.index() + ":status:",
+            "timeline_limit": TIMELINE_LIMIT,
+        }
+
+    def apply_event(
+        self,
+        event_id: str,
+        session_uuid: str,
+        *,
+        clock: datetime,
+        reconcile_after: Mapping[str, int],
+        marker: str | None = None,
+        virtual_number: str | None = None,
+    ) -> Applied:
+        """Apply the stored callback ``event_id`` of VTS session ``session_uuid`` exactly
+        once, in one round trip (see ``apply_event.lua``): a redelivered event is a
+        ``duplicate`` and changes nothing. After an event whose role ``reconcile_after``
+        names, schedules the session's reconciliation that many ms after ``clock``.
+        ``marker`` and ``virtual_number`` answer a ``needs`` outcome."""
+        moment = now()
+        arguments = self._apply_constants | {
+            "event_id": event_id,
+            "now": iso(moment),
+            "clock_ms": str(int(clock.timestamp() * 1000)),
+            "purge_at": str(int((moment.timestamp() + self.retention) * 1000)),
+            "reconcile_after": reconcile_after,
+        }
+        if marker is not None:
+            arguments["marker"] = marker
+        if virtual_number is not None:
+            arguments["virtual_number"] = virtual_number
+        reply = self._apply(
+            keys=[
+                EventKeys.webhook(event_id),
+                SessionKeys.vts_session(session_uuid),
+                EventKeys.in_flight(session_uuid),
+                EventKeys.event_stats(),
+                ScheduleKeys.schedule(),
+            ],
+            args=[msgspec.json.encode(arguments)],
+        )
+        outcome, detail, session_id, name, sequence, before, after, interactions = (
+            decode_str(item) if isinstance(item, bytes) else item for item in reply
+        )
+        return Applied(
+            ApplyOutcome(outcome),
+            detail,
+            session_id,
+            name,
+            int(sequence) if sequence else None,
+            before,
+            after,
+            int(interactions),
+        )
 
     def webhook(self, event_id: str) -> tuple[str, dict[str, str], int] | None:
         """A stored callback: (kind, params, received at in ms), or None once expired."""
@@ -178,14 +255,13 @@ class StoredEvents:
 
 
 class AsyncStoredEvents:
-    """The web's side of stored callbacks (a mixin of ``AsyncStore``): a callback is
-    stored and its processing queued in one script, through the store's group commit."""
+    """The web's side of stored callbacks: a callback is stored and its processing queued
+    in one script, through ``group``, the group commit it shares with the web's other
+    writes (by default one of its own)."""
 
-    client: redis.asyncio.Redis
-    _group: GroupCommit
-
-    def _init_events(self) -> None:
-        self._ingest = self.client.register_script(
+    def __init__(self, client: redis.asyncio.Redis, *, group: GroupCommit | None = None) -> None:
+        self._group = group if group is not None else GroupCommit(client)
+        self._ingest = client.register_script(
             f"local IN_FLIGHT_TTL = {IN_FLIGHT_TTL}\n" + lua.source("ingest.lua")
         )
 
@@ -243,3 +319,7 @@ class AsyncStoredEvents:
 
 def _millis(moment: datetime | None) -> str:
     return str(int(moment.timestamp() * 1000)) if moment else ""
+
+
+# Where the apply script puts a session's id in the names of its keys.
+_ID = "{id}"

@@ -54,10 +54,11 @@ def oldest_age(client: redis.Redis, queue_name: str) -> float:
     return max(0.0, time.time() - enqueued_ms / 1000)
 
 
-class QueueAccess:
-    """Enqueueing without a broker (a mixin of ``Store``)."""
+class Queue:
+    """Enqueueing without a broker."""
 
-    client: redis.Redis
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
 
     def enqueue(self, *messages: Outgoing) -> None:
         """Queue messages from a worker or a tool, in one transaction (for each, the two

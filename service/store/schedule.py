@@ -33,13 +33,12 @@ def timer_entries(session_id: str) -> list[str]:
 
 
 class Schedule:
-    """The workers' side of the schedule (a mixin of ``Store``)."""
+    """The workers' side of the schedule: setting and taking timers, and the lead."""
 
-    client: redis.Redis
-
-    def _init_schedule(self) -> None:
-        self._take_due = self.client.register_script(lua.source("take_due.lua"))
-        self._lead = self.client.register_script(lua.source("lead.lua"))
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._take_due = client.register_script(lua.source("take_due.lua"))
+        self._lead = client.register_script(lua.source("lead.lua"))
 
     def schedule(
         self, task: str, session_id: str, due: datetime, *, only_if_missing: bool = False

@@ -5,6 +5,10 @@ waiting for a VTS update.
 An ended session and everything listed here are deleted ``SESSION_RETENTION_SECONDS``
 after it ended (unless configured otherwise); live ones keep no TTL but are bounded by the
 sessions apps keep open.
+
+The sweep for sessions missing their timers is here (``Sessions.sweep_timers``): it scans
+a status index, which sessions own, and only reads the schedule. So is the web's
+readiness probe (``AsyncSessions.ping``): the web is ready when it can serve sessions.
 """
 
 from __future__ import annotations
@@ -235,26 +239,27 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
 class Sessions:
-    """The workers' side of sessions (a mixin of ``Store``): status transitions, create
-    attempts, the VTS session claim, the work lock, pending updates, the timeline and
-    reconciliation. ``retention`` (seconds) is how long an ended session is kept."""
+    """The workers' side of sessions: status transitions, create attempts, the VTS session
+    claim, the work lock, pending updates, the timeline, reconciliation and the sweep for
+    missing timers.
 
-    client: redis.Redis
-    retention: int
+    ``retention`` (seconds) is how long an ended session is kept: a transition that ends
+    a session schedules its purge that much later.
+    """
+
+    def __init__(self, client: redis.Redis, *, retention: int = SESSION_RETENTION_SECONDS) -> None:
+        self.client = client
+        self.retention = retention
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._claim = client.register_script(lua.source("claim_vts_session.lua"))
+        self._unlock = client.register_script(lua.source("unlock.lua"))
+        self._renew = client.register_script(lua.source("renew_lock.lua"))
+        self._reconcile = client.register_script(lua.source("reconcile.lua"))
+        self._finish_update = client.register_script(lua.source("budget.lua", "finish_update.lua"))
 
     def count_drift(self, field: str, amount: int = 1) -> None:
         """Add to the totals of what reconciliation corrected (see ``drift_totals``)."""
         self.client.hincrby(SessionKeys.reconcile_stats(), field, amount)
-
-    def _init_sessions(self) -> None:
-        self._transition = self.client.register_script(scripts.TRANSITION)
-        self._claim = self.client.register_script(lua.source("claim_vts_session.lua"))
-        self._unlock = self.client.register_script(lua.source("unlock.lua"))
-        self._renew = self.client.register_script(lua.source("renew_lock.lua"))
-        self._reconcile = self.client.register_script(lua.source("reconcile.lua"))
-        self._finish_update = self.client.register_script(
-            lua.source("budget.lua", "finish_update.lua")
-        )
 
     def get_session(self, session_id: str) -> Session | None:
         return decode_session(self.client.hgetall(SessionKeys.session(session_id)))
@@ -421,21 +426,46 @@ class Sessions:
             previous = pipe.execute()[0]
         return decode_str(previous) if previous else None
 
+    def sweep_timers(
+        self, status: Status, cursor: int, tasks: Sequence[str], count: int = 500
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """One step of a scan over the sessions in ``status``: the (session id, task) of
+        each ``tasks`` timer they lack, and the cursor of the next step (0: done)."""
+        cursor, members = self.client.zscan(SessionKeys.index(status), cursor, count=count)
+        ids = [
+            member_session_id(decode_str(member))
+            for member, _ in members
+            if isinstance(member, bytes | str)
+        ]
+        wanted = [(session_id, task) for session_id in ids for task in tasks]
+        with self.client.pipeline(transaction=False) as pipe:
+            for session_id, task in wanted:
+                pipe.zscore(ScheduleKeys.schedule(), f"{task}:{session_id}")
+            scores = pipe.execute()
+        return cursor, [pair for pair, score in zip(wanted, scores, strict=True) if score is None]
+
 
 class AsyncSessions:
-    """The web's side of sessions (a mixin of ``AsyncStore``): creating them, reading and
-    listing them, queueing work on them and asking for updates, through the store's
-    group commit; each write that causes a VTS request spends the app's budget."""
+    """The web's side of sessions: creating them, reading and listing them, queueing work
+    on them and asking for updates; each write that causes a VTS request spends the app's
+    budget.
 
-    client: redis.asyncio.Redis
-    _group: GroupCommit
+    Writes go through ``group``, the group commit they share with the web's other writes
+    (by default one of their own).
+    """
 
-    def _init_sessions(self) -> None:
-        self._create = self.client.register_script(lua.source("budget.lua", "create.lua"))
-        self._enqueue_if = self.client.register_script(lua.source("budget.lua", "enqueue_if.lua"))
-        self._request_update = self.client.register_script(
+    def __init__(self, client: redis.asyncio.Redis, *, group: GroupCommit | None = None) -> None:
+        self.client = client
+        self._group = group if group is not None else GroupCommit(client)
+        self._create = client.register_script(lua.source("budget.lua", "create.lua"))
+        self._enqueue_if = client.register_script(lua.source("budget.lua", "enqueue_if.lua"))
+        self._request_update = client.register_script(
             lua.source("budget.lua", "request_update.lua")
         )
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (raises RedisError or OSError when it cannot be reached)."""
+        return bool(await self.client.ping())
 
     async def create_session(
         self,

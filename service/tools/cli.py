@@ -29,7 +29,7 @@ from service.tools.logtail import LEVELS
 from service.tools.terminal import printable
 
 if TYPE_CHECKING:
-    from service.store import Store
+    from service.store import DeadLetters
 
 
 class UsageError(ServiceError):
@@ -243,10 +243,10 @@ def _operator_redis() -> redis.Redis:
     return redis_clients.connect(redis_url_from_env())
 
 
-def _operator_store() -> Store:
-    from service.store import Store
+def _operator_dead_letters() -> DeadLetters:
+    from service.store import DeadLetters
 
-    return Store(_operator_redis())
+    return DeadLetters(_operator_redis())
 
 
 def apps(args: argparse.Namespace) -> None:
@@ -259,7 +259,7 @@ def apps(args: argparse.Namespace) -> None:
 def dlq(args: argparse.Namespace) -> None:
     from service.tools import deadletters
 
-    store = _operator_store()
+    store = _operator_dead_letters()
     if args.action == "list":
         lines = [letter.summary() + "\n" for letter in deadletters.dead_letters(store)]
         sys.stdout.write("".join(lines) or "no dead letters\n")
@@ -296,17 +296,19 @@ def notifications(args: argparse.Namespace) -> None:
 
 
 def replay_webhooks(args: argparse.Namespace) -> None:
+    from service.store import Queue, StoredEvents
     from service.tools import deadletters
 
     if args.until is not None and args.since is None:
         raise UsageError("--until goes with --since")
-    store = _operator_store()
+    client = _operator_redis()
+    events = StoredEvents(client)
     if args.id:
         ids = list(args.id)
     else:
         until = int(args.until.timestamp() * 1000) if args.until else "+inf"
-        ids = store.webhooks_between(int(args.since.timestamp() * 1000), until)
-    count = deadletters.replay_webhooks(store, ids)
+        ids = events.webhooks_between(int(args.since.timestamp() * 1000), until)
+    count = deadletters.replay_webhooks(events, Queue(client), ids)
     sys.stdout.write(f"queued {count} stored callbacks again\n")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from service import messages
 from service.messages import Outgoing
 from service.phones import mask_text
-from service.store import Store
+from service.store import DeadLetters, Queue, StoredEvents
 from service.tools.terminal import printable
 
 # Options dramatiq keeps about a message's past attempts: a replay starts afresh.
@@ -67,7 +67,9 @@ class DeadLetter:
         )
 
 
-def dead_letters(store: Store, queues: tuple[str, ...] = messages.QUEUES) -> Iterator[DeadLetter]:
+def dead_letters(
+    store: DeadLetters, queues: tuple[str, ...] = messages.QUEUES
+) -> Iterator[DeadLetter]:
     for queue in queues:
         letters = store.dead_letters(queue)
         notes = store.dead_letter_notes([redis_id for redis_id, _, _ in letters])
@@ -75,27 +77,27 @@ def dead_letters(store: Store, queues: tuple[str, ...] = messages.QUEUES) -> Ite
             yield DeadLetter(queue, redis_id, died_at, json.loads(payload), note)
 
 
-def find(store: Store, redis_id: str) -> DeadLetter | None:
+def find(store: DeadLetters, redis_id: str) -> DeadLetter | None:
     return next((d for d in dead_letters(store) if d.redis_id == redis_id), None)
 
 
-def replay(store: Store, letter: DeadLetter) -> bool:
+def replay(store: DeadLetters, letter: DeadLetter) -> bool:
     """Put the dead letter back on its queue; False if it was replayed meanwhile."""
     return store.replay_dead_letter(letter.queue, letter.redis_id, letter.renewed())
 
 
-def discard(store: Store, letter: DeadLetter) -> bool:
+def discard(store: DeadLetters, letter: DeadLetter) -> bool:
     """Drop the dead letter for good; False if it was replayed or dropped meanwhile."""
     return store.discard_dead_letter(letter.queue, letter.redis_id)
 
 
-def replay_webhooks(store: Store, event_ids: list[str]) -> int:
+def replay_webhooks(events: StoredEvents, queue: Queue, event_ids: list[str]) -> int:
     """Queue the stored callbacks ``event_ids`` for processing again; return how many."""
     jobs = {"session": messages.APPLY_EVENT, "recording": messages.APPLY_RECORDING_EVENT}
     count = 0
     for event_id in event_ids:
-        stored = store.webhook(event_id)
+        stored = events.webhook(event_id)
         if stored is not None:
-            store.enqueue(jobs[stored[0]].message(messages.EventRef(event_id)))
+            queue.enqueue(jobs[stored[0]].message(messages.EventRef(event_id)))
             count += 1
     return count

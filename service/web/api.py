@@ -22,8 +22,9 @@ from service.phones import mask
 from service.settings import Settings
 from service.store import (
     AsyncRecordingStore,
-    AsyncStore,
+    AsyncSessions,
     CreateResult,
+    Erasure,
     InvalidCursor,
     timeline_entry,
 )
@@ -42,9 +43,14 @@ _SESSION_ID = re.compile(r"^ses_[0-9a-f]{32}$")
 _LIMIT = re.compile(r"[0-9]{1,3}")  # ASCII digits: str.isdigit() also takes "²"
 
 
-def _store(request: Request) -> AsyncStore:
-    store: AsyncStore = request.app.state.store
-    return store
+def _sessions(request: Request) -> AsyncSessions:
+    sessions: AsyncSessions = request.app.state.sessions
+    return sessions
+
+
+def _erasure(request: Request) -> Erasure:
+    erasure: Erasure = request.app.state.erasure
+    return erasure
 
 
 def _settings(request: Request) -> Settings:
@@ -158,7 +164,7 @@ def _session_id(request: Request) -> str:
 async def _existing(request: Request) -> Session:
     """The session named in the path, if it is the calling app's: another app's session is
     404, exactly like one that does not exist."""
-    session = await _store(request).get_session(_session_id(request))
+    session = await _sessions(request).get_session(_session_id(request))
     if session is None or session.app != _app(request):
         raise Problem(404, "no session with this id")
     return session
@@ -199,7 +205,7 @@ async def create_session(request: Request) -> Response:
         SessionRef(session.id), request_id=session.request_id, app=app
     )
     idempotency = (app, key, fingerprint(fields)) if key else None
-    outcome = await _store(request).create_session(
+    outcome = await _sessions(request).create_session(
         session,
         message,
         idempotency=idempotency,
@@ -249,7 +255,7 @@ async def _answer(
             session_id, lambda s: s.status is not Status.PENDING, float(wait)
         )
     else:
-        found = await _store(request).get_session(session_id)
+        found = await _sessions(request).get_session(session_id)
     if found is None:
         raise Problem(503, "the session could not be read back; retry with the same key")
     if status is None:
@@ -277,7 +283,7 @@ async def list_sessions(request: Request) -> Response:
     if errors:
         raise Problem(422, "the query has invalid parameters", errors=errors)
     try:
-        page = await _store(request).list_sessions(
+        page = await _sessions(request).list_sessions(
             _app(request),
             status=Status(status) if status else None,
             limit=int(limit_raw),
@@ -308,7 +314,7 @@ async def update_session(request: Request) -> Response:
     entry = timeline_entry(
         "update_requested", changes=sorted(changes), request_id=request_id, app=app
     )
-    result, detail = await _store(request).request_update(
+    result, detail = await _sessions(request).request_update(
         session_id,
         changes,
         message,
@@ -340,7 +346,7 @@ async def delete_session(request: Request) -> Response:
     )
     entry = timeline_entry("end_requested", request_id=request_id, app=app)
     allowed = [Status.PENDING, *LIVE]
-    result, detail = await _store(request).enqueue_if_status(
+    result, detail = await _sessions(request).enqueue_if_status(
         session_id, allowed, message, entry, app=app, budget=_budget(request, app)
     )
     if result != "skipped":
@@ -356,7 +362,7 @@ async def erase_session(request: Request) -> Response:
     message = messages.DELETE_RECORDING_FILES.message(SessionRef(session.id), request_id=request_id)
     entry = timeline_entry("erased", request_id=request_id)
     masked = (mask(session.first_party), mask(session.second_party))
-    result, current = await _store(request).erase_session(
+    result, current = await _erasure(request).erase_session(
         session, message, masked=masked, at=iso(now()) or "", entry=entry
     )
     if result == "missing":
@@ -373,7 +379,7 @@ async def erase_session(request: Request) -> Response:
 async def session_events(request: Request) -> Response:
     session = await _existing(request)
     entries = []
-    for raw in await _store(request).timeline(session.id):
+    for raw in await _sessions(request).timeline(session.id):
         try:
             entries.append(schemas.timeline_entry(raw))
         except msgspec.ValidationError:

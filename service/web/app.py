@@ -28,7 +28,13 @@ from service.apps import AppRegistry
 from service.metrics import ClusterCollector
 from service.settings import Settings
 from service.storage import open_storage
-from service.store import AsyncRecordingStore, AsyncStore
+from service.store import (
+    AsyncRecordingStore,
+    AsyncSessions,
+    AsyncStoredEvents,
+    Erasure,
+    GroupCommit,
+)
 from service.store.apps import AsyncAppStore
 from service.store.notifications import AsyncNotificationStore
 from service.web import api, media, notifications, openapi, webhooks
@@ -46,9 +52,9 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    store: AsyncStore = request.app.state.store
+    sessions: AsyncSessions = request.app.state.sessions
     try:
-        await store.ping()
+        await sessions.ping()
     except (redis.RedisError, OSError):
         raise Problem(503, "Redis is unreachable") from None
     return JSONResponse({"status": "ready"})
@@ -119,11 +125,16 @@ def create_app(settings: Settings) -> Starlette:
         app.state.settings = settings
         follower = redis_clients.follow_master_async(client, settings.redis_url)
         app.state.event_ids = webhooks.event_ids(settings)
-        app.state.store = AsyncStore(client, settings.durability)
+        # The web's writes share one group commit: concurrent creates and callbacks go
+        # out together, and wait for the replicas once per batch.
+        group = GroupCommit(client, durability=settings.durability)
+        app.state.sessions = AsyncSessions(client, group=group)
+        app.state.events = AsyncStoredEvents(client, group=group)
+        app.state.erasure = Erasure(client, settings.durability)
         app.state.recordings = AsyncRecordingStore(client, settings.durability)
         app.state.notifications = AsyncNotificationStore(client)
         app.state.storage = open_storage(settings)
-        app.state.watcher = SessionWatcher(client, app.state.store)
+        app.state.watcher = SessionWatcher(client, app.state.sessions)
         app.state.apps = registry
         apps = AsyncAppStore(client)
         await _sync_apps(registry, apps)

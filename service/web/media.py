@@ -22,7 +22,7 @@ from service import messages
 from service.errors import StorageUnavailable
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
-from service.store import AsyncRecordingStore, AsyncStore, timeline_entry
+from service.store import AsyncRecordingStore, AsyncSessions, timeline_entry
 from service.web.middleware import header
 from service.web.problems import Problem
 
@@ -79,7 +79,7 @@ async def _owned(request: Request) -> Recording | None:
     rec_id = request.path_params["recording_id"]
     store: AsyncRecordingStore = request.app.state.recordings
     recording = await store.get(rec_id) if _ID.match(rec_id) else None
-    sessions: AsyncStore = request.app.state.store
+    sessions: AsyncSessions = request.app.state.sessions
     if recording is None or await sessions.owner(recording.session_id) != request.state.app:
         return None
     return recording

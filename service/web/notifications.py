@@ -22,8 +22,7 @@ from starlette.routing import Route
 from service import messages, schemas
 from service.messages import PingRef
 from service.store.notifications import AsyncNotificationStore
-from service.web.api import JSON, _app, _existing, _request_id, _rules
-from service.web.api import _store as _sessions
+from service.web.api import JSON, _app, _existing, _request_id, _rules, _sessions
 from service.web.middleware import header
 from service.web.problems import FieldError, Problem
 

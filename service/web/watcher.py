@@ -17,7 +17,7 @@ import structlog
 
 from service import redis_clients
 from service.models import Session
-from service.store import CHANNEL, AsyncStore
+from service.store import CHANNEL, AsyncSessions
 
 log = structlog.get_logger(__name__)
 
@@ -25,9 +25,9 @@ RECHECK_SECONDS = 1.0
 
 
 class SessionWatcher:
-    def __init__(self, client: redis.asyncio.Redis, store: AsyncStore) -> None:
+    def __init__(self, client: redis.asyncio.Redis, sessions: AsyncSessions) -> None:
         self._client = client
-        self._store = store
+        self._sessions = sessions
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
@@ -49,7 +49,7 @@ class SessionWatcher:
         self._waiters[session_id].add(event)
         try:
             while True:
-                session = await self._store.get_session(session_id)
+                session = await self._sessions.get_session(session_id)
                 remaining = deadline - loop.time()
                 if session is None or done(session) or remaining <= 0:
                     return session

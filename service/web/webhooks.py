@@ -28,7 +28,7 @@ from service import messages, strictjson
 from service.metrics import metrics
 from service.phones import mask_text
 from service.settings import Settings
-from service.store import AsyncStore
+from service.store import AsyncStoredEvents
 from service.vts.callbacks import MAX_FIELDS, EventIds, InvalidEvent, Kind, check
 from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, verify_v3
 from service.web.endpoints import Endpoint
@@ -173,13 +173,13 @@ async def _ingest(request: Request, kind: Kind) -> Response:
         event = check(kind, params)
     except InvalidEvent as exc:
         raise Problem(400, str(exc), slug="invalid-event") from None
-    store: AsyncStore = request.app.state.store
+    events: AsyncStoredEvents = request.app.state.events
     ids = request.app.state.event_ids.all(event)
     # The VTS session id rides along (an id, not a number): the worker then reads the
     # event and finds our session in one round trip.
     message = _JOB_OF[kind].message(messages.EventRef(ids[0], event.session_uuid))
     nonce = _first(headers, _NONCE_NAMES) or None
-    result = await store.ingest_webhook(
+    result = await events.ingest_webhook(
         event, ids, message, nonce=nonce, received_ms=int(time.time() * 1000)
     )
     if result == "replayed":

@@ -58,7 +58,7 @@ import redis.asyncio
 
 from service import messages
 from service.models import Session, Status, now
-from service.store import CHANNEL, AsyncStore, Store
+from service.store import CHANNEL, AsyncSessions, AsyncStoredEvents, Queue, Schedule, Sessions
 from service.store.keys import Keys
 from service.vts.callbacks import Event, check
 from tests.benchmarks import bare_actor
@@ -131,7 +131,7 @@ def active_sessions(client: redis.Redis, redis_url: str, count: int) -> list[tup
     asyncio.run(_create(redis_url, sessions))
     # No worker may create them at VTS: their create messages go.
     client.delete(*(f(messages.SESSIONS_QUEUE) for f in (Keys.queue, Keys.queue_messages)))
-    store, pairs = Store(client), []
+    store, pairs = Sessions(client), []
     for session in sessions:
         vts_uuid = str(uuid.uuid4())
         store.claim_vts_session(vts_uuid, session.id)
@@ -148,7 +148,7 @@ def active_sessions(client: redis.Redis, redis_url: str, count: int) -> list[tup
 async def _create(redis_url: str, sessions: list[Session]) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        store = AsyncStore(client)
+        store = AsyncSessions(client)
         await asyncio.gather(
             *(
                 store.create_session(
@@ -166,7 +166,7 @@ async def _create(redis_url: str, sessions: list[Session]) -> None:
 
 def hold_scheduler(client: redis.Redis) -> None:
     """Take the scheduler's lead for 10 minutes, so that no worker dispatches timers."""
-    if not Store(client).lead("bench-events", 600_000):
+    if not Schedule(client).lead("bench-events", 600_000):
         raise RuntimeError("another scheduler holds the lead")
 
 
@@ -185,7 +185,7 @@ async def _ingest(redis_url: str, events: list[Event]) -> None:
     """Store and queue ``events`` in order (a chunk's calls share round trips, in order)."""
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        store = AsyncStore(client)
+        store = AsyncStoredEvents(client)
         for start in range(0, len(events), 1000):
             received_ms = int(time.time() * 1000)
             await asyncio.gather(
@@ -265,9 +265,9 @@ def _worker_run(
 def _bare_run(
     client: redis.Redis, redis_url: str, args: argparse.Namespace, directory: Path
 ) -> Throughput:
-    store = Store(client)
+    queue = Queue(client)
     for index in range(args.events):
-        store.enqueue(bare_actor.JOB.message(bare_actor.Item(f"item-{index}")))
+        queue.enqueue(bare_actor.JOB.message(bare_actor.Item(f"item-{index}")))
     command = [
         sys.executable, "-m", "dramatiq", "tests.benchmarks.bare_actor:setup",
         "tests.benchmarks.bare_actor", "--processes", "1", "--threads", str(args.threads),
@@ -364,7 +364,7 @@ async def probe(
         gc.freeze()
         gc.disable()
         stop = asyncio.Event()
-        watcher = asyncio.create_task(_watch(pubsub, AsyncStore(client), result, stop))
+        watcher = asyncio.create_task(_watch(pubsub, AsyncSessions(client), result, stop))
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.1
         posts = []
@@ -425,7 +425,7 @@ async def _post(
 
 
 async def _watch(
-    pubsub: redis.asyncio.client.PubSub, store: AsyncStore, result: Probe, stop: asyncio.Event
+    pubsub: redis.asyncio.client.PubSub, store: AsyncSessions, result: Probe, stop: asyncio.Event
 ) -> None:
     shown: dict[str, int] = {}
     loop = asyncio.get_running_loop()

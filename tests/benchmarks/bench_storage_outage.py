@@ -38,7 +38,7 @@ from devkit.sandbox.server import SandboxConfig, create_sandbox_app, number_rang
 from service.messages import QUEUES
 from service.settings import AppKey, S3Location, Secret, Settings
 from service.storage import s3_client
-from service.store import Store
+from service.store import DeadLetters
 from tests.servers import free_port, serve
 
 AUTH_ID, AUTH_TOKEN = "MABENCHMARK0000001", "bench-token"
@@ -146,7 +146,7 @@ def _system(directory: Path, recordings: int, s3: S3Location | None) -> Iterator
 
 
 def _dead_letters(client: redis.Redis) -> int:
-    return sum(len(Store(client).dead_letters(queue)) for queue in QUEUES)
+    return sum(len(DeadLetters(client).dead_letters(queue)) for queue in QUEUES)
 
 
 def _recorded_call(api: httpx2.Client, sandbox: httpx2.Client, n: int) -> tuple[str, str]:

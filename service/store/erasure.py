@@ -1,5 +1,10 @@
-"""The web's view of the store (redis.asyncio): the concept modules composed, and what
-crosses them."""
+"""Erasure: an ended session's personal data erased and its files' deletion queued, in one
+script across the keys of every concept (sessions, recordings, the queue, events,
+notifications, the schedule).
+
+The erasure is a class of its own rather than a method of ``AsyncSessions``: the script
+reaches into each concept's keys, and waits for the replicas before it answers.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,18 @@ from service.messages import Outgoing
 from service.models import Session, Status
 from service.redis_clients import Durability, wait_for_replicas_async
 from service.store import lua
-from service.store.batching import GroupCommit
 from service.store.codec import decode_str
-from service.store.events import AsyncStoredEvents, EventKeys
+from service.store.events import EventKeys
 from service.store.notifications import NotificationKeys
 from service.store.queue import QueueKeys
 from service.store.recordings import RecordingKeys
 from service.store.schedule import ScheduleKeys
-from service.store.sessions import CHANNEL, AsyncSessions, SessionKeys
+from service.store.sessions import CHANNEL, SessionKeys
 
 
-class AsyncStore(AsyncSessions, AsyncStoredEvents):
-    """The web's view of the store: sessions and callbacks from their modules; here what
-    crosses them (erasing a session)."""
+class Erasure:
+    """The web's erasure of ended sessions; it answers once the write holds on the
+    replicas ``durability`` asks for."""
 
     def __init__(
         self,
@@ -31,9 +35,6 @@ class AsyncStore(AsyncSessions, AsyncStoredEvents):
         self.client = client
         self.durability = durability
         self._erase = client.register_script(lua.source("erase.lua"))
-        self._group = GroupCommit(client, durability=durability)
-        self._init_sessions()
-        self._init_events()
 
     async def erase_session(
         self, session: Session, message: Outgoing, *, masked: tuple[str, str], at: str, entry: str
@@ -76,6 +77,3 @@ class AsyncStore(AsyncSessions, AsyncStoredEvents):
         await wait_for_replicas_async(self.client, self.durability)
         status = decode_str(current)
         return decode_str(result), Status(status) if status else None
-
-    async def ping(self) -> bool:
-        return bool(await self.client.ping())
