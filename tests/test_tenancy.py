@@ -16,7 +16,7 @@ import pytest
 import redis
 from starlette.routing import Route
 
-from service.models import Status
+from service.models import NotificationKind, Status
 from service.settings import AppKey, Secret, Settings
 from service.storage import LocalStorage
 from service.store import RecordingStore, Store
@@ -85,7 +85,7 @@ def _stored_notification(client: redis.Redis, session_id: str) -> str:
     """A notification of the session, recorded as the worker's transition records one."""
     client.hset(Keys.session(session_id), "callback_url", "https://example.com/hook")
     store = Store(client)
-    store.transition(session_id, None, allowed=list(Status), notify=("session.active", ""))
+    store.transition(session_id, None, allowed=list(Status), notify=(NotificationKind.ACTIVE, ""))
     (notification_id,) = store.notifications.ids(session_id)
     store.notifications.unschedule(notification_id)
     return notification_id

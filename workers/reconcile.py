@@ -15,7 +15,7 @@ from decimal import Decimal
 import structlog
 
 from service.errors import VtsNotFound
-from service.models import LIVE, Session, Status, to_nanos
+from service.models import LIVE, NotificationKind, Session, Status, to_nanos
 from service.store import Outcome, timeline_entry
 from service.vts.models import VtsSession
 from workers.dependencies import Dependencies
@@ -157,7 +157,7 @@ def _expire(deps: Dependencies, session_id: str, reason: str) -> None:
         allowed=list(LIVE),
         entry=timeline_entry("expired", reason=reason),
         timers=[("reconcile", deps.clock() + EXPIRY_GRACE)],
-        notify=("session.expired", ""),
+        notify=(NotificationKind.EXPIRED, ""),
     )
     if result is Outcome.OK:
         log.info("session_expired", reason=reason)

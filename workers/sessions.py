@@ -24,7 +24,7 @@ from service.errors import (
     VtsRejected,
     VtsUnavailable,
 )
-from service.models import FINAL, LIVE, Session, Status, iso
+from service.models import FINAL, LIVE, NotificationKind, Session, Status, iso
 from service.phones import mask_text
 from service.store import Outcome, Store, timeline_entry
 from service.vts.models import VtsSession
@@ -148,7 +148,7 @@ def _activate(
             ("expire", expires_at + EXPIRY_GRACE),
             ("reconcile", deps.clock() + deps.reconcile_every),
         ],
-        notify=("session.active", ""),
+        notify=(NotificationKind.ACTIVE, ""),
     )
     if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
@@ -174,7 +174,7 @@ def fail(
         fields={"error_code": code, "error_message": reason},
         entry=entry,
         fence=fence,
-        notify=("session.failed", ""),
+        notify=(NotificationKind.FAILED, ""),
     )
     if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
@@ -297,7 +297,7 @@ def _mark_expired(
         entry=timeline_entry("expired", reason=reason),
         fence=fence,
         timers=timers,
-        notify=("session.expired", ""),
+        notify=(NotificationKind.EXPIRED, ""),
     )
     if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")

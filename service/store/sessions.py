@@ -25,7 +25,7 @@ import structlog
 
 from service.apps import Budget
 from service.messages import Outgoing
-from service.models import Session, Status, iso, now
+from service.models import NotificationKind, Session, Status, iso, now
 from service.settings import Settings
 from service.store import lua, scripts
 from service.store.apps import AppKeys
@@ -270,7 +270,7 @@ class Sessions:
         entry: str | None = None,
         fence: str | None = None,
         timers: Sequence[tuple[str, datetime]] = (),
-        notify: tuple[str, str] | None = None,
+        notify: tuple[NotificationKind, str] | None = None,
     ) -> tuple[Outcome, Status | None]:
         """Move the session to ``to`` (None: keep) and set ``fields``, if its status is
         allowed; in the same write, set its ``timers`` (task, due) and record ``notify``
