@@ -120,15 +120,9 @@ def _render_json() -> Processor:
     return render
 
 
-# The handler of the last ``configure``: where structlog's lines are written. Looked up
-# per line, as the stdlib looks up its handlers, so a logger cached before a later
-# ``configure`` (a worker process re-configuring after the fork) writes to the new one.
-_output: list[logging.StreamHandler[TextIO]] = []
-
-
 class LineWriter:
-    """Where structlog's own lines go: straight to the handler's stream, never interleaved
-    with library lines written by the handler.
+    """Where structlog's own lines go: straight to the stream of the last ``configure``,
+    never interleaved with library lines written by its handler.
 
     Going through the stdlib instead (a ``LogRecord``, the handler, ``ProcessorFormatter``
     copying the event and running its chain) cost ~25 µs a line, a tenth of a request.
@@ -136,22 +130,23 @@ class LineWriter:
     production), a line is one ``write()``, which the kernel keeps whole (on a pipe, up
     to ``PIPE_BUF`` bytes): no lock is held while the write waits, where the handler's
     lock made a worker's other threads queue behind it. Longer lines, and other streams,
-    are written under the handler's lock. A line that cannot be written is dropped, as the stdlib
-    handler drops it.
+    are written under the handler's lock. A line that cannot be written is dropped, as the
+    stdlib handler drops it.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, output: LineOutput) -> None:
         self.name = name
+        self._output = output
 
     def msg(self, line: str) -> None:
+        handler, fd = self._output.target
         data = line + "\n"
-        if _fd and len(data) <= select.PIPE_BUF:
+        if fd is not None and len(data) <= select.PIPE_BUF:
             encoded = data.encode()
             if len(encoded) <= select.PIPE_BUF:
                 with contextlib.suppress(OSError):
-                    os.write(_fd[0], encoded)
+                    os.write(fd, encoded)
                 return
-        handler = _output[0]
         handler.acquire()
         try:
             stream = handler.stream
@@ -165,29 +160,53 @@ class LineWriter:
     debug = info = warning = warn = error = err = exception = critical = fatal = log = msg
 
 
-# The file descriptor of the last ``configure``'s stream, when lines may be written to it
-# directly (see LineWriter).
-_fd: list[int] = []
+class LineOutput:
+    """structlog's logger factory: a :class:`LineWriter` named as ``get_logger`` was, all
+    writing where :meth:`write_to` last said.
+
+    ``configure`` keeps the one it finds configured and points it at its new handler, so
+    that loggers structlog cached before (a worker process configuring again after the
+    fork) write to the new stream, as the stdlib's loggers do.
+    """
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self.write_to(handler)
+
+    def write_to(self, handler: logging.StreamHandler[TextIO]) -> None:
+        # One attribute, replaced whole: a writer on another thread sees either pair.
+        self.target = (handler, _descriptor(handler.stream))
+
+    @property
+    def descriptor(self) -> int | None:
+        """The descriptor lines are written to directly, if any (see :class:`LineWriter`)."""
+        return self.target[1]
+
+    def __call__(self, *args: Any) -> LineWriter:
+        return LineWriter(str(args[0]) if args else "root", self)
 
 
-def _descriptor(stream: TextIO) -> list[int]:
-    """``[fd]`` when ``stream`` is the process's own standard error or output taking
-    UTF-8: its descriptor lives as long as the process, and the handler flushes the stream
-    after every line, so writing past it reorders nothing. Any other stream may be closed
-    and its descriptor number reused, so it is written through its object."""
+def _descriptor(stream: TextIO) -> int | None:
+    """The descriptor of ``stream`` when it is the process's own standard error or output
+    taking UTF-8: its descriptor lives as long as the process, and the handler flushes
+    the stream after every line, so writing past it reorders nothing. Any other stream
+    may be closed and its descriptor number reused, so it is written through its object."""
     if stream is not sys.__stderr__ and stream is not sys.__stdout__:
-        return []
+        return None
     if (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
-        return []
+        return None
     try:
-        return [stream.fileno()]
+        return stream.fileno()
     except (OSError, ValueError):  # io.UnsupportedOperation is both
-        return []
+        return None
 
 
-def _line_writer(*args: Any) -> LineWriter:
-    """structlog's logger factory: a :class:`LineWriter` named as ``get_logger`` was."""
-    return LineWriter(str(args[0]) if args else "root")
+def _output_for(handler: logging.StreamHandler[TextIO]) -> LineOutput:
+    """The configured :class:`LineOutput`, pointed at ``handler``; a new one if there is none."""
+    output = structlog.get_config()["logger_factory"]
+    if not isinstance(output, LineOutput):
+        return LineOutput(handler)
+    output.write_to(handler)
+    return output
 
 
 def configure(
@@ -221,8 +240,6 @@ def configure(
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
-    _output[:] = [handler]
-    _fd[:] = _descriptor(handler.stream)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -242,48 +259,15 @@ def configure(
         mask_phone_numbers,
         renderer,
     ]
-    _direct[:] = [chain] if logging.getLevelNamesMapping()[level.upper()] <= logging.INFO else []
     structlog.configure(
         processors=chain,
-        logger_factory=_line_writer,
+        logger_factory=_output_for(handler),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         # Tests turn caching off, so structlog.testing.capture_logs sees every logger.
         cache_logger_on_first_use=cache_loggers,
     )
-
-
-# The processor chain of the last ``configure``, while INFO lines are written.
-_direct: list[list[Processor]] = []
-
-
-class WorkLine:
-    """The INFO line ``event`` of logger ``name`` that a process writes once per unit of
-    work (a request, a message): what ``structlog.get_logger(name).info(event, ...)``
-    writes, with the configured processors run directly rather than through a bound
-    logger, which copies its context and dispatches by level on every call (a third of
-    the line's cost). Through the bound logger when structlog was given other processors
-    since; processors changed in place (``structlog.testing.capture_logs``) run as they
-    are, and a line they drop is dropped."""
-
-    def __init__(self, name: str, event: str) -> None:
-        self._event = event
-        self._writer = LineWriter(name)
-        self._log = structlog.get_logger(name)
-
-    def __call__(self, **fields: Any) -> None:
-        chain = _direct[0] if _direct else None
-        if chain is None or structlog.get_config()["processors"] is not chain:
-            self._log.info(self._event, **fields)
-            return
-        event_dict: Any = {**fields, "event": self._event}
-        try:
-            for processor in chain:
-                event_dict = processor(self._writer, "info", event_dict)
-        except structlog.DropEvent:  # a processor may drop a line, as with a bound logger
-            return
-        self._writer.msg(event_dict)
 
 
 def bind(**values: Any) -> None:

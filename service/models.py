@@ -23,6 +23,17 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
+# The store's scripts record some of these by name: a test checks they name only these.
+class NotificationKind(StrEnum):
+    """What a notification to the app tells of (its ``type``)."""
+
+    ACTIVE = "session.active"
+    FAILED = "session.failed"
+    CALL_ENDED = "session.call_ended"
+    RECORDING_STORED = "session.recording_stored"
+    EXPIRED = "session.expired"
+
+
 LIVE = frozenset({Status.ACTIVE, Status.IN_PROGRESS})
 FINAL = frozenset({Status.EXPIRED, Status.FAILED})
 

@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from service.models import NotificationKind, Status, iso
 from service.models import Session as StoredSession
-from service.models import Status, iso
 from service.recordings import Recording as StoredRecording
 from service.recordings import RecordingStatus
 from service.store.notifications import Notification as StoredNotification
@@ -226,19 +226,10 @@ class Problem(msgspec.Struct, omit_defaults=True):
     errors: list[FieldProblem] | None = None
 
 
-NotificationType = Literal[
-    "session.active",
-    "session.failed",
-    "session.call_ended",
-    "session.recording_stored",
-    "session.expired",
-]
-
-
 class Notification(msgspec.Struct):
     """What the app's ``callback_url`` receives, signed the Standard Webhooks way."""
 
-    type: NotificationType
+    type: NotificationKind
     timestamp: Moment
     data: NotificationSession
 
@@ -260,7 +251,7 @@ class NotificationRecord(msgspec.Struct):
     """A notification sent (or being sent) to the app, with every attempt, oldest first."""
 
     id: Annotated[str, msgspec.Meta(description="its webhook-id: the same on every attempt")]
-    type: NotificationType
+    type: NotificationKind
     session_id: str
     created_at: Moment
     state: NotificationState
@@ -317,7 +308,7 @@ class Ping(msgspec.Struct):
 def notification_record(stored: StoredNotification) -> NotificationRecord:
     return NotificationRecord(
         id=stored.id,
-        type=stored.type,  # type: ignore[arg-type]  # one of the kinds by construction
+        type=stored.type,
         session_id=stored.session_id,
         created_at=stored.created_at,
         state=stored.state.value,
@@ -389,11 +380,14 @@ def session(stored: StoredSession, recordings: Iterable[StoredRecording] = ()) -
 
 
 def notification(
-    kind: str, stored: StoredSession, recordings: Iterable[StoredRecording], moment: datetime
+    kind: NotificationKind,
+    stored: StoredSession,
+    recordings: Iterable[StoredRecording],
+    moment: datetime,
 ) -> Notification:
     """The body of a notification to the app; never the parties' numbers."""
     return Notification(
-        type=kind,  # type: ignore[arg-type]  # one of notifications.KINDS
+        type=kind,
         timestamp=moment.isoformat(),
         data=NotificationSession(**_common(stored, recordings)),
     )

@@ -53,6 +53,8 @@ class Secret:
 APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # The app that owns a key given without a name (API_KEYS from before apps existed).
 DEFAULT_APP = "default"
+# Keys one app may hold at once: the old and the new, while a key is rotated.
+MAX_KEYS_PER_APP = 2
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,8 @@ class Settings:
     notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     storage_retry_for: int = 3 * 3600
     # Replicas that must hold a write before it is acknowledged (see redis_clients).
-    redis_min_replicas_acked: int = 0
-    redis_replica_ack_timeout: float = 1.0
+    redis_min_replicas_acked: int = redis_clients.Durability.replicas
+    redis_replica_ack_timeout: float = redis_clients.Durability.timeout
     # Live sessions (pending, active, in progress) one app may hold; 0: no cap.
     app_max_live_sessions: int = 1000
     web_max_connections: int = 1000
@@ -352,8 +354,10 @@ def _api_keys(raw: str) -> tuple[AppKey, ...]:
     if len({pair.key for pair in pairs}) < len(pairs):
         raise ValueError("a key is listed more than once (each key belongs to one app)")
     per_app = [pair.app for pair in pairs]
-    if any(per_app.count(name) > 2 for name in per_app):
-        raise ValueError("an app may have at most two keys (the old and the new, for rotation)")
+    if any(per_app.count(name) > MAX_KEYS_PER_APP for name in per_app):
+        raise ValueError(
+            f"an app may have at most {MAX_KEYS_PER_APP} keys (the old and the new, for rotation)"
+        )
     return tuple(pairs)
 
 

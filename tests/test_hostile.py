@@ -22,6 +22,7 @@ from starlette.routing import Route
 from service import metrics
 from service.egress import EgressPolicy, build_client
 from service.errors import ConfigurationError
+from service.models import NotificationKind
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.store import RecordingStore
@@ -225,12 +226,12 @@ def test_notifications_never_reach_a_private_address(
     policy = EgressPolicy(allow_http=True, resolver=lambda host, port: next(replies))
     ctx = _notifier(deps, policy)
     with ctx.receivers:
-        notifications.send(ctx, session.id, "session.active", "n-1")
+        notifications.send(ctx, session.id, NotificationKind.ACTIVE, "n-1")
     assert received == []
     allowed = EgressPolicy(allow_http=True, allow_private=True, resolver=lambda h, p: ["127.0.0.1"])
     ctx = _notifier(deps, allowed)
     with ctx.receivers:
-        notifications.send(ctx, session.id, "session.active", "n-2")
+        notifications.send(ctx, session.id, NotificationKind.ACTIVE, "n-2")
     assert received == ["/hook"]
 
 
@@ -351,5 +352,5 @@ def test_notifications_ignore_proxy_variables(
     redis_client.hset(Keys.session(session.id), "callback_url", f"{url}/hook")
     ctx = _notifier(deps, EgressPolicy(allow_http=True, allow_private=True))
     with ctx.receivers:
-        notifications.send(ctx, session.id, "session.active", "n-3")
+        notifications.send(ctx, session.id, NotificationKind.ACTIVE, "n-3")
     assert received == ["/hook"]

@@ -257,7 +257,8 @@ def test_lines_from_many_threads_to_standard_error_stay_whole() -> None:
 import logging, threading, structlog
 from service import logs
 logs.configure(fmt="json", level="INFO")
-assert logs._fd == [2], logs._fd
+output = structlog.get_config()["logger_factory"]
+assert output.descriptor == 2, output.descriptor
 log = structlog.get_logger("load")
 def run(n):
     for i in range(500):
@@ -276,24 +277,24 @@ for t in threads: t.join()
     assert sum(r["event"].startswith("library line") for r in records) == 8 * 10
 
 
-def test_work_lines_go_through_structlog_when_it_is_configured_otherwise(
-    stream: io.StringIO,
-) -> None:
-    """The request line skips structlog's bound logger only while structlog runs our own
-    processors: under ``capture_logs`` it is captured like any other line."""
-    line = logs.WorkLine("service.http", "http_request")
-    with structlog.testing.capture_logs() as captured:
-        line(method="GET", status=200)
-    assert captured == [
-        {"method": "GET", "status": 200, "event": "http_request", "log_level": "info"}
-    ]
-    line(method="POST", status=202)
-    [record] = _records(stream)
-    assert (record["event"], record["method"], record["logger"]) == (
-        "http_request",
-        "POST",
-        "service.http",
-    )
+def test_the_request_line_is_captured_like_any_other(stream: io.StringIO) -> None:
+    """The http_request line goes through structlog's configured processors: under
+    ``capture_logs`` it is captured, and written as JSON otherwise."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from service.web.middleware import RequestContext
+
+    app = Starlette(routes=[])
+    app.add_middleware(RequestContext)
+    with TestClient(app) as client:
+        with structlog.testing.capture_logs() as captured:
+            client.get("/nowhere")
+        client.post("/nowhere")
+    [line] = [entry for entry in captured if entry["event"] == "http_request"]
+    assert (line["method"], line["status"], line["log_level"]) == ("GET", 404, "info")
+    [record] = [r for r in _records(stream) if r["event"] == "http_request"]
+    assert (record["method"], record["logger"]) == ("POST", "service.http")
 
 
 def test_only_the_process_s_own_standard_error_is_written_past_its_stream(
@@ -304,7 +305,7 @@ def test_only_the_process_s_own_standard_error_is_written_past_its_stream(
     with (tmp_path / "log").open("w", encoding="utf-8") as file:
         logs.configure(fmt="json", level="INFO", stream=file, cache_loggers=False)
         try:
-            assert logs._fd == []
+            assert structlog.get_config()["logger_factory"].descriptor is None
             structlog.get_logger("test").info("kept")
         finally:
             configure_test_logs()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
-from service.models import Status
+from service.models import NotificationKind, Status
 from service.store import Sessions
 from service.store.endpoints import EndpointHealth, disabled_count
 from service.store.keys import Keys
@@ -17,7 +17,7 @@ from tests.conftest import stored_session
 ORIGIN = "https://hooks.example.com:443"
 
 
-def _recorded(redis_url: str, client: redis.Redis, session_id: str, kind: str) -> str:
+def _recorded(redis_url: str, client: redis.Redis, session_id: str, kind: NotificationKind) -> str:
     """A notification of a stored session, recorded as a transition records one."""
     stored_session(redis_url, session_id)
     client.hset(Keys.session(session_id), "callback_url", "https://hooks.example.com/h")
@@ -31,7 +31,7 @@ def test_requeue_queues_any_state_or_only_undelivered(
     """Redelivery queues even a delivered record; recovery skips it; another app's or a
     missing record is 'missing'; a queued one is pending, due now, its failures reset."""
     notifications = NotificationStore(redis_client)
-    nid = _recorded(redis_url, redis_client, "ses_" + "1" * 32, "session.active")
+    nid = _recorded(redis_url, redis_client, "ses_" + "1" * 32, NotificationKind.ACTIVE)
     app = notifications.get(nid).app  # type: ignore[union-attr]
     attempt = Attempt(at="2026-01-01T00:00:00Z", latency_ms=1.0, status=204)
     assert notifications.attempted(nid, attempt, State.DELIVERED, None, 0)
@@ -52,7 +52,7 @@ def test_a_give_up_without_an_attempt_keeps_the_log_and_leaves_the_indexes(
     """Failed without an attempt (endpoint disabled): no attempt is added, the timer and
     the pending entry go; a record gone (purged) is not written again."""
     notifications = NotificationStore(redis_client)
-    nid = _recorded(redis_url, redis_client, "ses_" + "2" * 32, "session.active")
+    nid = _recorded(redis_url, redis_client, "ses_" + "2" * 32, NotificationKind.ACTIVE)
     assert notifications.attempted(nid, None, State.FAILED, None, 3)
     record = notifications.get(nid)
     assert record is not None
@@ -69,8 +69,8 @@ def test_recover_counts_only_what_it_queued_since_then(
     """Recovery takes the app's records created since the time given, failed or pending,
     never delivered ones."""
     notifications = NotificationStore(redis_client)
-    failed = _recorded(redis_url, redis_client, "ses_" + "3" * 32, "session.active")
-    delivered = _recorded(redis_url, redis_client, "ses_" + "4" * 32, "session.active")
+    failed = _recorded(redis_url, redis_client, "ses_" + "3" * 32, NotificationKind.ACTIVE)
+    delivered = _recorded(redis_url, redis_client, "ses_" + "4" * 32, NotificationKind.ACTIVE)
     app = notifications.get(failed).app  # type: ignore[union-attr]
     notifications.attempted(failed, None, State.FAILED, None)
     notifications.attempted(delivered, None, State.DELIVERED, None)

@@ -4,8 +4,10 @@ failing receiver holds up nobody else."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.models import NotificationKind
 from service.settings import Settings
 from service.store.apps import AppStore
 from tests.conftest import make_settings, new_numbers, wait_until
@@ -102,3 +105,15 @@ def test_app_is_told_of_activation_call_end_and_expiry(
     assert first[2:] not in "".join(r["body"] for r in good.received)
     assert failing.attempts >= 1
     assert blocked.status_code == 202
+
+
+def test_the_scripts_record_only_notification_kinds() -> None:
+    """Every notification kind a Lua script records is one of NotificationKind."""
+    scripts = Path(__file__).resolve().parents[1] / "service" / "store"
+    written = {
+        kind
+        for script in scripts.glob("*.lua")
+        for kind in re.findall(r"record_notification\([^)]*?'([a-z_.]+)'", script.read_text())
+    }
+    assert {"session.expired", "session.recording_stored"} <= written
+    assert written <= set(NotificationKind)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from service.errors import ConfigurationError
@@ -90,3 +93,41 @@ def test_the_notification_retry_schedule_is_read_in_seconds() -> None:
     """NOTIFICATION_RETRY_SCHEDULE gives the delay before each retry, in order."""
     settings = Settings.from_env({**VALID, "NOTIFICATION_RETRY_SCHEDULE": "1, 2.5,4"})
     assert settings.notification_retry_schedule == (1.0, 2.5, 4.0)
+
+
+def _documented_defaults() -> dict[str, str]:
+    """README's configuration table: each variable whose default is written as a value
+    (`300`, or `300`, `5` for two variables), with that value."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.partition("\n## Configuration\n")[2].partition("\n## ")[0]
+    defaults: dict[str, str] = {}
+    for row in table.splitlines():
+        cells = row.split("|")
+        if not row.startswith("| `") or len(cells) < 4:
+            continue
+        names = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[1])
+        written = re.fullmatch(r" ((?:`[^`]+`(?:, )?)+)(?: \([^)]*\))? ", cells[2])
+        if written is None:
+            continue
+        values = re.findall(r"`([^`]+)`", written[1])
+        if len(values) == 1:
+            values *= len(names)
+        if len(values) == len(names):
+            defaults.update(zip(names, values, strict=True))
+    return defaults
+
+
+def test_the_documented_defaults_are_the_code_s() -> None:
+    """Setting a variable to the default README gives it changes nothing."""
+    documented = _documented_defaults()
+    assert {"RECONCILE_INTERVAL", "NOTIFICATION_RETRY_SCHEDULE", "STORAGE_RETRY_FOR"} <= set(
+        documented
+    )
+    assert len(documented) >= 30, documented
+    defaults = Settings.from_env(VALID)
+    differing = {
+        name: value
+        for name, value in documented.items()
+        if Settings.from_env({**VALID, name: value}) != defaults
+    }
+    assert not differing

@@ -16,7 +16,7 @@ import pytest
 import redis
 from starlette.routing import Route
 
-from service.models import Status
+from service.models import NotificationKind, Status
 from service.settings import AppKey, Secret, Settings
 from service.storage import LocalStorage
 from service.store import RecordingStore, Sessions
@@ -86,7 +86,7 @@ def _stored_notification(client: redis.Redis, session_id: str) -> str:
     """A notification of the session, recorded as the worker's transition records one."""
     client.hset(Keys.session(session_id), "callback_url", "https://example.com/hook")
     Sessions(client).transition(
-        session_id, None, allowed=list(Status), notify=("session.active", "")
+        session_id, None, allowed=list(Status), notify=(NotificationKind.ACTIVE, "")
     )
     notifications = NotificationStore(client)
     (notification_id,) = notifications.ids(session_id)

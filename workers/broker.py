@@ -25,7 +25,6 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from service import logs
 from service.metrics import metrics
 from service.phones import mask_text
 from service.store import DRAMATIQ_NAMESPACE, DeadLetters
@@ -43,9 +42,6 @@ TIME_LIMIT_MS = 5 * 60_000
 # back: 7 missed heartbeats, room for a process starved of CPU for a while.
 HEARTBEAT_TIMEOUT_MS = 15_000
 HEARTBEAT_SECONDS = 2.0
-
-
-_processed_line = logs.WorkLine(__name__, "message_processed")
 
 
 class LogContext(Middleware):
@@ -86,7 +82,8 @@ class LogContext(Middleware):
         if exception is not None and message.failed:
             self._note_dead_letter(dependencies.of(broker).dead_letters, message, exception)
         metrics().message_seconds.labels(message.actor_name).observe(seconds)
-        _processed_line(
+        log.info(
+            "message_processed",
             outcome=outcome,
             retries=message.options.get("retries", 0),
             duration_ms=duration_ms,

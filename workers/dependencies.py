@@ -71,27 +71,29 @@ class Dependencies:
     download_policy: DownloadPolicy
     vts_auth: tuple[str, str]
     clock: Callable[[], datetime]
-    reconcile_every: timedelta = timedelta(minutes=5)
+    # The timings below come from the settings (``workers.boot.build``), whose defaults
+    # are the only ones.
+    reconcile_every: timedelta
     # How long a difference with VTS must hold still before it counts as drift: longer
     # than a callback takes to reach us and be applied, a dead worker's recovery included.
-    reconcile_settle: timedelta = timedelta(seconds=30)
+    reconcile_settle: timedelta
     # The least time between two VTS updates of one session, and the window of the apps'
     # VTS budgets (seconds): see ``workers.sessions.update``.
-    update_interval: float = 1.0
-    budget_window: float = 5.0
+    update_interval: float
+    budget_window: float
+    # How long a recording waits for its storage to come back before it is failed.
+    storage_retry_for: timedelta
+    # Seconds before each retry of a notification (see ``workers.notifications``).
+    notification_retry_schedule: tuple[float, ...]
+    # Seconds an endpoint may fail every attempt before it is disabled.
+    notification_disable_after: float
     lock_lease: timedelta = LEASE
     # How long VTS may answer 404 for a recording it told us about.
     recording_ready_within: timedelta = timedelta(minutes=10)
-    # How long a recording waits for its storage to come back before it is failed.
-    storage_retry_for: timedelta = timedelta(hours=3)
     # Jobs whose retry limit the settings set (job name -> max retries).
     retry_limits: Mapping[str, int] = field(default_factory=dict)
     # Reconciliation's own share of the VTS rate (None: no share of its own, as in tests).
     reconcile_budget: RateLimiter | None = None
-    # Seconds before each retry of a notification (see ``workers.notifications``).
-    notification_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
-    # Seconds an endpoint may fail every attempt before it is disabled.
-    notification_disable_after: float = 5 * 24 * 3600
 
     def max_retries(self, job: Job[Any]) -> int:
         return self.retry_limits.get(job.name, job.retry.max_retries)

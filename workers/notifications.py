@@ -29,7 +29,7 @@ from standardwebhooks.webhooks import Webhook
 from service import schemas
 from service.egress import EgressRefused, EgressUnresolved, origin
 from service.metrics import metrics
-from service.models import Session, iso
+from service.models import NotificationKind, Session, iso
 from service.settings import DEFAULT_APP
 from service.store.apps import AppStore
 from service.store.notifications import Attempt, State
@@ -37,17 +37,10 @@ from workers.dependencies import Dependencies
 
 log = structlog.get_logger(__name__)
 
-KINDS = (
-    "session.active",
-    "session.failed",
-    "session.call_ended",
-    "session.recording_stored",
-    "session.expired",
-)
 TIMEOUT_SECONDS = 5.0
 
 
-def body(deps: Dependencies, kind: str, session: Session, moment: datetime) -> str:
+def body(deps: Dependencies, kind: NotificationKind, session: Session, moment: datetime) -> str:
     """The JSON the app receives (OpenAPI ``webhooks``): the session as it is now, with
     its recordings, without the parties' numbers."""
     recordings = deps.recordings.for_session(session.id)
@@ -67,7 +60,9 @@ class Delivery:
     retry_after: float | None = None
 
 
-def send(deps: Dependencies, session_id: str, kind: str, notification_id: str) -> Delivery | None:
+def send(
+    deps: Dependencies, session_id: str, kind: NotificationKind, notification_id: str
+) -> Delivery | None:
     """POST the notification once; None when there is nothing to send (the session is
     gone, or has no callback_url). Never raises for the receiver's failures: they are in
     the attempt."""
@@ -77,7 +72,9 @@ def send(deps: Dependencies, session_id: str, kind: str, notification_id: str) -
     return send_for(deps, session, kind, notification_id)
 
 
-def send_for(deps: Dependencies, session: Session, kind: str, notification_id: str) -> Delivery:
+def send_for(
+    deps: Dependencies, session: Session, kind: NotificationKind, notification_id: str
+) -> Delivery:
     """POST the notification of ``session`` once to its ``callback_url``."""
     moment = datetime.now(UTC)
     payload = body(deps, kind, session, moment)

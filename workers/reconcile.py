@@ -19,7 +19,7 @@ from service.models import LIVE, Session, Status, to_nanos
 from service.store import Outcome, timeline_entry
 from service.vts.models import VtsSession
 from workers.dependencies import Dependencies
-from workers.sessions import EXPIRY_GRACE, locked
+from workers.sessions import EXPIRY_GRACE, locked, mark_expired
 
 log = structlog.get_logger(__name__)
 
@@ -151,16 +151,9 @@ def expire_if_due(deps: Dependencies, session_id: str) -> None:
 
 
 def _expire(deps: Dependencies, session_id: str, reason: str) -> None:
-    result, _ = deps.sessions.transition(
-        session_id,
-        Status.EXPIRED,
-        allowed=list(LIVE),
-        entry=timeline_entry("expired", reason=reason),
-        timers=[("reconcile", deps.clock() + EXPIRY_GRACE)],
-        notify=("session.expired", ""),
-    )
-    if result is Outcome.OK:
-        log.info("session_expired", reason=reason)
+    # VTS's final totals are read once it has had time to send them.
+    reconcile = ("reconcile", deps.clock() + EXPIRY_GRACE)
+    mark_expired(deps, session_id, reason=reason, timers=[reconcile])
 
 
 def _call_ended_unheard(session: Session, remote: VtsSession) -> bool:

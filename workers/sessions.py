@@ -24,7 +24,7 @@ from service.errors import (
     VtsRejected,
     VtsUnavailable,
 )
-from service.models import FINAL, LIVE, Session, Status, iso
+from service.models import FINAL, LIVE, NotificationKind, Session, Status, iso
 from service.phones import mask_text
 from service.store import Outcome, Sessions, timeline_entry
 from service.vts.models import VtsSession
@@ -148,7 +148,7 @@ def _activate(
             ("expire", expires_at + EXPIRY_GRACE),
             ("reconcile", deps.clock() + deps.reconcile_every),
         ],
-        notify=("session.active", ""),
+        notify=(NotificationKind.ACTIVE, ""),
     )
     if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
@@ -174,7 +174,7 @@ def fail(
         fields={"error_code": code, "error_message": reason},
         entry=entry,
         fence=fence,
-        notify=("session.failed", ""),
+        notify=(NotificationKind.FAILED, ""),
     )
     if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
@@ -232,7 +232,7 @@ def _send_update(
     try:
         updated = deps.vts.update_session(vts_session_uuid, changes)
     except VtsNotFound:
-        _mark_expired(deps, session.id, reason="vts_unknown_session", fence=fence)
+        mark_expired(deps, session.id, reason="vts_unknown_session", fence=fence)
         return
     except VtsRejected as exc:
         deps.sessions.add_timeline(
@@ -270,7 +270,7 @@ def expire(deps: Dependencies, session_id: str) -> None:
             log.info("vts_session_already_gone")
         # VTS's final totals are read once it has had time to send them.
         reconcile = ("reconcile", deps.clock() + EXPIRY_GRACE)
-        _mark_expired(deps, session_id, reason="ended_by_app", fence=fence, timers=[reconcile])
+        mark_expired(deps, session_id, reason="ended_by_app", fence=fence, timers=[reconcile])
 
 
 def _live_session(deps: Dependencies, session_id: str) -> Session | None:
@@ -282,14 +282,18 @@ def _live_session(deps: Dependencies, session_id: str) -> Session | None:
     return session
 
 
-def _mark_expired(
+def mark_expired(
     deps: Dependencies,
     session_id: str,
     *,
     reason: str,
-    fence: str,
+    fence: str | None = None,
     timers: Sequence[tuple[str, datetime]] = (),
 ) -> None:
+    """Move a live session to ``expired`` with the app's notification and ``timers``, in
+    one write; a session no longer live is left as it is. Raises SessionBusy when
+    ``fence`` is no longer the session's lease. Every way a session is expired here
+    (the app's DELETE, its expiry time, reconciliation) goes through this."""
     result, _ = deps.sessions.transition(
         session_id,
         Status.EXPIRED,
@@ -297,11 +301,12 @@ def _mark_expired(
         entry=timeline_entry("expired", reason=reason),
         fence=fence,
         timers=timers,
-        notify=("session.expired", ""),
+        notify=(NotificationKind.EXPIRED, ""),
     )
     if result is Outcome.FENCED:
         raise SessionBusy("the session's lease passed to another worker")
-    log.info("session_expired", reason=reason)
+    if result is Outcome.OK:
+        log.info("session_expired", reason=reason)
 
 
 def vts_create_params(session: Session, public_base_url: str) -> dict[str, Any]:

@@ -64,9 +64,10 @@ class PortUnavailable(Exception):
 class Options:
     processes: int
     threads: int
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9191
-    shutdown_timeout: float = 25.0
+    # From the settings, whose defaults are the only ones.
+    metrics_host: str
+    metrics_port: int
+    shutdown_timeout: float
 
 
 def run(settings: Settings, *, processes: int, threads: int) -> int:

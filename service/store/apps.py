@@ -16,10 +16,9 @@ import redis.asyncio
 
 from service.apps import check_name, key_digest, key_id, new_key, new_notification_secret
 from service.models import iso, now
+from service.settings import MAX_KEYS_PER_APP
 from service.store.codec import decode_str
 from service.store.names import PREFIX
-
-MAX_KEYS_PER_APP = 2
 
 
 class AppKeys:

@@ -24,7 +24,7 @@ import redis
 import redis.asyncio
 
 from service.messages import Outgoing
-from service.models import iso, now
+from service.models import NotificationKind, iso, now
 from service.store import lua
 from service.store.codec import decode_str
 from service.store.names import PREFIX
@@ -115,7 +115,7 @@ class Attempt(msgspec.Struct, frozen=True, omit_defaults=True):
 @dataclass(frozen=True)
 class Notification:
     id: str
-    type: str
+    type: NotificationKind
     session_id: str
     app: str
     created_at: str
@@ -130,7 +130,7 @@ class Notification:
     def from_fields(cls, fields: Mapping[str, str], attempts: Sequence[bytes]) -> Notification:
         return cls(
             id=fields["id"],
-            type=fields["type"],
+            type=NotificationKind(fields["type"]),
             session_id=fields["session_id"],
             app=fields.get("app", ""),
             created_at=fields["created_at"],

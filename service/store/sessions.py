@@ -29,7 +29,8 @@ import structlog
 
 from service.apps import Budget
 from service.messages import Outgoing
-from service.models import Session, Status, iso, now
+from service.models import NotificationKind, Session, Status, iso, now
+from service.settings import Settings
 from service.store import lua, scripts
 from service.store.apps import AppKeys
 from service.store.batching import GroupCommit
@@ -44,7 +45,7 @@ log = structlog.get_logger(__name__)
 CHANNEL = PREFIX + "session-changes"
 TIMELINE_LIMIT = 1000
 # How long an ended session and everything hanging off it are kept, unless configured.
-SESSION_RETENTION_SECONDS = 30 * 24 * 3600
+SESSION_RETENTION_SECONDS = Settings.session_retention
 # How long changes asked for a session may wait for their VTS update before they are
 # dropped: longer than any session lives.
 PENDING_UPDATE_TTL = 2 * 24 * 3600
@@ -274,7 +275,7 @@ class Sessions:
         entry: str | None = None,
         fence: str | None = None,
         timers: Sequence[tuple[str, datetime]] = (),
-        notify: tuple[str, str] | None = None,
+        notify: tuple[NotificationKind, str] | None = None,
     ) -> tuple[Outcome, Status | None]:
         """Move the session to ``to`` (None: keep) and set ``fields``, if its status is
         allowed; in the same write, set its ``timers`` (task, due) and record ``notify``

@@ -10,14 +10,13 @@ from collections.abc import Callable
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import logs
 from service.apps import AppRegistry
 from service.metrics import metrics
 from service.phones import mask_text
 from service.web.problems import Problem
 
 MAX_LOGGED_PATH = 256
-_request_line = logs.WorkLine("service.http", "http_request")
+log = structlog.get_logger("service.http")
 Observe = Callable[[float], None]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGIT_RUN = re.compile(r"\d{10}")
@@ -111,7 +110,8 @@ class RequestContext:
             count, observe = self._measures(scope["method"], template or "unmatched", status)
             count()
             observe(seconds)
-            _request_line(
+            log.info(
+                "http_request",
                 method=scope["method"],
                 # A raw path is the client's: log only its start.
                 route=template or scope["path"][:MAX_LOGGED_PATH],
