@@ -65,7 +65,7 @@ def _undescribed(table: list[Any]) -> set[tuple[str, str]]:
     HEAD counts as described by GET, unless the route declares it apart."""
     paths = document()["paths"] | internal_document()["paths"]
     found = set()
-    for path, route in openapi.routes(table):
+    for path, route in openapi.walk(table):
         described = paths.get(path, {})
         methods = route.methods or {"any method"}
         for method in methods:

@@ -86,11 +86,11 @@ _HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
-def routes(table: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, Route]]:
+def walk(table: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, Route]]:
     """Every ``Route`` of ``table`` with the path it is served at (mounts walked into)."""
     for route in table:
         if isinstance(route, Mount):
-            yield from routes(route.routes, prefix + route.path)
+            yield from walk(route.routes, prefix + route.path)
         elif isinstance(route, Route):
             yield prefix + route.path, route
 
@@ -99,7 +99,7 @@ def _paths(table: Iterable[BaseRoute], *, internal: bool) -> dict[str, Any]:
     """The ``paths`` of the operations of ``table`` for apps, or for VTS and operators.
     Routes not described (``include_in_schema=False``) are left out."""
     paths: dict[str, Any] = {}
-    for path, route in routes(table):
+    for path, route in walk(table):
         if not isinstance(route, ApiRoute):
             continue
         for method, operation in route.operations.items():
