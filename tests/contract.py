@@ -19,10 +19,28 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from service.web.openapi import document, internal_document
+from service.web.app import create_admin_app, create_app
+from tests.conftest import make_settings
 
 _ROOT = "urn:masking-openapi"
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+@cache
+def documents() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The documents as the apps serve them: the public app's and the admin app's."""
+    settings = make_settings("redis://127.0.0.1:1", "http://127.0.0.1:1")
+    return create_app(settings).state.openapi, create_admin_app(settings).state.openapi
+
+
+def document() -> dict[str, Any]:
+    """``/openapi.json``."""
+    return documents()[0]
+
+
+def internal_document() -> dict[str, Any]:
+    """``/openapi-internal.json``."""
+    return documents()[1]
 
 
 @cache

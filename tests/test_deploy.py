@@ -33,6 +33,7 @@ from service.settings import AppKey, Secret, Settings
 from service.store import DRAMATIQ_NAMESPACE
 from service.tools import cli
 from service.web.app import create_admin_app, create_app
+from service.web.openapi import walk
 from workers import supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,12 +157,12 @@ def _test_settings() -> Settings:
 
 
 def _app_paths() -> set[str]:
-    return {getattr(route, "path", "") for route in create_app(_test_settings()).routes}
+    return {path for path, _ in walk(create_app(_test_settings()).routes)}
 
 
 def _admin_paths() -> set[str]:
     """The paths served on ADMIN_PORT (never on the public port)."""
-    return {getattr(route, "path", "") for route in create_admin_app(_test_settings()).routes}
+    return {path for path, _ in walk(create_admin_app(_test_settings()).routes)}
 
 
 def _queues() -> set[str]:

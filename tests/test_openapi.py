@@ -14,10 +14,13 @@ import pytest
 from openapi_spec_validator import validate
 
 from service import schemas
-from service.web import problems
-from service.web.openapi import document, internal_document
+from service.web import openapi, problems
+from service.web.app import create_admin_app, create_app
+from service.web.operations import ApiRoute, Operation
 from service.web.problems import Problem
 from tests import contract
+from tests.conftest import make_settings
+from tests.contract import document, internal_document
 
 OPERATIONS = {
     "createSession", "listSessions", "getSession", "updateSession", "endSession",
@@ -51,6 +54,41 @@ def test_every_operation_is_named() -> None:
     assert not set(apps) & set(internal)
     total = sum(len(item) - ("parameters" in item) for item in document()["paths"].values())
     assert len(apps) == total
+
+
+# Served, and deliberately in neither document: the documents themselves.
+UNDESCRIBED = {("GET", "/openapi.json"), ("GET", "/openapi-internal.json")}
+
+
+def _undescribed(table: list[Any]) -> set[tuple[str, str]]:
+    """Each (method, path) the routes answer that neither document has an operation for.
+    HEAD counts as described by GET, unless the route declares it apart."""
+    paths = document()["paths"] | internal_document()["paths"]
+    found = set()
+    for path, route in openapi.walk(table):
+        described = paths.get(path, {})
+        methods = route.methods or {"any method"}
+        for method in methods:
+            if method == "HEAD" and "GET" in methods and "head" not in described:
+                continue
+            if method.lower() not in described:
+                found.add((method, path))
+    return found
+
+
+def test_every_route_is_described() -> None:
+    """Each method of each route of both apps is an operation of one of the documents,
+    except the short list of routes left out on purpose."""
+    settings = make_settings("redis://127.0.0.1:1", "http://127.0.0.1:1")
+    table = [*create_app(settings).routes, *create_admin_app(settings).routes]
+    assert _undescribed(table) == UNDESCRIBED
+
+
+def test_a_route_describes_each_of_its_path_parameters() -> None:
+    """A route whose path parameter has no schema cannot be declared."""
+    operation = Operation(id="getThing", summary="a thing", responses={})
+    with pytest.raises(ValueError, match="describe each path parameter"):
+        ApiRoute("/things/{thing_id}", problems.problem_type, {"GET": operation})
 
 
 def test_vts_callbacks_and_metrics_are_only_in_the_internal_document(

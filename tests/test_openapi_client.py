@@ -23,9 +23,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.settings import Settings
-from service.web.openapi import document
 from tests import contract
 from tests.conftest import API_KEY, loopback_settings, new_numbers, wait_until
+from tests.contract import document
 from tests.servers import serve
 
 # The document alone, as an app team gets it: no overrides of its media types.

@@ -19,8 +19,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.web.app import create_admin_app, create_app
-from service.web.openapi import document, internal_document
 from tests.conftest import API_KEY, make_settings
+from tests.contract import document, internal_document
 from tests.servers import free_port, serve
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "12"))

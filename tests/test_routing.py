@@ -6,14 +6,17 @@ import asyncio
 import itertools
 from typing import Any
 
+from prometheus_client import REGISTRY
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.testclient import TestClient
 from starlette.types import Message, Scope
 
-from service.web.app import create_app
+from service.web.app import create_admin_app, create_app
 from service.web.endpoints import Endpoint, ExactRouter
+from service.web.problems import MEDIA_TYPE
 from tests.conftest import make_settings
 
 
@@ -90,8 +93,10 @@ def test_routes_shadowed_or_shared_are_chosen_as_by_router() -> None:
 
 def test_the_service_routes_are_chosen_as_by_router() -> None:
     app = create_app(make_settings("redis://127.0.0.1:9/0", "http://127.0.0.1:9"))
-    routes = list(app.router.routes)
-    assert isinstance(app.router, ExactRouter)
+    (mount,) = app.routes
+    assert isinstance(mount, Mount)
+    assert isinstance(mount.app, ExactRouter)
+    routes = list(mount.routes)
     paths = [*sorted({getattr(r, "path", "/") for r in routes}), "/v1/sessions/ses_1", "/nope"]
     # Only what routing decides: the endpoints are stood in for, as they need the store.
     stand_ins: list[BaseRoute] = [
@@ -100,3 +105,22 @@ def test_the_service_routes_are_chosen_as_by_router() -> None:
         if isinstance(r, Route)
     ]
     _same_choices(stand_ins, paths)
+
+
+def test_the_apps_answer_unrouted_requests_with_problems() -> None:
+    """Behind the apps' root mount, an unknown path is a 404 problem, a trailing slash is
+    not redirected (to a Host the client chose), and a known path with another method is
+    a 405 problem with Allow; unmatched requests are counted as such, not by the mount."""
+    settings = make_settings("redis://127.0.0.1:9/0", "http://127.0.0.1:9")
+    labels = {"method": "GET", "route": "unmatched", "status": "404"}
+    before = REGISTRY.get_sample_value("masking_http_requests_total", labels) or 0.0
+    client = TestClient(create_admin_app(settings), follow_redirects=False)
+    unknown = client.get("/nope", headers={"Host": "evil.example"})
+    slash = client.get("/metrics/", headers={"Host": "evil.example"})
+    other = client.post("/metrics")
+    for answer in (unknown, slash):
+        assert (answer.status_code, answer.headers["content-type"]) == (404, MEDIA_TYPE)
+        assert "location" not in answer.headers
+    assert (other.status_code, other.headers["content-type"]) == (405, MEDIA_TYPE)
+    assert set(other.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert REGISTRY.get_sample_value("masking_http_requests_total", labels) == before + 2

@@ -11,7 +11,6 @@ import msgspec
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from service import messages, schemas
 from service.apps import AppRegistry, Budget
@@ -30,6 +29,20 @@ from service.store import (
 )
 from service.web.endpoints import Endpoint
 from service.web.middleware import header
+from service.web.operations import (
+    BODY_ERRORS,
+    COMMON,
+    INVALID,
+    NOT_FOUND,
+    ApiRoute,
+    Operation,
+    header_parameter,
+    json_body,
+    json_response,
+    path_parameter,
+    problem,
+    ref,
+)
 from service.web.problems import FieldError, Problem
 from service.web.validation import Rules, decode_create, decode_update, fingerprint
 from service.web.watcher import SessionWatcher
@@ -41,6 +54,8 @@ _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*([0-9]+)", re.IGNORECASE)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _SESSION_ID = re.compile(r"^ses_[0-9a-f]{32}$")
 _LIMIT = re.compile(r"[0-9]{1,3}")  # ASCII digits: str.isdigit() also takes "²"
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
 
 
 def _sessions(request: Request) -> AsyncSessions:
@@ -277,9 +292,9 @@ async def list_sessions(request: Request) -> Response:
     status = params.get("status")
     if status is not None and status not in Status.__members__.values():
         errors.append(FieldError("status", f"must be one of {', '.join(Status)}"))
-    limit_raw = params.get("limit", "20")
-    if not _LIMIT.fullmatch(limit_raw) or not 1 <= int(limit_raw) <= 100:
-        errors.append(FieldError("limit", "must be a whole number from 1 to 100"))
+    limit_raw = params.get("limit", str(DEFAULT_LIMIT))
+    if not _LIMIT.fullmatch(limit_raw) or not 1 <= int(limit_raw) <= MAX_LIMIT:
+        errors.append(FieldError("limit", f"must be a whole number from 1 to {MAX_LIMIT}"))
     if errors:
         raise Problem(422, "the query has invalid parameters", errors=errors)
     try:
@@ -412,13 +427,147 @@ def _happened(entry: schemas.TimelineEntry) -> tuple[int, int, int]:
 _EARLIEST = int(datetime.min.replace(tzinfo=UTC).timestamp())
 
 
-def routes() -> list[Route]:
+SESSION_ID = path_parameter("session_id", {"type": "string", "pattern": _SESSION_ID.pattern})
+
+_OVER_SHARE = problem(
+    "the app is over its share of the VTS budget; retry after `Retry-After` seconds",
+    "Retry-After",
+)
+_OVER_SHARE_OR_FULL = problem(
+    "the app is over its share of the VTS budget, or holds as many live sessions as it "
+    "may; retry after `Retry-After` seconds",
+    "Retry-After",
+)
+_CREATED_HEADERS = ("Location", "Idempotent-Replayed", "Preference-Applied")
+
+_CREATE = Operation(
+    id="createSession",
+    summary="Ask for a masked connection",
+    description="The same Idempotency-Key with the same body answers the same "
+    "session (never a second VTS session); with another body it is 422. "
+    "A key is recorded with its session in one step, so no request with a key is "
+    "ever seen half done.",
+    parameters=[
+        header_parameter("Idempotency-Key", "1 to 255 visible ASCII characters; per app"),
+        header_parameter(
+            "Prefer",
+            f"`wait=N` (N <= {MAX_WAIT}): answer once the session "
+            "has left `pending`, or after N seconds",
+        ),
+    ],
+    body=json_body("CreateSession"),
+    responses={
+        "200": json_response(
+            "Session",
+            "the session has already ended (failed, or expired): after Prefer: wait, or replayed",
+            *_CREATED_HEADERS,
+        ),
+        "201": json_response(
+            "Session", "active (after Prefer: wait, or replayed)", *_CREATED_HEADERS
+        ),
+        "202": json_response("Session", "accepted; status pending", *_CREATED_HEADERS),
+        **BODY_ERRORS,
+        "429": _OVER_SHARE_OR_FULL,
+        **COMMON,
+    },
+)
+_LIST = Operation(
+    id="listSessions",
+    summary="List the app's sessions, newest first",
+    parameters=[
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "string", "enum": [s.value for s in Status]},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_LIMIT,
+                "default": DEFAULT_LIMIT,
+            },
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "`next_cursor` of the previous page",
+        },
+    ],
+    responses={"200": json_response("SessionList", "a page"), "422": INVALID, **COMMON},
+)
+_GET = Operation(
+    id="getSession",
+    summary="One session, with its recordings",
+    responses={"200": json_response("Session", "the session"), "404": NOT_FOUND, **COMMON},
+)
+_UPDATE = Operation(
+    id="updateSession",
+    summary="Change expiry, recording, limits or play URLs",
+    description="A JSON merge patch (RFC 7396) of the options; `null` leaves an "
+    "option as it is. Parties and create-only options cannot be changed. "
+    "`application/json` is accepted too, with the same meaning.",
+    # One media type: two with the same schema make generators (openapi-python-client)
+    # emit a union of one type with itself that does not import.
+    body={
+        "required": True,
+        "content": {"application/merge-patch+json": {"schema": ref("UpdateSession")}},
+    },
+    responses={
+        "202": json_response("Session", "the session", "Location"),
+        **BODY_ERRORS,
+        "404": NOT_FOUND,
+        "409": problem("the session has ended and can no longer be changed"),
+        "429": _OVER_SHARE,
+        **COMMON,
+    },
+)
+_END = Operation(
+    id="endSession",
+    summary="End the session now (ending an ended session changes nothing)",
+    responses={
+        "202": json_response("Session", "the session", "Location"),
+        "404": NOT_FOUND,
+        "429": _OVER_SHARE,
+        **COMMON,
+    },
+)
+_EVENTS = Operation(
+    id="listSessionEvents",
+    summary="The session's timeline",
+    responses={
+        "200": json_response("Timeline", "what happened, oldest first"),
+        "404": NOT_FOUND,
+        **COMMON,
+    },
+)
+_ERASE = Operation(
+    id="eraseSession",
+    summary="Erase an ended session's personal data (idempotent)",
+    description="The parties keep their last 4 digits; metadata, recordings "
+    "and stored callbacks are deleted; counters and the timeline "
+    "stay, with an 'erased' entry.",
+    responses={
+        "200": json_response("Session", "the erased session"),
+        "404": NOT_FOUND,
+        "409": problem("session not ended yet: DELETE it first"),
+        **COMMON,
+    },
+)
+
+
+def routes() -> list[ApiRoute]:
+    one = "/v1/sessions/{session_id}"
+    by_id = [SESSION_ID]
     return [
-        Route("/v1/sessions", Endpoint(create_session), methods=["POST"]),
-        Route("/v1/sessions", list_sessions, methods=["GET"]),
-        Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
-        Route("/v1/sessions/{session_id}", update_session, methods=["PATCH"]),
-        Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
-        Route("/v1/sessions/{session_id}/events", session_events, methods=["GET"]),
-        Route("/v1/sessions/{session_id}/erase", erase_session, methods=["POST"]),
+        ApiRoute("/v1/sessions", Endpoint(create_session), {"POST": _CREATE}),
+        ApiRoute("/v1/sessions", list_sessions, {"GET": _LIST}),
+        ApiRoute(one, get_session, {"GET": _GET}, parameters=by_id),
+        ApiRoute(one, update_session, {"PATCH": _UPDATE}, parameters=by_id),
+        ApiRoute(one, delete_session, {"DELETE": _END}, parameters=by_id),
+        ApiRoute(one + "/events", session_events, {"GET": _EVENTS}, parameters=by_id),
+        ApiRoute(one + "/erase", erase_session, {"POST": _ERASE}, parameters=by_id),
     ]

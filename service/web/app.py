@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from service import logs, memory, messages, redis_clients
 from service.apps import AppRegistry
@@ -40,7 +40,14 @@ from service.store.notifications import AsyncNotificationStore
 from service.web import api, media, notifications, openapi, webhooks
 from service.web.endpoints import ExactRouter
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
-from service.web.problems import Problem, handle_http_exception, handle_problem, problem_type
+from service.web.operations import ApiRoute, Operation, headers, path_parameter, problem
+from service.web.problems import (
+    TYPES,
+    Problem,
+    handle_http_exception,
+    handle_problem,
+    problem_type,
+)
 from service.web.validation import Rules
 from service.web.watcher import SessionWatcher
 
@@ -73,12 +80,9 @@ async def cluster_metrics_text(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-async def openapi_document(_: Request) -> Response:
-    return JSONResponse(openapi.document())
-
-
-async def internal_openapi_document(_: Request) -> Response:
-    return JSONResponse(openapi.internal_document())
+async def openapi_document(request: Request) -> Response:
+    """The app's OpenAPI document, built by its factory from the routes."""
+    return JSONResponse(request.app.state.openapi)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -112,6 +116,87 @@ async def _refresh_apps(registry: AppRegistry, store: AsyncAppStore, every: floa
     while True:
         await asyncio.sleep(every)
         await _sync_apps(registry, store)
+
+
+def _probe(
+    operation_id: str, summary: str, failures: Mapping[str, Any] | None = None
+) -> dict[str, Operation]:
+    status = {
+        "type": "object",
+        "properties": {"status": {"type": "string"}},
+        "required": ["status"],
+    }
+    ok = {
+        "description": "ok",
+        "headers": headers(),
+        "content": {"application/json": {"schema": status}},
+    }
+    answers = {"200": ok, **(failures or {})}
+    return {"GET": Operation(id=operation_id, summary=summary, anonymous=True, responses=answers)}
+
+
+def _metrics(operation_id: str, summary: str) -> dict[str, Operation]:
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    ok = {"description": "Prometheus text exposition format", "content": text}
+    return {
+        "GET": Operation(id=operation_id, summary=summary, internal=True, responses={"200": ok})
+    }
+
+
+def _problem_types() -> ApiRoute:
+    page = {"text/html": {"schema": {"type": "string"}}}
+    read = Operation(
+        id="getProblemType",
+        summary="What a problem type means: each problem's `type` is this URL",
+        anonymous=True,
+        responses={
+            "200": {
+                "description": "a short page for people",
+                "headers": headers(),
+                "content": page,
+            },
+            "404": problem("no such problem type"),
+        },
+    )
+    name = path_parameter("name", {"type": "string", "enum": sorted(TYPES)})
+    return ApiRoute("/problems/{name}", problem_type, {"GET": read}, parameters=[name])
+
+
+def _public_routes() -> list[BaseRoute]:
+    """The public port's routes. No two groups share a path, and the busiest come first
+    (callbacks, then the API): paths with parameters are tried in turn."""
+    ready, unreachable = "Readiness: Redis reachable", problem("Redis unreachable")
+    return [
+        *webhooks.routes(),
+        *api.routes(),
+        *notifications.routes(),
+        *media.routes(),
+        ApiRoute("/healthz", healthz, _probe("getHealth", "Liveness")),
+        ApiRoute("/readyz", readyz, _probe("getReadiness", ready, {"503": unreachable})),
+        Route("/openapi.json", openapi_document, methods=["GET"], include_in_schema=False),
+        _problem_types(),
+    ]
+
+
+def _admin_routes() -> list[BaseRoute]:
+    cluster = "Prometheus metrics Redis holds for all processes: scrape once per cluster"
+    return [
+        ApiRoute(
+            "/metrics", metrics_text, _metrics("getMetrics", "Prometheus metrics of this process")
+        ),
+        ApiRoute("/metrics/cluster", cluster_metrics_text, _metrics("getClusterMetrics", cluster)),
+        Route("/openapi-internal.json", openapi_document, methods=["GET"], include_in_schema=False),
+        _problem_types(),
+    ]
+
+
+def _routed(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """``routes`` behind one ExactRouter, mounted at the root: paths without parameters are
+    looked up. Slashes are not redirected: Starlette would redirect "/path/" to "/path"
+    with a Location built from the Host header, which the client chooses; unknown paths
+    are plain 404s instead. The mount matches every path: one anchored regex match and a
+    scope update per request."""
+    return [Mount("", app=ExactRouter(routes, redirect_slashes=False))]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -152,29 +237,18 @@ def create_app(settings: Settings) -> Starlette:
                 follower.stop()
             await client.aclose()
 
-    # Paths without parameters are looked up (ExactRouter); the rest are tried in turn,
-    # and no two groups share a path: the busiest first (callbacks, then the API).
-    routes = [
-        *webhooks.routes(),
-        *api.routes(),
-        *notifications.routes(),
-        *media.routes(),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/openapi.json", openapi_document, methods=["GET"]),
-        Route("/problems/{name}", problem_type, methods=["GET"]),
-    ]
+    routes = _public_routes()
     app = Starlette(
+        routes=_routed(routes),
         middleware=[
             Middleware(RequestContext),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
             Middleware(BearerAuth, apps=registry),
         ],
         exception_handlers=_EXCEPTION_HANDLERS,
+        lifespan=lifespan,
     )
-    # Starlette would redirect "/path/" to "/path" with a Location built from the Host
-    # header, which the client chooses: unknown paths are plain 404s instead.
-    app.router = ExactRouter(routes, lifespan=lifespan, redirect_slashes=False)
+    app.state.openapi = openapi.document(routes)
     app.state.rules = Rules.from_settings(settings)
     # Problem types are URLs under the service's public address (see problems.py).
     app.state.public_base_url = settings.public_base_url
@@ -195,17 +269,15 @@ def create_admin_app(settings: Settings) -> Starlette:
         finally:
             scrape_client.close()
 
-    routes = [
-        Route("/metrics", metrics_text, methods=["GET"]),
-        Route("/metrics/cluster", cluster_metrics_text, methods=["GET"]),
-        Route("/openapi-internal.json", internal_openapi_document, methods=["GET"]),
-        Route("/problems/{name}", problem_type, methods=["GET"]),
-    ]
+    routes = _admin_routes()
     app = Starlette(
+        routes=_routed(routes),
         middleware=[Middleware(RequestContext)],
         exception_handlers=_EXCEPTION_HANDLERS,
+        lifespan=lifespan,
     )
-    app.router = ExactRouter(routes, lifespan=lifespan, redirect_slashes=False)
+    # VTS calls its routes on the public port; the document for it and operators is here.
+    app.state.openapi = openapi.internal_document([*_public_routes(), *routes])
     app.state.public_base_url = settings.public_base_url
     return app
 

@@ -11,12 +11,12 @@ that is unknown, still pending or failed is 404: there is nothing to serve.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from service import messages
 from service.errors import StorageUnavailable
@@ -24,6 +24,16 @@ from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
 from service.store import AsyncRecordingStore, AsyncSessions, timeline_entry
 from service.web.middleware import header
+from service.web.operations import (
+    COMMON,
+    NOT_FOUND,
+    ApiRoute,
+    Operation,
+    header_parameter,
+    headers,
+    path_parameter,
+    problem,
+)
 from service.web.problems import Problem
 
 _ID = re.compile(r"^rec_[0-9a-f]{32}$")
@@ -149,8 +159,71 @@ async def delete_recording(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def routes() -> list[Route]:
+def _audio(media: str) -> dict[str, Any]:
+    # "binary" for generators of OpenAPI 3.0 lineage; contentMediaType as 3.1 has it.
+    return {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
+
+
+# application/octet-stream: what a file of unknown format is served as, and the binary
+# type generators map to bytes (they skip a response of audio types alone).
+_FILE = {media: _audio(media) for media in ("audio/mpeg", "audio/wav", "application/octet-stream")}
+_FILE_HEADERS = ("ETag", "Accept-Ranges", "Cache-Control", "Content-Length")
+
+
+def _read(operation_id: str, summary: str) -> Operation:
+    return Operation(
+        id=operation_id,
+        summary=summary,
+        parameters=[
+            header_parameter(
+                "Range",
+                "one range, `bytes=first-last`, `bytes=first-` or "
+                "`bytes=-suffix`; several are answered with the whole file",
+            ),
+            header_parameter(
+                "If-None-Match", "an ETag (or a list, or `*`): 304 if it names this file"
+            ),
+            header_parameter(
+                "If-Range", "the ETag: the range is served only if the file is still this one"
+            ),
+        ],
+        responses={
+            "200": {
+                "description": "the file",
+                "headers": headers(*_FILE_HEADERS),
+                "content": _FILE,
+            },
+            "206": {
+                "description": "the requested byte range",
+                "headers": headers(*_FILE_HEADERS, "Content-Range"),
+                "content": _FILE,
+            },
+            "304": {
+                "description": "not modified (If-None-Match)",
+                "headers": headers("ETag", "Accept-Ranges", "Cache-Control"),
+            },
+            "404": problem("unknown, pending or failed recording, or another app's"),
+            "416": problem("the range is outside the file", "Content-Range"),
+            **COMMON,
+        },
+    )
+
+
+_DELETE = Operation(
+    id="deleteRecording",
+    summary="Delete a recording (its file is removed by a worker)",
+    responses={"204": {"description": "deleted", "headers": headers()}, "404": NOT_FOUND, **COMMON},
+)
+RECORDING_ID = path_parameter("recording_id", {"type": "string", "pattern": _ID.pattern})
+
+
+def routes() -> list[ApiRoute]:
+    path, by_id = "/v1/recordings/{recording_id}", [RECORDING_ID]
+    reads = {
+        "GET": _read("getRecording", "A stored recording's audio"),
+        "HEAD": _read("getRecordingHead", "A stored recording's headers"),
+    }
     return [
-        Route("/v1/recordings/{recording_id}", get_recording, methods=["GET", "HEAD"]),
-        Route("/v1/recordings/{recording_id}", delete_recording, methods=["DELETE"]),
+        ApiRoute(path, get_recording, reads, parameters=by_id),
+        ApiRoute(path, delete_recording, {"DELETE": _DELETE}, parameters=by_id),
     ]

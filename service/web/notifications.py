@@ -17,13 +17,23 @@ from typing import TypeVar
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from service import messages, schemas
 from service.messages import PingRef
 from service.store.notifications import AsyncNotificationStore
-from service.web.api import JSON, _app, _existing, _request_id, _rules, _sessions
+from service.web.api import JSON, SESSION_ID, _app, _existing, _request_id, _rules, _sessions
 from service.web.middleware import header
+from service.web.operations import (
+    BODY_ERRORS,
+    COMMON,
+    NOT_FOUND,
+    ApiRoute,
+    Operation,
+    json_body,
+    json_response,
+    path_parameter,
+    problem,
+)
 from service.web.problems import FieldError, Problem
 
 _NOTIFICATION_ID = re.compile(r"^ses_[0-9a-f]{32}\.[A-Za-z0-9_.:-]{1,200}$")
@@ -135,10 +145,71 @@ async def ping(request: Request) -> Response:
     return JSON(msgspec.json.decode(result, type=schemas.Ping))
 
 
-def routes() -> list[Route]:
+_LOG = Operation(
+    id="listSessionNotifications",
+    summary="The notifications sent to the app for this session",
+    description="Each with its state and every attempt (time, status or "
+    "error, latency), oldest first.",
+    responses={
+        "200": json_response("NotificationList", "the delivery log"),
+        "404": NOT_FOUND,
+        **COMMON,
+    },
+)
+_REDELIVER = Operation(
+    id="redeliverNotification",
+    summary="Send one notification again now, with the same webhook-id",
+    description="Any state, delivered included: the record becomes `pending` "
+    "with an attempt due now, and the retry schedule starts again.",
+    responses={
+        "202": json_response("NotificationRecord", "queued"),
+        "404": NOT_FOUND,
+        **COMMON,
+    },
+)
+_RECOVER_ALL = Operation(
+    id="recoverNotifications",
+    summary="Send again every notification not delivered since a time",
+    description="Every `pending` or `failed` notification of the app created "
+    "at or after `since` gets an attempt now and the retry schedule again.",
+    body=json_body("Recover"),
+    responses={"202": json_response("Recovery", "queued"), **BODY_ERRORS, **COMMON},
+)
+_PING_ENDPOINT = Operation(
+    id="pingEndpoint",
+    summary="Send a signed `ping` now and answer with its attempt",
+    description="To `url`, or by default the app's endpoint (the callback URL "
+    "of its latest notification), under the same egress policy as every "
+    "notification. A 2xx enables the endpoint again if it was disabled.",
+    body=json_body("PingRequest", required=False),
+    responses={
+        "200": json_response("Ping", "the attempt, whatever the endpoint answered"),
+        **BODY_ERRORS,
+        "504": problem("the attempt did not finish in time; try again"),
+        **COMMON,
+    },
+)
+NOTIFICATION_ID = path_parameter(
+    "notification_id",
+    {"type": "string", "pattern": _NOTIFICATION_ID.pattern},
+    "the notification's id: its `webhook-id`",
+)
+
+
+def routes() -> list[ApiRoute]:
     return [
-        Route("/v1/sessions/{session_id}/notifications", session_notifications, methods=["GET"]),
-        Route("/v1/notifications/recover", recover, methods=["POST"]),
-        Route("/v1/notifications/ping", ping, methods=["POST"]),
-        Route("/v1/notifications/{notification_id}/redeliver", redeliver, methods=["POST"]),
+        ApiRoute(
+            "/v1/sessions/{session_id}/notifications",
+            session_notifications,
+            {"GET": _LOG},
+            parameters=[SESSION_ID],
+        ),
+        ApiRoute("/v1/notifications/recover", recover, {"POST": _RECOVER_ALL}),
+        ApiRoute("/v1/notifications/ping", ping, {"POST": _PING_ENDPOINT}),
+        ApiRoute(
+            "/v1/notifications/{notification_id}/redeliver",
+            redeliver,
+            {"POST": _REDELIVER},
+            parameters=[NOTIFICATION_ID],
+        ),
     ]

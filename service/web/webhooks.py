@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from urllib.parse import unquote_plus
 
 import msgspec
 import structlog
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from service import messages, strictjson
 from service.metrics import metrics
@@ -32,6 +32,7 @@ from service.store import AsyncStoredEvents
 from service.vts.callbacks import MAX_FIELDS, EventIds, InvalidEvent, Kind, check
 from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, verify_v3
 from service.web.endpoints import Endpoint
+from service.web.operations import ApiRoute, Operation, problem
 from service.web.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -205,9 +206,50 @@ async def recording_events(request: Request) -> Response:
     return await _ingest(request, "recording")
 
 
-def routes() -> list[Route]:
-    methods = ["GET", "POST"]
+def _operations(operation_id: str, summary: str) -> dict[str, Operation]:
+    """A callback route's: V3-signed, a form or JSON body (POST) or a query (GET)."""
+    signature = [
+        {"name": name, "in": "header", "schema": {"type": "string"}}
+        for name in (SIGNATURE_HEADERS[0], NONCE_HEADERS[0])
+    ]
+    responses = {
+        "200": {"description": "stored and queued (or a duplicate, ignored)"},
+        "400": problem("no EventName or SessionUUID, or a malformed field"),
+        "401": problem("bad or missing signature, or a replayed nonce"),
+        "413": problem("body over 64 KiB"),
+        "415": problem("neither form-encoded nor JSON"),
+        "503": problem("Redis cannot take the event; retry", "Retry-After"),
+    }
+    fields = {"type": "object", "additionalProperties": {"type": ["string", "number"]}}
+    body = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": fields},
+            "application/json": {"schema": fields},
+        },
+    }
+    query = Operation(
+        id=f"{operation_id}ByQuery",
+        summary=summary,
+        parameters=signature,
+        responses=responses,
+        internal=True,
+    )
+    return {"GET": query, "POST": replace(query, id=operation_id, body=body)}
+
+
+def routes() -> list[ApiRoute]:
     return [
-        Route("/webhooks/vts/session", Endpoint(session_events), methods=methods),
-        Route("/webhooks/vts/recording", Endpoint(recording_events), methods=methods),
+        ApiRoute(
+            "/webhooks/vts/session",
+            Endpoint(session_events),
+            _operations("receiveVtsSessionEvent", "VTS session events (callback_url)"),
+        ),
+        ApiRoute(
+            "/webhooks/vts/recording",
+            Endpoint(recording_events),
+            _operations(
+                "receiveVtsRecordingEvent", "VTS recording events (recording_callback_url)"
+            ),
+        ),
     ]
