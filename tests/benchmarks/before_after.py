@@ -60,7 +60,7 @@ def run(tree: Path, benchmark: Benchmark, rounds: int, output: Path) -> str:
     """One benchmark on ``tree``; its whole output, also written to ``output``."""
     command = [sys.executable, "-m", benchmark.module, *benchmark.arguments]
     command += ["--rounds", str(rounds)]
-    print(f"$ (cd {tree} && {' '.join(command[1:])})", flush=True)
+    print(f"$ (cd {tree} && python {' '.join(command[1:])})", flush=True)
     result = subprocess.run(
         command, cwd=tree, capture_output=True, text=True, check=False, timeout=1800
     )
