@@ -5,8 +5,9 @@
 --
 -- EVENTS (event name -> {role, party}) is defined ahead of this file by
 -- service/store/scripts.py, from service/vts/callbacks.py (ROLES and party_of), and so
--- is record_notification (notify.lua): the app's notifications of the session's end
--- and of each finished call are recorded in the same write as the event.
+-- are record_notification (notify.lua), with which the app's notifications of the
+-- session's end and of each finished call are recorded in the same write as the event,
+-- and move_status (status.lua), the status change every script makes the same way.
 --
 -- KEYS[1] the stored callback (hash: params, received_ms)
 -- KEYS[2] the VTS session's claim (string: our session id)
@@ -284,14 +285,8 @@ elseif role == 'unknown' then
 end
 
 if new_status ~= status then
-  local member = redis.call('HGET', s, 'index_member')
-  redis.call('HSET', s, 'status', new_status)
-  redis.call('ZREM', a.status_prefix .. status, member)
-  redis.call('ZADD', a.status_prefix .. new_status, 0, member)
   -- Ending a session schedules its purge, in the same write.
-  if new_status == 'expired' then
-    redis.call('ZADD', KEYS[5], a.purge_at, 'purge:' .. session_id)
-  end
+  move_status(s, session_id, status, new_status, a.status_prefix, KEYS[5], a.purge_at)
 end
 redis.call('HSET', s, 'updated_at', a.now)
 redis.call('RPUSH', timeline, timeline_entry(params, sequence, at))

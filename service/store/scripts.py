@@ -1,6 +1,7 @@
 """The Lua scripts that cross the store's concepts (applying an event, a transition,
 storing a recording), put together from their ``.lua`` files beside this module with what
-they share: VTS's event vocabulary and the notification recorder (``notify.lua``).
+they share: VTS's event vocabulary, the notification recorder (``notify.lua``) and the
+status change (``status.lua``).
 Everything that changes several keys together does it in one script, so a crash can never
 leave half a change behind."""
 
@@ -16,6 +17,8 @@ def _events_table() -> str:
     return "\n".join(["local EVENTS = {", *rows, "}"])
 
 
-APPLY_EVENT = "\n".join([_events_table(), RECORD_NOTIFICATION, _load("apply_event.lua")])
-TRANSITION = "\n".join([RECORD_NOTIFICATION, _load("transition.lua")])
+APPLY_EVENT = "\n".join(
+    [_events_table(), RECORD_NOTIFICATION, _load("status.lua", "apply_event.lua")]
+)
+TRANSITION = "\n".join([RECORD_NOTIFICATION, _load("status.lua", "transition.lua")])
 RECORDING_STORED = "\n".join([RECORD_NOTIFICATION, _load("recording_stored.lua")])

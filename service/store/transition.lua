@@ -6,7 +6,8 @@
 -- written unless the session exists, its status is one of those allowed and, when the
 -- write is fenced, the session's lock is still held by the given token.
 --
--- RECORD_NOTIFICATION (notify.lua) is defined ahead of this file.
+-- record_notification (notify.lua) and move_status (status.lua) are defined ahead of this
+-- file.
 --
 -- KEYS[1] the session (hash)        KEYS[2] its timeline (list)
 -- KEYS[3] the timer schedule (zset) KEYS[4] its lock ('' when the write is not fenced)
@@ -38,13 +39,7 @@ if not allowed then return {'skipped', current} end
 
 for name, value in pairs(a.fields) do redis.call('HSET', KEYS[1], name, value) end
 if a.to ~= '' and a.to ~= current then
-  local member = redis.call('HGET', KEYS[1], 'index_member')
-  redis.call('HSET', KEYS[1], 'status', a.to)
-  redis.call('ZREM', a.status_prefix .. current, member)
-  redis.call('ZADD', a.status_prefix .. a.to, 0, member)
-  if a.to == 'expired' or a.to == 'failed' then
-    redis.call('ZADD', KEYS[3], a.purge_at, 'purge:' .. a.session_id)
-  end
+  move_status(KEYS[1], a.session_id, current, a.to, a.status_prefix, KEYS[3], a.purge_at)
 end
 if a.entry ~= '' then
   redis.call('RPUSH', KEYS[2], a.entry)
