@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -335,5 +336,17 @@ def test_no_lua_inside_python_modules() -> None:
         for package in ("service", "workers")
         for path in (ROOT / package).rglob("*.py")
         if "redis.call(" in path.read_text()
+    ]
+    assert offenders == []
+
+
+def test_scripts_read_their_arguments_by_name() -> None:
+    """A Lua script reads at most three positional ARGV (each documented); more arguments
+    are one JSON object read by name, never a run of ARGV slots or ARGV unpacked."""
+    positional = re.compile(r"ARGV\[(?:[4-9]|\d\d+)\]|unpack\(ARGV|#ARGV")
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "service").rglob("*.lua")
+        if positional.search(path.read_text())
     ]
     assert offenders == []

@@ -11,7 +11,7 @@ from service.models import NotificationKind, Status
 from service.store import Sessions
 from service.store.endpoints import EndpointHealth, disabled_count
 from service.store.keys import Keys
-from service.store.notifications import Attempt, NotificationStore, State
+from service.store.notifications import Attempt, NotificationStore, RequeueResult, State
 from tests.conftest import stored_session
 
 ORIGIN = "https://hooks.example.com:443"
@@ -35,10 +35,10 @@ def test_requeue_queues_any_state_or_only_undelivered(
     app = notifications.get(nid).app  # type: ignore[union-attr]
     attempt = Attempt(at="2026-01-01T00:00:00Z", latency_ms=1.0, status=204)
     assert notifications.attempted(nid, attempt, State.DELIVERED, None, 0)
-    assert notifications.requeue(nid, app, undelivered=True) == "skipped"
-    assert notifications.requeue(nid, "another-app") == "missing"
-    assert notifications.requeue("ses_" + "9" * 32 + ".session.active") == "missing"
-    assert notifications.requeue(nid, app) == "queued"
+    assert notifications.requeue(nid, app, undelivered=True) is RequeueResult.SKIPPED
+    assert notifications.requeue(nid, "another-app") is RequeueResult.MISSING
+    assert notifications.requeue("ses_" + "9" * 32 + ".session.active") is RequeueResult.MISSING
+    assert notifications.requeue(nid, app) is RequeueResult.QUEUED
     record = notifications.get(nid)
     assert record is not None
     assert (record.state, record.failures, len(record.attempts)) == (State.PENDING, 0, 1)

@@ -21,11 +21,17 @@ from service.store.apps import reconcile_rate_limit_key, vts_rate_limit_key
 from service.store.batching import GroupCommit
 from service.store.codec import Applied, ApplyOutcome, timeline_entry
 from service.store.deadletters import DeadLetters
-from service.store.erasure import Erasure
-from service.store.events import WEBHOOK_RETENTION_SECONDS, AsyncStoredEvents, StoredEvents
+from service.store.erasure import EraseResult, Erasure
+from service.store.events import (
+    WEBHOOK_RETENTION_SECONDS,
+    AsyncStoredEvents,
+    IngestResult,
+    StoredEvents,
+)
 from service.store.names import PREFIX
+from service.store.notifications import RequeueResult
 from service.store.queue import DRAMATIQ_NAMESPACE, Queue
-from service.store.recordings import AsyncRecordingStore, RecordingStore
+from service.store.recordings import AsyncRecordingStore, DeleteResult, RecordingStore
 from service.store.retention import Retention
 from service.store.schedule import Schedule
 from service.store.sessions import (
@@ -34,10 +40,12 @@ from service.store.sessions import (
     AsyncSessions,
     CreateOutcome,
     CreateResult,
+    EnqueueResult,
     InvalidCursor,
     Outcome,
     Page,
     Sessions,
+    UpdateResult,
     decode_cursor,
     encode_cursor,
     index_member,
@@ -57,17 +65,23 @@ __all__ = [
     "CreateOutcome",
     "CreateResult",
     "DeadLetters",
+    "DeleteResult",
+    "EnqueueResult",
+    "EraseResult",
     "Erasure",
     "GroupCommit",
+    "IngestResult",
     "InvalidCursor",
     "Outcome",
     "Page",
     "Queue",
     "RecordingStore",
+    "RequeueResult",
     "Retention",
     "Schedule",
     "Sessions",
     "StoredEvents",
+    "UpdateResult",
     "decode_cursor",
     "encode_cursor",
     "index_member",

@@ -47,6 +47,8 @@
 -- cross-event rule, pairing a party's answered leg with the other party's at the next or
 -- previous sequence number, counts each pair once, when its second member is applied.
 
+local callback_key, claim_key, in_flight_key = KEYS[1], KEYS[2], KEYS[3]
+local stats_key, schedule_key = KEYS[4], KEYS[5]
 local a = cjson.decode(ARGV[1])
 local MAX_BILLED = 86400
 local MAX_AMOUNT_NANOS = 1000 * 1000000000
@@ -194,7 +196,7 @@ if a.virtual_number ~= nil and type(a.virtual_number) ~= 'string' then
   return answer('invalid', 'virtual_number')
 end
 
-local stored = redis.call('HMGET', KEYS[1], 'params', 'received_ms')
+local stored = redis.call('HMGET', callback_key, 'params', 'received_ms')
 if not stored[1] then return answer('expired') end
 local readable, params = pcall(cjson.decode, stored[1])
 if not readable or type(params) ~= 'table' then return answer('invalid', 'params') end
@@ -207,7 +209,7 @@ if params.SequenceNumber ~= nil and params.SequenceNumber ~= '' then
   end
   sequence = canonical(params.SequenceNumber)
 end
-local session_id = redis.call('GET', KEYS[2])
+local session_id = redis.call('GET', claim_key)
 if not session_id then return answer('no_session', stored[2], '', name, sequence) end
 
 local event = EVENTS[name] or {'unknown', ''}
@@ -233,14 +235,14 @@ if redis.call('HEXISTS', s, 'erased_at') == 1 then
   return answer('erased', '', session_id, name, sequence)
 end
 if redis.call('SISMEMBER', applied, marker) == 1 then
-  redis.call('ZREM', KEYS[3], a.event_id)
+  redis.call('ZREM', in_flight_key, a.event_id)
   return answer('duplicate', '', session_id, name, sequence)
 end
 local status = redis.call('HGET', s, 'status')
 if not status then return answer('missing', '', session_id, name, sequence) end
 
 redis.call('SADD', applied, marker)
-redis.call('ZREM', KEYS[3], a.event_id)
+redis.call('ZREM', in_flight_key, a.event_id)
 local live = status == 'active' or status == 'in_progress'
 local new_status = status
 local interactions = 0
@@ -281,17 +283,17 @@ elseif role == 'timeout' then
 elseif role == 'number' then
   if a.virtual_number ~= '' then redis.call('HSET', s, 'virtual_number', a.virtual_number) end
 elseif role == 'unknown' then
-  redis.call('HINCRBY', KEYS[4], 'unknown', 1)
+  redis.call('HINCRBY', stats_key, 'unknown', 1)
 end
 
 if new_status ~= status then
   -- Ending a session schedules its purge, in the same write.
-  move_status(s, session_id, status, new_status, a.status_prefix, KEYS[5], a.purge_at)
+  move_status(s, session_id, status, new_status, a.status_prefix, schedule_key, a.purge_at)
 end
 redis.call('HSET', s, 'updated_at', a.now)
 redis.call('RPUSH', timeline, timeline_entry(params, sequence, at))
 redis.call('LTRIM', timeline, -tonumber(a.timeline_limit), -1)
-redis.call('HINCRBY', KEYS[4], 'applied', 1)
+redis.call('HINCRBY', stats_key, 'applied', 1)
 redis.call('PUBLISH', a.channel, session_id)
 -- The app hears of the session's end and of each finished call in this same write.
 if new_status == 'expired' and status ~= 'expired' then
@@ -303,6 +305,6 @@ if interactions > 0 then
 end
 local after = a.reconcile_after[role]
 if after then
-  redis.call('ZADD', KEYS[5], tonumber(a.clock_ms) + after, 'reconcile:' .. session_id)
+  redis.call('ZADD', schedule_key, tonumber(a.clock_ms) + after, 'reconcile:' .. session_id)
 end
 return {'applied', '', session_id, name, sequence or '', status, new_status, interactions}

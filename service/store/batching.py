@@ -98,7 +98,7 @@ class GroupCommit:
         would first ask Redis whether the scripts exist), packed here in one buffer, then
         one reply per call, an error reply as its exception. Packing the arguments this
         way, by hiredis, costs a tenth of redis-py's generic packing in Python, and a
-        create packs some forty arguments.
+        create packs a dozen keys.
 
         Connecting is retried as the client's retry policy says (the pool connects, and
         replaces a pooled connection Redis has closed); a round trip that breaks off is

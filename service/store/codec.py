@@ -1,10 +1,9 @@
 """What the store's concept modules share: what applying an event did
-(``apply_event.lua`` crosses concepts), timeline entries, and reading and writing hash
-fields. Each concept module decodes its own records."""
+(``apply_event.lua`` crosses concepts), timeline entries, and reading Redis replies as
+text. Each concept module decodes its own records."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -51,9 +50,3 @@ def timeline_entry(kind: str, **detail: Any) -> str:
 def decode_str(value: bytes | str) -> str:
     """A Redis reply as text (our clients do not decode responses, to share dramatiq's)."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def hash_args(fields: Mapping[str, str]) -> list[str]:
-    """``fields`` as the flat field, value, field, value... list a script's ARGV takes
-    (HSET's form)."""
-    return [item for pair in fields.items() for item in pair]

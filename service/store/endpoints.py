@@ -79,17 +79,18 @@ class EndpointHealth:
         """Note a failed attempt at ``moment``; the endpoint is disabled (for ``reason``)
         once it has failed every attempt for ``disable_after`` seconds (0: at once).
         Returns its state and whether this failure disabled it."""
+        arguments = {
+            "origin": origin,
+            "member": _member(app, origin),
+            "now_ms": int(moment.timestamp() * 1000),
+            "now": iso(moment),
+            "disable_after": int(disable_after * 1000),
+            "reason": reason,
+            "lifetime": ENDPOINT_MEMORY_SECONDS * 1000,
+        }
         encoded, newly = self._failed(
             keys=[EndpointKeys.endpoints(app), EndpointKeys.disabled_endpoints()],
-            args=[
-                origin,
-                int(moment.timestamp() * 1000),
-                iso(moment) or "",
-                int(disable_after * 1000),
-                reason,
-                ENDPOINT_MEMORY_SECONDS * 1000,
-                _member(app, origin),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
         return msgspec.json.decode(encoded, type=EndpointState), bool(newly)
 

@@ -8,6 +8,9 @@ reaches into each concept's keys, and waits for the replicas before it answers.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+import msgspec
 import redis.asyncio
 
 from service.messages import Outgoing
@@ -21,6 +24,16 @@ from service.store.queue import QueueKeys
 from service.store.recordings import RecordingKeys
 from service.store.schedule import ScheduleKeys
 from service.store.sessions import CHANNEL, SessionKeys
+
+
+class EraseResult(StrEnum):
+    """What an erasure did: ``erased``, ``already`` (erased before: nothing done),
+    ``live`` (the session has not ended: nothing done) or ``missing``."""
+
+    ERASED = "erased"
+    ALREADY = "already"
+    LIVE = "live"
+    MISSING = "missing"
 
 
 class Erasure:
@@ -38,14 +51,30 @@ class Erasure:
 
     async def erase_session(
         self, session: Session, message: Outgoing, *, masked: tuple[str, str], at: str, entry: str
-    ) -> tuple[str, Status | None]:
+    ) -> tuple[EraseResult, Status | None]:
         """Erase an ended session's personal data and queue its files' deletion, atomically.
 
         The parties become ``masked``, metadata and the idempotency record go, recordings
         become ``deleted``, stored callbacks go; counters and the timeline stay (``entry``
-        is added). Returns (``erased`` | ``already`` | ``live`` | ``missing``, status).
+        is added). Returns the outcome and the status the session had (see ``erase.lua``).
         """
         uuid = session.vts_session_uuid
+        first, second = masked
+        arguments = {
+            "session_id": session.id,
+            "first_party": first,
+            "second_party": second,
+            "at": at,
+            "entry": entry,
+            "channel": CHANNEL,
+            "message_id": message.redis_message_id,
+            "payload": message.payload.decode(),
+            "recording_prefix": RecordingKeys.recording(""),
+            "callback_prefix": EventKeys.webhook(""),
+            "notification_prefix": NotificationKeys.notification(""),
+            "attempts_prefix": NotificationKeys.notification_attempts(""),
+            "app_notifications_prefix": NotificationKeys.app_notifications(""),
+        }
         result, current = await self._erase(
             keys=[
                 SessionKeys.session(session.id),
@@ -59,21 +88,8 @@ class Erasure:
                 ScheduleKeys.schedule(),
                 NotificationKeys.pending_notifications(),
             ],
-            args=[
-                *masked,
-                at,
-                entry,
-                CHANNEL,
-                session.id,
-                message.redis_message_id,
-                message.payload,
-                RecordingKeys.recording(""),
-                EventKeys.webhook(""),
-                NotificationKeys.notification(""),
-                NotificationKeys.notification_attempts(""),
-                NotificationKeys.app_notifications(""),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
         await wait_for_replicas_async(self.client, self.durability)
         status = decode_str(current)
-        return decode_str(result), Status(status) if status else None
+        return EraseResult(decode_str(result)), Status(status) if status else None

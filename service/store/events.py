@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -27,7 +28,7 @@ from service.messages import Outgoing
 from service.models import iso, now
 from service.store import lua, scripts
 from service.store.batching import GroupCommit
-from service.store.codec import Applied, ApplyOutcome, decode_str, hash_args
+from service.store.codec import Applied, ApplyOutcome, decode_str
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
 from service.store.schedule import ScheduleKeys
@@ -44,6 +45,15 @@ from service.vts.callbacks import Event, at_rest
 WEBHOOK_RETENTION_SECONDS = 7 * 24 * 3600
 # How long a VTS session's events in flight are kept after its last new event.
 IN_FLIGHT_TTL = 3600
+
+
+class IngestResult(StrEnum):
+    """What storing a VTS callback did (``AsyncStoredEvents.ingest_webhook``)."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REPLAYED = "replayed"
+    DROPPED = "dropped"
 
 
 class EventKeys:
@@ -273,20 +283,29 @@ class AsyncStoredEvents:
         *,
         nonce: str | None,
         received_ms: int,
-    ) -> str:
-        """Make a VTS callback durable and queue its processing, in one shared round trip.
-        ``ids`` are the event's ids (``EventIds.all``): it is stored under the first, and
-        is a duplicate if stored under any.
+    ) -> IngestResult:
+        """Make a VTS callback durable and queue its processing, in one shared round trip
+        (see ``ingest.lua``). ``ids`` are the event's ids (``EventIds.all``): it is stored
+        under the first, and is a duplicate if stored under any.
 
-        Returns ``accepted``, ``duplicate`` (this event is already stored: nothing done),
-        ``replayed`` (the nonce came with another event before: nothing done) or
-        ``dropped`` (its session was erased or purged: nothing stored).
+        Returns ``ACCEPTED``, ``DUPLICATE`` (this event is already stored: nothing done),
+        ``REPLAYED`` (the nonce came with another event before: nothing done) or
+        ``DROPPED`` (its session was erased or purged: nothing stored).
         """
         event_id, previous = ids[0], (ids[1] if len(ids) > 1 else "")
-        fields = {
-            "kind": event.kind,
-            "params": msgspec.json.encode(at_rest(event.params)).decode(),
-            "received_ms": str(received_ms),
+        arguments = {
+            "event_id": event_id,
+            "previous_id": previous,
+            "retention": WEBHOOK_RETENTION_SECONDS,
+            "received_ms": received_ms,
+            "message_id": message.redis_message_id,
+            "payload": message.payload.decode(),
+            "session_prefix": SessionKeys.session(""),
+            "fields": {
+                "kind": event.kind,
+                "params": msgspec.json.encode(at_rest(event.params)).decode(),
+                "received_ms": str(received_ms),
+            },
         }
         result = await self._group.call(
             self._ingest,
@@ -303,18 +322,9 @@ class AsyncStoredEvents:
                 SessionKeys.vts_session(event.session_uuid),
                 EventKeys.gone(event.session_uuid),
             ],
-            args=[
-                event_id,
-                WEBHOOK_RETENTION_SECONDS,
-                received_ms,
-                message.redis_message_id,
-                message.payload,
-                previous,
-                SessionKeys.session(""),
-                *hash_args(fields),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
-        return decode_str(result)
+        return IngestResult(decode_str(result))
 
 
 def _millis(moment: datetime | None) -> str:

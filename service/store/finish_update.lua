@@ -1,34 +1,43 @@
 -- After a VTS update: forgets the changes it sent (those not changed again meanwhile),
 -- notes when it was sent, and schedules a follow-up for what was asked meanwhile, once
 -- the interval has passed and the app's budget has room.
--- KEYS: pending update, update sent, schedule, the app's VTS budget
--- ARGV: interval (ms; 0 when nothing was sent), budget window (ms), schedule member,
--- budget member,
--- field, JSON value sent, ...
--- Returns 'done' or 'scheduled'.
 --
 -- The budget functions (budget.lua) are defined ahead of this file.
+--
+-- KEYS[1] the session's pending update (hash: field -> JSON value; '~app', '~limit',
+--         '~queued')
+-- KEYS[2] its update sent (string with a TTL: the update interval)
+-- KEYS[3] the timer schedule (zset)  KEYS[4] the app's VTS budget (zset)
+--
+-- ARGV[1] one JSON object:
+--   interval         the update interval (ms; 0 when nothing was sent)
+--   budget_window    (ms)
+--   timer            the schedule's member for the follow-up
+--   budget_member    the follow-up's entry in the budget
+--   sent             {field: JSON value sent}
+--
+-- Returns 'done' or 'scheduled'.
 
-for i = 5, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-  end
+local pending_key, sent_key, schedule_key, budget_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local a = cjson.decode(ARGV[1])
+
+for name, value in pairs(a.sent) do
+  if redis.call('HGET', pending_key, name) == value then redis.call('HDEL', pending_key, name) end
 end
-local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-if interval > 0 then redis.call('SET', KEYS[2], '1', 'PX', interval) end
+if a.interval > 0 then redis.call('SET', sent_key, '1', 'PX', a.interval) end
 local left = 0
-for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+for _, name in ipairs(redis.call('HKEYS', pending_key)) do
   if string.sub(name, 1, 1) ~= '~' then left = left + 1 end
 end
 if left == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('DEL', pending_key)
+  redis.call('ZREM', schedule_key, a.timer)
   return 'done'
 end
 local now = now_ms()
-local limit = tonumber(redis.call('HGET', KEYS[1], '~limit') or '1')
-local at = now + interval
-at = at + budget_wait(KEYS[4], at, limit, window)
-budget_spend(KEYS[4], now, at, window, ARGV[4])
-redis.call('ZADD', KEYS[3], at, ARGV[3])
+local limit = tonumber(redis.call('HGET', pending_key, '~limit') or '1')
+local at = now + a.interval
+at = at + budget_wait(budget_key, at, limit, a.budget_window)
+budget_spend(budget_key, now, at, a.budget_window, a.budget_member)
+redis.call('ZADD', schedule_key, at, a.timer)
 return 'scheduled'

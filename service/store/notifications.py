@@ -50,6 +50,16 @@ class State(StrEnum):
     DISCARDED = "discarded"
 
 
+class RequeueResult(StrEnum):
+    """What queueing a notification again did (see ``notification_requeue.lua``):
+    ``queued``, ``skipped`` (delivered or discarded, when only undelivered ones are
+    queued) or ``missing`` (gone, or another app's)."""
+
+    QUEUED = "queued"
+    SKIPPED = "skipped"
+    MISSING = "missing"
+
+
 class NotificationKeys:
     @staticmethod
     def notification(notification_id: str) -> str:
@@ -143,21 +153,21 @@ class Notification:
 
 def _requeue_call(
     notification_id: str, app: str | None, *, undelivered: bool, moment: datetime
-) -> tuple[list[str], list[str | int]]:
+) -> tuple[list[str], list[bytes]]:
     keys = [
         NotificationKeys.notification(notification_id),
         ScheduleKeys.schedule(),
         NotificationKeys.pending_notifications(),
     ]
-    args: list[str | int] = [
-        app or "",
-        "undelivered" if undelivered else "any",
-        iso(moment) or "",
-        int(moment.timestamp() * 1000),
-        NotificationKeys.notification_timer(notification_id),
-        notification_id,
-    ]
-    return keys, args
+    arguments = {
+        "notification_id": notification_id,
+        "app": app or "",
+        "undelivered": undelivered,
+        "now_ms": int(moment.timestamp() * 1000),
+        "now": iso(moment),
+        "timer": NotificationKeys.notification_timer(notification_id),
+    }
+    return keys, [msgspec.json.encode(arguments)]
 
 
 def _decode_record(raw: Mapping[bytes, bytes], attempts: Sequence[bytes]) -> Notification | None:
@@ -241,6 +251,18 @@ class NotificationStore:
         """Note ``attempt`` (None: given up without one) and the notification's new
         ``state`` and ``failures``; with ``next_at``, its next attempt is due then, else it
         has none. False when the record is gone."""
+        arguments: dict[str, Any] = {
+            "notification_id": notification_id,
+            "attempts_kept": ATTEMPTS_KEPT,
+            "state": state.value,
+            "failures": failures,
+            "next_attempt_at": iso(next_at) or "",
+            "timer": NotificationKeys.notification_timer(notification_id),
+        }
+        if attempt is not None:
+            arguments["attempt"] = msgspec.json.encode(attempt).decode()
+        if next_at is not None:
+            arguments["due_ms"] = int(next_at.timestamp() * 1000)
         return bool(
             self._attempted(
                 keys=[
@@ -249,26 +271,16 @@ class NotificationStore:
                     ScheduleKeys.schedule(),
                     NotificationKeys.pending_notifications(),
                 ],
-                args=[
-                    msgspec.json.encode(attempt) if attempt else "",
-                    state.value,
-                    iso(next_at) or "",
-                    int(next_at.timestamp() * 1000) if next_at else "",
-                    NotificationKeys.notification_timer(notification_id),
-                    ATTEMPTS_KEPT,
-                    failures,
-                    notification_id,
-                ],
+                args=[msgspec.json.encode(arguments)],
             )
         )
 
     def requeue(
         self, notification_id: str, app: str | None = None, *, undelivered: bool = False
-    ) -> str:
-        """Queue an attempt now (see ``notification_requeue.lua``): 'queued', 'skipped'
-        or 'missing'."""
+    ) -> RequeueResult:
+        """Queue an attempt now (see ``notification_requeue.lua``)."""
         keys, args = _requeue_call(notification_id, app, undelivered=undelivered, moment=now())
-        return decode_str(self._requeue(keys=keys, args=args))
+        return RequeueResult(decode_str(self._requeue(keys=keys, args=args)))
 
     def recover(self, app: str, since: datetime) -> int:
         """Queue again every notification of ``app`` created since ``since`` and not
@@ -282,7 +294,7 @@ class NotificationStore:
                     )
                     self._requeue(keys=keys, args=args, client=pipe)
                 outcomes += pipe.execute()
-        return sum(decode_str(outcome) == "queued" for outcome in outcomes)
+        return sum(decode_str(outcome) == RequeueResult.QUEUED for outcome in outcomes)
 
     def ping_result(self, ping_id: str, result: bytes) -> None:
         """Hand a ping's result to the web request awaiting it."""
@@ -365,11 +377,12 @@ class AsyncNotificationStore:
             await asyncio.sleep(PING_POLL_SECONDS)
         return None
 
-    async def requeue(self, notification_id: str, app: str, *, undelivered: bool = False) -> str:
-        """Queue an attempt now (see ``notification_requeue.lua``): 'queued', 'skipped'
-        or 'missing'."""
+    async def requeue(
+        self, notification_id: str, app: str, *, undelivered: bool = False
+    ) -> RequeueResult:
+        """Queue an attempt now (see ``notification_requeue.lua``)."""
         keys, args = _requeue_call(notification_id, app, undelivered=undelivered, moment=now())
-        return decode_str(await self._requeue(keys=keys, args=args))
+        return RequeueResult(decode_str(await self._requeue(keys=keys, args=args)))
 
     async def recover(self, app: str, since: datetime) -> int:
         """Queue again every notification of ``app`` created since ``since`` and not
@@ -385,4 +398,4 @@ class AsyncNotificationStore:
                     )
                     await self._requeue(keys=keys, args=args, client=pipe)
                 outcomes += await pipe.execute()
-        return sum(decode_str(outcome) == "queued" for outcome in outcomes)
+        return sum(decode_str(outcome) == RequeueResult.QUEUED for outcome in outcomes)

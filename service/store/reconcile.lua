@@ -1,15 +1,22 @@
 -- Sets each counter's adjustment so that counter + adjustment equals VTS's total.
--- KEYS: session. ARGV: counter, VTS total, counter, VTS total, ...
--- Returns the shown values before, in the same order.
+--
+-- KEYS[1] the session (hash)
+--
+-- ARGV[1] one JSON object:
+--   totals           [[counter, VTS's total], ...]
+--
+-- Returns the shown values before, in the order of totals.
+
+local session_key = KEYS[1]
+local a = cjson.decode(ARGV[1])
 
 local before = {}
-for i = 1, #ARGV, 2 do
-  local name = ARGV[i]
-  local counted = tonumber(redis.call('HGET', KEYS[1], name) or '0')
-  local adjust = tonumber(redis.call('HGET', KEYS[1], 'adjust_' .. name) or '0')
+for _, total in ipairs(a.totals) do
+  local name, wanted = total[1], total[2]
+  local counted = tonumber(redis.call('HGET', session_key, name) or '0')
+  local adjust = tonumber(redis.call('HGET', session_key, 'adjust_' .. name) or '0')
   -- %.0f, not tostring: Lua would write large numbers in exponent form.
   before[#before + 1] = string.format('%.0f', counted + adjust)
-  local wanted = tonumber(ARGV[i + 1])
-  redis.call('HSET', KEYS[1], 'adjust_' .. name, string.format('%.0f', wanted - counted))
+  redis.call('HSET', session_key, 'adjust_' .. name, string.format('%.0f', wanted - counted))
 end
 return before

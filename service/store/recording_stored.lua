@@ -16,19 +16,20 @@
 -- Returns 'stored' (made stored now), 'already' (it was), or 'missing' (unknown or
 -- deleted: nothing written).
 
+local recording_key, session_key, timeline_key = KEYS[1], KEYS[2], KEYS[3]
 local a = cjson.decode(ARGV[1])
-local status = redis.call('HGET', KEYS[1], 'status')
+local status = redis.call('HGET', recording_key, 'status')
 if not status or status == 'deleted' then return 'missing' end
 if status == 'stored' then
-  record_notification(KEYS[2], a.session_id, 'session.recording_stored', a.recording_id,
+  record_notification(session_key, a.session_id, 'session.recording_stored', a.recording_id,
     a.now_ms, a.now)
   return 'already'
 end
-for name, value in pairs(a.fields) do redis.call('HSET', KEYS[1], name, value) end
-redis.call('HSET', KEYS[1], 'status', 'stored', 'updated_at', a.now)
-redis.call('HDEL', KEYS[1], 'error')
-redis.call('RPUSH', KEYS[3], a.entry)
-redis.call('LTRIM', KEYS[3], -tonumber(a.timeline_limit), -1)
-record_notification(KEYS[2], a.session_id, 'session.recording_stored', a.recording_id,
+for name, value in pairs(a.fields) do redis.call('HSET', recording_key, name, value) end
+redis.call('HSET', recording_key, 'status', 'stored', 'updated_at', a.now)
+redis.call('HDEL', recording_key, 'error')
+redis.call('RPUSH', timeline_key, a.entry)
+redis.call('LTRIM', timeline_key, -tonumber(a.timeline_limit), -1)
+record_notification(session_key, a.session_id, 'session.recording_stored', a.recording_id,
   a.now_ms, a.now)
 return 'stored'

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 
 import msgspec
 import redis
@@ -19,10 +20,19 @@ from service.recordings import (
 )
 from service.redis_clients import Durability, wait_for_replicas_async
 from service.store import lua, scripts
-from service.store.codec import decode_str, hash_args, timeline_entry
+from service.store.codec import decode_str, timeline_entry
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
 from service.store.sessions import TIMELINE_LIMIT, SessionKeys
+
+
+class DeleteResult(StrEnum):
+    """What deleting a recording did: ``deleted``, ``already`` (deleted before) or
+    ``missing``."""
+
+    DELETED = "deleted"
+    ALREADY = "already"
+    MISSING = "missing"
 
 
 class RecordingKeys:
@@ -83,13 +93,14 @@ class RecordingStore:
             "stored_name": stored_name(rec_id, fmt),
             **({"duration": str(duration)} if duration is not None else {}),
         }
+        arguments = {"recording_id": rec_id, "now": iso(now()), "fields": fields}
         result = self._upsert(
             keys=[
                 RecordingKeys.recording(rec_id),
                 RecordingKeys.session_recordings(session_id),
                 SessionKeys.session(session_id),
             ],
-            args=[rec_id, iso(now()) or "", *hash_args(fields)],
+            args=[msgspec.json.encode(arguments)],
         )
         return None if decode_str(result) == "missing" else self.get(rec_id)
 
@@ -155,11 +166,15 @@ class AsyncRecordingStore:
         self.durability = durability
         self._delete = client.register_script(lua.source("delete_recording.lua"))
 
-    async def delete(self, recording: Recording, message: Outgoing, entry: str) -> str:
-        """Mark the recording deleted and queue its file's deletion, atomically.
-
-        Returns ``deleted``, ``already`` or ``missing``.
-        """
+    async def delete(self, recording: Recording, message: Outgoing, entry: str) -> DeleteResult:
+        """Mark the recording deleted and queue its file's deletion, atomically (see
+        ``delete_recording.lua``)."""
+        arguments = {
+            "now": iso(now()),
+            "entry": entry,
+            "message_id": message.redis_message_id,
+            "payload": message.payload.decode(),
+        }
         result = await self._delete(
             keys=[
                 RecordingKeys.recording(recording.id),
@@ -167,10 +182,10 @@ class AsyncRecordingStore:
                 QueueKeys.queue(message.queue_name),
                 QueueKeys.queue_messages(message.queue_name),
             ],
-            args=[iso(now()) or "", entry, message.redis_message_id, message.payload],
+            args=[msgspec.json.encode(arguments)],
         )
         await wait_for_replicas_async(self.client, self.durability)
-        return decode_str(result)
+        return DeleteResult(decode_str(result))
 
     async def get(self, rec_id: str) -> Recording | None:
         return decode_recording(await self.client.hgetall(RecordingKeys.recording(rec_id)))

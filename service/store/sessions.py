@@ -34,7 +34,7 @@ from service.settings import Settings
 from service.store import lua, scripts
 from service.store.apps import AppKeys
 from service.store.batching import GroupCommit
-from service.store.codec import decode_str, hash_args, timeline_entry
+from service.store.codec import decode_str, timeline_entry
 from service.store.names import PREFIX
 from service.store.queue import QueueKeys
 from service.store.schedule import ScheduleKeys
@@ -114,6 +114,31 @@ class CreateResult(StrEnum):
     CONFLICT = "conflict"
     THROTTLED = "throttled"
     FULL = "full"
+
+
+class EnqueueResult(StrEnum):
+    """What queueing a job on a session did (``AsyncSessions.enqueue_if_status``):
+    ``enqueued``, ``skipped`` (its status does not allow the job), ``missing`` (no such
+    session, or another app's) or ``throttled`` (the app has spent its VTS budget)."""
+
+    ENQUEUED = "enqueued"
+    SKIPPED = "skipped"
+    MISSING = "missing"
+    THROTTLED = "throttled"
+
+
+class UpdateResult(StrEnum):
+    """What asking for changes to a session did (``AsyncSessions.request_update``):
+    ``merged`` (into an update on its way), ``enqueued``, ``scheduled`` (after the update
+    interval), ``skipped`` (its status allows no change), ``missing`` (no such session,
+    or another app's) or ``throttled`` (the app has spent its VTS budget)."""
+
+    MERGED = "merged"
+    ENQUEUED = "enqueued"
+    SCHEDULED = "scheduled"
+    SKIPPED = "skipped"
+    MISSING = "missing"
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True)
@@ -209,10 +234,6 @@ def decode_cursor(cursor: str, app: str) -> str:
     return member
 
 
-def statuses(allowed: Sequence[Status]) -> str:
-    return " ".join(status.value for status in allowed)
-
-
 def drift_totals(client: redis.Redis) -> dict[str, int]:
     """The differences reconciliation corrected: sessions, and amounts by counter (a hash
     bounded by the counters)."""
@@ -224,11 +245,12 @@ def drift_totals(client: redis.Redis) -> dict[str, int]:
 UNLIMITED = Budget(limit=2**31, window=1.0)
 
 
-def _budget_args(budget: Budget) -> list[int]:
-    return [budget.limit, round(budget.window * 1000)]
+def _budget_args(budget: Budget) -> dict[str, int]:
+    return {"budget_limit": budget.limit, "budget_window": round(budget.window * 1000)}
 
 
-def _throttled_or(result: Any) -> tuple[str, str]:
+def _reply(result: Any) -> tuple[str, str]:
+    """A script's {outcome, detail} reply."""
     return decode_str(result[0]), decode_str(result[1])
 
 
@@ -375,6 +397,13 @@ class Sessions:
 
         Returns ``done`` or ``scheduled``.
         """
+        arguments = {
+            "interval": round(interval * 1000),
+            "budget_window": round(window * 1000),
+            "timer": f"update:{session_id}",
+            "budget_member": f"{session_id}:{iso(now())}",
+            "sent": dict(sent),
+        }
         result = self._finish_update(
             keys=[
                 SessionKeys.pending_update(session_id),
@@ -382,13 +411,7 @@ class Sessions:
                 ScheduleKeys.schedule(),
                 AppKeys.budget(app or ""),
             ],
-            args=[
-                round(interval * 1000),
-                round(window * 1000),
-                f"update:{session_id}",
-                f"{session_id}:{iso(now())}",
-                *hash_args(sent),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
         return decode_str(result)
 
@@ -410,8 +433,11 @@ class Sessions:
     def reconcile(self, session_id: str, truth: Mapping[str, int]) -> dict[str, int]:
         """Make the session's counters show ``truth`` (VTS's totals); return what they
         showed before. Events applied later still add to them."""
-        args = [item for name in truth for item in (name, truth[name])]
-        before = self._reconcile(keys=[SessionKeys.session(session_id)], args=args)
+        totals = [[name, truth[name]] for name in truth]
+        before = self._reconcile(
+            keys=[SessionKeys.session(session_id)],
+            args=[msgspec.json.encode({"totals": totals})],
+        )
         self.client.publish(CHANNEL, session_id)
         return {name: int(decode_str(value)) for name, value in zip(truth, before, strict=True)}
 
@@ -487,7 +513,21 @@ class AsyncSessions:
         ``budget``, nothing is written and the outcome is ``throttled``.
         """
         scope, key, fingerprint = idempotency or ("", "", "")
-        member = index_member(session)
+        low, high = app_range(session.app or "")
+        arguments = {
+            "session_id": session.id,
+            "index_member": index_member(session),
+            "message_id": message.redis_message_id,
+            "payload": message.payload.decode(),
+            "entry": timeline_entry("requested", request_id=session.request_id, app=session.app),
+            "fingerprint": fingerprint,
+            "idempotency_ttl": idempotency_ttl,
+            **_budget_args(budget),
+            "max_live": max_live,
+            "app_low": low,
+            "app_high": high,
+            "fields": session.to_fields(),
+        }
         result = await self._group.call(
             self._create,
             keys=[
@@ -501,21 +541,9 @@ class AsyncSessions:
                 AppKeys.budget(session.app or ""),
                 *(SessionKeys.index(status) for status in _HELD),
             ],
-            args=[
-                session.id,
-                member,
-                message.redis_message_id,
-                message.payload,
-                timeline_entry("requested", request_id=session.request_id, app=session.app),
-                fingerprint,
-                idempotency_ttl,
-                *_budget_args(budget),
-                max_live,
-                *app_range(session.app or ""),
-                *hash_args(session.to_fields()),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
-        text, detail = _throttled_or(result)
+        text, detail = _reply(result)
         outcome = CreateResult(text)
         if outcome is CreateResult.THROTTLED:
             return CreateOutcome(outcome, "", retry_after_ms=int(detail))
@@ -553,13 +581,21 @@ class AsyncSessions:
         *,
         app: str,
         budget: Budget,
-    ) -> tuple[str, str]:
+    ) -> tuple[EnqueueResult, str]:
         """Queue ``message`` if the session is ``app``'s and its status is one of ``allowed``,
-        spending one of the app's ``budget``.
+        spending one of the app's ``budget`` (see ``enqueue_if.lua``).
 
-        Returns (``enqueued`` | ``skipped`` | ``missing``, the status it had) or
-        (``throttled``, milliseconds until the budget has room).
+        Returns (``ENQUEUED`` | ``SKIPPED`` | ``MISSING``, the status it had: '' when
+        missing) or (``THROTTLED``, milliseconds until the budget has room).
         """
+        arguments = {
+            "app": app,
+            "allowed": [status.value for status in allowed],
+            "entry": entry,
+            "message_id": message.redis_message_id,
+            "payload": message.payload.decode(),
+            **_budget_args(budget),
+        }
         result = await self._group.call(
             self._enqueue_if,
             keys=[
@@ -569,16 +605,10 @@ class AsyncSessions:
                 QueueKeys.queue_messages(message.queue_name),
                 AppKeys.budget(app),
             ],
-            args=[
-                statuses(allowed),
-                entry,
-                message.redis_message_id,
-                message.payload,
-                app,
-                *_budget_args(budget),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
-        return _throttled_or(result)
+        text, detail = _reply(result)
+        return EnqueueResult(text), detail
 
     async def request_update(
         self,
@@ -590,13 +620,26 @@ class AsyncSessions:
         app: str,
         allowed: Sequence[Status],
         budget: Budget,
-    ) -> tuple[str, str]:
-        """Ask for ``changes`` to ``app``'s session, merged with any not yet sent to VTS.
+    ) -> tuple[UpdateResult, str]:
+        """Ask for ``changes`` to ``app``'s session, merged with any not yet sent to VTS
+        (see ``request_update.lua``).
 
-        Returns (``merged`` | ``enqueued`` | ``scheduled`` | ``skipped`` | ``missing``, the
-        status it had) or (``throttled``, milliseconds until the budget has room).
+        Returns (``MERGED`` | ``ENQUEUED`` | ``SCHEDULED`` | ``SKIPPED`` | ``MISSING``, the
+        status it had: '' when missing) or (``THROTTLED``, milliseconds until the budget
+        has room).
         """
-        fields = {name: _COMPACT.encode(value) for name, value in changes.items()}
+        arguments = {
+            "app": app,
+            "allowed": [status.value for status in allowed],
+            "entry": entry,
+            "message_id": message.redis_message_id,
+            "payload": message.payload.decode(),
+            **_budget_args(budget),
+            "pending_ttl": PENDING_UPDATE_TTL,
+            "timeline_limit": TIMELINE_LIMIT,
+            "timer": f"update:{session_id}",
+            "changes": {name: _COMPACT.encode(value) for name, value in changes.items()},
+        }
         result = await self._group.call(
             self._request_update,
             keys=[
@@ -609,20 +652,10 @@ class AsyncSessions:
                 ScheduleKeys.schedule(),
                 AppKeys.budget(app),
             ],
-            args=[
-                app,
-                statuses(allowed),
-                entry,
-                message.redis_message_id,
-                message.payload,
-                *_budget_args(budget),
-                PENDING_UPDATE_TTL,
-                TIMELINE_LIMIT,
-                f"update:{session_id}",
-                *hash_args(fields),
-            ],
+            args=[msgspec.json.encode(arguments)],
         )
-        return _throttled_or(result)
+        text, detail = _reply(result)
+        return UpdateResult(text), detail
 
     async def owner(self, session_id: str) -> str | None:
         """The app the session belongs to (None when there is no such session)."""

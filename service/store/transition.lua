@@ -27,29 +27,31 @@
 -- Returns {outcome, status before}: 'ok', 'skipped' (status not allowed), 'missing',
 -- 'fenced' (the lock is another's).
 
+local session_key, timeline_key, schedule_key, lock_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local a = cjson.decode(ARGV[1])
-local current = redis.call('HGET', KEYS[1], 'status')
+local current = redis.call('HGET', session_key, 'status')
 if not current then return {'missing', ''} end
-if KEYS[4] ~= '' and redis.call('GET', KEYS[4]) ~= a.fence then return {'fenced', current} end
+if lock_key ~= '' and redis.call('GET', lock_key) ~= a.fence then return {'fenced', current} end
 local allowed = false
 for _, status in ipairs(a.allowed) do
   if status == current then allowed = true end
 end
 if not allowed then return {'skipped', current} end
 
-for name, value in pairs(a.fields) do redis.call('HSET', KEYS[1], name, value) end
+for name, value in pairs(a.fields) do redis.call('HSET', session_key, name, value) end
 if a.to ~= '' and a.to ~= current then
-  move_status(KEYS[1], a.session_id, current, a.to, a.status_prefix, KEYS[3], a.purge_at)
+  move_status(session_key, a.session_id, current, a.to, a.status_prefix, schedule_key,
+    a.purge_at)
 end
 if a.entry ~= '' then
-  redis.call('RPUSH', KEYS[2], a.entry)
-  redis.call('LTRIM', KEYS[2], -tonumber(a.timeline_limit), -1)
+  redis.call('RPUSH', timeline_key, a.entry)
+  redis.call('LTRIM', timeline_key, -tonumber(a.timeline_limit), -1)
 end
 for _, timer in ipairs(a.timers) do
-  redis.call('ZADD', KEYS[3], timer[2], timer[1] .. ':' .. a.session_id)
+  redis.call('ZADD', schedule_key, timer[2], timer[1] .. ':' .. a.session_id)
 end
 if a.notify then
-  record_notification(KEYS[1], a.session_id, a.notify.kind, a.notify.tag, a.now_ms, a.now)
+  record_notification(session_key, a.session_id, a.notify.kind, a.notify.tag, a.now_ms, a.now)
 end
 redis.call('PUBLISH', a.channel, a.session_id)
 return {'ok', current}

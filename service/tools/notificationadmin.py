@@ -11,7 +11,7 @@ from typing import TextIO
 
 import msgspec
 
-from service.store.notifications import Notification, NotificationStore
+from service.store.notifications import Notification, NotificationStore, RequeueResult
 
 
 def run(store: NotificationStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -27,7 +27,7 @@ def run(store: NotificationStore, args: argparse.Namespace, out: TextIO, err: Te
             return 1
         out.write(_details(record) + "\n")
     elif args.action == "redeliver":
-        if store.requeue(args.id) != "queued":
+        if store.requeue(args.id) is not RequeueResult.QUEUED:
             err.write(f"no notification {args.id} (see: masking notifications list)\n")
             return 1
         out.write(f"queued {args.id} for an attempt now (same webhook-id)\n")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 
+import msgspec
 import structlog
 from redis import Redis, RedisError
 
@@ -57,7 +58,11 @@ class RateLimiter:
             raise ValueError("limit, window and max_in_flight must be positive")
         self._redis = redis
         self._key = key
-        self._args = (limit, round(window * 1_000_000), round(max_in_flight * 1_000_000))
+        self._limits = {
+            "limit": limit,
+            "window": round(window * 1_000_000),
+            "max_in_flight": round(max_in_flight * 1_000_000),
+        }
         self._sleep = sleep
         self._on_wait = on_wait
         self._acquire = redis.register_script(_lua("acquire_slot.lua"))
@@ -92,7 +97,8 @@ class RateLimiter:
     def _try(self, member: str) -> int:
         """0 when ``member`` took a slot, else the microseconds until one frees."""
         try:
-            return int(self._acquire(keys=[self._key], args=[*self._args, member]))
+            arguments = msgspec.json.encode(self._limits | {"member": member})
+            return int(self._acquire(keys=[self._key], args=[arguments]))
         except RedisError as exc:
             raise StoreUnavailable("the VTS rate limiter's Redis is unavailable") from exc
 

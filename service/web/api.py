@@ -23,8 +23,11 @@ from service.store import (
     AsyncRecordingStore,
     AsyncSessions,
     CreateResult,
+    EnqueueResult,
+    EraseResult,
     Erasure,
     InvalidCursor,
+    UpdateResult,
     timeline_entry,
 )
 from service.web.endpoints import Endpoint
@@ -342,14 +345,15 @@ async def update_session(request: Request) -> Response:
     return await _answer(request, session_id, 0, {}, status=202)
 
 
-def _refuse(result: str, detail: str) -> None:
+def _refuse(result: UpdateResult | EnqueueResult, detail: str) -> None:
     """The problem for a change the store did not make, if it did not."""
-    if result == "missing":
-        raise Problem(404, "no session with this id")
-    if result == "throttled":
-        raise _throttled(int(detail))
-    if result == "skipped":
-        raise Problem(409, f"the session is {detail} and can no longer be changed")
+    match result:
+        case UpdateResult.MISSING | EnqueueResult.MISSING:
+            raise Problem(404, "no session with this id")
+        case UpdateResult.THROTTLED | EnqueueResult.THROTTLED:
+            raise _throttled(int(detail))
+        case UpdateResult.SKIPPED | EnqueueResult.SKIPPED:
+            raise Problem(409, f"the session is {detail} and can no longer be changed")
 
 
 async def delete_session(request: Request) -> Response:
@@ -364,7 +368,7 @@ async def delete_session(request: Request) -> Response:
     result, detail = await _sessions(request).enqueue_if_status(
         session_id, allowed, message, entry, app=app, budget=_budget(request, app)
     )
-    if result != "skipped":
+    if result is not EnqueueResult.SKIPPED:
         _refuse(result, detail)
     # Ending a session that has already ended is not an error: the outcome is the same.
     return await _answer(request, session_id, 0, {}, status=202)
@@ -380,9 +384,9 @@ async def erase_session(request: Request) -> Response:
     result, current = await _erasure(request).erase_session(
         session, message, masked=masked, at=iso(now()) or "", entry=entry
     )
-    if result == "missing":
+    if result is EraseResult.MISSING:
         raise Problem(404, "no session with this id")
-    if result == "live":
+    if result is EraseResult.LIVE:
         raise Problem(
             409, f"the session is {current}; end it (DELETE) first, then erase it",
             slug="session-not-ended",

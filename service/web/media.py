@@ -22,7 +22,7 @@ from service import messages
 from service.errors import StorageUnavailable
 from service.recordings import Recording, RecordingStatus
 from service.storage import NotStored, Storage
-from service.store import AsyncRecordingStore, AsyncSessions, timeline_entry
+from service.store import AsyncRecordingStore, AsyncSessions, DeleteResult, timeline_entry
 from service.web.middleware import header
 from service.web.operations import (
     COMMON,
@@ -153,7 +153,7 @@ async def delete_recording(request: Request) -> Response:
         messages.SessionRef(recording.session_id), request_id=request_id
     )
     entry = timeline_entry("recording_deleted", recording_id=rec_id, request_id=request_id)
-    if await store.delete(recording, message, entry) == "missing":
+    if await store.delete(recording, message, entry) is DeleteResult.MISSING:
         raise Problem(404, "no recording with this id")
     structlog.contextvars.bind_contextvars(session_id=recording.session_id)
     return Response(status_code=204)

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from service import messages, schemas
 from service.messages import PingRef
-from service.store.notifications import AsyncNotificationStore
+from service.store.notifications import AsyncNotificationStore, RequeueResult
 from service.web.api import JSON, SESSION_ID, _app, _existing, _request_id, _rules, _sessions
 from service.web.middleware import header
 from service.web.operations import (
@@ -103,7 +103,7 @@ async def redeliver(request: Request) -> Response:
     if not _NOTIFICATION_ID.match(notification_id):
         raise Problem(404, "no notification with this id")
     store = _store(request)
-    if await store.requeue(notification_id, _app(request)) != "queued":
+    if await store.requeue(notification_id, _app(request)) is not RequeueResult.QUEUED:
         raise Problem(404, "no notification with this id")
     record = await store.get(notification_id)
     if record is None:  # purged between the two reads

@@ -28,7 +28,7 @@ from service import messages, strictjson
 from service.metrics import metrics
 from service.phones import mask_text
 from service.settings import Settings
-from service.store import AsyncStoredEvents
+from service.store import AsyncStoredEvents, IngestResult
 from service.vts.callbacks import MAX_FIELDS, EventIds, InvalidEvent, Kind, check
 from service.vts.signatures import NONCE_HEADERS, SIGNATURE_HEADERS, verify_v3
 from service.web.endpoints import Endpoint
@@ -183,10 +183,10 @@ async def _ingest(request: Request, kind: Kind) -> Response:
     result = await events.ingest_webhook(
         event, ids, message, nonce=nonce, received_ms=int(time.time() * 1000)
     )
-    if result == "replayed":
+    if result is IngestResult.REPLAYED:
         log.warning("webhook_nonce_replayed", kind=kind)
         raise Problem(401, "this nonce was already used for another callback")
-    if result == "dropped":
+    if result is IngestResult.DROPPED:
         # Answered as taken: VTS has nothing to retry, and the session's data is gone.
         log.info("webhook_dropped_session_gone", kind=kind, vts_session_uuid=event.session_uuid)
     return PlainTextResponse("OK")
