@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from starlette.types import Message, Scope
 
 from service.web.app import create_admin_app, create_app
-from service.web.endpoints import Endpoint, ExactRouter
+from service.web.endpoints import Endpoint, ExactRouter, Routed
 from service.web.problems import MEDIA_TYPE
 from tests.conftest import make_settings
 
@@ -93,10 +93,10 @@ def test_routes_shadowed_or_shared_are_chosen_as_by_router() -> None:
 
 def test_the_service_routes_are_chosen_as_by_router() -> None:
     app = create_app(make_settings("redis://127.0.0.1:9/0", "http://127.0.0.1:9"))
-    (mount,) = app.routes
-    assert isinstance(mount, Mount)
-    assert isinstance(mount.app, ExactRouter)
-    routes = list(mount.routes)
+    (routed,) = app.routes
+    assert isinstance(routed, Routed)
+    assert isinstance(routed.router, ExactRouter)
+    routes = list(routed.routes)
     paths = [*sorted({getattr(r, "path", "/") for r in routes}), "/v1/sessions/ses_1", "/nope"]
     # Only what routing decides: the endpoints are stood in for, as they need the store.
     stand_ins: list[BaseRoute] = [
@@ -108,9 +108,9 @@ def test_the_service_routes_are_chosen_as_by_router() -> None:
 
 
 def test_the_apps_answer_unrouted_requests_with_problems() -> None:
-    """Behind the apps' root mount, an unknown path is a 404 problem, a trailing slash is
-    not redirected (to a Host the client chose), and a known path with another method is
-    a 405 problem with Allow; unmatched requests are counted as such, not by the mount."""
+    """An unknown path is a 404 problem, a trailing slash is not redirected (to a Host
+    the client chose), and a known path with another method is a 405 problem with Allow;
+    unmatched requests are counted as such."""
     settings = make_settings("redis://127.0.0.1:9/0", "http://127.0.0.1:9")
     labels = {"method": "GET", "route": "unmatched", "status": "404"}
     before = REGISTRY.get_sample_value("masking_http_requests_total", labels) or 0.0

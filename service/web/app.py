@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from service import logs, memory, messages, redis_clients
 from service.apps import AppRegistry
@@ -38,7 +38,7 @@ from service.store import (
 from service.store.apps import AsyncAppStore
 from service.store.notifications import AsyncNotificationStore
 from service.web import api, media, notifications, openapi, webhooks
-from service.web.endpoints import ExactRouter
+from service.web.endpoints import ExactRouter, Routed
 from service.web.middleware import BearerAuth, BodyLimit, RequestContext
 from service.web.operations import ApiRoute, Operation, headers, path_parameter, problem
 from service.web.problems import (
@@ -191,12 +191,9 @@ def _admin_routes() -> list[BaseRoute]:
 
 
 def _routed(routes: list[BaseRoute]) -> list[BaseRoute]:
-    """``routes`` behind one ExactRouter, mounted at the root: paths without parameters are
-    looked up. Slashes are not redirected: Starlette would redirect "/path/" to "/path"
-    with a Location built from the Host header, which the client chooses; unknown paths
-    are plain 404s instead. The mount matches every path: one anchored regex match and a
-    scope update per request."""
-    return [Mount("", app=ExactRouter(routes, redirect_slashes=False))]
+    """``routes`` behind one ExactRouter, which the app hands every request (``Routed``):
+    paths without parameters are looked up, and slashes are not redirected."""
+    return [Routed(ExactRouter(routes, redirect_slashes=False))]
 
 
 def create_app(settings: Settings) -> Starlette:

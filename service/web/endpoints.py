@@ -6,7 +6,8 @@ have none) and a wrapper around ``send``. On ``POST /v1/sessions`` that layer wa
 the instructions of a request (see tests/benchmarks/README.md). Without it an error still
 reaches the app's handlers, through ExceptionMiddleware, as from any other route.
 
-``ExactRouter`` finds those routes by a lookup rather than by trying every route's pattern.
+``ExactRouter`` finds those routes by a lookup rather than by trying every route's pattern,
+and ``Routed`` is how an app hands it every request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Receive, Scope, Send
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -58,6 +59,30 @@ class ExactRouter(Router):
                 await route.app(scope, receive, send)
                 return
         await super().app(scope, receive, send)
+
+
+class Routed(BaseRoute):
+    """The one route of an app whose routes an ExactRouter holds: it matches every request
+    and hands it over unchanged. Starlette's app makes a router of its own, which would
+    redirect "/path/" to "/path" with a Location built from the Host header (the
+    client's); behind this route unknown paths are the ExactRouter's plain 404s. A
+    ``Mount("")`` would do the same, with a regex match and a scope update per request."""
+
+    def __init__(self, router: ExactRouter) -> None:
+        self.router = router
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self.router.routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        return Match.FULL, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        return self.router.url_path_for(name, **path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.router(scope, receive, send)
 
 
 def _route_path(scope: Scope) -> str:

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from service import schemas
 from service.web.api import MAX_WAIT
+from service.web.endpoints import Routed
 from service.web.operations import ApiRoute, Operation, header_parameter, ref
 
 _MODELS = (
@@ -91,6 +92,8 @@ def walk(table: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, Ro
     for route in table:
         if isinstance(route, Mount):
             yield from walk(route.routes, prefix + route.path)
+        elif isinstance(route, Routed):
+            yield from walk(route.routes, prefix)
         elif isinstance(route, Route):
             yield prefix + route.path, route
 

@@ -68,15 +68,15 @@ def worker_command(threads: int) -> list[str]:
 
 @contextmanager
 def running(
-    command: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    command: Sequence[str], env: Mapping[str, str], log_path: Path | None, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` from the project root until the block ends (SIGTERM, then SIGKILL
-    after 30 s). Its stderr goes to ``log_path``, or /dev/null when None."""
+    """Run ``command`` from ``cwd`` (the project root) until the block ends (SIGTERM, then
+    SIGKILL after 30 s). Its stderr goes to ``log_path``, or /dev/null when None."""
     with ExitStack() as stack:
         stderr = stack.enter_context(log_path.open("wb")) if log_path else subprocess.DEVNULL
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=environment() | dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
