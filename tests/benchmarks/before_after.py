@@ -1,8 +1,8 @@
 """The hot paths' benchmarks on two trees in one run, and their ratios side by side.
 
-    python -m tests.benchmarks.before_after --before ../old-tree [--rounds 3]
+    python -m tests.benchmarks.before_after --before /tmp/old-tree [--rounds 3]
 
-``--before`` is a checkout of another commit (``git worktree add --detach ../old-tree
+``--before`` is a checkout of another commit (``git worktree add --detach /tmp/old-tree
 <commit>``); this tree is "after". Each benchmark runs on one tree and then the other,
 with this interpreter (so both use the same installed libraries) and each tree's own
 scripts and code: ``bench_webhooks`` (signed callbacks ingested), ``bench_create``

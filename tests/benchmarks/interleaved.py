@@ -1,7 +1,7 @@
 """One web path on two trees, their runs interleaved: what a change costs, measured under
 the same machine conditions.
 
-    python -m tests.benchmarks.interleaved --before ../old-tree --path callbacks [--rounds 6]
+    python -m tests.benchmarks.interleaved --before /tmp/old-tree --path callbacks [--rounds 6]
 
 The web of ``--before`` (a checkout of another commit) and this tree's run side by side,
 each on its own Redis, with this interpreter (the same libraries) and ``LOG_LEVEL``
